@@ -1,0 +1,253 @@
+//! Signed changes: verify → authorize → apply, one path for local and received changes.
+//!
+//! A change is accepted only if (1) its signature verifies under the key in its actor id, (2) all
+//! its dependencies are accepted, and (3) in the flow's state at its dependencies its author is a
+//! member whose role permits everything the change touches ([`policy`]). A genesis change (no
+//! dependencies) is accepted only if it is the one the flow id names and it makes its author the
+//! only member. Rejected changes never enter the document.
+
+pub mod policy;
+
+use std::collections::HashSet;
+
+use automerge::{Automerge, Change, ChangeHash};
+use ed25519_dalek::{Signature, VerifyingKey};
+
+pub use policy::{authorize, Forbidden};
+
+use crate::flow::flow_id_of_genesis;
+use crate::identity::{change_message, NodeId};
+
+/// A change as stored and sent: Automerge's bytes and the author's signature over its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedChange {
+    pub bytes: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// A change whose signature has been checked.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub change: Change,
+    pub signature: [u8; 64],
+    pub author: NodeId,
+}
+
+impl Verified {
+    pub fn hash(&self) -> ChangeHash {
+        self.change.hash()
+    }
+}
+
+/// Why a change was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the change cannot be decoded: {0}")]
+    Malformed(String),
+    #[error("the change's actor id is not an ed25519 public key")]
+    BadActor,
+    #[error("the signature does not verify under the change's actor key")]
+    BadSignature,
+    #[error("the change starts another flow than this one")]
+    WrongGenesis,
+    #[error("it depends on a rejected change")]
+    DependsOnRejected,
+    #[error("the document refused it: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Forbidden(#[from] Forbidden),
+}
+
+/// Decodes a change and checks its signature.
+pub fn verify_one(sc: &SignedChange) -> Result<Verified, (Option<ChangeHash>, Rejection)> {
+    let (change, author, sig) = decode(sc)?;
+    let key = author.verifying_key();
+    key.verify_strict(&change_message(&change.hash()), &sig)
+        .map_err(|_| (Some(change.hash()), Rejection::BadSignature))?;
+    Ok(Verified {
+        change,
+        signature: sig.to_bytes(),
+        author,
+    })
+}
+
+type Decoded = (Change, NodeId, Signature);
+
+fn decode(sc: &SignedChange) -> Result<Decoded, (Option<ChangeHash>, Rejection)> {
+    let change = Change::from_bytes(sc.bytes.clone())
+        .map_err(|e| (None, Rejection::Malformed(e.to_string())))?;
+    let hash = change.hash();
+    let author = NodeId::from_public_key(change.actor_id().to_bytes())
+        .filter(|n| !n.verifying_key().is_weak())
+        .ok_or((Some(hash), Rejection::BadActor))?;
+    let sig = <[u8; 64]>::try_from(sc.signature.as_slice())
+        .map(|b| Signature::from_bytes(&b))
+        .map_err(|_| (Some(hash), Rejection::BadSignature))?;
+    Ok((change, author, sig))
+}
+
+/// Checks many signatures at once (batch verification), falling back to one by one to find the
+/// bad ones when the batch fails.
+pub fn verify_all(
+    batch: &[SignedChange],
+) -> (Vec<Verified>, Vec<(Option<ChangeHash>, Rejection)>) {
+    let mut decoded = Vec::with_capacity(batch.len());
+    let mut rejected = Vec::new();
+    for sc in batch {
+        match decode(sc) {
+            Ok(d) => decoded.push(d),
+            Err(r) => rejected.push(r),
+        }
+    }
+    let messages: Vec<Vec<u8>> = decoded
+        .iter()
+        .map(|(c, _, _)| change_message(&c.hash()))
+        .collect();
+    let msg_refs: Vec<&[u8]> = messages.iter().map(|m| m.as_slice()).collect();
+    let sigs: Vec<Signature> = decoded.iter().map(|(_, _, s)| *s).collect();
+    let keys: Vec<VerifyingKey> = decoded.iter().map(|(_, a, _)| a.verifying_key()).collect();
+    let all_good =
+        !decoded.is_empty() && ed25519_dalek::verify_batch(&msg_refs, &sigs, &keys).is_ok();
+    let mut verified = Vec::with_capacity(decoded.len());
+    for (i, (change, author, sig)) in decoded.into_iter().enumerate() {
+        if all_good || keys[i].verify_strict(&messages[i], &sig).is_ok() {
+            verified.push(Verified {
+                change,
+                signature: sig.to_bytes(),
+                author,
+            });
+        } else {
+            rejected.push((Some(change.hash()), Rejection::BadSignature));
+        }
+    }
+    (verified, rejected)
+}
+
+/// What became of a batch of received changes.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Accepted and applied, in an order where every change follows its dependencies.
+    pub accepted: Vec<Verified>,
+    pub rejected: Vec<(Option<ChangeHash>, Rejection)>,
+    /// Verified, but waiting for dependencies this node does not hold yet.
+    pub pending: Vec<Verified>,
+    /// Changes this node already held.
+    pub known: usize,
+}
+
+fn holds(doc: &Automerge, hash: &ChangeHash) -> bool {
+    doc.get_change_meta_by_hash(hash).is_some()
+}
+
+/// Runs a batch through verify → order → apply → authorize on `doc`.
+///
+/// On return `doc` holds exactly its previous changes plus `accepted`. Changes are applied in one
+/// batch (Automerge is much faster that way); if any of them is then refused, `reload` must give
+/// back the document as it was before the call, and the accepted ones are applied to it again.
+pub fn accept<E>(
+    doc: &mut Automerge,
+    flow_id: &str,
+    batch: &[SignedChange],
+    mut reload: impl FnMut() -> Result<Automerge, E>,
+) -> Result<Outcome, E> {
+    let (verified, rejected) = verify_all(batch);
+    let mut out = Outcome {
+        rejected,
+        ..Outcome::default()
+    };
+    let mut seen = HashSet::new();
+    let mut todo = Vec::new();
+    for v in verified {
+        let hash = v.hash();
+        if !seen.insert(hash) || holds(doc, &hash) {
+            out.known += 1;
+        } else if v.change.deps().is_empty() && flow_id_of_genesis(&hash) != flow_id {
+            out.rejected.push((Some(hash), Rejection::WrongGenesis));
+        } else {
+            todo.push(v);
+        }
+    }
+
+    // Order the batch so each change follows its dependencies; set aside the ones that wait.
+    let mut ready: Vec<Verified> = Vec::new();
+    let mut ready_set: HashSet<ChangeHash> = HashSet::new();
+    loop {
+        let before = todo.len();
+        let mut waiting = Vec::new();
+        for v in todo {
+            if v
+                .change
+                .deps()
+                .iter()
+                .all(|d| ready_set.contains(d) || holds(doc, d))
+            {
+                ready_set.insert(v.hash());
+                ready.push(v);
+            } else {
+                waiting.push(v);
+            }
+        }
+        todo = waiting;
+        if todo.len() == before || todo.is_empty() {
+            break;
+        }
+    }
+    out.pending = todo;
+    if ready.is_empty() {
+        return Ok(out);
+    }
+
+    let mut refused: HashSet<ChangeHash> = HashSet::new();
+    let mut accepted: Vec<Verified> = Vec::new();
+    let mut tainted = false;
+    let judge = |doc: &Automerge, v: &Verified, refused: &HashSet<ChangeHash>| {
+        if v.change.deps().iter().any(|d| refused.contains(d)) {
+            Err(Rejection::DependsOnRejected)
+        } else {
+            authorize(doc, &v.change, &v.author).map_err(Rejection::from)
+        }
+    };
+    if doc
+        .apply_changes(ready.iter().map(|v| v.change.clone()).collect::<Vec<_>>())
+        .is_ok()
+    {
+        for v in ready {
+            match judge(doc, &v, &refused) {
+                Ok(()) => accepted.push(v),
+                Err(r) => {
+                    tainted = true;
+                    refused.insert(v.hash());
+                    out.rejected.push((Some(v.hash()), r));
+                }
+            }
+        }
+        if tainted {
+            *doc = reload()?;
+            doc.apply_changes(accepted.iter().map(|v| v.change.clone()).collect::<Vec<_>>())
+                .expect("changes accepted once apply again");
+        }
+    } else {
+        // The document refused the batch as a whole: find the culprits one change at a time.
+        *doc = reload()?;
+        for v in ready {
+            let verdict = match doc.apply_changes([v.change.clone()]) {
+                Ok(()) => judge(doc, &v, &refused),
+                Err(e) => Err(Rejection::Refused(e.to_string())),
+            };
+            match verdict {
+                Ok(()) => accepted.push(v),
+                Err(r) => {
+                    refused.insert(v.hash());
+                    out.rejected.push((Some(v.hash()), r));
+                    *doc = reload()?;
+                    doc.apply_changes(
+                        accepted.iter().map(|v| v.change.clone()).collect::<Vec<_>>(),
+                    )
+                    .expect("changes accepted once apply again");
+                }
+            }
+        }
+    }
+    out.accepted = accepted;
+    Ok(out)
+}

@@ -1,0 +1,766 @@
+//! The role policy, evaluated in a change's causal past.
+//!
+//! [`authorize`] judges one change that has already been applied to `doc`. Everything it reads
+//! about the flow it reads *as of the change's dependencies* (Automerge's historical reads), so
+//! the verdict depends only on the change and its causal history: every honest node that holds
+//! the change reaches the same verdict, whatever else it holds, and documents converge.
+//!
+//! The change's operations are walked one by one. Each operation targets an object; the object's
+//! place in the schema (the root, a member, a step, a decision's choices…) is found from its
+//! path in the causal past, or, for objects this change creates, from the operation that made
+//! them. Every (place, field, value) is then checked against the author's role. Anything the
+//! schema has no place for is rejected.
+
+use std::collections::HashMap;
+
+use automerge::legacy::{self, ElementId, Key, ObjectId, OpType};
+use automerge::{Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, ROOT};
+
+use crate::flow::{field, FlowStatus, Mode, Reader, Role, StepStatus, Who};
+use crate::identity::NodeId;
+
+/// Why a change was refused by the policy. The text is shown to users as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Forbidden(pub String);
+
+fn deny<T>(msg: impl Into<String>) -> Result<T, Forbidden> {
+    Err(Forbidden(msg.into()))
+}
+
+/// Where an object sits in the flow schema.
+#[derive(Clone, Debug, PartialEq)]
+enum Place {
+    Root,
+    Members,
+    Member { node: String },
+    Invites,
+    Invite,
+    Steps,
+    Step,
+    Decisions,
+    Decision,
+    Options,
+    Choices { decision: ObjId },
+    Comments,
+    Comment,
+}
+
+/// An object an operation targets: its place, its id, and whether this change created it.
+#[derive(Clone, Debug)]
+struct Target {
+    place: Place,
+    obj: ObjId,
+    new: bool,
+}
+
+/// Judges `change`, which must already be applied to `doc`, against the policy.
+pub fn authorize(
+    doc: &Automerge,
+    change: &automerge::Change,
+    author: &NodeId,
+) -> Result<(), Forbidden> {
+    if change.author().is_some() {
+        return deny("changes must not carry an Automerge author record");
+    }
+    let expanded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
+        .map_err(|_| Forbidden("the change's operations cannot be decoded".into()))?;
+    let deps = change.deps().to_vec();
+    let genesis = deps.is_empty();
+    let role = if genesis {
+        genesis_role(&expanded, author)?
+    } else {
+        match Reader::at(doc, &deps).role_of(author.as_str()) {
+            Some(r) => r,
+            None => return deny("the author is not a member of this flow"),
+        }
+    };
+    let mut judge = Judge {
+        doc,
+        deps: &deps,
+        me: author.as_str(),
+        actor: change.actor_id().clone(),
+        start_op: change.start_op().get(),
+        role,
+        genesis,
+        targets: HashMap::new(),
+        members_created: Vec::new(),
+        my_choices: HashMap::new(),
+        choice_outcomes: Vec::new(),
+    };
+    for (i, op) in expanded.operations.iter().enumerate() {
+        judge.op(judge.start_op + i as u64, op)?;
+    }
+    judge.finish()
+}
+
+/// The role a genesis change gives its author (it must make its author the only member).
+fn genesis_role(change: &legacy::Change, author: &NodeId) -> Result<Role, Forbidden> {
+    let start = change.start_op.get();
+    let member_op = change.operations.iter().enumerate().find(|(_, op)| {
+        matches!(op.action, OpType::Make(ObjType::Map))
+            && matches!(&op.key, Key::Map(k) if k.as_str() == author.as_str())
+    });
+    let Some((i, _)) = member_op else {
+        return deny("a new flow must make its author a member");
+    };
+    let member = legacy::OpId(start + i as u64, change.actor_id.clone());
+    let role = change.operations.iter().find_map(|op| match (&op.obj, &op.key, &op.action) {
+        (ObjectId::Id(id), Key::Map(k), OpType::Put(ScalarValue::Str(s)))
+            if *id == member && k.as_str() == "role" =>
+        {
+            s.parse::<Role>().ok()
+        }
+        _ => None,
+    });
+    match role {
+        Some(r @ (Role::Customer | Role::Owner)) => Ok(r),
+        _ => deny("a flow's creator must be its customer or its owner"),
+    }
+}
+
+struct Judge<'a> {
+    doc: &'a Automerge,
+    deps: &'a [ChangeHash],
+    me: &'a str,
+    actor: automerge::ActorId,
+    start_op: u64,
+    role: Role,
+    genesis: bool,
+    targets: HashMap<(u64, automerge::ActorId), Target>,
+    members_created: Vec<String>,
+    /// decision object → option chosen by the author in this change
+    my_choices: HashMap<ObjId, String>,
+    /// (decision object, outcome) set on choice-mode decisions in this change
+    choice_outcomes: Vec<(ObjId, String)>,
+}
+
+fn str_value(op: &legacy::Op) -> Option<&str> {
+    match &op.action {
+        OpType::Put(ScalarValue::Str(s)) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+fn expect_str<'o>(op: &'o legacy::Op, what: &str) -> Result<&'o str, Forbidden> {
+    str_value(op).ok_or_else(|| Forbidden(format!("{what} must be a string")))
+}
+
+fn expect_opt_str<'o>(op: &'o legacy::Op, what: &str) -> Result<Option<&'o str>, Forbidden> {
+    match &op.action {
+        OpType::Put(ScalarValue::Null) => Ok(None),
+        OpType::Put(ScalarValue::Str(s)) => Ok(Some(s.as_str())),
+        _ => deny(format!("{what} must be a string or null")),
+    }
+}
+
+fn expect_bool(op: &legacy::Op, what: &str) -> Result<bool, Forbidden> {
+    match &op.action {
+        OpType::Put(ScalarValue::Boolean(b)) => Ok(*b),
+        _ => deny(format!("{what} must be true or false")),
+    }
+}
+
+fn expect_int(op: &legacy::Op, what: &str) -> Result<i64, Forbidden> {
+    match &op.action {
+        OpType::Put(ScalarValue::Int(i)) => Ok(*i),
+        _ => deny(format!("{what} must be an integer")),
+    }
+}
+
+fn expect_parse<T: std::str::FromStr<Err = String>>(
+    op: &legacy::Op,
+    what: &str,
+) -> Result<T, Forbidden> {
+    expect_str(op, what)?.parse().map_err(Forbidden)
+}
+
+fn expect_node(op: &legacy::Op, what: &str) -> Result<(), Forbidden> {
+    if let Some(s) = expect_opt_str(op, what)? {
+        s.parse::<NodeId>().map_err(Forbidden)?;
+    }
+    Ok(())
+}
+
+fn map_key(op: &legacy::Op) -> Result<&str, Forbidden> {
+    match &op.key {
+        Key::Map(k) => Ok(k.as_str()),
+        Key::Seq(_) => deny("a list operation on a map"),
+    }
+}
+
+impl<'a> Judge<'a> {
+    fn before(&self) -> Reader<'a> {
+        Reader::at(self.doc, self.deps)
+    }
+
+    fn is_new(&self, id: &legacy::OpId) -> bool {
+        id.1 == self.actor && id.0 >= self.start_op
+    }
+
+    fn exid(&self, id: &legacy::OpId) -> Result<ObjId, Forbidden> {
+        self.doc
+            .import(&format!("{}@{}", id.0, id.1.to_hex_string()))
+            .map(|(o, _)| o)
+            .map_err(|_| Forbidden("the change refers to an unknown object".into()))
+    }
+
+    /// The object an operation targets.
+    fn target(&mut self, obj: &ObjectId) -> Result<Target, Forbidden> {
+        let id = match obj {
+            ObjectId::Root => {
+                return Ok(Target {
+                    place: Place::Root,
+                    obj: ROOT,
+                    new: false,
+                })
+            }
+            ObjectId::Id(id) => id,
+        };
+        let key = (id.0, id.1.clone());
+        if let Some(t) = self.targets.get(&key) {
+            return Ok(t.clone());
+        }
+        if self.is_new(id) {
+            // Objects this change creates are registered by the op that makes them, which
+            // always precedes the ops inside them.
+            return deny("the change refers to an object it has not created");
+        }
+        let obj = self.exid(id)?;
+        let place = self.place_in_past(&obj)?;
+        let t = Target {
+            place,
+            obj,
+            new: false,
+        };
+        self.targets.insert(key, t.clone());
+        Ok(t)
+    }
+
+    /// The place of an existing object, from its path as of the change's dependencies. An object
+    /// that is not visible there (deleted, overwritten, or not in the causal past) has no place.
+    fn place_in_past(&self, obj: &ObjId) -> Result<Place, Forbidden> {
+        let gone = || Forbidden("the change edits an object that does not exist in its past".into());
+        let path = self
+            .doc
+            .parents_at(obj, self.deps)
+            .map_err(|_| gone())?
+            .visible_path()
+            .ok_or_else(gone)?;
+        let key = |i: usize| match path.get(i) {
+            Some((_, Prop::Map(k))) => Some(k.as_str()),
+            _ => None,
+        };
+        let place = match (path.len(), key(0)) {
+            (1, Some(field::MEMBERS)) => Place::Members,
+            (2, Some(field::MEMBERS)) => Place::Member {
+                node: key(1).ok_or_else(gone)?.to_string(),
+            },
+            (1, Some(field::INVITES)) => Place::Invites,
+            (2, Some(field::INVITES)) => Place::Invite,
+            (1, Some(field::STEPS)) => Place::Steps,
+            (2, Some(field::STEPS)) => Place::Step,
+            (1, Some(field::DECISIONS)) => Place::Decisions,
+            (2, Some(field::DECISIONS)) => Place::Decision,
+            (3, Some(field::DECISIONS)) => match key(2) {
+                Some("options") => Place::Options,
+                Some("choices") => Place::Choices {
+                    decision: path[2].0.clone(),
+                },
+                _ => return deny("the change edits an object outside the flow schema"),
+            },
+            (1, Some(field::COMMENTS)) => Place::Comments,
+            (2, Some(field::COMMENTS)) => Place::Comment,
+            _ => return deny("the change edits an object outside the flow schema"),
+        };
+        Ok(place)
+    }
+
+    fn needs(&self, ok: bool, msg: &str) -> Result<(), Forbidden> {
+        if ok {
+            Ok(())
+        } else {
+            deny(format!("{} {}", article(self.role), msg))
+        }
+    }
+
+    fn op(&mut self, counter: u64, op: &legacy::Op) -> Result<(), Forbidden> {
+        if matches!(
+            op.action,
+            OpType::Increment(_) | OpType::MarkBegin(_) | OpType::MarkEnd(_)
+        ) {
+            return deny("counters and marks have no place in a flow");
+        }
+        let t = self.target(&op.obj)?;
+        if let OpType::Make(typ) = op.action {
+            let place = self.create(&t, op, typ)?;
+            let obj = self.exid(&legacy::OpId(counter, self.actor.clone()))?;
+            self.targets.insert(
+                (counter, self.actor.clone()),
+                Target {
+                    place,
+                    obj,
+                    new: true,
+                },
+            );
+            return Ok(());
+        }
+        match t.place.clone() {
+            Place::Root => self.root(op),
+            Place::Member { node } => self.member(&t, &node, op),
+            Place::Invite => self.invite(&t, op),
+            Place::Steps => self.steps_list(op),
+            Place::Step => self.step(&t, op),
+            Place::Decision => self.decision(&t, op),
+            Place::Options => {
+                if t.new && op.insert && str_value(op).is_some() {
+                    Ok(())
+                } else {
+                    deny("a decision's options cannot change once it is open")
+                }
+            }
+            Place::Choices { decision } => self.choice(&decision, op),
+            Place::Comments => deny("comments cannot be deleted or replaced"),
+            Place::Comment => self.comment(&t, op),
+            Place::Members | Place::Invites | Place::Decisions => {
+                deny("members, invites and decisions are added whole, never replaced or deleted")
+            }
+        }
+    }
+
+    /// An operation that makes an object: where may it go?
+    fn create(&mut self, parent: &Target, op: &legacy::Op, typ: ObjType) -> Result<Place, Forbidden> {
+        let place = match (&parent.place, &op.key, typ) {
+            (Place::Root, Key::Map(k), _) if self.genesis => match (k.as_str(), typ) {
+                (field::MEMBERS, ObjType::Map) => Place::Members,
+                (field::INVITES, ObjType::Map) => Place::Invites,
+                (field::STEPS, ObjType::List) => Place::Steps,
+                (field::DECISIONS, ObjType::Map) => Place::Decisions,
+                (field::COMMENTS, ObjType::List) => Place::Comments,
+                _ => return deny("a new flow has no such container"),
+            },
+            (Place::Members, Key::Map(k), ObjType::Map) => {
+                let node = k.to_string();
+                node.parse::<NodeId>().map_err(Forbidden)?;
+                if self.genesis {
+                    if node != self.me || !self.members_created.is_empty() {
+                        return deny("a new flow's only member is its creator");
+                    }
+                } else {
+                    self.needs(self.role.manages(), "cannot add members")?;
+                    if self.before().role_of(&node).is_some() {
+                        return deny(format!("{node} is already a member"));
+                    }
+                }
+                self.members_created.push(node.clone());
+                Place::Member { node }
+            }
+            (Place::Invites, Key::Map(_), ObjType::Map) => {
+                self.needs(self.role.manages(), "cannot manage invites")?;
+                Place::Invite
+            }
+            (Place::Steps, Key::Seq(_), ObjType::Map) if op.insert => {
+                self.needs(self.role.edits_steps(), "cannot add steps")?;
+                Place::Step
+            }
+            (Place::Decisions, Key::Map(_), ObjType::Map) => {
+                self.needs(self.role.edits_steps(), "cannot open decisions")?;
+                Place::Decision
+            }
+            (Place::Decision, Key::Map(k), ObjType::List) if parent.new && k == "options" => {
+                Place::Options
+            }
+            (Place::Decision, Key::Map(k), ObjType::Map) if parent.new && k == "choices" => {
+                Place::Choices {
+                    decision: parent.obj.clone(),
+                }
+            }
+            (Place::Comments, Key::Seq(_), ObjType::Map) if op.insert => Place::Comment,
+            _ => return deny("the change creates an object where the flow schema has none"),
+        };
+        Ok(place)
+    }
+
+    fn root(&mut self, op: &legacy::Op) -> Result<(), Forbidden> {
+        let key = map_key(op)?;
+        if self.genesis {
+            return match key {
+                field::SCHEMA | field::CREATED_AT => expect_int(op, key).map(|_| ()),
+                field::TITLE | field::NEED => non_empty(op, key),
+                field::STATUS => match expect_parse::<FlowStatus>(op, key)? {
+                    FlowStatus::Open => Ok(()),
+                    _ => deny("a new flow starts open"),
+                },
+                _ => deny(format!("a new flow has no field '{key}'")),
+            };
+        }
+        match key {
+            field::TITLE | field::NEED => {
+                self.needs(self.role.manages(), &format!("cannot edit the {key}"))?;
+                non_empty(op, key)
+            }
+            field::STATUS => {
+                let status = expect_parse::<FlowStatus>(op, key)?;
+                let was = self.before().parse::<FlowStatus>(&ROOT, field::STATUS);
+                if status == FlowStatus::Fulfilled {
+                    self.needs(
+                        self.role == Role::Customer,
+                        "cannot confirm the need fulfilled: only a customer can",
+                    )
+                } else if was == Some(FlowStatus::Fulfilled) {
+                    self.needs(
+                        self.role == Role::Customer,
+                        "cannot overrule the customer's confirmation that the need is fulfilled",
+                    )
+                } else {
+                    self.needs(self.role.manages(), "cannot close or reopen the flow")
+                }
+            }
+            _ => deny(format!("the field '{key}' cannot be changed")),
+        }
+    }
+
+    fn member(&mut self, t: &Target, node: &str, op: &legacy::Op) -> Result<(), Forbidden> {
+        let key = map_key(op)?;
+        if t.new {
+            return match key {
+                "name" => expect_str(op, key).map(|_| ()),
+                "role" => {
+                    let role = expect_parse::<Role>(op, key)?;
+                    if self.genesis {
+                        Ok(())
+                    } else {
+                        self.needs(
+                            role != Role::Customer || self.role == Role::Customer,
+                            "cannot make anyone a customer: only a customer can",
+                        )
+                    }
+                }
+                "added_by" => match expect_str(op, key)? {
+                    s if s == self.me => Ok(()),
+                    _ => deny("added_by must name the change's author"),
+                },
+                "added_at" => expect_int(op, key).map(|_| ()),
+                "removed" => match expect_bool(op, key)? {
+                    false => Ok(()),
+                    true => deny("a new member cannot start removed"),
+                },
+                _ => deny(format!("a member has no field '{key}'")),
+            };
+        }
+        let target = self
+            .before()
+            .member(node)
+            .ok_or_else(|| Forbidden(format!("{node} is not a member")))?;
+        let is_self = node == self.me;
+        let on_customer = target.role == Role::Customer;
+        match key {
+            "removed" => {
+                if expect_bool(op, key)? {
+                    if is_self {
+                        return Ok(());
+                    }
+                    if on_customer {
+                        return deny("a customer can only be removed by themself");
+                    }
+                    self.needs(self.role.manages(), "cannot remove other members")
+                } else {
+                    self.needs(self.role.manages(), "cannot restore members")?;
+                    self.needs(
+                        !on_customer || self.role == Role::Customer,
+                        "cannot restore a customer: only a customer can",
+                    )
+                }
+            }
+            "role" => {
+                let role = expect_parse::<Role>(op, key)?;
+                if on_customer && !is_self {
+                    return deny("a customer's role can only be changed by themself");
+                }
+                self.needs(is_self || self.role.manages(), "cannot change roles")?;
+                if is_self && !self.role.manages() && role != Role::Observer {
+                    // Contributors and observers may step down, never up.
+                    return deny(format!("{} cannot raise their own role", article(self.role)));
+                }
+                self.needs(
+                    role != Role::Customer || self.role == Role::Customer,
+                    "cannot make anyone a customer: only a customer can",
+                )
+            }
+            "name" => {
+                expect_str(op, key)?;
+                if is_self {
+                    return Ok(());
+                }
+                self.needs(self.role.manages(), "cannot rename other members")?;
+                self.needs(
+                    !on_customer || self.role == Role::Customer,
+                    "cannot rename a customer",
+                )
+            }
+            _ => deny(format!("a member's '{key}' cannot be changed")),
+        }
+    }
+
+    fn invite(&mut self, t: &Target, op: &legacy::Op) -> Result<(), Forbidden> {
+        let key = map_key(op)?;
+        self.needs(self.role.manages(), "cannot manage invites")?;
+        if t.new {
+            return match key {
+                "role" => {
+                    let role = expect_parse::<Role>(op, key)?;
+                    self.needs(
+                        role != Role::Customer || self.role == Role::Customer,
+                        "cannot invite a customer: only a customer can",
+                    )
+                }
+                "secret_hash" => match &op.action {
+                    OpType::Put(ScalarValue::Bytes(b)) if b.len() == 32 => Ok(()),
+                    _ => deny("secret_hash must be 32 bytes"),
+                },
+                "expires_at" | "uses_left" => expect_int(op, key).map(|_| ()),
+                "created_by" => match expect_str(op, key)? {
+                    s if s == self.me => Ok(()),
+                    _ => deny("created_by must name the change's author"),
+                },
+                "revoked" => expect_bool(op, key).map(|_| ()),
+                _ => deny(format!("an invite has no field '{key}'")),
+            };
+        }
+        match key {
+            "revoked" => expect_bool(op, key).map(|_| ()),
+            "uses_left" => expect_int(op, key).map(|_| ()),
+            _ => deny(format!("an invite's '{key}' cannot be changed")),
+        }
+    }
+
+    fn steps_list(&mut self, op: &legacy::Op) -> Result<(), Forbidden> {
+        match (&op.action, &op.key) {
+            (OpType::Delete, Key::Seq(ElementId::Id(_))) => {
+                self.needs(self.role.manages(), "cannot delete steps")
+            }
+            _ => deny("steps are maps inserted whole"),
+        }
+    }
+
+    fn step(&mut self, t: &Target, op: &legacy::Op) -> Result<(), Forbidden> {
+        let key = map_key(op)?;
+        self.needs(self.role.edits_steps(), "cannot edit steps")?;
+        if t.new {
+            return match key {
+                "id" | "title" => non_empty(op, key),
+                "detail" => expect_str(op, key).map(|_| ()),
+                "status" => expect_parse::<StepStatus>(op, key).map(|_| ()),
+                "assignee" => expect_node(op, key),
+                "customer_involved" => expect_bool(op, key).map(|_| ()),
+                "due" => expect_opt_str(op, key).map(|_| ()),
+                "created_by" => match expect_str(op, key)? {
+                    s if s == self.me => Ok(()),
+                    _ => deny("created_by must name the change's author"),
+                },
+                _ => deny(format!("a step has no field '{key}'")),
+            };
+        }
+        let assignee = self.before().str(&t.obj, "assignee");
+        let mine_or_free = assignee.as_deref().is_none_or(|a| a == self.me);
+        match key {
+            "status" => {
+                expect_parse::<StepStatus>(op, key)?;
+                self.needs(
+                    self.role.manages() || mine_or_free,
+                    "cannot move a step assigned to someone else",
+                )
+            }
+            "assignee" => {
+                expect_node(op, key)?;
+                self.needs(
+                    self.role.manages() || mine_or_free,
+                    "cannot reassign a step assigned to someone else",
+                )
+            }
+            "title" => non_empty(op, key),
+            "detail" | "due" => expect_opt_str(op, key).map(|_| ()),
+            "customer_involved" => expect_bool(op, key).map(|_| ()),
+            _ => deny(format!("a step's '{key}' cannot be changed")),
+        }
+    }
+
+    fn decision(&mut self, t: &Target, op: &legacy::Op) -> Result<(), Forbidden> {
+        let key = map_key(op)?;
+        if t.new {
+            return match key {
+                "question" => non_empty(op, key),
+                "step" => expect_opt_str(op, key).map(|_| ()),
+                "who" => expect_parse::<Who>(op, key).map(|_| ()),
+                "mode" => expect_parse::<Mode>(op, key).map(|_| ()),
+                "outcome" => match expect_opt_str(op, key)? {
+                    None => Ok(()),
+                    Some(_) => deny("a new decision has no outcome yet"),
+                },
+                "closed" => match expect_bool(op, key)? {
+                    false => Ok(()),
+                    true => deny("a new decision starts open"),
+                },
+                "created_by" => match expect_str(op, key)? {
+                    s if s == self.me => Ok(()),
+                    _ => deny("created_by must name the change's author"),
+                },
+                _ => deny(format!("a decision has no field '{key}'")),
+            };
+        }
+        let before = self.before();
+        let d = before.read_decision("", &t.obj);
+        if d.closed {
+            return deny(format!("the decision '{}' is closed", d.question));
+        }
+        match key {
+            "outcome" => {
+                let outcome = expect_opt_str(op, key)?;
+                if let Some(o) = outcome {
+                    if !d.options.iter().any(|x| x == o) {
+                        return deny(format!("'{o}' is not an option of '{}'", d.question));
+                    }
+                }
+                self.may_settle(&d)?;
+                if d.mode == Mode::Choice {
+                    match outcome {
+                        Some(o) => self.choice_outcomes.push((t.obj.clone(), o.to_string())),
+                        None => return deny("a choice is settled by choosing an option"),
+                    }
+                }
+                Ok(())
+            }
+            "closed" => {
+                if !expect_bool(op, key)? {
+                    return deny("a closed decision cannot be reopened");
+                }
+                self.may_settle(&d)
+            }
+            _ => deny(format!("a decision's '{key}' cannot be changed")),
+        }
+    }
+
+    /// May the author settle (set the outcome of, close) this decision?
+    fn may_settle(&self, d: &crate::flow::Decision) -> Result<(), Forbidden> {
+        match (d.who, d.mode) {
+            (Who::Customer, _) => self.needs(
+                self.role == Role::Customer,
+                "cannot settle a decision that is the customer's to make",
+            ),
+            (Who::Members, Mode::Choice) => Ok(()),
+            (Who::Members, Mode::Vote) => {
+                self.needs(self.role.manages(), "cannot close a members' vote")
+            }
+        }
+    }
+
+    fn choice(&mut self, decision: &ObjId, op: &legacy::Op) -> Result<(), Forbidden> {
+        let key = map_key(op)?;
+        if key != self.me {
+            return deny("members choose only for themselves");
+        }
+        let before = self.before();
+        let d = before.read_decision("", decision);
+        if d.question.is_empty() {
+            return deny("choices are made on decisions that already exist");
+        }
+        if d.closed {
+            return deny(format!("the decision '{}' is closed", d.question));
+        }
+        if d.who == Who::Customer {
+            self.needs(
+                self.role == Role::Customer,
+                &format!("cannot choose in '{}': it is the customer's decision", d.question),
+            )?;
+        }
+        match &op.action {
+            OpType::Delete => Ok(()),
+            _ => {
+                let option = expect_str(op, "a choice")?;
+                if !d.options.iter().any(|o| o == option) {
+                    return deny(format!("'{option}' is not an option of '{}'", d.question));
+                }
+                self.my_choices.insert(decision.clone(), option.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    fn comment(&mut self, t: &Target, op: &legacy::Op) -> Result<(), Forbidden> {
+        let key = map_key(op)?;
+        if t.new {
+            return match key {
+                "id" => non_empty(op, key),
+                "author" => match expect_str(op, key)? {
+                    s if s == self.me => Ok(()),
+                    _ => deny("a comment's author must be the change's author"),
+                },
+                "at" => expect_int(op, key).map(|_| ()),
+                "step" => expect_opt_str(op, key).map(|_| ()),
+                "text" => non_empty(op, key),
+                _ => deny(format!("a comment has no field '{key}'")),
+            };
+        }
+        match key {
+            "text" => {
+                let author = self.before().str(&t.obj, "author");
+                if author.as_deref() != Some(self.me) {
+                    return deny("only a comment's author can edit it");
+                }
+                non_empty(op, key)
+            }
+            _ => deny(format!("a comment's '{key}' cannot be changed")),
+        }
+    }
+
+    fn finish(self) -> Result<(), Forbidden> {
+        if self.genesis {
+            if self.members_created != [self.me.to_string()] {
+                return deny("a new flow's only member is its creator");
+            }
+            for c in [
+                field::MEMBERS,
+                field::INVITES,
+                field::STEPS,
+                field::DECISIONS,
+                field::COMMENTS,
+            ] {
+                if !self.targets.values().any(|t| place_name(&t.place) == Some(c)) {
+                    return deny(format!("a new flow must create its {c}"));
+                }
+            }
+        }
+        for (decision, outcome) in &self.choice_outcomes {
+            if self.my_choices.get(decision) != Some(outcome) {
+                return deny("a choice's outcome must be the option its chooser picks");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn place_name(p: &Place) -> Option<&'static str> {
+    match p {
+        Place::Members => Some(field::MEMBERS),
+        Place::Invites => Some(field::INVITES),
+        Place::Steps => Some(field::STEPS),
+        Place::Decisions => Some(field::DECISIONS),
+        Place::Comments => Some(field::COMMENTS),
+        _ => None,
+    }
+}
+
+fn non_empty(op: &legacy::Op, what: &str) -> Result<(), Forbidden> {
+    if expect_str(op, what)?.trim().is_empty() {
+        deny(format!("the {what} must not be empty"))
+    } else {
+        Ok(())
+    }
+}
+
+fn article(role: Role) -> String {
+    match role {
+        Role::Owner | Role::Observer => format!("an {role}"),
+        _ => format!("a {role}"),
+    }
+}

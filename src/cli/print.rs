@@ -1,0 +1,201 @@
+//! Human and JSON output of CLI results.
+
+use std::io::Write;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::Result;
+use crate::flow::{short_id, Mode};
+use crate::identity::Identity;
+use crate::repo::{EditOutcome, FlowView, LogEntry, VerifyReport};
+use crate::store::FlowRow;
+
+pub struct Out {
+    pub json: bool,
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+fn emit_json(value: &impl Serialize) {
+    let mut s = serde_json::to_string_pretty(value).expect("output serializes");
+    s.push('\n');
+    emit(&s);
+}
+
+fn time(secs: i64) -> String {
+    // UTC, without pulling in a date library: days since the epoch → civil date.
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}Z")
+}
+
+impl Out {
+    pub fn id(&self, id: &Identity) -> Result<()> {
+        if self.json {
+            emit_json(&json!({"node_id": id.node_id().to_string(), "name": id.name()}));
+        } else {
+            emit(&format!("{}\t{}\n", id.node_id(), id.name()));
+        }
+        Ok(())
+    }
+
+    pub fn created_flow(&self, id: &str) -> Result<()> {
+        if self.json {
+            emit_json(&json!({ "id": id }));
+        } else {
+            emit(&format!("{id}\n"));
+        }
+        Ok(())
+    }
+
+    pub fn edited(&self, e: &EditOutcome) -> Result<()> {
+        if self.json {
+            emit_json(e);
+        } else {
+            match &e.id {
+                Some(id) => emit(&format!("{id}\n")),
+                None => eprintln!("{}", e.summary),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn flows(&self, rows: &[FlowRow]) -> Result<()> {
+        if self.json {
+            let v: Vec<_> = rows
+                .iter()
+                .map(|r| json!({"id": r.id, "title": r.title, "status": r.status}))
+                .collect();
+            emit_json(&v);
+        } else {
+            let mut s = String::new();
+            for r in rows {
+                s.push_str(&format!("{}  {:<9}  {}\n", r.id, r.status, r.title));
+            }
+            emit(&s);
+        }
+        Ok(())
+    }
+
+    pub fn flow(&self, v: &FlowView) -> Result<()> {
+        if self.json {
+            emit_json(v);
+            return Ok(());
+        }
+        let f = &v.flow;
+        let mut s = format!("{}  [{}]\n{}\nNeed: {}\n\nMembers:\n", f.title, f.status, f.id, f.need);
+        for m in f.members.iter().filter(|m| !m.removed) {
+            s.push_str(&format!("  {:<11} {:<16} {}\n", m.role, m.name, m.node_id));
+        }
+        s.push_str("\nSteps:\n");
+        if f.steps.is_empty() {
+            s.push_str("  (none yet)\n");
+        }
+        for (i, st) in f.steps.iter().enumerate() {
+            let who = st.assignee.as_deref().map(|a| f.name_of(a)).unwrap_or_default();
+            let customer = if st.customer_involved { " (with the customer)" } else { "" };
+            s.push_str(&format!(
+                "  {}. [{:<7}] {}{}  {}  {}\n",
+                i + 1,
+                st.status,
+                st.title,
+                customer,
+                who,
+                &st.id
+            ));
+        }
+        if !f.decisions.is_empty() {
+            s.push_str("\nDecisions:\n");
+            for d in &f.decisions {
+                let state = match (&d.outcome, d.closed) {
+                    (Some(o), _) => format!("→ {o}"),
+                    (None, true) => "closed, no outcome".to_string(),
+                    (None, false) => format!("open ({} decides)", d.who),
+                };
+                s.push_str(&format!("  {}  {}  {}\n", d.id, d.question, state));
+                if d.mode == Mode::Vote {
+                    for (o, n) in d.tally() {
+                        s.push_str(&format!("      {n:>4}  {o}\n"));
+                    }
+                } else {
+                    s.push_str(&format!("      options: {}\n", d.options.join(" / ")));
+                }
+            }
+        }
+        if !f.comments.is_empty() {
+            s.push_str("\nComments:\n");
+            for c in &f.comments {
+                s.push_str(&format!("  {} {}: {}\n", time(c.at), f.name_of(&c.author), c.text));
+            }
+        }
+        s.push_str(&format!(
+            "\nHeads: {}\n",
+            v.heads.iter().map(|h| &h[..12]).collect::<Vec<_>>().join(" ")
+        ));
+        emit(&s);
+        Ok(())
+    }
+
+    pub fn log(&self, entries: &[LogEntry]) -> Result<()> {
+        if self.json {
+            emit_json(&entries);
+            return Ok(());
+        }
+        let mut s = String::new();
+        for e in entries {
+            let who = if e.name.starts_with('…') {
+                short_id(&e.author)
+            } else {
+                e.name.clone()
+            };
+            s.push_str(&format!("{}  {}  {:<12}  {}\n", &e.hash[..12], time(e.at), who, e.summary));
+        }
+        emit(&s);
+        Ok(())
+    }
+
+    pub fn verify(&self, r: &VerifyReport) -> Result<()> {
+        if self.json {
+            emit_json(r);
+        } else {
+            let mut s = format!(
+                "{} changes: {} valid, {} invalid{}\n",
+                r.changes,
+                r.valid,
+                r.invalid,
+                if r.heads_match { "" } else { " (heads differ from the stored document)" }
+            );
+            for p in &r.problems {
+                s.push_str(&format!("  {p}\n"));
+            }
+            emit(&s);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_time() {
+        assert_eq!(super::time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(super::time(1_780_000_000), "2026-05-28 20:26:40Z");
+    }
+}

@@ -1,0 +1,512 @@
+//! Typed edits of a flow document.
+//!
+//! An [`Edit`] is what a user asks for (with ids given as prefixes); [`Edit::apply`] checks the
+//! input against the current document and writes the operations into an Automerge transaction.
+//! It does not decide who may do what: the authorization policy ([`crate::auth`]) judges the
+//! resulting change, exactly as it judges changes received from peers.
+
+use automerge::transaction::Transactable;
+use automerge::{ObjType, ScalarValue, ROOT};
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::identity::NodeId;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EditError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no {what} matches '{prefix}'")]
+    NotFound { what: &'static str, prefix: String },
+    #[error("'{prefix}' matches {count} {what}s; give more characters")]
+    Ambiguous {
+        what: &'static str,
+        prefix: String,
+        count: usize,
+    },
+    #[error("document error: {0}")]
+    Document(String),
+}
+
+impl From<automerge::AutomergeError> for EditError {
+    fn from(e: automerge::AutomergeError) -> Self {
+        EditError::Document(e.to_string())
+    }
+}
+
+/// An edit a user asks for. Serializable: the control API carries it as JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Edit {
+    SetTitle {
+        title: String,
+    },
+    SetNeed {
+        need: String,
+    },
+    SetStatus {
+        status: FlowStatus,
+    },
+    AddMember {
+        node_id: String,
+        role: Role,
+        name: Option<String>,
+    },
+    RemoveMember {
+        member: String,
+    },
+    AddStep {
+        title: String,
+        detail: Option<String>,
+        assignee: Option<String>,
+        customer_involved: bool,
+        due: Option<String>,
+    },
+    SetStepStatus {
+        step: String,
+        status: StepStatus,
+    },
+    AssignStep {
+        step: String,
+        assignee: Option<String>,
+    },
+    Comment {
+        text: String,
+        step: Option<String>,
+    },
+    NewDecision {
+        question: String,
+        options: Vec<String>,
+        who: Who,
+        mode: Mode,
+        step: Option<String>,
+    },
+    Choose {
+        decision: String,
+        option: String,
+    },
+    CloseDecision {
+        decision: String,
+    },
+}
+
+/// What applying an edit produced: a one-line summary (the change message) and the id of any
+/// object it created.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub summary: String,
+    pub created: Option<String>,
+}
+
+/// Picks the one candidate starting with `prefix` (an exact match always wins).
+pub fn resolve_prefix<'a>(
+    what: &'static str,
+    prefix: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Result<String, EditError> {
+    let prefix = prefix.trim();
+    let not_found = || EditError::NotFound {
+        what,
+        prefix: prefix.to_string(),
+    };
+    if prefix.is_empty() {
+        return Err(not_found());
+    }
+    let mut matches: Vec<&str> = Vec::new();
+    for c in candidates {
+        if c == prefix {
+            return Ok(c.to_string());
+        }
+        if c.starts_with(prefix) && !matches.contains(&c) {
+            matches.push(c);
+        }
+    }
+    match matches.len() {
+        0 => Err(not_found()),
+        1 => Ok(matches[0].to_string()),
+        count => Err(EditError::Ambiguous {
+            what,
+            prefix: prefix.to_string(),
+            count,
+        }),
+    }
+}
+
+fn non_empty(what: &str, s: &str) -> Result<String, EditError> {
+    let s = s.trim();
+    if s.is_empty() {
+        Err(EditError::Invalid(format!("the {what} must not be empty")))
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+/// A fresh random id for a step, decision, comment or invite.
+pub fn new_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random generator works");
+    crate::identity::hex(&b)
+}
+
+fn opt_str(v: &Option<String>) -> ScalarValue {
+    match v {
+        Some(s) => ScalarValue::Str(s.as_str().into()),
+        None => ScalarValue::Null,
+    }
+}
+
+/// Writes a new flow's genesis: the root fields, the containers, and its author as the only
+/// member with `role` (customer or owner).
+pub fn new_flow_ops<T: Transactable>(
+    tx: &mut T,
+    author: &NodeId,
+    name: &str,
+    title: &str,
+    need: &str,
+    role: Role,
+    now: i64,
+) -> Result<(), EditError> {
+    let title = non_empty("title", title)?;
+    let need = non_empty("need", need)?;
+    if !matches!(role, Role::Customer | Role::Owner) {
+        return Err(EditError::Invalid(
+            "a flow's creator is its customer or its owner".into(),
+        ));
+    }
+    tx.put(ROOT, field::SCHEMA, SCHEMA_VERSION)?;
+    tx.put(ROOT, field::TITLE, title)?;
+    tx.put(ROOT, field::NEED, need)?;
+    tx.put(ROOT, field::STATUS, FlowStatus::Open.as_str())?;
+    tx.put(ROOT, field::CREATED_AT, now)?;
+    let members = tx.put_object(ROOT, field::MEMBERS, ObjType::Map)?;
+    tx.put_object(ROOT, field::INVITES, ObjType::Map)?;
+    tx.put_object(ROOT, field::STEPS, ObjType::List)?;
+    tx.put_object(ROOT, field::DECISIONS, ObjType::Map)?;
+    tx.put_object(ROOT, field::COMMENTS, ObjType::List)?;
+    put_member(tx, &members, author.as_str(), name, role, author, now)?;
+    Ok(())
+}
+
+fn put_member<T: Transactable>(
+    tx: &mut T,
+    members: &automerge::ObjId,
+    node_id: &str,
+    name: &str,
+    role: Role,
+    added_by: &NodeId,
+    now: i64,
+) -> Result<(), EditError> {
+    let m = tx.put_object(members, node_id, ObjType::Map)?;
+    tx.put(&m, "name", name)?;
+    tx.put(&m, "role", role.as_str())?;
+    tx.put(&m, "added_by", added_by.as_str())?;
+    tx.put(&m, "added_at", now)?;
+    tx.put(&m, "removed", false)?;
+    Ok(())
+}
+
+/// Finds a current member by node id prefix or exact name.
+fn resolve_member(flow: &Flow, who: &str) -> Result<String, EditError> {
+    let by_name: Vec<&Member> = flow
+        .members
+        .iter()
+        .filter(|m| !m.removed && m.name == who)
+        .collect();
+    if by_name.len() == 1 {
+        return Ok(by_name[0].node_id.clone());
+    }
+    resolve_prefix(
+        "member",
+        who,
+        flow.members
+            .iter()
+            .filter(|m| !m.removed)
+            .map(|m| m.node_id.as_str()),
+    )
+}
+
+impl Edit {
+    /// Checks the edit against `flow` (the document's current typed state) and writes it.
+    pub fn apply<T: Transactable>(
+        &self,
+        tx: &mut T,
+        flow: &Flow,
+        author: &NodeId,
+        now: i64,
+    ) -> Result<Applied, EditError> {
+        let r = Reader::now(&*tx);
+        let container = |name: &str| {
+            r.container(name)
+                .ok_or_else(|| EditError::Document(format!("the flow has no {name}")))
+        };
+        let find_step = |prefix: &str| -> Result<(usize, Step), EditError> {
+            let id = resolve_prefix("step", prefix, flow.steps.iter().map(|s| s.id.as_str()))?;
+            let (i, s) = flow
+                .steps
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.id == id)
+                .expect("resolved step exists");
+            Ok((i, s.clone()))
+        };
+        let find_decision = |prefix: &str| -> Result<Decision, EditError> {
+            let id = resolve_prefix(
+                "decision",
+                prefix,
+                flow.decisions.iter().map(|d| d.id.as_str()),
+            )?;
+            Ok(flow
+                .decisions
+                .iter()
+                .find(|d| d.id == id)
+                .expect("resolved decision exists")
+                .clone())
+        };
+        let done = |summary: String| Ok(Applied {
+            summary,
+            created: None,
+        });
+        match self {
+            Edit::SetTitle { title } => {
+                let title = non_empty("title", title)?;
+                drop(r);
+                tx.put(ROOT, field::TITLE, title.as_str())?;
+                done(format!("set the title to '{title}'"))
+            }
+            Edit::SetNeed { need } => {
+                let need = non_empty("need", need)?;
+                drop(r);
+                tx.put(ROOT, field::NEED, need.as_str())?;
+                done("rewrote the need".into())
+            }
+            Edit::SetStatus { status } => {
+                if flow.status == *status {
+                    return Err(EditError::Invalid(format!("the flow is already {status}")));
+                }
+                drop(r);
+                tx.put(ROOT, field::STATUS, status.as_str())?;
+                done(match status {
+                    FlowStatus::Fulfilled => "confirmed the need fulfilled".into(),
+                    FlowStatus::Closed => "closed the flow".into(),
+                    FlowStatus::Open => "reopened the flow".into(),
+                })
+            }
+            Edit::AddMember {
+                node_id,
+                role,
+                name,
+            } => {
+                let node: NodeId = node_id.trim().parse().map_err(EditError::Invalid)?;
+                if flow.role_of(node.as_str()).is_some() {
+                    return Err(EditError::Invalid(format!(
+                        "{node} is already a member of this flow"
+                    )));
+                }
+                let members = container(field::MEMBERS)?;
+                let name = name.clone().unwrap_or_default();
+                drop(r);
+                put_member(tx, &members, node.as_str(), name.trim(), *role, author, now)?;
+                let who = if name.trim().is_empty() {
+                    short_id(node.as_str())
+                } else {
+                    name.trim().to_string()
+                };
+                done(format!("added {who} as {role}"))
+            }
+            Edit::RemoveMember { member } => {
+                let node = resolve_member(flow, member)?;
+                let members = container(field::MEMBERS)?;
+                let m = r
+                    .obj(&members, node.as_str(), ObjType::Map)
+                    .ok_or_else(|| EditError::Document("member object missing".into()))?;
+                drop(r);
+                tx.put(&m, "removed", true)?;
+                done(format!("removed {}", flow.name_of(&node)))
+            }
+            Edit::AddStep {
+                title,
+                detail,
+                assignee,
+                customer_involved,
+                due,
+            } => {
+                let title = non_empty("step title", title)?;
+                let assignee = assignee
+                    .as_deref()
+                    .map(|a| resolve_member(flow, a))
+                    .transpose()?;
+                let steps = container(field::STEPS)?;
+                let id = new_id();
+                drop(r);
+                let at = tx.length(&steps);
+                let s = tx.insert_object(&steps, at, ObjType::Map)?;
+                tx.put(&s, "id", id.as_str())?;
+                tx.put(&s, "title", title.as_str())?;
+                tx.put(&s, "detail", detail.clone().unwrap_or_default())?;
+                tx.put(&s, "status", StepStatus::Todo.as_str())?;
+                tx.put(&s, "assignee", opt_str(&assignee))?;
+                tx.put(&s, "customer_involved", *customer_involved)?;
+                tx.put(&s, "due", opt_str(due))?;
+                tx.put(&s, "created_by", author.as_str())?;
+                Ok(Applied {
+                    summary: format!("added step '{title}'"),
+                    created: Some(id),
+                })
+            }
+            Edit::SetStepStatus { step, status } => {
+                let (i, s) = find_step(step)?;
+                if s.status == *status {
+                    return Err(EditError::Invalid(format!(
+                        "step '{}' is already {status}",
+                        s.title
+                    )));
+                }
+                let steps = container(field::STEPS)?;
+                let obj = r
+                    .obj(&steps, i, ObjType::Map)
+                    .ok_or_else(|| EditError::Document("step object missing".into()))?;
+                drop(r);
+                tx.put(&obj, "status", status.as_str())?;
+                done(format!("marked step '{}' {status}", s.title))
+            }
+            Edit::AssignStep { step, assignee } => {
+                let (i, s) = find_step(step)?;
+                let assignee = assignee
+                    .as_deref()
+                    .map(|a| resolve_member(flow, a))
+                    .transpose()?;
+                let steps = container(field::STEPS)?;
+                let obj = r
+                    .obj(&steps, i, ObjType::Map)
+                    .ok_or_else(|| EditError::Document("step object missing".into()))?;
+                drop(r);
+                tx.put(&obj, "assignee", opt_str(&assignee))?;
+                done(match &assignee {
+                    Some(a) => format!("assigned step '{}' to {}", s.title, flow.name_of(a)),
+                    None => format!("unassigned step '{}'", s.title),
+                })
+            }
+            Edit::Comment { text, step } => {
+                let text = non_empty("comment", text)?;
+                let step = step.as_deref().map(|p| find_step(p)).transpose()?;
+                let comments = container(field::COMMENTS)?;
+                let id = new_id();
+                drop(r);
+                let at = tx.length(&comments);
+                let c = tx.insert_object(&comments, at, ObjType::Map)?;
+                tx.put(&c, "id", id.as_str())?;
+                tx.put(&c, "author", author.as_str())?;
+                tx.put(&c, "at", now)?;
+                tx.put(&c, "step", opt_str(&step.as_ref().map(|(_, s)| s.id.clone())))?;
+                tx.put(&c, "text", text.as_str())?;
+                let on = step
+                    .map(|(_, s)| format!(" on '{}'", s.title))
+                    .unwrap_or_default();
+                Ok(Applied {
+                    summary: format!("commented{on}: {}", one_line(&text, 60)),
+                    created: Some(id),
+                })
+            }
+            Edit::NewDecision {
+                question,
+                options,
+                who,
+                mode,
+                step,
+            } => {
+                let question = non_empty("question", question)?;
+                let mut opts: Vec<String> = Vec::new();
+                for o in options {
+                    let o = non_empty("option", o)?;
+                    if opts.contains(&o) {
+                        return Err(EditError::Invalid(format!("option '{o}' is given twice")));
+                    }
+                    opts.push(o);
+                }
+                if opts.len() < 2 {
+                    return Err(EditError::Invalid(
+                        "a decision needs at least two options".into(),
+                    ));
+                }
+                let step = step.as_deref().map(|p| find_step(p)).transpose()?;
+                let decisions = container(field::DECISIONS)?;
+                let id = new_id();
+                drop(r);
+                let d = tx.put_object(&decisions, id.as_str(), ObjType::Map)?;
+                tx.put(&d, "question", question.as_str())?;
+                let list = tx.put_object(&d, "options", ObjType::List)?;
+                for (i, o) in opts.iter().enumerate() {
+                    tx.insert(&list, i, o.as_str())?;
+                }
+                tx.put(&d, "step", opt_str(&step.map(|(_, s)| s.id)))?;
+                tx.put(&d, "who", who.as_str())?;
+                tx.put(&d, "mode", mode.as_str())?;
+                tx.put_object(&d, "choices", ObjType::Map)?;
+                tx.put(&d, "outcome", ScalarValue::Null)?;
+                tx.put(&d, "closed", false)?;
+                tx.put(&d, "created_by", author.as_str())?;
+                Ok(Applied {
+                    summary: format!("opened decision '{question}'"),
+                    created: Some(id),
+                })
+            }
+            Edit::Choose { decision, option } => {
+                let d = find_decision(decision)?;
+                if d.closed {
+                    return Err(EditError::Invalid(format!(
+                        "decision '{}' is closed",
+                        d.question
+                    )));
+                }
+                let option = resolve_prefix("option", option, d.options.iter().map(|o| o.as_str()))?;
+                let decisions = container(field::DECISIONS)?;
+                let obj = r
+                    .obj(&decisions, d.id.as_str(), ObjType::Map)
+                    .ok_or_else(|| EditError::Document("decision object missing".into()))?;
+                let choices = r
+                    .obj(&obj, "choices", ObjType::Map)
+                    .ok_or_else(|| EditError::Document("decision has no choices".into()))?;
+                drop(r);
+                tx.put(&choices, author.as_str(), option.as_str())?;
+                if d.mode == Mode::Choice {
+                    tx.put(&obj, "outcome", option.as_str())?;
+                    tx.put(&obj, "closed", true)?;
+                    done(format!("chose '{option}' for '{}'", d.question))
+                } else {
+                    done(format!("voted '{option}' on '{}'", d.question))
+                }
+            }
+            Edit::CloseDecision { decision } => {
+                let d = find_decision(decision)?;
+                if d.closed {
+                    return Err(EditError::Invalid(format!(
+                        "decision '{}' is already closed",
+                        d.question
+                    )));
+                }
+                let decisions = container(field::DECISIONS)?;
+                let obj = r
+                    .obj(&decisions, d.id.as_str(), ObjType::Map)
+                    .ok_or_else(|| EditError::Document("decision object missing".into()))?;
+                drop(r);
+                let outcome = d.leader();
+                tx.put(&obj, "outcome", opt_str(&outcome))?;
+                tx.put(&obj, "closed", true)?;
+                done(match outcome {
+                    Some(o) => format!("closed '{}' with outcome '{o}'", d.question),
+                    None => format!("closed '{}' with no votes", d.question),
+                })
+            }
+        }
+    }
+}
+
+/// The first line of `s`, cut to `max` characters.
+pub fn one_line(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.chars().count() > max {
+        format!("{}…", line.chars().take(max).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}

@@ -1,0 +1,265 @@
+//! Typed reads over a flow document, at its current state or at any past heads.
+
+use std::collections::BTreeMap;
+
+use automerge::{Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT};
+
+use super::*;
+
+/// Reads a document as it is now (`heads == None`) or as it was at `heads`.
+///
+/// Readers never fail: a missing or mistyped field reads as its default. The authorization
+/// policy keeps such values out of accepted documents; the reader only has to not crash on them.
+pub struct Reader<'a, R: ReadDoc = Automerge> {
+    doc: &'a R,
+    heads: Option<&'a [ChangeHash]>,
+}
+
+impl<'a, R: ReadDoc> Reader<'a, R> {
+    pub fn now(doc: &'a R) -> Self {
+        Reader { doc, heads: None }
+    }
+
+    pub fn at(doc: &'a R, heads: &'a [ChangeHash]) -> Self {
+        Reader {
+            doc,
+            heads: Some(heads),
+        }
+    }
+
+    pub fn get(&self, obj: &ObjId, prop: impl Into<Prop>) -> Option<(Value<'a>, ObjId)> {
+        let got = match self.heads {
+            None => self.doc.get(obj, prop),
+            Some(h) => self.doc.get_at(obj, prop, h),
+        };
+        got.ok().flatten()
+    }
+
+    pub fn obj(&self, obj: &ObjId, prop: impl Into<Prop>, typ: ObjType) -> Option<ObjId> {
+        match self.get(obj, prop)? {
+            (Value::Object(t), id) if t == typ => Some(id),
+            _ => None,
+        }
+    }
+
+    pub fn scalar(&self, obj: &ObjId, prop: impl Into<Prop>) -> Option<ScalarValue> {
+        match self.get(obj, prop)? {
+            (Value::Scalar(s), _) => Some(s.into_owned()),
+            _ => None,
+        }
+    }
+
+    pub fn str(&self, obj: &ObjId, prop: impl Into<Prop>) -> Option<String> {
+        match self.scalar(obj, prop)? {
+            ScalarValue::Str(s) => Some(s.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn string(&self, obj: &ObjId, prop: impl Into<Prop>) -> String {
+        self.str(obj, prop).unwrap_or_default()
+    }
+
+    pub fn int(&self, obj: &ObjId, prop: impl Into<Prop>) -> Option<i64> {
+        match self.scalar(obj, prop)? {
+            ScalarValue::Int(i) | ScalarValue::Timestamp(i) => Some(i),
+            ScalarValue::Uint(u) => i64::try_from(u).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn bool(&self, obj: &ObjId, prop: impl Into<Prop>) -> bool {
+        matches!(self.scalar(obj, prop), Some(ScalarValue::Boolean(true)))
+    }
+
+    pub fn parse<T: std::str::FromStr>(&self, obj: &ObjId, prop: impl Into<Prop>) -> Option<T> {
+        self.str(obj, prop)?.parse().ok()
+    }
+
+    pub fn keys(&self, obj: &ObjId) -> Vec<String> {
+        match self.heads {
+            None => self.doc.keys(obj).collect(),
+            Some(h) => self.doc.keys_at(obj, h).collect(),
+        }
+    }
+
+    pub fn len(&self, obj: &ObjId) -> usize {
+        match self.heads {
+            None => self.doc.length(obj),
+            Some(h) => self.doc.length_at(obj, h),
+        }
+    }
+
+    /// The container at a root field.
+    pub fn container(&self, name: &str) -> Option<ObjId> {
+        let typ = match name {
+            field::STEPS | field::COMMENTS => ObjType::List,
+            _ => ObjType::Map,
+        };
+        self.obj(&ROOT, name, typ)
+    }
+
+    /// The map objects of a list container, in order.
+    pub fn list_maps(&self, list: &ObjId) -> Vec<ObjId> {
+        (0..self.len(list))
+            .filter_map(|i| self.obj(list, i, ObjType::Map))
+            .collect()
+    }
+
+    /// `(key, map object)` for each map entry of a map container.
+    pub fn map_maps(&self, map: &ObjId) -> Vec<(String, ObjId)> {
+        self.keys(map)
+            .into_iter()
+            .filter_map(|k| self.obj(map, k.as_str(), ObjType::Map).map(|o| (k, o)))
+            .collect()
+    }
+
+    pub fn member(&self, node_id: &str) -> Option<Member> {
+        let members = self.container(field::MEMBERS)?;
+        let m = self.obj(&members, node_id, ObjType::Map)?;
+        Some(self.read_member(node_id, &m))
+    }
+
+    /// The role of `node_id` if it is a current (not removed) member.
+    pub fn role_of(&self, node_id: &str) -> Option<Role> {
+        self.member(node_id).filter(|m| !m.removed).map(|m| m.role)
+    }
+
+    fn read_member(&self, node_id: &str, m: &ObjId) -> Member {
+        Member {
+            node_id: node_id.to_string(),
+            name: self.string(m, "name"),
+            role: self.parse(m, "role").unwrap_or(Role::Observer),
+            added_by: self.string(m, "added_by"),
+            added_at: self.int(m, "added_at").unwrap_or(0),
+            removed: self.bool(m, "removed"),
+        }
+    }
+
+    pub fn read_step(&self, s: &ObjId) -> Step {
+        Step {
+            id: self.string(s, "id"),
+            title: self.string(s, "title"),
+            detail: self.string(s, "detail"),
+            status: self.parse(s, "status").unwrap_or(StepStatus::Todo),
+            assignee: self.str(s, "assignee"),
+            customer_involved: self.bool(s, "customer_involved"),
+            due: self.str(s, "due"),
+            created_by: self.string(s, "created_by"),
+        }
+    }
+
+    pub fn read_decision(&self, id: &str, d: &ObjId) -> Decision {
+        let options = self
+            .obj(d, "options", ObjType::List)
+            .map(|l| {
+                (0..self.len(&l))
+                    .filter_map(|i| self.str(&l, i))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let choices = self
+            .obj(d, "choices", ObjType::Map)
+            .map(|c| {
+                self.keys(&c)
+                    .into_iter()
+                    .filter_map(|k| self.str(&c, k.as_str()).map(|v| (k, v)))
+                    .collect()
+            })
+            .unwrap_or_else(BTreeMap::new);
+        Decision {
+            id: id.to_string(),
+            question: self.string(d, "question"),
+            options,
+            step: self.str(d, "step"),
+            who: self.parse(d, "who").unwrap_or(Who::Customer),
+            mode: self.parse(d, "mode").unwrap_or(Mode::Choice),
+            choices,
+            outcome: self.str(d, "outcome"),
+            closed: self.bool(d, "closed"),
+            created_by: self.string(d, "created_by"),
+        }
+    }
+
+    pub fn read_invite(&self, id: &str, i: &ObjId) -> Invite {
+        Invite {
+            id: id.to_string(),
+            role: self.parse(i, "role").unwrap_or(Role::Observer),
+            secret_hash: match self.scalar(i, "secret_hash") {
+                Some(ScalarValue::Bytes(b)) => b,
+                _ => Vec::new(),
+            },
+            expires_at: self.int(i, "expires_at").unwrap_or(0),
+            uses_left: self.int(i, "uses_left").unwrap_or(0),
+            created_by: self.string(i, "created_by"),
+            revoked: self.bool(i, "revoked"),
+        }
+    }
+
+    fn read_comment(&self, c: &ObjId) -> Comment {
+        Comment {
+            id: self.string(c, "id"),
+            author: self.string(c, "author"),
+            at: self.int(c, "at").unwrap_or(0),
+            step: self.str(c, "step"),
+            text: self.string(c, "text"),
+        }
+    }
+
+    /// The whole flow, typed.
+    pub fn flow(&self, id: &str) -> Flow {
+        let members = self
+            .container(field::MEMBERS)
+            .map(|m| {
+                self.map_maps(&m)
+                    .iter()
+                    .map(|(k, o)| self.read_member(k, o))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let invites = self
+            .container(field::INVITES)
+            .map(|m| {
+                self.map_maps(&m)
+                    .iter()
+                    .map(|(k, o)| self.read_invite(k, o))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let steps = self
+            .container(field::STEPS)
+            .map(|l| self.list_maps(&l).iter().map(|s| self.read_step(s)).collect())
+            .unwrap_or_default();
+        let decisions = self
+            .container(field::DECISIONS)
+            .map(|m| {
+                self.map_maps(&m)
+                    .iter()
+                    .map(|(k, o)| self.read_decision(k, o))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let comments = self
+            .container(field::COMMENTS)
+            .map(|l| {
+                self.list_maps(&l)
+                    .iter()
+                    .map(|c| self.read_comment(c))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Flow {
+            id: id.to_string(),
+            schema: self.int(&ROOT, field::SCHEMA).unwrap_or(0),
+            title: self.string(&ROOT, field::TITLE),
+            need: self.string(&ROOT, field::NEED),
+            status: self.parse(&ROOT, field::STATUS).unwrap_or(FlowStatus::Open),
+            created_at: self.int(&ROOT, field::CREATED_AT).unwrap_or(0),
+            members,
+            invites,
+            steps,
+            decisions,
+            comments,
+        }
+    }
+}

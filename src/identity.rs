@@ -1,0 +1,329 @@
+//! Node identity: one ed25519 key per node.
+//!
+//! The same key is the node's libp2p identity (its [`NodeId`] is the libp2p `PeerId` of the key)
+//! and the Automerge actor id of every change it makes (the 32-byte public key). So every change
+//! names the key that must have signed it.
+//!
+//! The key lives in `identity.key` in the data dir, mode 0600, as a small JSON document holding
+//! the secret key (hex) and the node's display name.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// File name of the key inside the data dir.
+pub const KEY_FILE: &str = "identity.key";
+
+/// Test-only: when set, `coflow init` derives the key from this string instead of the OS random
+/// generator, so transcripts and tests get the same node ids on every run. Never use it for a
+/// real node: anyone who knows the string knows the key.
+pub const TEST_SEED_ENV: &str = "COFLOW_TEST_KEY_SEED";
+
+/// Domain separation for change signatures: a signature over a change hash is a signature over
+/// `CHANGE_SIG_DOMAIN || hash`, so it can never be confused with a signature made by the same key
+/// for another purpose (such as the libp2p Noise handshake).
+pub const CHANGE_SIG_DOMAIN: &[u8] = b"coflow/change/v1\0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("no identity in {0}: run `coflow init --name NAME` first")]
+    Missing(PathBuf),
+    #[error("an identity already exists in {0}; refusing to overwrite it")]
+    Exists(PathBuf),
+    #[error("the key file {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot access the key file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the node name must not be empty")]
+    EmptyName,
+    #[error("no randomness available from the operating system: {0}")]
+    Random(String),
+}
+
+/// A node's public identity, printed as the libp2p `PeerId` (base58, `12D3KooW…`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId {
+    key: [u8; 32],
+    text: String,
+}
+
+impl NodeId {
+    /// The node id of a 32-byte ed25519 public key; `None` if the bytes are not a valid key.
+    pub fn from_public_key(bytes: &[u8]) -> Option<NodeId> {
+        let key: [u8; 32] = bytes.try_into().ok()?;
+        VerifyingKey::from_bytes(&key).ok()?;
+        let public = libp2p_identity::ed25519::PublicKey::try_from_bytes(&key).ok()?;
+        let peer = libp2p_identity::PublicKey::from(public).to_peer_id();
+        Some(NodeId {
+            key,
+            text: peer.to_base58(),
+        })
+    }
+
+    /// The 32-byte public key (also the Automerge actor id of this node's changes).
+    pub fn public_key(&self) -> &[u8; 32] {
+        &self.key
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        VerifyingKey::from_bytes(&self.key).expect("NodeId holds a validated key")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = String;
+
+    /// Parses a printed node id. Only ed25519 peer ids qualify: other key types cannot sign
+    /// coflow changes.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let peer = libp2p_identity::PeerId::from_str(s)
+            .map_err(|_| format!("'{s}' is not a node id"))?;
+        let mh = peer.as_ref();
+        // An ed25519 peer id is the identity multihash of the protobuf-encoded public key.
+        if mh.code() != 0 {
+            return Err(format!("'{s}' is not an ed25519 node id"));
+        }
+        let public = libp2p_identity::PublicKey::try_decode_protobuf(mh.digest())
+            .map_err(|_| format!("'{s}' is not an ed25519 node id"))?;
+        let ed = public
+            .try_into_ed25519()
+            .map_err(|_| format!("'{s}' is not an ed25519 node id"))?;
+        NodeId::from_public_key(&ed.to_bytes()).ok_or_else(|| format!("'{s}' is not a node id"))
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.text)
+    }
+}
+
+/// This node's secret key and name.
+#[derive(Clone)]
+pub struct Identity {
+    signing: SigningKey,
+    node_id: NodeId,
+    name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyFile {
+    version: u32,
+    secret_key: String,
+    name: String,
+}
+
+impl Identity {
+    /// An identity from a 32-byte secret key.
+    pub fn from_secret(secret: [u8; 32], name: &str) -> Identity {
+        let signing = SigningKey::from_bytes(&secret);
+        let node_id = NodeId::from_public_key(signing.verifying_key().as_bytes())
+            .expect("a fresh ed25519 key is a valid key");
+        Identity {
+            signing,
+            node_id,
+            name: name.to_string(),
+        }
+    }
+
+    /// A deterministic identity derived from a seed string (tests and transcripts only).
+    pub fn from_seed(seed: &str, name: &str) -> Identity {
+        let secret: [u8; 32] = Sha256::digest(seed.as_bytes()).into();
+        Identity::from_secret(secret, name)
+    }
+
+    /// A fresh identity from the operating system's random generator.
+    pub fn generate(name: &str) -> Result<Identity, IdentityError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| IdentityError::Random(e.to_string()))?;
+        Ok(Identity::from_secret(secret, name))
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The Automerge actor id of this node's changes: its public key.
+    pub fn actor(&self) -> automerge::ActorId {
+        automerge::ActorId::from(self.node_id.public_key().as_slice())
+    }
+
+    /// Signs a change hash (with the change domain prefix).
+    pub fn sign_change(&self, hash: &automerge::ChangeHash) -> [u8; 64] {
+        self.signing.sign(&change_message(hash)).to_bytes()
+    }
+
+    /// The libp2p keypair of the same key.
+    pub fn libp2p_keypair(&self) -> libp2p_identity::Keypair {
+        let mut secret = self.signing.to_bytes();
+        libp2p_identity::Keypair::ed25519_from_bytes(&mut secret)
+            .expect("32 bytes are a valid ed25519 secret")
+    }
+
+    /// Writes a new key file into `home`; refuses to overwrite an existing one.
+    pub fn create(home: &Path, name: &str) -> Result<Identity, IdentityError> {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(IdentityError::EmptyName);
+        }
+        let identity = match std::env::var(TEST_SEED_ENV) {
+            Ok(seed) if !seed.is_empty() => Identity::from_seed(&seed, name),
+            _ => Identity::generate(name)?,
+        };
+        identity.save(home)?;
+        Ok(identity)
+    }
+
+    fn save(&self, home: &Path) -> Result<(), IdentityError> {
+        let path = home.join(KEY_FILE);
+        let io = |source| IdentityError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(home).map_err(io)?;
+        let body = serde_json::to_vec_pretty(&KeyFile {
+            version: 1,
+            secret_key: hex(&self.signing.to_bytes()),
+            name: self.name.clone(),
+        })
+        .expect("key file serializes");
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                IdentityError::Exists(home.to_path_buf())
+            } else {
+                io(e)
+            }
+        })?;
+        file.write_all(&body).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(())
+    }
+
+    /// Reads the key file from `home`.
+    pub fn load(home: &Path) -> Result<Identity, IdentityError> {
+        let path = home.join(KEY_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(IdentityError::Missing(home.to_path_buf()))
+            }
+            Err(source) => return Err(IdentityError::Io { path, source }),
+        };
+        let corrupt = |reason: &str| IdentityError::Corrupt {
+            path: path.clone(),
+            reason: reason.to_string(),
+        };
+        let file: KeyFile =
+            serde_json::from_slice(&bytes).map_err(|_| corrupt("not a coflow key file"))?;
+        if file.version != 1 {
+            return Err(corrupt(&format!("unknown version {}", file.version)));
+        }
+        let secret = unhex(&file.secret_key)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| corrupt("the secret key is not 32 bytes of hex"))?;
+        Ok(Identity::from_secret(secret, &file.name))
+    }
+}
+
+/// The exact bytes a change signature covers.
+pub fn change_message(hash: &automerge::ChangeHash) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(CHANGE_SIG_DOMAIN.len() + 32);
+    msg.extend_from_slice(CHANGE_SIG_DOMAIN);
+    msg.extend_from_slice(&hash.0);
+    msg
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(bytes)
+}
+
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    data_encoding::HEXLOWER_PERMISSIVE.decode(s.as_bytes()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_round_trips_through_text() {
+        let alice = Identity::from_seed("alice", "Alice");
+        let text = alice.node_id().to_string();
+        assert!(text.starts_with("12D3KooW"), "{text}");
+        let parsed: NodeId = text.parse().unwrap();
+        assert_eq!(&parsed, alice.node_id());
+        assert_eq!(
+            alice.libp2p_keypair().public().to_peer_id().to_base58(),
+            text
+        );
+    }
+
+    #[test]
+    fn bad_node_ids_are_refused() {
+        assert!("".parse::<NodeId>().is_err());
+        assert!("hello".parse::<NodeId>().is_err());
+        // A valid peer id of a non-ed25519 key type (sha256 multihash) is refused.
+        let sha_peer = libp2p_identity::PeerId::random().to_base58();
+        assert!(sha_peer.parse::<NodeId>().is_err());
+    }
+
+    #[test]
+    fn key_file_is_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::create(dir.path(), "Tailor").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(matches!(
+            Identity::create(dir.path(), "Other"),
+            Err(IdentityError::Exists(_))
+        ));
+        let loaded = Identity::load(dir.path()).unwrap();
+        assert_eq!(loaded.node_id(), id.node_id());
+        assert_eq!(loaded.name(), "Tailor");
+    }
+
+    #[test]
+    fn corrupt_key_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(KEY_FILE), b"garbage").unwrap();
+        let err = Identity::load(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+}

@@ -1,0 +1,32 @@
+//! coflow: a peer-to-peer collaboration node for shared customer flows.
+//!
+//! A **flow** is one shared process that starts with a customer's need and ends when the customer
+//! confirms it fulfilled. Every participant holds the flow as an Automerge document; every change
+//! is signed by its author's node key and accepted only if the author's role, in the change's
+//! causal past, permits it. There is no server and no authority.
+//!
+//! # Layout
+//!
+//! - [`identity`]: the node key (ed25519), `NodeId` (= libp2p `PeerId`), change signing, the key
+//!   file.
+//! - [`flow`]: the flow document schema: typed reads (`Reader`, at any heads) and edits (`Edit`).
+//! - [`auth`]: signed changes and the accept path: batch signature verification, dependency
+//!   ordering, batch apply, and [`auth::policy`], the role policy evaluated in each change's
+//!   causal past.
+//! - [`store`]: the SQLite store (WAL, `synchronous=FULL`): flows, signed changes, snapshots.
+//! - [`repo`]: identity + store + accept path: local edits and received changes go through the
+//!   same verify → authorize → apply → persist path; show, log, verify.
+//! - [`export`]: process diagrams of a flow (Graphviz dot, Mermaid).
+//! - [`cli`]: clap commands and their human / `--json` output.
+//! - [`error`]: the crate's error type.
+
+pub mod auth;
+pub mod cli;
+pub mod error;
+pub mod export;
+pub mod flow;
+pub mod identity;
+pub mod repo;
+pub mod store;
+
+pub use error::{Error, Result};

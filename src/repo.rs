@@ -1,0 +1,337 @@
+//! The local repository: identity + store + the accept path, with no network.
+//!
+//! Every write goes through one place: load the flow's document under the store's write lock,
+//! make or receive changes, run them through [`auth`] (verify → authorize → apply), persist the
+//! accepted ones with their signatures, commit. A command returns only after that commit.
+
+use std::path::Path;
+
+use automerge::transaction::CommitOptions;
+use automerge::{Automerge, Change, ReadDoc};
+use serde::Serialize;
+
+use crate::auth::{self, Outcome, SignedChange};
+use crate::error::{Error, Result};
+use crate::flow::{
+    self, flow_id_of_genesis, new_flow_ops, Edit, Flow, Reader, Role,
+};
+use crate::identity::{hex, Identity, NodeId};
+use crate::store::{FlowRow, Store, Writer};
+
+/// Write a snapshot once this many changes have accumulated since the last one.
+pub const SNAPSHOT_EVERY: i64 = 256;
+
+/// Seconds since the Unix epoch.
+pub fn system_clock() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The result of a local edit.
+#[derive(Clone, Debug, Serialize)]
+pub struct EditOutcome {
+    pub flow: String,
+    pub change: String,
+    pub summary: String,
+    /// The id of the step, decision or comment the edit created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// A flow as `flow show` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowView {
+    #[serde(flatten)]
+    pub flow: Flow,
+    pub heads: Vec<String>,
+}
+
+/// One entry of `flow log`.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogEntry {
+    pub hash: String,
+    pub author: String,
+    pub name: String,
+    pub at: i64,
+    pub summary: String,
+}
+
+/// The result of `flow verify`.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub changes: usize,
+    pub valid: usize,
+    pub invalid: usize,
+    /// Whether the re-verified history ends at the same heads as the stored document.
+    pub heads_match: bool,
+    pub problems: Vec<String>,
+}
+
+pub struct Repo {
+    store: Store,
+    identity: Identity,
+    clock: fn() -> i64,
+}
+
+/// Loads a flow's document from the store: latest snapshot plus the changes stored after it.
+pub fn load_doc(w: &Writer<'_>, flow: &str) -> Result<Automerge> {
+    let corrupt = |reason: String| Error::Corrupt {
+        flow: flow.to_string(),
+        reason,
+    };
+    let (upto, mut doc) = match w.snapshot(flow)? {
+        Some((upto, bytes)) => (upto, Automerge::load(&bytes).map_err(|e| corrupt(e.to_string()))?),
+        None => (0, Automerge::new()),
+    };
+    let changes = w
+        .changes_after(flow, upto)?
+        .into_iter()
+        .map(|c| Change::from_bytes(c.signed.bytes).map_err(|e| corrupt(e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    doc.apply_changes(changes)
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok(doc)
+}
+
+/// Stores accepted changes and refreshes the flow's summary row and snapshot.
+fn persist(
+    w: &Writer<'_>,
+    flow: &str,
+    doc: &Automerge,
+    changes: &[(Vec<u8>, Vec<u8>, Vec<u8>)],
+    now: i64,
+) -> Result<()> {
+    w.insert_changes(
+        flow,
+        changes
+            .iter()
+            .map(|(h, b, s)| (h.as_slice(), b.as_slice(), s.as_slice())),
+    )?;
+    let r = Reader::now(doc);
+    let title = r.string(&automerge::ROOT, flow::field::TITLE);
+    let status = r.string(&automerge::ROOT, flow::field::STATUS);
+    w.update_flow(flow, &title, &status, now)?;
+    let last = w.last_seq(flow)?;
+    let upto = w.snapshot(flow)?.map(|(u, _)| u).unwrap_or(0);
+    if last - upto >= SNAPSHOT_EVERY {
+        w.put_snapshot(flow, last, &doc.save())?;
+    }
+    Ok(())
+}
+
+fn row(change: &mut Change, signature: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    (
+        change.hash().0.to_vec(),
+        change.bytes().into_owned(),
+        signature.to_vec(),
+    )
+}
+
+impl Repo {
+    /// Opens the repository in `home` (the identity must exist).
+    pub fn open(home: &Path) -> Result<Repo> {
+        let identity = Identity::load(home)?;
+        let store = Store::open(home)?;
+        Ok(Repo {
+            store,
+            identity,
+            clock: system_clock,
+        })
+    }
+
+    /// Replaces the clock (tests).
+    pub fn with_clock(mut self, clock: fn() -> i64) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn list(&self) -> Result<Vec<FlowRow>> {
+        Ok(self.store.reader().flows()?)
+    }
+
+    /// The full id of the flow a prefix names.
+    pub fn resolve(&self, prefix: &str) -> Result<String> {
+        let ids = self.store.reader().flow_ids()?;
+        Ok(flow::resolve_prefix("flow", prefix, ids.iter().map(|s| s.as_str()))?)
+    }
+
+    pub fn load(&self, flow: &str) -> Result<Automerge> {
+        load_doc(&self.store.reader(), flow)
+    }
+
+    /// Starts a flow with the caller as its only member.
+    pub fn create_flow(&mut self, title: &str, need: &str, role: Role) -> Result<String> {
+        let me = self.identity.clone();
+        let now = (self.clock)();
+        self.store.write(|w| {
+            let mut doc = Automerge::new().with_actor(me.actor());
+            let mut tx = doc.transaction();
+            new_flow_ops(&mut tx, me.node_id(), me.name(), title, need, role, now)?;
+            let (hash, _) = tx.commit_with(
+                CommitOptions::default()
+                    .with_message(format!("started the flow '{}'", title.trim()))
+                    .with_time(now),
+            );
+            let hash = hash.ok_or_else(|| Error::Invalid("nothing to create".into()))?;
+            let mut change = doc.get_change_by_hash(&hash).expect("just committed");
+            auth::authorize(&doc, &change, me.node_id())?;
+            let id = flow_id_of_genesis(&hash);
+            w.insert_flow(&id, &hash.0, title.trim(), "open", now)?;
+            let sig = me.sign_change(&hash);
+            persist(w, &id, &doc, &[row(&mut change, &sig)], now)?;
+            Ok(id)
+        })
+    }
+
+    /// Makes one local edit, checked by the same policy as any received change.
+    pub fn edit(&mut self, flow_prefix: &str, edit: &Edit) -> Result<EditOutcome> {
+        let id = self.resolve(flow_prefix)?;
+        let me = self.identity.clone();
+        let now = (self.clock)();
+        self.store.write(|w| {
+            let mut doc = load_doc(w, &id)?;
+            doc.set_actor(me.actor());
+            let current = Reader::now(&doc).flow(&id);
+            let mut tx = doc.transaction();
+            let applied = edit.apply(&mut tx, &current, me.node_id(), now)?;
+            let (hash, _) = tx.commit_with(
+                CommitOptions::default()
+                    .with_message(applied.summary.clone())
+                    .with_time(now),
+            );
+            let hash = hash.ok_or_else(|| Error::Invalid("the edit changes nothing".into()))?;
+            let mut change = doc.get_change_by_hash(&hash).expect("just committed");
+            auth::authorize(&doc, &change, me.node_id())?;
+            let sig = me.sign_change(&hash);
+            persist(w, &id, &doc, &[row(&mut change, &sig)], now)?;
+            Ok(EditOutcome {
+                flow: id.clone(),
+                change: hex(&hash.0),
+                summary: applied.summary,
+                id: applied.created,
+            })
+        })
+    }
+
+    /// Runs changes received from elsewhere through verify → authorize → apply and stores the
+    /// accepted ones. The flow must already exist here, unless the batch holds its genesis.
+    pub fn receive(&mut self, flow_id: &str, batch: &[SignedChange]) -> Result<Outcome> {
+        let now = (self.clock)();
+        self.store.write(|w| {
+            let known = w.flow_ids()?.iter().any(|f| f == flow_id);
+            let mut doc = if known {
+                load_doc(w, flow_id)?
+            } else {
+                Automerge::new()
+            };
+            let out = auth::accept(&mut doc, flow_id, batch, || {
+                if known {
+                    load_doc(w, flow_id)
+                } else {
+                    Ok(Automerge::new())
+                }
+            })?;
+            if out.accepted.is_empty() {
+                return Ok(out);
+            }
+            if !known {
+                let genesis = out
+                    .accepted
+                    .iter()
+                    .find(|v| v.change.deps().is_empty())
+                    .expect("a new flow's first accepted change is its genesis");
+                w.insert_flow(flow_id, &genesis.hash().0, "", "open", now)?;
+            }
+            let rows: Vec<_> = out
+                .accepted
+                .iter()
+                .map(|v| {
+                    let mut c = v.change.clone();
+                    row(&mut c, &v.signature)
+                })
+                .collect();
+            persist(w, flow_id, &doc, &rows, now)?;
+            Ok(out)
+        })
+    }
+
+    /// Every stored change of a flow, with its signature, dependencies first.
+    pub fn signed_changes(&self, flow: &str) -> Result<Vec<SignedChange>> {
+        Ok(self
+            .store
+            .reader()
+            .changes_after(flow, 0)?
+            .into_iter()
+            .map(|c| c.signed)
+            .collect())
+    }
+
+    pub fn show(&self, prefix: &str) -> Result<FlowView> {
+        let id = self.resolve(prefix)?;
+        let doc = self.load(&id)?;
+        Ok(FlowView {
+            flow: Reader::now(&doc).flow(&id),
+            heads: doc.get_heads().iter().map(|h| hex(&h.0)).collect(),
+        })
+    }
+
+    pub fn log(&self, prefix: &str) -> Result<Vec<LogEntry>> {
+        let id = self.resolve(prefix)?;
+        let doc = self.load(&id)?;
+        let flow = Reader::now(&doc).flow(&id);
+        Ok(doc
+            .get_changes(&[])
+            .iter()
+            .map(|c| {
+                let author = NodeId::from_public_key(c.actor_id().to_bytes())
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| c.actor_id().to_hex_string());
+                LogEntry {
+                    hash: hex(&c.hash().0),
+                    name: flow.name_of(&author),
+                    author,
+                    at: c.timestamp(),
+                    summary: c.message().unwrap_or("").to_string(),
+                }
+            })
+            .collect())
+    }
+
+    /// Re-checks every stored change from scratch: signature, dependencies, and policy.
+    pub fn verify(&self, prefix: &str) -> Result<VerifyReport> {
+        let id = self.resolve(prefix)?;
+        let stored = self.signed_changes(&id)?;
+        let mut fresh = Automerge::new();
+        let out = auth::accept(&mut fresh, &id, &stored, || Ok::<_, Error>(Automerge::new()))?;
+        let mut problems: Vec<String> = out
+            .rejected
+            .iter()
+            .map(|(h, r)| match h {
+                Some(h) => format!("change {}: {r}", hex(&h.0)),
+                None => format!("a change: {r}"),
+            })
+            .collect();
+        problems.extend(
+            out.pending
+                .iter()
+                .map(|v| format!("change {}: its dependencies are missing", hex(&v.hash().0))),
+        );
+        let mut stored_heads = self.load(&id)?.get_heads();
+        let mut fresh_heads = fresh.get_heads();
+        stored_heads.sort();
+        fresh_heads.sort();
+        Ok(VerifyReport {
+            changes: stored.len(),
+            valid: out.accepted.len(),
+            invalid: stored.len() - out.accepted.len(),
+            heads_match: stored_heads == fresh_heads,
+            problems,
+        })
+    }
+}

@@ -1,0 +1,280 @@
+//! The durable store: one SQLite file (`coflow.db`) in the data dir.
+//!
+//! WAL journal, `synchronous=FULL`: a transaction that returned from `COMMIT` is on disk. Every
+//! accepted change is kept with its signature, forever (compaction never drops one); snapshots
+//! (`Automerge::save`) make loading fast. Writers take the database's write lock up front
+//! (`BEGIN IMMEDIATE`), so two processes editing at once run one after the other.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::auth::SignedChange;
+
+/// File name of the database inside the data dir.
+pub const DB_FILE: &str = "coflow.db";
+
+/// The schema version this code reads and writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a writer waits for another process's write lock before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database {path} is damaged or is not a coflow store ({reason})")]
+    Damaged { path: PathBuf, reason: String },
+    #[error("the database {path} has schema version {found}; this coflow knows up to {SCHEMA_VERSION}")]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("the database is locked by another coflow process; try again")]
+    Busy,
+    #[error("storage error: {0}")]
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy
+            }
+            _ => StoreError::Sql(e),
+        }
+    }
+}
+
+/// One row of the `flows` table: what `flow list` shows without loading documents.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowRow {
+    pub id: String,
+    pub title: String,
+    pub status: String,
+    pub updated_at: i64,
+}
+
+/// A stored change with its insertion sequence number.
+#[derive(Clone, Debug)]
+pub struct StoredChange {
+    pub seq: i64,
+    pub hash: Vec<u8>,
+    pub signed: SignedChange,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+const MIGRATION_1: &str = "
+CREATE TABLE flows (
+    id          TEXT PRIMARY KEY,
+    genesis     BLOB NOT NULL,
+    title       TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE TABLE changes (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    flow        TEXT NOT NULL REFERENCES flows(id),
+    hash        BLOB NOT NULL,
+    bytes       BLOB NOT NULL,
+    signature   BLOB NOT NULL,
+    UNIQUE (flow, hash)
+);
+CREATE TABLE snapshots (
+    flow        TEXT PRIMARY KEY REFERENCES flows(id),
+    upto_seq    INTEGER NOT NULL,
+    doc         BLOB NOT NULL
+);
+";
+
+impl Store {
+    /// Opens (creating if needed) the store in `home`.
+    pub fn open(home: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(home).map_err(|e| StoreError::Damaged {
+            path: home.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let path = home.join(DB_FILE);
+        let damaged = |e: rusqlite::Error| StoreError::Damaged {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let conn = Connection::open(&path).map_err(damaged)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Sql(e) => damaged(e),
+                other => other,
+            })?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store { conn };
+        store.migrate(&path)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+            });
+        }
+        if version < 1 {
+            tx.execute_batch(MIGRATION_1)?;
+            tx.pragma_update(None, "user_version", 1)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs `f` inside a write transaction (taking the write lock first) and commits it durably.
+    /// Nothing `f` wrote is kept if it fails.
+    pub fn write<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&Writer<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let out = f(&Writer { conn: &tx })?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(out)
+    }
+
+    /// Read access outside a write transaction.
+    pub fn reader(&self) -> Writer<'_> {
+        Writer { conn: &self.conn }
+    }
+}
+
+/// Queries and writes on an open connection (inside a transaction for writes).
+pub struct Writer<'a> {
+    conn: &'a Connection,
+}
+
+impl Writer<'_> {
+    pub fn insert_flow(
+        &self,
+        id: &str,
+        genesis: &[u8],
+        title: &str,
+        status: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO flows (id, genesis, title, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![id, genesis, title, status, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn update_flow(&self, id: &str, title: &str, status: &str, now: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE flows SET title = ?2, status = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, title, status, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn flows(&self) -> Result<Vec<FlowRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, title, status, updated_at FROM flows ORDER BY created_at, id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(FlowRow {
+                id: r.get(0)?,
+                title: r.get(1)?,
+                status: r.get(2)?,
+                updated_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn flow_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id FROM flows")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Appends changes (already verified and accepted) to a flow. Changes it already holds are
+    /// skipped. Returns how many were new.
+    pub fn insert_changes<'c>(
+        &self,
+        flow: &str,
+        changes: impl IntoIterator<Item = (&'c [u8], &'c [u8], &'c [u8])>,
+    ) -> Result<usize, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO changes (flow, hash, bytes, signature) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut n = 0;
+        for (hash, bytes, sig) in changes {
+            n += stmt.execute(params![flow, hash, bytes, sig])?;
+        }
+        Ok(n)
+    }
+
+    /// The flow's changes stored after `seq`, in insertion order (dependencies first).
+    pub fn changes_after(&self, flow: &str, seq: i64) -> Result<Vec<StoredChange>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, hash, bytes, signature FROM changes WHERE flow = ?1 AND seq > ?2 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![flow, seq], |r| {
+            Ok(StoredChange {
+                seq: r.get(0)?,
+                hash: r.get(1)?,
+                signed: SignedChange {
+                    bytes: r.get(2)?,
+                    signature: r.get(3)?,
+                },
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn change_count(&self, flow: &str) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM changes WHERE flow = ?1",
+            params![flow],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn last_seq(&self, flow: &str) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(max(seq), 0) FROM changes WHERE flow = ?1",
+            params![flow],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The latest snapshot: `(seq of the last change it includes, saved document)`.
+    pub fn snapshot(&self, flow: &str) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT upto_seq, doc FROM snapshots WHERE flow = ?1",
+                params![flow],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    pub fn put_snapshot(&self, flow: &str, upto_seq: i64, doc: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO snapshots (flow, upto_seq, doc) VALUES (?1, ?2, ?3)
+             ON CONFLICT(flow) DO UPDATE SET upto_seq = excluded.upto_seq, doc = excluded.doc",
+            params![flow, upto_seq, doc],
+        )?;
+        Ok(())
+    }
+}
