@@ -34,7 +34,9 @@ fn step_colour(status: StepStatus) -> &'static str {
 }
 
 fn dot_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', " ")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', " ")
 }
 
 /// Graphviz dot.
@@ -52,7 +54,12 @@ pub fn dot(flow: &Flow) -> String {
         let label = if who.is_empty() {
             format!("{}\\n[{}]", dot_escape(&s.title), s.status)
         } else {
-            format!("{}\\n[{}] {}", dot_escape(&s.title), s.status, dot_escape(&who))
+            format!(
+                "{}\\n[{}] {}",
+                dot_escape(&s.title),
+                s.status,
+                dot_escape(&who)
+            )
         };
         out.push_str(&format!(
             "  {node} [label=\"{label}\", fillcolor={}];\n  {prev} -> {node};\n",
@@ -62,7 +69,11 @@ pub fn dot(flow: &Flow) -> String {
     }
     out.push_str(&format!(
         "  end [shape=ellipse, fillcolor={}, label=\"{}\"];\n  {prev} -> end;\n",
-        if flow.status == crate::flow::FlowStatus::Fulfilled { "palegreen" } else { "white" },
+        if flow.status == crate::flow::FlowStatus::Fulfilled {
+            "palegreen"
+        } else {
+            "white"
+        },
         match flow.status {
             crate::flow::FlowStatus::Fulfilled => "Fulfilled (confirmed by the customer)",
             crate::flow::FlowStatus::Closed => "Closed",
@@ -107,7 +118,12 @@ pub fn mermaid(flow: &Flow) -> String {
         let label = if who.is_empty() {
             format!("{}<br/>[{}]", mermaid_escape(&s.title), s.status)
         } else {
-            format!("{}<br/>[{}] {}", mermaid_escape(&s.title), s.status, mermaid_escape(&who))
+            format!(
+                "{}<br/>[{}] {}",
+                mermaid_escape(&s.title),
+                s.status,
+                mermaid_escape(&who)
+            )
         };
         out.push_str(&format!("  {node}[\"{label}\"]\n  {prev} --> {node}\n"));
         out.push_str(&format!("  class {node} {}\n", s.status));

@@ -89,8 +89,8 @@ impl FromStr for NodeId {
     /// Parses a printed node id. Only ed25519 peer ids qualify: other key types cannot sign
     /// coflow changes.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let peer = libp2p_identity::PeerId::from_str(s)
-            .map_err(|_| format!("'{s}' is not a node id"))?;
+        let peer =
+            libp2p_identity::PeerId::from_str(s).map_err(|_| format!("'{s}' is not a node id"))?;
         let mh = peer.as_ref();
         // An ed25519 peer id is the identity multihash of the protobuf-encoded public key.
         if mh.code() != 0 {

@@ -12,9 +12,7 @@ use serde::Serialize;
 
 use crate::auth::{self, Outcome, SignedChange};
 use crate::error::{Error, Result};
-use crate::flow::{
-    self, flow_id_of_genesis, new_flow_ops, Edit, Flow, Reader, Role,
-};
+use crate::flow::{self, flow_id_of_genesis, new_flow_ops, Edit, Flow, Reader, Role};
 use crate::identity::{hex, Identity, NodeId};
 use crate::store::{FlowRow, Store, Writer};
 
@@ -82,7 +80,10 @@ pub fn load_doc(w: &Writer<'_>, flow: &str) -> Result<Automerge> {
         reason,
     };
     let (upto, mut doc) = match w.snapshot(flow)? {
-        Some((upto, bytes)) => (upto, Automerge::load(&bytes).map_err(|e| corrupt(e.to_string()))?),
+        Some((upto, bytes)) => (
+            upto,
+            Automerge::load(&bytes).map_err(|e| corrupt(e.to_string()))?,
+        ),
         None => (0, Automerge::new()),
     };
     let changes = w
@@ -158,7 +159,11 @@ impl Repo {
     /// The full id of the flow a prefix names.
     pub fn resolve(&self, prefix: &str) -> Result<String> {
         let ids = self.store.reader().flow_ids()?;
-        Ok(flow::resolve_prefix("flow", prefix, ids.iter().map(|s| s.as_str()))?)
+        Ok(flow::resolve_prefix(
+            "flow",
+            prefix,
+            ids.iter().map(|s| s.as_str()),
+        )?)
     }
 
     pub fn load(&self, flow: &str) -> Result<Automerge> {
@@ -308,7 +313,12 @@ impl Repo {
         let id = self.resolve(prefix)?;
         let stored = self.signed_changes(&id)?;
         let mut fresh = Automerge::new();
-        let out = auth::accept(&mut fresh, &id, &stored, || Ok::<_, Error>(Automerge::new()))?;
+        let out = auth::accept(
+            &mut fresh,
+            &id,
+            &stored,
+            || Ok::<_, Error>(Automerge::new()),
+        )?;
         let mut problems: Vec<String> = out
             .rejected
             .iter()

@@ -25,7 +25,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum StoreError {
     #[error("the database {path} is damaged or is not a coflow store ({reason})")]
     Damaged { path: PathBuf, reason: String },
-    #[error("the database {path} has schema version {found}; this coflow knows up to {SCHEMA_VERSION}")]
+    #[error(
+        "the database {path} has schema version {found}; this coflow knows up to {SCHEMA_VERSION}"
+    )]
     TooNew { path: PathBuf, found: i64 },
     #[error("the database is locked by another coflow process; try again")]
     Busy,
@@ -177,7 +179,13 @@ impl Writer<'_> {
         Ok(())
     }
 
-    pub fn update_flow(&self, id: &str, title: &str, status: &str, now: i64) -> Result<(), StoreError> {
+    pub fn update_flow(
+        &self,
+        id: &str,
+        title: &str,
+        status: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE flows SET title = ?2, status = ?3, updated_at = ?4 WHERE id = ?1",
             params![id, title, status, now],

@@ -88,9 +88,7 @@ fn decode(sc: &SignedChange) -> Result<Decoded, (Option<ChangeHash>, Rejection)>
 
 /// Checks many signatures at once (batch verification), falling back to one by one to find the
 /// bad ones when the batch fails.
-pub fn verify_all(
-    batch: &[SignedChange],
-) -> (Vec<Verified>, Vec<(Option<ChangeHash>, Rejection)>) {
+pub fn verify_all(batch: &[SignedChange]) -> (Vec<Verified>, Vec<(Option<ChangeHash>, Rejection)>) {
     let mut decoded = Vec::with_capacity(batch.len());
     let mut rejected = Vec::new();
     for sc in batch {
@@ -175,8 +173,7 @@ pub fn accept<E>(
         let before = todo.len();
         let mut waiting = Vec::new();
         for v in todo {
-            if v
-                .change
+            if v.change
                 .deps()
                 .iter()
                 .all(|d| ready_set.contains(d) || holds(doc, d))
@@ -223,8 +220,13 @@ pub fn accept<E>(
         }
         if tainted {
             *doc = reload()?;
-            doc.apply_changes(accepted.iter().map(|v| v.change.clone()).collect::<Vec<_>>())
-                .expect("changes accepted once apply again");
+            doc.apply_changes(
+                accepted
+                    .iter()
+                    .map(|v| v.change.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .expect("changes accepted once apply again");
         }
     } else {
         // The document refused the batch as a whole: find the culprits one change at a time.
@@ -241,7 +243,10 @@ pub fn accept<E>(
                     out.rejected.push((Some(v.hash()), r));
                     *doc = reload()?;
                     doc.apply_changes(
-                        accepted.iter().map(|v| v.change.clone()).collect::<Vec<_>>(),
+                        accepted
+                            .iter()
+                            .map(|v| v.change.clone())
+                            .collect::<Vec<_>>(),
                     )
                     .expect("changes accepted once apply again");
                 }

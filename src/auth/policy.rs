@@ -105,14 +105,17 @@ fn genesis_role(change: &legacy::Change, author: &NodeId) -> Result<Role, Forbid
         return deny("a new flow must make its author a member");
     };
     let member = legacy::OpId(start + i as u64, change.actor_id.clone());
-    let role = change.operations.iter().find_map(|op| match (&op.obj, &op.key, &op.action) {
-        (ObjectId::Id(id), Key::Map(k), OpType::Put(ScalarValue::Str(s)))
-            if *id == member && k.as_str() == "role" =>
-        {
-            s.parse::<Role>().ok()
-        }
-        _ => None,
-    });
+    let role = change
+        .operations
+        .iter()
+        .find_map(|op| match (&op.obj, &op.key, &op.action) {
+            (ObjectId::Id(id), Key::Map(k), OpType::Put(ScalarValue::Str(s)))
+                if *id == member && k.as_str() == "role" =>
+            {
+                s.parse::<Role>().ok()
+            }
+            _ => None,
+        });
     match role {
         Some(r @ (Role::Customer | Role::Owner)) => Ok(r),
         _ => deny("a flow's creator must be its customer or its owner"),
@@ -240,7 +243,8 @@ impl<'a> Judge<'a> {
     /// The place of an existing object, from its path as of the change's dependencies. An object
     /// that is not visible there (deleted, overwritten, or not in the causal past) has no place.
     fn place_in_past(&self, obj: &ObjId) -> Result<Place, Forbidden> {
-        let gone = || Forbidden("the change edits an object that does not exist in its past".into());
+        let gone =
+            || Forbidden("the change edits an object that does not exist in its past".into());
         let path = self
             .doc
             .parents_at(obj, self.deps)
@@ -329,7 +333,12 @@ impl<'a> Judge<'a> {
     }
 
     /// An operation that makes an object: where may it go?
-    fn create(&mut self, parent: &Target, op: &legacy::Op, typ: ObjType) -> Result<Place, Forbidden> {
+    fn create(
+        &mut self,
+        parent: &Target,
+        op: &legacy::Op,
+        typ: ObjType,
+    ) -> Result<Place, Forbidden> {
         let place = match (&parent.place, &op.key, typ) {
             (Place::Root, Key::Map(k), _) if self.genesis => match (k.as_str(), typ) {
                 (field::MEMBERS, ObjType::Map) => Place::Members,
@@ -480,7 +489,10 @@ impl<'a> Judge<'a> {
                 self.needs(is_self || self.role.manages(), "cannot change roles")?;
                 if is_self && !self.role.manages() && role != Role::Observer {
                     // Contributors and observers may step down, never up.
-                    return deny(format!("{} cannot raise their own role", article(self.role)));
+                    return deny(format!(
+                        "{} cannot raise their own role",
+                        article(self.role)
+                    ));
                 }
                 self.needs(
                     role != Role::Customer || self.role == Role::Customer,
@@ -670,7 +682,10 @@ impl<'a> Judge<'a> {
         if d.who == Who::Customer {
             self.needs(
                 self.role == Role::Customer,
-                &format!("cannot choose in '{}': it is the customer's decision", d.question),
+                &format!(
+                    "cannot choose in '{}': it is the customer's decision",
+                    d.question
+                ),
             )?;
         }
         match &op.action {
@@ -725,7 +740,11 @@ impl<'a> Judge<'a> {
                 field::DECISIONS,
                 field::COMMENTS,
             ] {
-                if !self.targets.values().any(|t| place_name(&t.place) == Some(c)) {
+                if !self
+                    .targets
+                    .values()
+                    .any(|t| place_name(&t.place) == Some(c))
+                {
                     return deny(format!("a new flow must create its {c}"));
                 }
             }

@@ -14,7 +14,11 @@ use crate::identity::Identity;
 use crate::repo::Repo;
 
 #[derive(Parser, Debug)]
-#[command(name = "coflow", version, about = "Shared customer flows, peer to peer")]
+#[command(
+    name = "coflow",
+    version,
+    about = "Shared customer flows, peer to peer"
+)]
 pub struct Cli {
     /// Data directory (default: $COFLOW_HOME, else the platform data dir).
     #[arg(long, global = true, env = "COFLOW_HOME")]

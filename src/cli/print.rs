@@ -100,7 +100,10 @@ impl Out {
             return Ok(());
         }
         let f = &v.flow;
-        let mut s = format!("{}  [{}]\n{}\nNeed: {}\n\nMembers:\n", f.title, f.status, f.id, f.need);
+        let mut s = format!(
+            "{}  [{}]\n{}\nNeed: {}\n\nMembers:\n",
+            f.title, f.status, f.id, f.need
+        );
         for m in f.members.iter().filter(|m| !m.removed) {
             s.push_str(&format!("  {:<11} {:<16} {}\n", m.role, m.name, m.node_id));
         }
@@ -109,8 +112,16 @@ impl Out {
             s.push_str("  (none yet)\n");
         }
         for (i, st) in f.steps.iter().enumerate() {
-            let who = st.assignee.as_deref().map(|a| f.name_of(a)).unwrap_or_default();
-            let customer = if st.customer_involved { " (with the customer)" } else { "" };
+            let who = st
+                .assignee
+                .as_deref()
+                .map(|a| f.name_of(a))
+                .unwrap_or_default();
+            let customer = if st.customer_involved {
+                " (with the customer)"
+            } else {
+                ""
+            };
             s.push_str(&format!(
                 "  {}. [{:<7}] {}{}  {}  {}\n",
                 i + 1,
@@ -142,12 +153,21 @@ impl Out {
         if !f.comments.is_empty() {
             s.push_str("\nComments:\n");
             for c in &f.comments {
-                s.push_str(&format!("  {} {}: {}\n", time(c.at), f.name_of(&c.author), c.text));
+                s.push_str(&format!(
+                    "  {} {}: {}\n",
+                    time(c.at),
+                    f.name_of(&c.author),
+                    c.text
+                ));
             }
         }
         s.push_str(&format!(
             "\nHeads: {}\n",
-            v.heads.iter().map(|h| &h[..12]).collect::<Vec<_>>().join(" ")
+            v.heads
+                .iter()
+                .map(|h| &h[..12])
+                .collect::<Vec<_>>()
+                .join(" ")
         ));
         emit(&s);
         Ok(())
@@ -165,7 +185,13 @@ impl Out {
             } else {
                 e.name.clone()
             };
-            s.push_str(&format!("{}  {}  {:<12}  {}\n", &e.hash[..12], time(e.at), who, e.summary));
+            s.push_str(&format!(
+                "{}  {}  {:<12}  {}\n",
+                &e.hash[..12],
+                time(e.at),
+                who,
+                e.summary
+            ));
         }
         emit(&s);
         Ok(())
@@ -180,7 +206,11 @@ impl Out {
                 r.changes,
                 r.valid,
                 r.invalid,
-                if r.heads_match { "" } else { " (heads differ from the stored document)" }
+                if r.heads_match {
+                    ""
+                } else {
+                    " (heads differ from the stored document)"
+                }
             );
             for p in &r.problems {
                 s.push_str(&format!("  {p}\n"));

@@ -262,10 +262,12 @@ impl Edit {
                 .expect("resolved decision exists")
                 .clone())
         };
-        let done = |summary: String| Ok(Applied {
-            summary,
-            created: None,
-        });
+        let done = |summary: String| {
+            Ok(Applied {
+                summary,
+                created: None,
+            })
+        };
         match self {
             Edit::SetTitle { title } => {
                 let title = non_empty("title", title)?;
@@ -397,7 +399,11 @@ impl Edit {
                 tx.put(&c, "id", id.as_str())?;
                 tx.put(&c, "author", author.as_str())?;
                 tx.put(&c, "at", now)?;
-                tx.put(&c, "step", opt_str(&step.as_ref().map(|(_, s)| s.id.clone())))?;
+                tx.put(
+                    &c,
+                    "step",
+                    opt_str(&step.as_ref().map(|(_, s)| s.id.clone())),
+                )?;
                 tx.put(&c, "text", text.as_str())?;
                 let on = step
                     .map(|(_, s)| format!(" on '{}'", s.title))
@@ -458,7 +464,8 @@ impl Edit {
                         d.question
                     )));
                 }
-                let option = resolve_prefix("option", option, d.options.iter().map(|o| o.as_str()))?;
+                let option =
+                    resolve_prefix("option", option, d.options.iter().map(|o| o.as_str()))?;
                 let decisions = container(field::DECISIONS)?;
                 let obj = r
                     .obj(&decisions, d.id.as_str(), ObjType::Map)

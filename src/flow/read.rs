@@ -152,11 +152,7 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
     pub fn read_decision(&self, id: &str, d: &ObjId) -> Decision {
         let options = self
             .obj(d, "options", ObjType::List)
-            .map(|l| {
-                (0..self.len(&l))
-                    .filter_map(|i| self.str(&l, i))
-                    .collect()
-            })
+            .map(|l| (0..self.len(&l)).filter_map(|i| self.str(&l, i)).collect())
             .unwrap_or_default();
         let choices = self
             .obj(d, "choices", ObjType::Map)
@@ -228,7 +224,12 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
             .unwrap_or_default();
         let steps = self
             .container(field::STEPS)
-            .map(|l| self.list_maps(&l).iter().map(|s| self.read_step(s)).collect())
+            .map(|l| {
+                self.list_maps(&l)
+                    .iter()
+                    .map(|s| self.read_step(s))
+                    .collect()
+            })
             .unwrap_or_default();
         let decisions = self
             .container(field::DECISIONS)

@@ -1,0 +1,686 @@
+//! The role policy (DESIGN §3), row by row, through the accept path a node uses for every
+//! change. Alice is the customer, Olga the owner, Carl and Dana contributors, Oscar an observer,
+//! Eve a stranger.
+
+mod common;
+
+use automerge::transaction::Transactable;
+use automerge::{ObjType, ReadDoc, ScalarValue, ROOT};
+use coflow::auth::{Rejection, SignedChange};
+use coflow::flow::{Edit, FlowStatus, Mode, Role, StepStatus, Who};
+use coflow::identity::Identity;
+use common::*;
+
+fn forbidden(r: Rejection) -> String {
+    match r {
+        Rejection::Forbidden(f) => f.0,
+        other => panic!("expected a policy refusal, got: {other}"),
+    }
+}
+
+/// Puts `value` at `key` of member `node`'s map, as a raw operation.
+fn put_member_field(
+    sim: &Sim,
+    who: &Identity,
+    node: &Identity,
+    key: &'static str,
+    value: ScalarValue,
+) -> SignedChange {
+    let node = node.node_id().to_string();
+    sim.make(who, move |tx, _| {
+        let members = tx.get(ROOT, "members").unwrap().unwrap().1;
+        let m = tx.get(&members, node.as_str()).unwrap().unwrap().1;
+        tx.put(&m, key, value).unwrap();
+    })
+}
+
+fn new_invite(sim: &Sim, who: &Identity, role: Role) -> SignedChange {
+    let me = who.node_id().to_string();
+    sim.make(who, move |tx, _| {
+        let invites = tx.get(ROOT, "invites").unwrap().unwrap().1;
+        let i = tx.put_object(&invites, "inv1", ObjType::Map).unwrap();
+        tx.put(&i, "role", role.as_str()).unwrap();
+        tx.put(&i, "secret_hash", ScalarValue::Bytes(vec![7; 32]))
+            .unwrap();
+        tx.put(&i, "expires_at", NOW + 3600).unwrap();
+        tx.put(&i, "uses_left", 1).unwrap();
+        tx.put(&i, "created_by", me.as_str()).unwrap();
+        tx.put(&i, "revoked", false).unwrap();
+    })
+}
+
+// --- add members, change roles, manage invites: customer yes; owner yes, but not customers ---
+
+#[test]
+fn customer_and_owner_add_members_others_cannot() {
+    let mut sim = Sim::tailor();
+    sim.edit(&olga(), add_member(&eve(), Role::Observer))
+        .unwrap();
+    let mut sim = Sim::tailor();
+    sim.edit(&alice(), add_member(&eve(), Role::Contributor))
+        .unwrap();
+    for who in [carl(), oscar()] {
+        let mut sim = Sim::tailor();
+        let msg = forbidden(sim.refused(&who, add_member(&eve(), Role::Observer)));
+        assert!(msg.contains("cannot add members"), "{msg}");
+    }
+}
+
+#[test]
+fn only_a_customer_adds_a_customer() {
+    let mut sim = Sim::tailor();
+    let msg = forbidden(sim.refused(&olga(), add_member(&bea(), Role::Customer)));
+    assert!(msg.contains("only a customer"), "{msg}");
+    sim.edit(&alice(), add_member(&bea(), Role::Customer))
+        .unwrap();
+    assert_eq!(
+        sim.flow().role_of(bea().node_id().as_str()),
+        Some(Role::Customer)
+    );
+}
+
+#[test]
+fn role_changes() {
+    let mut sim = Sim::tailor();
+    // The customer and the owner change a contributor's role.
+    let c = put_member_field(&sim, &alice(), &carl(), "role", "observer".into());
+    sim.receive(&[c]).unwrap();
+    let c = put_member_field(&sim, &olga(), &carl(), "role", "contributor".into());
+    sim.receive(&[c]).unwrap();
+    // The owner cannot change the customer's role, nor make anyone a customer.
+    let heads = sim.heads();
+    let c = put_member_field(&sim, &olga(), &alice(), "role", "observer".into());
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("customer's role"));
+    let c = put_member_field(&sim, &olga(), &carl(), "role", "customer".into());
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("only a customer"));
+    // A contributor changes no one's role, and cannot promote themself.
+    let c = put_member_field(&sim, &carl(), &dana(), "role", "observer".into());
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("cannot change roles"));
+    let c = put_member_field(&sim, &carl(), &carl(), "role", "owner".into());
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("raise"));
+    assert_eq!(sim.heads(), heads);
+    // …but may step down.
+    let c = put_member_field(&sim, &carl(), &carl(), "role", "observer".into());
+    sim.receive(&[c]).unwrap();
+}
+
+#[test]
+fn invites_are_managed_by_customers_and_owners() {
+    let sim = Sim::tailor();
+    for who in [alice(), olga()] {
+        let mut s = Sim::tailor();
+        s.receive(&[new_invite(&s, &who, Role::Contributor)])
+            .unwrap();
+    }
+    let mut s = Sim::tailor();
+    let c = new_invite(&s, &olga(), Role::Customer);
+    assert!(forbidden(s.receive(&[c]).unwrap_err()).contains("invite a customer"));
+    for who in [carl(), oscar()] {
+        let mut s = Sim::tailor();
+        let c = new_invite(&s, &who, Role::Contributor);
+        assert!(forbidden(s.receive(&[c]).unwrap_err()).contains("invites"));
+    }
+    drop(sim);
+}
+
+// --- remove a member: customer/owner: self and non-customers; others: self ---
+
+#[test]
+fn removals() {
+    let remove = |who: &Identity| Edit::RemoveMember {
+        member: who.node_id().to_string(),
+    };
+    let mut sim = Sim::tailor();
+    sim.edit(&alice(), remove(&carl())).unwrap();
+    sim.edit(&olga(), remove(&dana())).unwrap();
+    let msg = forbidden(sim.refused(&olga(), remove(&alice())));
+    assert!(msg.contains("only be removed by themself"), "{msg}");
+
+    let mut sim = Sim::tailor();
+    assert!(forbidden(sim.refused(&carl(), remove(&dana()))).contains("cannot remove"));
+    assert!(forbidden(sim.refused(&oscar(), remove(&carl()))).contains("cannot remove"));
+    sim.edit(&carl(), remove(&carl())).unwrap();
+    sim.edit(&oscar(), remove(&oscar())).unwrap();
+    sim.edit(&olga(), remove(&olga())).unwrap();
+
+    // A second customer cannot remove the first; a customer may leave.
+    let mut sim = Sim::tailor();
+    sim.edit(&alice(), add_member(&bea(), Role::Customer))
+        .unwrap();
+    assert!(forbidden(sim.refused(&bea(), remove(&alice()))).contains("themself"));
+    sim.edit(&alice(), remove(&alice())).unwrap();
+    assert_eq!(sim.flow().role_of(alice().node_id().as_str()), None);
+}
+
+// --- edit title / need; close / reopen: customer and owner ---
+
+#[test]
+fn title_need_close_reopen() {
+    let mut sim = Sim::tailor();
+    for who in [alice(), olga()] {
+        sim.edit(
+            &who,
+            Edit::SetTitle {
+                title: format!("Suit by {}", who.name()),
+            },
+        )
+        .unwrap();
+        sim.edit(
+            &who,
+            Edit::SetNeed {
+                need: format!("Navy, three pieces, says {}", who.name()),
+            },
+        )
+        .unwrap();
+        sim.edit(
+            &who,
+            Edit::SetStatus {
+                status: FlowStatus::Closed,
+            },
+        )
+        .unwrap();
+        sim.edit(
+            &who,
+            Edit::SetStatus {
+                status: FlowStatus::Open,
+            },
+        )
+        .unwrap();
+    }
+    for who in [carl(), oscar()] {
+        assert!(forbidden(sim.refused(
+            &who,
+            Edit::SetTitle {
+                title: "Mine".into()
+            }
+        ))
+        .contains("cannot edit the title"));
+        assert!(forbidden(sim.refused(
+            &who,
+            Edit::SetNeed {
+                need: "Other".into()
+            }
+        ))
+        .contains("cannot edit the need"));
+        assert!(forbidden(sim.refused(
+            &who,
+            Edit::SetStatus {
+                status: FlowStatus::Closed
+            }
+        ))
+        .contains("close or reopen"));
+    }
+}
+
+// --- set status fulfilled: customer only, and no one overrules it ---
+
+#[test]
+fn only_the_customer_confirms_fulfilment() {
+    let mut sim = Sim::tailor();
+    for who in [olga(), carl(), oscar()] {
+        let msg = forbidden(sim.refused(
+            &who,
+            Edit::SetStatus {
+                status: FlowStatus::Fulfilled,
+            },
+        ));
+        assert!(msg.contains("only a customer can"), "{msg}");
+    }
+    sim.edit(
+        &alice(),
+        Edit::SetStatus {
+            status: FlowStatus::Fulfilled,
+        },
+    )
+    .unwrap();
+    assert_eq!(sim.flow().status, FlowStatus::Fulfilled);
+    // The owner cannot undo the customer's confirmation.
+    let msg = forbidden(sim.refused(
+        &olga(),
+        Edit::SetStatus {
+            status: FlowStatus::Open,
+        },
+    ));
+    assert!(msg.contains("overrule"), "{msg}");
+    sim.edit(
+        &alice(),
+        Edit::SetStatus {
+            status: FlowStatus::Open,
+        },
+    )
+    .unwrap();
+}
+
+// --- add / edit steps; open decisions: everyone but observers ---
+
+#[test]
+fn steps_and_decisions_are_opened_by_all_but_observers() {
+    let mut sim = Sim::tailor();
+    for who in [alice(), olga(), carl()] {
+        sim.edit(&who, add_step(&format!("Step by {}", who.name()), None))
+            .unwrap();
+        sim.edit(
+            &who,
+            Edit::NewDecision {
+                question: format!("Question of {}", who.name()),
+                options: vec!["Yes".into(), "No".into()],
+                who: Who::Members,
+                mode: Mode::Vote,
+                step: None,
+            },
+        )
+        .unwrap();
+    }
+    assert!(
+        forbidden(sim.refused(&oscar(), add_step("Observer's step", None)))
+            .contains("cannot add steps")
+    );
+    let msg = forbidden(sim.refused(
+        &oscar(),
+        Edit::NewDecision {
+            question: "Q".into(),
+            options: vec!["a".into(), "b".into()],
+            who: Who::Members,
+            mode: Mode::Vote,
+            step: None,
+        },
+    ));
+    assert!(msg.contains("cannot open decisions"), "{msg}");
+    // An observer edits no step field.
+    let step = sim.step_id("Step by Carl");
+    let c = sim.make(&oscar(), |tx, flow| {
+        let steps = tx.get(ROOT, "steps").unwrap().unwrap().1;
+        let i = flow.steps.iter().position(|s| s.id == step).unwrap();
+        let s = tx.get(&steps, i).unwrap().unwrap().1;
+        tx.put(&s, "title", "Renamed").unwrap();
+    });
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("cannot edit steps"));
+    // A contributor edits a step's title.
+    let c = sim.make(&carl(), |tx, flow| {
+        let steps = tx.get(ROOT, "steps").unwrap().unwrap().1;
+        let i = flow
+            .steps
+            .iter()
+            .position(|s| s.title == "Step by Alice")
+            .unwrap();
+        let s = tx.get(&steps, i).unwrap().unwrap().1;
+        tx.put(&s, "title", "Step by Alice, renamed by Carl")
+            .unwrap();
+    });
+    sim.receive(&[c]).unwrap();
+}
+
+// --- change a step's status: contributor only if assignee or unassigned ---
+
+#[test]
+fn step_status_rules() {
+    let mut sim = Sim::tailor();
+    sim.edit(&olga(), add_step("Cut and baste", Some(&dana())))
+        .unwrap();
+    sim.edit(&olga(), add_step("Press", None)).unwrap();
+    sim.edit(&olga(), add_step("Sew", Some(&carl()))).unwrap();
+    let cut = sim.step_id("Cut and baste");
+    let press = sim.step_id("Press");
+    let sew = sim.step_id("Sew");
+    let set = |step: &str, status| Edit::SetStepStatus {
+        step: step.into(),
+        status,
+    };
+
+    // A contributor moving a step assigned to someone else is refused, and may not take it over.
+    let msg = forbidden(sim.refused(&carl(), set(&cut, StepStatus::Active)));
+    assert!(msg.contains("assigned to someone else"), "{msg}");
+    let take = Edit::AssignStep {
+        step: cut.clone(),
+        assignee: Some(carl().node_id().to_string()),
+    };
+    assert!(forbidden(sim.refused(&carl(), take)).contains("assigned to someone else"));
+    // Their own step and an unassigned one are fine; the customer and owner move any.
+    sim.edit(&carl(), set(&sew, StepStatus::Active)).unwrap();
+    sim.edit(&carl(), set(&press, StepStatus::Done)).unwrap();
+    sim.edit(&dana(), set(&cut, StepStatus::Active)).unwrap();
+    sim.edit(&olga(), set(&cut, StepStatus::Waiting)).unwrap();
+    sim.edit(&alice(), set(&cut, StepStatus::Done)).unwrap();
+    assert!(
+        forbidden(sim.refused(&oscar(), set(&press, StepStatus::Todo)))
+            .contains("cannot edit steps")
+    );
+}
+
+// --- choose in a decision: per its `who` ---
+
+#[test]
+fn customer_decisions_are_the_customers() {
+    let mut sim = Sim::tailor();
+    sim.edit(
+        &olga(),
+        Edit::NewDecision {
+            question: "Which cloth?".into(),
+            options: vec!["Navy wool".into(), "Navy linen".into()],
+            who: Who::Customer,
+            mode: Mode::Choice,
+            step: None,
+        },
+    )
+    .unwrap();
+    let d = sim.decision_id("Which cloth?");
+    let choose = |o: &str| Edit::Choose {
+        decision: d.clone(),
+        option: o.into(),
+    };
+    for who in [olga(), carl(), oscar()] {
+        let msg = forbidden(sim.refused(&who, choose("Navy linen")));
+        assert!(msg.contains("customer's decision"), "{msg}");
+    }
+    // The owner cannot settle it by writing the outcome either.
+    let c = sim.make(&olga(), |tx, _| {
+        let ds = tx.get(ROOT, "decisions").unwrap().unwrap().1;
+        let o = tx.get(&ds, d.as_str()).unwrap().unwrap().1;
+        tx.put(&o, "outcome", "Navy linen").unwrap();
+        tx.put(&o, "closed", true).unwrap();
+    });
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("customer's to make"));
+    sim.edit(&alice(), choose("Navy wool")).unwrap();
+    let dec = sim.flow().decisions[0].clone();
+    assert_eq!(dec.outcome.as_deref(), Some("Navy wool"));
+    assert!(dec.closed);
+    // Closed means closed.
+    assert!(forbidden(sim.refused_raw_choice(&alice(), &d, "Navy linen")).contains("closed"));
+}
+
+impl Sim {
+    fn refused_raw_choice(&mut self, who: &Identity, decision: &str, option: &str) -> Rejection {
+        let me = who.node_id().to_string();
+        let c = self.make(who, |tx, _| {
+            let ds = tx.get(ROOT, "decisions").unwrap().unwrap().1;
+            let o = tx.get(&ds, decision).unwrap().unwrap().1;
+            let choices = tx.get(&o, "choices").unwrap().unwrap().1;
+            tx.put(&choices, me.as_str(), option).unwrap();
+        });
+        let heads = self.heads();
+        let r = self.receive(&[c]).unwrap_err();
+        assert_eq!(self.heads(), heads);
+        r
+    }
+}
+
+#[test]
+fn members_vote_once_each_and_only_for_themselves() {
+    let mut sim = Sim::tailor();
+    sim.edit(
+        &carl(),
+        Edit::NewDecision {
+            question: "Season strategy?".into(),
+            options: vec!["Attack".into(), "Defend".into()],
+            who: Who::Members,
+            mode: Mode::Vote,
+            step: None,
+        },
+    )
+    .unwrap();
+    let d = sim.decision_id("Season strategy?");
+    let vote = |o: &str| Edit::Choose {
+        decision: d.clone(),
+        option: o.into(),
+    };
+    for who in [alice(), olga(), carl(), oscar()] {
+        sim.edit(&who, vote("Attack")).unwrap();
+    }
+    sim.edit(&oscar(), vote("Defend")).unwrap(); // changed vote replaces the old one
+    assert_eq!(
+        sim.flow().decisions[0].tally(),
+        vec![("Attack".into(), 3), ("Defend".into(), 1)]
+    );
+    // Voting in someone else's name is refused.
+    let dana_id = dana().node_id().to_string();
+    let c = sim.make(&carl(), |tx, _| {
+        let ds = tx.get(ROOT, "decisions").unwrap().unwrap().1;
+        let o = tx.get(&ds, d.as_str()).unwrap().unwrap().1;
+        let choices = tx.get(&o, "choices").unwrap().unwrap().1;
+        tx.put(&choices, dana_id.as_str(), "Defend").unwrap();
+    });
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("only for themselves"));
+    // A contributor cannot close the vote; the owner can.
+    assert!(forbidden(sim.refused(
+        &carl(),
+        Edit::CloseDecision {
+            decision: d.clone()
+        }
+    ))
+    .contains("close a members' vote"));
+    sim.edit(
+        &olga(),
+        Edit::CloseDecision {
+            decision: d.clone(),
+        },
+    )
+    .unwrap();
+    assert_eq!(sim.flow().decisions[0].outcome.as_deref(), Some("Attack"));
+}
+
+// --- comment: everyone; edit own comments only ---
+
+#[test]
+fn comments() {
+    let mut sim = Sim::tailor();
+    for who in [alice(), olga(), carl(), oscar()] {
+        sim.edit(
+            &who,
+            Edit::Comment {
+                text: format!("Hello from {}", who.name()),
+                step: None,
+            },
+        )
+        .unwrap();
+    }
+    let edit_first = |sim: &Sim, who: &Identity| {
+        sim.make(who, |tx, _| {
+            let cs = tx.get(ROOT, "comments").unwrap().unwrap().1;
+            let c = tx.get(&cs, 0).unwrap().unwrap().1;
+            tx.put(&c, "text", "edited").unwrap();
+        })
+    };
+    let c = edit_first(&sim, &olga());
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("only a comment's author"));
+    let c = edit_first(&sim, &alice());
+    sim.receive(&[c]).unwrap();
+    assert_eq!(sim.flow().comments[0].text, "edited");
+    // Comments are never deleted, and carry their true author.
+    let c = sim.make(&alice(), |tx, _| {
+        let cs = tx.get(ROOT, "comments").unwrap().unwrap().1;
+        tx.delete(&cs, 1).unwrap();
+    });
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("cannot be deleted"));
+    let olga_id = olga().node_id().to_string();
+    let c = sim.make(&carl(), |tx, _| {
+        let cs = tx.get(ROOT, "comments").unwrap().unwrap().1;
+        let n = tx.length(&cs);
+        let c = tx.insert_object(&cs, n, ObjType::Map).unwrap();
+        tx.put(&c, "id", "x").unwrap();
+        tx.put(&c, "author", olga_id.as_str()).unwrap();
+        tx.put(&c, "text", "I am Olga").unwrap();
+    });
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("author"));
+}
+
+// --- signatures, strangers, genesis, schema ---
+
+#[test]
+fn forged_signature_is_refused() {
+    let mut sim = Sim::tailor();
+    let mut c = sim.edit_change(&carl(), add_step("Forged", None));
+    c.signature[0] ^= 1;
+    let heads = sim.heads();
+    assert_eq!(sim.receive(&[c]).unwrap_err(), Rejection::BadSignature);
+    assert_eq!(sim.heads(), heads);
+}
+
+#[test]
+fn a_change_signed_by_another_key_than_its_actor_is_refused() {
+    let mut sim = Sim::tailor();
+    // Made under Carl's actor id, signed by Eve.
+    let c = sim.edit_change(&carl(), add_step("Not by Carl", None));
+    let change = automerge::Change::from_bytes(c.bytes.clone()).unwrap();
+    let forged = SignedChange {
+        bytes: c.bytes,
+        signature: eve().sign_change(&change.hash()).to_vec(),
+    };
+    assert_eq!(sim.receive(&[forged]).unwrap_err(), Rejection::BadSignature);
+    // An actor id that is not an ed25519 key at all.
+    let mut doc = sim
+        .doc
+        .fork()
+        .with_actor(automerge::ActorId::from(&[1u8, 2, 3][..]));
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "title", "x").unwrap();
+    let hash = tx.commit().0.unwrap();
+    let bad = sign(&eve(), &doc, hash);
+    assert_eq!(sim.receive(&[bad]).unwrap_err(), Rejection::BadActor);
+}
+
+#[test]
+fn a_non_member_is_refused() {
+    let mut sim = Sim::tailor();
+    let msg = forbidden(sim.refused(
+        &eve(),
+        Edit::Comment {
+            text: "hi".into(),
+            step: None,
+        },
+    ));
+    assert!(msg.contains("not a member"), "{msg}");
+}
+
+#[test]
+fn a_second_genesis_is_refused() {
+    let mut sim = Sim::tailor();
+    let other = Sim::new(&eve(), Role::Customer);
+    let genesis = other.log[0].clone();
+    assert_eq!(
+        sim.receive(&[genesis]).unwrap_err(),
+        Rejection::WrongGenesis
+    );
+}
+
+#[test]
+fn a_genesis_must_make_its_author_the_only_member() {
+    let eve = eve();
+    let alice_id = alice().node_id().to_string();
+    let mut doc = automerge::Automerge::new().with_actor(eve.actor());
+    let mut tx = doc.transaction();
+    coflow::flow::new_flow_ops(&mut tx, eve.node_id(), "Eve", "t", "n", Role::Customer, NOW)
+        .unwrap();
+    let members = tx.get(ROOT, "members").unwrap().unwrap().1;
+    let m = tx
+        .put_object(&members, alice_id.as_str(), ObjType::Map)
+        .unwrap();
+    tx.put(&m, "role", "observer").unwrap();
+    let hash = tx.commit().0.unwrap();
+    let signed = sign(&eve, &doc, hash);
+    let mut fresh = automerge::Automerge::new();
+    let out = coflow::auth::accept(
+        &mut fresh,
+        &coflow::flow::flow_id_of_genesis(&hash),
+        &[signed],
+        || Ok::<_, ()>(automerge::Automerge::new()),
+    )
+    .unwrap();
+    assert!(out.accepted.is_empty());
+    assert!(matches!(&out.rejected[0].1, Rejection::Forbidden(f) if f.0.contains("only member")));
+    assert!(fresh.get_heads().is_empty());
+}
+
+#[test]
+fn writes_outside_the_schema_are_refused() {
+    let mut sim = Sim::tailor();
+    let c = sim.make(&alice(), |tx, _| {
+        tx.put(ROOT, "backdoor", "x").unwrap();
+    });
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("cannot be changed"));
+    let c = sim.make(&alice(), |tx, _| {
+        tx.put(ROOT, "status", "done-ish").unwrap();
+    });
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("not a valid"));
+    let c = sim.make(&alice(), |tx, _| {
+        tx.put_object(ROOT, "steps", ObjType::List).unwrap();
+    });
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("schema"));
+    let c = sim.make(&alice(), |tx, _| {
+        tx.put_object(ROOT, "counter", ObjType::Map).unwrap();
+    });
+    assert!(sim.receive(&[c]).is_err());
+}
+
+// --- membership in the causal past ---
+
+#[test]
+fn a_change_after_its_authors_removal_is_refused() {
+    let mut sim = Sim::tailor();
+    sim.edit(
+        &alice(),
+        Edit::RemoveMember {
+            member: carl().node_id().to_string(),
+        },
+    )
+    .unwrap();
+    // Carl has seen his removal (it is in the change's causal past).
+    let msg = forbidden(sim.refused(&carl(), add_step("After removal", None)));
+    assert!(msg.contains("not a member"), "{msg}");
+}
+
+#[test]
+fn a_change_concurrent_with_its_authors_removal_is_accepted() {
+    let mut sim = Sim::tailor();
+    let before = sim.doc.get_heads();
+    sim.edit(
+        &alice(),
+        Edit::RemoveMember {
+            member: carl().node_id().to_string(),
+        },
+    )
+    .unwrap();
+    // Carl wrote his step before he saw the removal: its causal past has him as a member.
+    let concurrent = sim.edit_change_at(&carl(), &before, add_step("Written while a member", None));
+    sim.receive(&[concurrent]).unwrap();
+    let flow = sim.flow();
+    assert!(flow
+        .steps
+        .iter()
+        .any(|s| s.title == "Written while a member"));
+    assert_eq!(flow.role_of(carl().node_id().as_str()), None);
+}
+
+#[test]
+fn dependents_of_a_refused_change_are_refused_and_the_rest_of_the_batch_kept() {
+    let mut sim = Sim::tailor();
+    let good = sim.edit_change(&alice(), add_step("Good", None));
+    // Eve's change, and a change by Olga built on top of it.
+    let mut fork = sim.doc.fork();
+    let bad = sim.edit_change(&eve(), add_step("Bad", None));
+    fork.apply_changes([automerge::Change::from_bytes(bad.bytes.clone()).unwrap()])
+        .unwrap();
+    let child = {
+        let olga = olga();
+        let mut f = fork.fork().with_actor(olga.actor());
+        let flow = coflow::flow::Reader::now(&f).flow(&sim.flow_id);
+        let mut tx = f.transaction();
+        add_step("Child", None)
+            .apply(&mut tx, &flow, olga.node_id(), NOW)
+            .unwrap();
+        let h = tx.commit().0.unwrap();
+        sign(&olga, &f, h)
+    };
+    let before = sim.doc.clone();
+    let out = coflow::auth::accept(&mut sim.doc, &sim.flow_id, &[bad, child, good], || {
+        Ok::<_, ()>(before.clone())
+    })
+    .unwrap();
+    assert_eq!(out.accepted.len(), 1);
+    assert_eq!(out.rejected.len(), 2);
+    assert!(out
+        .rejected
+        .iter()
+        .any(|(_, r)| *r == Rejection::DependsOnRejected));
+    let titles: Vec<String> = sim.flow().steps.into_iter().map(|s| s.title).collect();
+    assert_eq!(titles, vec!["Good".to_string()]);
+}
