@@ -28,8 +28,8 @@ fn edit_for(kind: u8, arg: u8, flow: &coflow::flow::Flow, people: &[Identity]) -
         0 | 1 => Edit::AddStep {
             title: format!("step {arg}"),
             detail: None,
-            assignee: (arg % 3 == 0).then(|| person(arg)),
-            customer_involved: arg % 2 == 0,
+            assignee: (arg.is_multiple_of(3)).then(|| person(arg)),
+            customer_involved: arg.is_multiple_of(2),
             due: None,
         },
         2 | 3 => Edit::SetStepStatus {
@@ -56,12 +56,12 @@ fn edit_for(kind: u8, arg: u8, flow: &coflow::flow::Flow, people: &[Identity]) -
         9 => Edit::NewDecision {
             question: format!("question {arg}"),
             options: vec!["a".into(), "b".into()],
-            who: if arg % 2 == 0 {
+            who: if arg.is_multiple_of(2) {
                 Who::Customer
             } else {
                 Who::Members
             },
-            mode: if arg % 3 == 0 {
+            mode: if arg.is_multiple_of(3) {
                 Mode::Vote
             } else {
                 Mode::Choice
@@ -74,7 +74,11 @@ fn edit_for(kind: u8, arg: u8, flow: &coflow::flow::Flow, people: &[Identity]) -
                 .get(arg as usize % flow.decisions.len().max(1))?
                 .id
                 .clone(),
-            option: if arg % 2 == 0 { "a".into() } else { "b".into() },
+            option: if arg.is_multiple_of(2) {
+                "a".into()
+            } else {
+                "b".into()
+            },
         },
     })
 }

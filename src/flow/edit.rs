@@ -271,13 +271,11 @@ impl Edit {
         match self {
             Edit::SetTitle { title } => {
                 let title = non_empty("title", title)?;
-                drop(r);
                 tx.put(ROOT, field::TITLE, title.as_str())?;
                 done(format!("set the title to '{title}'"))
             }
             Edit::SetNeed { need } => {
                 let need = non_empty("need", need)?;
-                drop(r);
                 tx.put(ROOT, field::NEED, need.as_str())?;
                 done("rewrote the need".into())
             }
@@ -285,7 +283,6 @@ impl Edit {
                 if flow.status == *status {
                     return Err(EditError::Invalid(format!("the flow is already {status}")));
                 }
-                drop(r);
                 tx.put(ROOT, field::STATUS, status.as_str())?;
                 done(match status {
                     FlowStatus::Fulfilled => "confirmed the need fulfilled".into(),
@@ -306,7 +303,6 @@ impl Edit {
                 }
                 let members = container(field::MEMBERS)?;
                 let name = name.clone().unwrap_or_default();
-                drop(r);
                 put_member(tx, &members, node.as_str(), name.trim(), *role, author, now)?;
                 let who = if name.trim().is_empty() {
                     short_id(node.as_str())
@@ -321,7 +317,6 @@ impl Edit {
                 let m = r
                     .obj(&members, node.as_str(), ObjType::Map)
                     .ok_or_else(|| EditError::Document("member object missing".into()))?;
-                drop(r);
                 tx.put(&m, "removed", true)?;
                 done(format!("removed {}", flow.name_of(&node)))
             }
@@ -339,7 +334,6 @@ impl Edit {
                     .transpose()?;
                 let steps = container(field::STEPS)?;
                 let id = new_id();
-                drop(r);
                 let at = tx.length(&steps);
                 let s = tx.insert_object(&steps, at, ObjType::Map)?;
                 tx.put(&s, "id", id.as_str())?;
@@ -367,7 +361,6 @@ impl Edit {
                 let obj = r
                     .obj(&steps, i, ObjType::Map)
                     .ok_or_else(|| EditError::Document("step object missing".into()))?;
-                drop(r);
                 tx.put(&obj, "status", status.as_str())?;
                 done(format!("marked step '{}' {status}", s.title))
             }
@@ -381,7 +374,6 @@ impl Edit {
                 let obj = r
                     .obj(&steps, i, ObjType::Map)
                     .ok_or_else(|| EditError::Document("step object missing".into()))?;
-                drop(r);
                 tx.put(&obj, "assignee", opt_str(&assignee))?;
                 done(match &assignee {
                     Some(a) => format!("assigned step '{}' to {}", s.title, flow.name_of(a)),
@@ -390,10 +382,9 @@ impl Edit {
             }
             Edit::Comment { text, step } => {
                 let text = non_empty("comment", text)?;
-                let step = step.as_deref().map(|p| find_step(p)).transpose()?;
+                let step = step.as_deref().map(&find_step).transpose()?;
                 let comments = container(field::COMMENTS)?;
                 let id = new_id();
-                drop(r);
                 let at = tx.length(&comments);
                 let c = tx.insert_object(&comments, at, ObjType::Map)?;
                 tx.put(&c, "id", id.as_str())?;
@@ -434,10 +425,9 @@ impl Edit {
                         "a decision needs at least two options".into(),
                     ));
                 }
-                let step = step.as_deref().map(|p| find_step(p)).transpose()?;
+                let step = step.as_deref().map(&find_step).transpose()?;
                 let decisions = container(field::DECISIONS)?;
                 let id = new_id();
-                drop(r);
                 let d = tx.put_object(&decisions, id.as_str(), ObjType::Map)?;
                 tx.put(&d, "question", question.as_str())?;
                 let list = tx.put_object(&d, "options", ObjType::List)?;
@@ -473,7 +463,6 @@ impl Edit {
                 let choices = r
                     .obj(&obj, "choices", ObjType::Map)
                     .ok_or_else(|| EditError::Document("decision has no choices".into()))?;
-                drop(r);
                 tx.put(&choices, author.as_str(), option.as_str())?;
                 if d.mode == Mode::Choice {
                     tx.put(&obj, "outcome", option.as_str())?;
@@ -495,7 +484,6 @@ impl Edit {
                 let obj = r
                     .obj(&decisions, d.id.as_str(), ObjType::Map)
                     .ok_or_else(|| EditError::Document("decision object missing".into()))?;
-                drop(r);
                 let outcome = d.leader();
                 tx.put(&obj, "outcome", opt_str(&outcome))?;
                 tx.put(&obj, "closed", true)?;

@@ -1,7 +1,5 @@
 //! Typed reads over a flow document, at its current state or at any past heads.
 
-use std::collections::BTreeMap;
-
 use automerge::{Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT};
 
 use super::*;
@@ -162,7 +160,7 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
                     .filter_map(|k| self.str(&c, k.as_str()).map(|v| (k, v)))
                     .collect()
             })
-            .unwrap_or_else(BTreeMap::new);
+            .unwrap_or_default();
         Decision {
             id: id.to_string(),
             question: self.string(d, "question"),

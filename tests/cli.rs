@@ -1,0 +1,399 @@
+//! CLI transcripts: the tailor's flow through the `coflow` binary, with deterministic keys.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+struct Node {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+}
+
+impl Node {
+    /// A node with a key derived from `seed` (COFLOW_TEST_KEY_SEED, test-only).
+    fn init(seed: &str, name: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let node = Node { _dir: dir, home };
+        node.cmd()
+            .env("COFLOW_TEST_KEY_SEED", seed)
+            .args(["init", "--name", name])
+            .assert()
+            .success();
+        node
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("coflow").unwrap();
+        c.env_remove("COFLOW_TEST_KEY_SEED")
+            .env_remove("COFLOW_HOME")
+            .arg("--home")
+            .arg(&self.home);
+        c
+    }
+
+    /// Runs a command that must succeed and returns its JSON output.
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.cmd().arg("--json").args(args).assert().success();
+        serde_json::from_slice(&out.get_output().stdout)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {:?}", out.get_output()))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).assert().success();
+        String::from_utf8(out.get_output().stdout.clone()).unwrap()
+    }
+
+    /// Runs a command that must fail with one clear line on stderr; returns that line.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).assert().code(1);
+        let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+        assert_eq!(err.lines().count(), 1, "one line on stderr, got: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(out.get_output().stdout.is_empty(), "no data on failure");
+        err
+    }
+
+    fn id(&self) -> String {
+        self.json(&["id"])["node_id"].as_str().unwrap().to_string()
+    }
+
+    fn heads(&self, flow: &str) -> Value {
+        self.json(&["flow", "show", flow])["heads"].clone()
+    }
+
+    /// Digests of the database and its write-ahead log (no process has them open).
+    fn db(&self) -> Vec<String> {
+        use sha2::Digest;
+        ["coflow.db", "coflow.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::read(self.home.join(f)).ok())
+            .map(|b| coflow::identity::hex(&sha2::Sha256::digest(&b)))
+            .collect()
+    }
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap()
+}
+
+#[test]
+fn the_customers_own_story() {
+    let alice = Node::init("alice", "Alice");
+    let id = alice.json(&["id"]);
+    assert_eq!(id["name"], "Alice");
+    // Deterministic keys: the same seed gives the same node id on every run.
+    assert_eq!(
+        id["node_id"],
+        "12D3KooWQCkBm1BYtkHpocxCwMgR8yjitEeHGx8spzcDLGt2gkBm"
+    );
+
+    let flow = alice.json(&[
+        "flow",
+        "new",
+        "Navy suit",
+        "--need",
+        "A navy three-piece suit for my wedding in May",
+    ]);
+    let f = s(&flow["id"]).to_string();
+    assert_eq!(f.len(), 32);
+    let short = &f[..8];
+    let list = alice.json(&["flow", "list"]);
+    assert_eq!(
+        list,
+        serde_json::json!([{"id": f, "title": "Navy suit", "status": "open"}])
+    );
+
+    let cloth = alice.json(&["step", "add", short, "Choose the cloth", "--customer"]);
+    let cloth = s(&cloth["id"]).to_string();
+    let fitting = alice.json(&["step", "add", short, "First fitting", "--customer"]);
+    let fitting = s(&fitting["id"]).to_string();
+    alice.json(&["step", "add", short, "Cut and baste"]);
+    let d = alice.json(&[
+        "decision",
+        "new",
+        short,
+        "Which cloth?",
+        "--option",
+        "Navy wool",
+        "--option",
+        "Navy linen",
+        "--who",
+        "customer",
+        "--step",
+        &cloth[..6],
+    ]);
+    let d = s(&d["id"]).to_string();
+    alice.json(&["step", "start", short, &cloth[..6]]);
+    alice.json(&["decision", "choose", short, &d[..6], "Navy wool"]);
+    alice.json(&["step", "done", short, &cloth]);
+    alice.json(&["comment", short, "The wool is lovely", "--step", &cloth]);
+    alice.json(&["step", "start", short, &fitting]);
+    alice.json(&["step", "done", short, &fitting]);
+    alice.json(&["flow", "fulfil", short]);
+
+    let show = alice.json(&["flow", "show", short]);
+    assert_eq!(show["id"], f.as_str());
+    assert_eq!(show["title"], "Navy suit");
+    assert_eq!(show["status"], "fulfilled");
+    assert_eq!(
+        show["need"],
+        "A navy three-piece suit for my wedding in May"
+    );
+    let members = show["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0]["role"], "customer");
+    assert_eq!(members[0]["name"], "Alice");
+    let steps: Vec<(&str, &str)> = show["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| (s(&st["title"]), s(&st["status"])))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("Choose the cloth", "done"),
+            ("First fitting", "done"),
+            ("Cut and baste", "todo")
+        ]
+    );
+    assert_eq!(show["decisions"][0]["outcome"], "Navy wool");
+    assert_eq!(show["decisions"][0]["closed"], true);
+    assert_eq!(show["comments"][0]["text"], "The wool is lovely");
+    assert_eq!(show["comments"][0]["step"], cloth.as_str());
+    assert_eq!(show["heads"].as_array().unwrap().len(), 1);
+
+    let log = alice.json(&["flow", "log", short]);
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 12);
+    assert_eq!(log[0]["summary"], "started the flow 'Navy suit'");
+    assert_eq!(log[11]["summary"], "confirmed the need fulfilled");
+    assert!(log
+        .iter()
+        .all(|e| e["name"] == "Alice" && e["at"].as_i64().unwrap() > 0));
+    let human = alice.ok(&["flow", "log", short]);
+    assert!(human.contains("Alice") && human.contains("chose 'Navy wool' for 'Which cloth?'"));
+
+    let verify = alice.json(&["flow", "verify", short]);
+    assert_eq!(verify["changes"], 12);
+    assert_eq!(verify["valid"], 12);
+    assert_eq!(verify["invalid"], 0);
+
+    // Exports: JSON, the two diagrams, and a standard Automerge document with the same heads.
+    let exported: Value =
+        serde_json::from_str(&alice.ok(&["flow", "export", short, "--format", "json"])).unwrap();
+    assert_eq!(exported["heads"], show["heads"]);
+    let dot = alice.ok(&["flow", "export", short, "--format", "dot"]);
+    assert!(dot.starts_with("digraph flow {") && dot.contains("Cut and baste\\n[todo]"));
+    assert!(dot.contains("First fitting\\n[done] with the customer"));
+    let mermaid = alice.ok(&["flow", "export", short, "--format", "mermaid"]);
+    assert!(mermaid.starts_with("flowchart TD") && mermaid.contains("Which cloth? → Navy wool"));
+    let file = alice.home.join("suit.automerge");
+    alice.ok(&[
+        "flow",
+        "export",
+        short,
+        "--format",
+        "automerge",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    let doc = automerge::Automerge::load(&std::fs::read(&file).unwrap()).unwrap();
+    let heads: Vec<String> = doc.get_heads().iter().map(|h| h.to_string()).collect();
+    let shown: Vec<String> = show["heads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| s(h).to_string())
+        .collect();
+    assert_eq!(heads, shown);
+}
+
+#[test]
+fn refused_commands_leave_the_flow_untouched() {
+    let tom = Node::init("tom", "Tom");
+    let alice_id = Node::init("alice", "Alice").id();
+    let f = s(&tom.json(&[
+        "flow",
+        "new",
+        "Navy suit",
+        "--need",
+        "A suit",
+        "--as",
+        "owner",
+    ])["id"])
+    .to_string();
+    // Only a customer adds a customer: refused.
+    let err = tom.fails(&["member", "add", &f, &alice_id, "--role", "customer"]);
+    assert!(
+        err.contains("forbidden") && err.contains("only a customer"),
+        "{err}"
+    );
+    tom.json(&["step", "add", &f, "Choose the cloth", "--customer"]);
+    let d = s(&tom.json(&[
+        "decision",
+        "new",
+        &f,
+        "Which cloth?",
+        "--option",
+        "Navy wool",
+        "--option",
+        "Navy linen",
+    ])["id"])
+    .to_string();
+    let heads = tom.heads(&f);
+    let db = tom.db();
+    for args in [
+        vec!["decision", "choose", &f, &d, "Navy wool"],
+        vec!["flow", "fulfil", &f],
+    ] {
+        let err = tom.fails(&args);
+        assert!(err.contains("forbidden"), "{err}");
+        assert_eq!(tom.heads(&f), heads);
+    }
+    assert_eq!(tom.db(), db, "a refused command writes nothing");
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let alice = Node::init("alice", "Alice");
+    let f = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]).to_string();
+    let heads = alice.heads(&f);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["flow", "show", "ffffffffffffffffzz"],
+            "no flow matches",
+        ),
+        (vec!["step", "done", &f, "nosuchstep"], "no step matches"),
+        (
+            vec!["decision", "choose", &f, "abc", "x"],
+            "no decision matches",
+        ),
+        (
+            vec!["flow", "new", "  ", "--need", "x"],
+            "title must not be empty",
+        ),
+        (vec!["step", "add", &f, ""], "step title must not be empty"),
+        (vec!["comment", &f, " "], "comment must not be empty"),
+        (
+            vec!["member", "add", &f, "not-a-node", "--role", "owner"],
+            "is not a node id",
+        ),
+        (
+            vec!["decision", "new", &f, "Q?", "--option", "a"],
+            "at least two options",
+        ),
+        (vec!["init", "--name", "Again"], "refusing to overwrite"),
+    ];
+    for (args, want) in cases {
+        let err = alice.fails(&args);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(alice.heads(&f), heads);
+    // Usage errors exit 2.
+    alice.cmd().args(["flow", "new"]).assert().code(2);
+    alice
+        .cmd()
+        .args(["member", "add", &f, "x", "--role", "boss"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn ambiguous_prefixes_are_refused() {
+    let alice = Node::init("alice", "Alice");
+    let mut ids: Vec<String> = Vec::new();
+    // 17 flows: two of them share a first hex digit.
+    for i in 0..17 {
+        let id = alice.json(&["flow", "new", &format!("Flow {i}"), "--need", "x"]);
+        ids.push(s(&id["id"]).to_string());
+    }
+    let prefix = ids
+        .iter()
+        .map(|i| &i[..1])
+        .find(|p| ids.iter().filter(|i| i.starts_with(*p)).count() > 1)
+        .unwrap()
+        .to_string();
+    let err = alice.fails(&["flow", "show", &prefix]);
+    assert!(
+        err.contains("matches") && err.contains("give more characters"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_or_corrupt_keys_and_damaged_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = Node {
+        home: dir.path().join("nobody"),
+        _dir: dir,
+    };
+    let err = nobody.fails(&["flow", "list"]);
+    assert!(err.contains("coflow init"), "{err}");
+
+    let alice = Node::init("alice", "Alice");
+    alice.json(&["flow", "new", "Suit", "--need", "A suit"]);
+    let key = alice.home.join("identity.key");
+    let good_key = std::fs::read(&key).unwrap();
+    std::fs::write(
+        &key,
+        b"{\"version\":1,\"secret_key\":\"zz\",\"name\":\"A\"}",
+    )
+    .unwrap();
+    let err = alice.fails(&["flow", "list"]);
+    assert!(err.contains("corrupt"), "{err}");
+    std::fs::write(&key, &good_key).unwrap();
+
+    // A damaged database: an error, and the file is left exactly as it was.
+    let db = alice.home.join("coflow.db");
+    for f in ["coflow.db-wal", "coflow.db-shm"] {
+        let _ = std::fs::remove_file(alice.home.join(f));
+    }
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&db, &garbage).unwrap();
+    let err = alice.fails(&["flow", "list"]);
+    assert!(err.contains("damaged"), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), garbage);
+}
+
+#[test]
+fn two_processes_at_once_never_corrupt_the_store() {
+    let alice = Node::init("alice", "Alice");
+    let f = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]).to_string();
+    let bin = assert_cmd::cargo::cargo_bin("coflow");
+    let spawn = |tag: &str| {
+        let home: &Path = &alice.home;
+        let f = f.clone();
+        let tag = tag.to_string();
+        let bin = bin.clone();
+        let home = home.to_path_buf();
+        std::thread::spawn(move || {
+            let mut ok = 0;
+            for i in 0..15 {
+                let st = std::process::Command::new(&bin)
+                    .arg("--home")
+                    .arg(&home)
+                    .args(["step", "add", &f, &format!("{tag} {i}")])
+                    .output()
+                    .unwrap();
+                if st.status.success() {
+                    ok += 1;
+                } else {
+                    let err = String::from_utf8_lossy(&st.stderr).to_string();
+                    assert!(err.contains("locked"), "unexpected failure: {err}");
+                }
+            }
+            ok
+        })
+    };
+    let (a, b) = (spawn("a"), spawn("b"));
+    let made = a.join().unwrap() + b.join().unwrap();
+    assert!(made > 0);
+    let show = alice.json(&["flow", "show", &f]);
+    assert_eq!(show["steps"].as_array().unwrap().len(), made);
+    let verify = alice.json(&["flow", "verify", &f]);
+    assert_eq!(verify["valid"], made as u64 + 1);
+    assert_eq!(verify["invalid"], 0);
+}
