@@ -684,3 +684,27 @@ fn dependents_of_a_refused_change_are_refused_and_the_rest_of_the_batch_kept() {
     let titles: Vec<String> = sim.flow().steps.into_iter().map(|s| s.title).collect();
     assert_eq!(titles, vec!["Good".to_string()]);
 }
+
+#[test]
+fn a_change_waiting_on_a_forged_one_is_refused_not_kept() {
+    let mut sim = Sim::tailor();
+    let mut forged = sim.edit_change(&carl(), add_step("Forged", None));
+    // Olga builds on Carl's change (as if she had seen it), then the signature gets mangled.
+    let mut fork = sim.doc.fork();
+    fork.apply_changes([automerge::Change::from_bytes(forged.bytes.clone()).unwrap()]).unwrap();
+    let olga = olga();
+    let mut f = fork.with_actor(olga.actor());
+    let flow = coflow::flow::Reader::now(&f).flow(&sim.flow_id);
+    let mut tx = f.transaction();
+    add_step("On top", None).apply(&mut tx, &flow, olga.node_id(), NOW).unwrap();
+    let h = tx.commit().0.unwrap();
+    let child = sign(&olga, &f, h);
+    forged.signature[3] ^= 8;
+    let before = sim.doc.clone();
+    let out = coflow::auth::accept(&mut sim.doc, &sim.flow_id, &[forged, child], || {
+        Ok::<_, ()>(before.clone())
+    })
+    .unwrap();
+    assert!(out.accepted.is_empty() && out.pending.is_empty());
+    assert!(out.rejected.contains(&(Some(h), Rejection::DependsOnRejected)));
+}

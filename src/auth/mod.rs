@@ -191,6 +191,7 @@ pub fn accept<E>(
     }
     out.pending = todo;
     if ready.is_empty() {
+        reject_dependents_of_rejected(&mut out);
         return Ok(out);
     }
 
@@ -254,5 +255,25 @@ pub fn accept<E>(
         }
     }
     out.accepted = accepted;
+    reject_dependents_of_rejected(&mut out);
     Ok(out)
+}
+
+/// A waiting change that builds on a rejected one can never be accepted: reject it now rather
+/// than keep it waiting.
+fn reject_dependents_of_rejected(out: &mut Outcome) {
+    let mut bad: HashSet<ChangeHash> = out.rejected.iter().filter_map(|(h, _)| *h).collect();
+    loop {
+        let (doomed, waiting): (Vec<Verified>, Vec<Verified>) = std::mem::take(&mut out.pending)
+            .into_iter()
+            .partition(|v| v.change.deps().iter().any(|d| bad.contains(d)));
+        out.pending = waiting;
+        if doomed.is_empty() {
+            return;
+        }
+        for v in doomed {
+            bad.insert(v.hash());
+            out.rejected.push((Some(v.hash()), Rejection::DependsOnRejected));
+        }
+    }
 }
