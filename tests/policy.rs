@@ -708,3 +708,85 @@ fn a_change_waiting_on_a_forged_one_is_refused_not_kept() {
     assert!(out.accepted.is_empty() && out.pending.is_empty());
     assert!(out.rejected.contains(&(Some(h), Rejection::DependsOnRejected)));
 }
+
+// --- invites: any member may redeem a valid one; the secret in the change proves it ---
+
+fn create_invite(sim: &mut Sim, who: &Identity, role: Role, expires_at: i64, uses: i64) -> (String, String) {
+    use sha2::Digest;
+    let secret = [42u8; 16];
+    let hash = coflow::identity::hex(&sha2::Sha256::digest(secret));
+    let known: Vec<String> = sim.flow().invites.into_iter().map(|i| i.id).collect();
+    sim.edit(who, Edit::CreateInvite { role, secret_hash: hash, expires_at, uses }).unwrap();
+    let id = sim.flow().invites.into_iter().find(|i| !known.contains(&i.id)).unwrap().id;
+    (id, coflow::identity::hex(&secret))
+}
+
+fn redeem(invite: &str, secret: &str, joiner: &Identity) -> Edit {
+    Edit::Redeem {
+        invite: invite.into(),
+        secret: secret.into(),
+        joiner: joiner.node_id().to_string(),
+        name: joiner.name().into(),
+    }
+}
+
+#[test]
+fn any_member_redeems_a_valid_invite() {
+    let mut sim = Sim::tailor();
+    let (inv, secret) = create_invite(&mut sim, &olga(), Role::Contributor, NOW + 3600, 2);
+    // Oscar (an observer) admits Eve and Bea: both consume a use.
+    sim.edit(&oscar(), redeem(&inv, &secret, &eve())).unwrap();
+    sim.edit(&carl(), redeem(&inv, &secret, &bea())).unwrap();
+    let flow = sim.flow();
+    assert_eq!(flow.role_of(eve().node_id().as_str()), Some(Role::Contributor));
+    assert_eq!(flow.role_of(bea().node_id().as_str()), Some(Role::Contributor));
+    assert_eq!(flow.invites[0].uses_left, 0);
+    // Used up now.
+    let joiner = Identity::from_seed("zed", "Zed");
+    let msg = forbidden(sim.refused(&alice(), redeem(&inv, &secret, &joiner)));
+    assert!(msg.contains("used up"), "{msg}");
+}
+
+#[test]
+fn bad_redemptions_are_refused() {
+    let mut sim = Sim::tailor();
+    let (inv, secret) = create_invite(&mut sim, &alice(), Role::Observer, NOW + 10, 1);
+    let wrong = coflow::identity::hex(&[1u8; 16]);
+    assert!(forbidden(sim.refused(&carl(), redeem(&inv, &wrong, &eve()))).contains("secret"));
+    // Not using the invite up: Carl writes the member but leaves uses_left alone.
+    let eve_id = eve().node_id().to_string();
+    let c = sim.make(&carl(), |tx, _| {
+        let members = tx.get(ROOT, "members").unwrap().unwrap().1;
+        let m = tx.put_object(&members, eve_id.as_str(), ObjType::Map).unwrap();
+        tx.put(&m, "role", "observer").unwrap();
+        tx.put(&m, "invite", inv.as_str()).unwrap();
+        tx.put(&m, "invite_secret", secret.as_str()).unwrap();
+    });
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("use it up"));
+    // A role other than the invite's.
+    let c = sim.make(&carl(), |tx, flow| {
+        let members = tx.get(ROOT, "members").unwrap().unwrap().1;
+        let invites = tx.get(ROOT, "invites").unwrap().unwrap().1;
+        let i = tx.get(&invites, inv.as_str()).unwrap().unwrap().1;
+        let m = tx.put_object(&members, eve_id.as_str(), ObjType::Map).unwrap();
+        tx.put(&m, "role", "owner").unwrap();
+        tx.put(&m, "invite", inv.as_str()).unwrap();
+        tx.put(&m, "invite_secret", secret.as_str()).unwrap();
+        tx.put(&i, "uses_left", flow.invites[0].uses_left - 1).unwrap();
+    });
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("invite's role"));
+    // A contributor may not touch uses_left otherwise.
+    let c = sim.make(&carl(), |tx, _| {
+        let invites = tx.get(ROOT, "invites").unwrap().unwrap().1;
+        let i = tx.get(&invites, inv.as_str()).unwrap().unwrap().1;
+        tx.put(&i, "uses_left", 100).unwrap();
+    });
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("invites"));
+    // Revoked, then expired.
+    sim.edit(&alice(), Edit::RevokeInvite { invite: inv.clone() }).unwrap();
+    assert!(forbidden(sim.refused(&carl(), redeem(&inv, &secret, &eve()))).contains("revoked"));
+    let (inv2, secret2) = create_invite(&mut sim, &alice(), Role::Observer, NOW - 1, 1);
+    assert!(forbidden(sim.refused(&carl(), redeem(&inv2, &secret2, &eve()))).contains("expired"));
+    // Observers cannot create or revoke invites.
+    assert!(forbidden(sim.refused(&oscar(), Edit::RevokeInvite { invite: inv2 })).contains("invites"));
+}

@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 
+use sha2::Digest;
+
 use automerge::legacy::{self, ElementId, Key, ObjectId, OpType};
 use automerge::{Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, ROOT};
 
@@ -35,7 +37,7 @@ enum Place {
     Members,
     Member { node: String },
     Invites,
-    Invite,
+    Invite { id: String },
     Steps,
     Step,
     Decisions,
@@ -85,6 +87,9 @@ pub fn authorize(
         genesis,
         targets: HashMap::new(),
         members_created: Vec::new(),
+        new_members: HashMap::new(),
+        uses_left_puts: Vec::new(),
+        time: change.timestamp(),
         my_choices: HashMap::new(),
         choice_outcomes: Vec::new(),
     };
@@ -122,6 +127,13 @@ fn genesis_role(change: &legacy::Change, author: &NodeId) -> Result<Role, Forbid
     }
 }
 
+#[derive(Default)]
+struct NewMember {
+    role: Option<Role>,
+    invite: Option<String>,
+    secret: Option<String>,
+}
+
 struct Judge<'a> {
     doc: &'a Automerge,
     deps: &'a [ChangeHash],
@@ -132,6 +144,11 @@ struct Judge<'a> {
     genesis: bool,
     targets: HashMap<(u64, automerge::ActorId), Target>,
     members_created: Vec<String>,
+    /// fields of the members this change creates
+    new_members: HashMap<String, NewMember>,
+    /// (invite id, new uses_left) written by this change
+    uses_left_puts: Vec<(String, i64)>,
+    time: i64,
     /// decision object → option chosen by the author in this change
     my_choices: HashMap<ObjId, String>,
     /// (decision object, outcome) set on choice-mode decisions in this change
@@ -261,7 +278,9 @@ impl<'a> Judge<'a> {
                 node: key(1).ok_or_else(gone)?.to_string(),
             },
             (1, Some(field::INVITES)) => Place::Invites,
-            (2, Some(field::INVITES)) => Place::Invite,
+            (2, Some(field::INVITES)) => Place::Invite {
+                id: key(1).ok_or_else(gone)?.to_string(),
+            },
             (1, Some(field::STEPS)) => Place::Steps,
             (2, Some(field::STEPS)) => Place::Step,
             (1, Some(field::DECISIONS)) => Place::Decisions,
@@ -312,7 +331,7 @@ impl<'a> Judge<'a> {
         match t.place.clone() {
             Place::Root => self.root(op),
             Place::Member { node } => self.member(&t, &node, op),
-            Place::Invite => self.invite(&t, op),
+            Place::Invite { id } => self.invite(&t, &id, op),
             Place::Steps => self.steps_list(op),
             Place::Step => self.step(&t, op),
             Place::Decision => self.decision(&t, op),
@@ -355,18 +374,17 @@ impl<'a> Judge<'a> {
                     if node != self.me || !self.members_created.is_empty() {
                         return deny("a new flow's only member is its creator");
                     }
-                } else {
-                    self.needs(self.role.manages(), "cannot add members")?;
-                    if self.before().role_of(&node).is_some() {
-                        return deny(format!("{node} is already a member"));
-                    }
+                } else if self.before().role_of(&node).is_some() {
+                    return deny(format!("{node} is already a member"));
                 }
+                // Who may add this member (a manager, or anyone redeeming an invite) is decided
+                // in `finish`, once the member's fields are known.
                 self.members_created.push(node.clone());
                 Place::Member { node }
             }
-            (Place::Invites, Key::Map(_), ObjType::Map) => {
+            (Place::Invites, Key::Map(k), ObjType::Map) => {
                 self.needs(self.role.manages(), "cannot manage invites")?;
-                Place::Invite
+                Place::Invite { id: k.to_string() }
             }
             (Place::Steps, Key::Seq(_), ObjType::Map) if op.insert => {
                 self.needs(self.role.edits_steps(), "cannot add steps")?;
@@ -432,18 +450,20 @@ impl<'a> Judge<'a> {
     fn member(&mut self, t: &Target, node: &str, op: &legacy::Op) -> Result<(), Forbidden> {
         let key = map_key(op)?;
         if t.new {
+            let entry = self.new_members.entry(node.to_string()).or_default();
             return match key {
                 "name" => expect_str(op, key).map(|_| ()),
                 "role" => {
-                    let role = expect_parse::<Role>(op, key)?;
-                    if self.genesis {
-                        Ok(())
-                    } else {
-                        self.needs(
-                            role != Role::Customer || self.role == Role::Customer,
-                            "cannot make anyone a customer: only a customer can",
-                        )
-                    }
+                    entry.role = Some(expect_parse::<Role>(op, key)?);
+                    Ok(())
+                }
+                "invite" => {
+                    entry.invite = Some(expect_str(op, key)?.to_string());
+                    Ok(())
+                }
+                "invite_secret" => {
+                    entry.secret = Some(expect_str(op, key)?.to_string());
+                    Ok(())
                 }
                 "added_by" => match expect_str(op, key)? {
                     s if s == self.me => Ok(()),
@@ -514,8 +534,14 @@ impl<'a> Judge<'a> {
         }
     }
 
-    fn invite(&mut self, t: &Target, op: &legacy::Op) -> Result<(), Forbidden> {
+    fn invite(&mut self, t: &Target, id: &str, op: &legacy::Op) -> Result<(), Forbidden> {
         let key = map_key(op)?;
+        if !t.new && key == "uses_left" {
+            // Managers set it freely; anyone else only as part of redeeming the invite.
+            let left = expect_int(op, key)?;
+            self.uses_left_puts.push((id.to_string(), left));
+            return Ok(());
+        }
         self.needs(self.role.manages(), "cannot manage invites")?;
         if t.new {
             return match key {
@@ -541,7 +567,6 @@ impl<'a> Judge<'a> {
         }
         match key {
             "revoked" => expect_bool(op, key).map(|_| ()),
-            "uses_left" => expect_int(op, key).map(|_| ()),
             _ => deny(format!("an invite's '{key}' cannot be changed")),
         }
     }
@@ -749,10 +774,84 @@ impl<'a> Judge<'a> {
                 }
             }
         }
+        if !self.genesis {
+            self.check_new_members()?;
+        }
         for (decision, outcome) in &self.choice_outcomes {
             if self.my_choices.get(decision) != Some(outcome) {
                 return deny("a choice's outcome must be the option its chooser picks");
             }
+        }
+        Ok(())
+    }
+}
+
+impl Judge<'_> {
+    /// Each member this change adds is added by a manager, or by any member redeeming a valid
+    /// invite (whose secret the change reveals, so every node can check it).
+    fn check_new_members(&self) -> Result<(), Forbidden> {
+        let mut redeemed: Vec<&str> = Vec::new();
+        for node in &self.members_created {
+            let m = self.new_members.get(node);
+            let role = m
+                .and_then(|m| m.role)
+                .ok_or_else(|| Forbidden("a new member must have a role".into()))?;
+            match m.map(|m| (&m.invite, &m.secret)) {
+                Some((Some(invite), Some(secret))) => {
+                    self.check_redemption(invite, secret, role)?;
+                    redeemed.push(invite);
+                }
+                Some((None, None)) | None => {
+                    self.needs(self.role.manages(), "cannot add members")?;
+                    self.needs(
+                        role != Role::Customer || self.role == Role::Customer,
+                        "cannot make anyone a customer: only a customer can",
+                    )?;
+                }
+                _ => return deny("an invite redemption needs the invite and its secret"),
+            }
+        }
+        if !self.role.manages() {
+            for (invite, _) in &self.uses_left_puts {
+                if !redeemed.contains(&invite.as_str()) {
+                    return deny(format!("{} cannot manage invites", article(self.role)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_redemption(&self, invite: &str, secret: &str, role: Role) -> Result<(), Forbidden> {
+        let before = self.before();
+        let inv = before
+            .container(field::INVITES)
+            .and_then(|m| before.obj(&m, invite, ObjType::Map))
+            .map(|o| before.read_invite(invite, &o))
+            .ok_or_else(|| Forbidden(format!("there is no invite {invite}")))?;
+        if inv.revoked {
+            return deny("the invite was revoked");
+        }
+        if inv.uses_left <= 0 {
+            return deny("the invite has been used up");
+        }
+        if inv.expires_at > 0 && self.time >= inv.expires_at {
+            return deny("the invite has expired");
+        }
+        let secret = crate::identity::unhex(secret).unwrap_or_default();
+        if <[u8; 32]>::from(sha2::Sha256::digest(&secret)).as_slice() != inv.secret_hash.as_slice()
+        {
+            return deny("the invite's secret does not match");
+        }
+        if role != inv.role {
+            return deny("a redeemed invite gives exactly the invite's role");
+        }
+        let expected = inv.uses_left - 1;
+        if !self
+            .uses_left_puts
+            .iter()
+            .any(|(i, left)| i == invite && *left == expected)
+        {
+            return deny("redeeming an invite must use it up by one");
         }
         Ok(())
     }

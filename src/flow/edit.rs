@@ -88,6 +88,23 @@ pub enum Edit {
     CloseDecision {
         decision: String,
     },
+    /// Records an invite; the caller keeps the secret (only its hash is in the document).
+    CreateInvite {
+        role: Role,
+        secret_hash: String,
+        expires_at: i64,
+        uses: i64,
+    },
+    RevokeInvite {
+        invite: String,
+    },
+    /// Adds `joiner` with the invite's role, revealing the secret so every node can check it.
+    Redeem {
+        invite: String,
+        secret: String,
+        joiner: String,
+        name: String,
+    },
 }
 
 /// What applying an edit produced: a one-line summary (the change message) and the id of any
@@ -260,6 +277,15 @@ impl Edit {
                 .iter()
                 .find(|d| d.id == id)
                 .expect("resolved decision exists")
+                .clone())
+        };
+        let find_invite = |prefix: &str| -> Result<Invite, EditError> {
+            let id = resolve_prefix("invite", prefix, flow.invites.iter().map(|i| i.id.as_str()))?;
+            Ok(flow
+                .invites
+                .iter()
+                .find(|i| i.id == id)
+                .expect("resolved invite exists")
                 .clone())
         };
         let done = |summary: String| {
@@ -491,6 +517,86 @@ impl Edit {
                     Some(o) => format!("closed '{}' with outcome '{o}'", d.question),
                     None => format!("closed '{}' with no votes", d.question),
                 })
+            }
+            Edit::CreateInvite {
+                role,
+                secret_hash,
+                expires_at,
+                uses,
+            } => {
+                let hash = crate::identity::unhex(secret_hash)
+                    .filter(|h| h.len() == 32)
+                    .ok_or_else(|| EditError::Invalid("the secret hash must be 32 bytes".into()))?;
+                if *uses < 1 {
+                    return Err(EditError::Invalid("an invite needs at least one use".into()));
+                }
+                let invites = container(field::INVITES)?;
+                let id = new_id();
+                let i = tx.put_object(&invites, id.as_str(), ObjType::Map)?;
+                tx.put(&i, "role", role.as_str())?;
+                tx.put(&i, "secret_hash", ScalarValue::Bytes(hash))?;
+                tx.put(&i, "expires_at", *expires_at)?;
+                tx.put(&i, "uses_left", *uses)?;
+                tx.put(&i, "created_by", author.as_str())?;
+                tx.put(&i, "revoked", false)?;
+                Ok(Applied {
+                    summary: format!("invited a new {role}"),
+                    created: Some(id),
+                })
+            }
+            Edit::RevokeInvite { invite } => {
+                let inv = find_invite(invite)?;
+                if inv.revoked {
+                    return Err(EditError::Invalid(format!("invite {} is already revoked", inv.id)));
+                }
+                let invites = container(field::INVITES)?;
+                let obj = r
+                    .obj(&invites, inv.id.as_str(), ObjType::Map)
+                    .ok_or_else(|| EditError::Document("invite object missing".into()))?;
+                tx.put(&obj, "revoked", true)?;
+                done(format!("revoked invite {}", inv.id))
+            }
+            Edit::Redeem {
+                invite,
+                secret,
+                joiner,
+                name,
+            } => {
+                let inv = flow
+                    .invites
+                    .iter()
+                    .find(|i| &i.id == invite)
+                    .ok_or_else(|| EditError::NotFound {
+                        what: "invite",
+                        prefix: invite.clone(),
+                    })?
+                    .clone();
+                let node: NodeId = joiner.parse().map_err(EditError::Invalid)?;
+                if flow.role_of(node.as_str()).is_some() {
+                    return Err(EditError::Invalid(format!(
+                        "{node} is already a member of this flow"
+                    )));
+                }
+                let members = container(field::MEMBERS)?;
+                let invites = container(field::INVITES)?;
+                let obj = r
+                    .obj(&invites, inv.id.as_str(), ObjType::Map)
+                    .ok_or_else(|| EditError::Document("invite object missing".into()))?;
+                let m = tx.put_object(&members, node.as_str(), ObjType::Map)?;
+                tx.put(&m, "name", name.trim())?;
+                tx.put(&m, "role", inv.role.as_str())?;
+                tx.put(&m, "added_by", author.as_str())?;
+                tx.put(&m, "added_at", now)?;
+                tx.put(&m, "removed", false)?;
+                tx.put(&m, "invite", inv.id.as_str())?;
+                tx.put(&m, "invite_secret", secret.as_str())?;
+                tx.put(&obj, "uses_left", inv.uses_left - 1)?;
+                let who = if name.trim().is_empty() {
+                    short_id(node.as_str())
+                } else {
+                    name.trim().to_string()
+                };
+                done(format!("admitted {who} as {} by invite", inv.role))
             }
         }
     }

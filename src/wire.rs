@@ -1,0 +1,275 @@
+//! Wire messages (generated from `proto/coflow.proto`), their size limits, the request-response
+//! codec of `/coflow/sync/1` and `/coflow/join/1`, and tickets.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use prost::Message as _;
+
+use crate::auth::SignedChange as Signed;
+
+#[allow(clippy::all, missing_docs)]
+mod pb {
+    include!(concat!(env!("OUT_DIR"), "/coflow.v1.rs"));
+}
+
+pub use pb::{
+    join_response, sync_response, JoinRequest, JoinResponse, SignedChange, SyncMessage,
+    SyncRequest, SyncResponse, Ticket,
+};
+
+/// The sync protocol's name.
+pub const SYNC_PROTOCOL: &str = "/coflow/sync/1";
+/// The join protocol's name.
+pub const JOIN_PROTOCOL: &str = "/coflow/join/1";
+
+/// Largest sync message accepted or sent (a sync message may carry many changes).
+pub const MAX_SYNC_MESSAGE: usize = 8 * 1024 * 1024;
+/// Largest join message.
+pub const MAX_JOIN_MESSAGE: usize = 4 * 1024;
+/// Most changes one sync message may carry.
+pub const MAX_CHANGES_PER_MESSAGE: usize = 20_000;
+
+impl From<&Signed> for SignedChange {
+    fn from(s: &Signed) -> Self {
+        SignedChange {
+            change: s.bytes.clone(),
+            signature: s.signature.clone(),
+        }
+    }
+}
+
+impl From<SignedChange> for Signed {
+    fn from(s: SignedChange) -> Self {
+        Signed {
+            bytes: s.change,
+            signature: s.signature,
+        }
+    }
+}
+
+/// Length-prefixed (unsigned varint) protobuf framing with a size cap, for request-response.
+#[derive(Clone, Debug)]
+pub struct Codec<Req, Resp> {
+    max: usize,
+    _marker: std::marker::PhantomData<fn() -> (Req, Resp)>,
+}
+
+impl<Req, Resp> Codec<Req, Resp> {
+    pub fn new(max: usize) -> Self {
+        Codec {
+            max,
+            _marker: std::marker::PhantomData,
+        }
+    }
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    let mut len: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let mut b = [0u8; 1];
+        io.read_exact(&mut b).await?;
+        len |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+        if shift >= 56 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad length prefix"));
+        }
+    }
+    if len as usize > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message of {len} bytes exceeds the limit of {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    bytes: &[u8],
+    max: usize,
+) -> io::Result<()> {
+    if bytes.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {} bytes exceeds the limit of {max}", bytes.len()),
+        ));
+    }
+    let mut prefix = Vec::with_capacity(10);
+    let mut n = bytes.len() as u64;
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            prefix.push(b);
+            break;
+        }
+        prefix.push(b | 0x80);
+    }
+    io.write_all(&prefix).await?;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+fn decode<M: prost::Message + Default>(bytes: &[u8]) -> io::Result<M> {
+    M::decode(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+impl<Req, Resp> libp2p::request_response::Codec for Codec<Req, Resp>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Default + Send + 'static,
+{
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Req>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode(&read_frame(io, self.max).await?)
+    }
+
+    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Resp>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode(&read_frame(io, self.max).await?)
+    }
+
+    async fn write_request<T>(&mut self, _: &Self::Protocol, io: &mut T, req: Req) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req.encode_to_vec(), self.max).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        resp: Resp,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &resp.encode_to_vec(), self.max).await
+    }
+}
+
+/// The prefix of every ticket.
+pub const TICKET_PREFIX: &str = "coflow1";
+const TICKET_VERSION: u32 = 1;
+/// Longest ticket accepted (characters).
+pub const MAX_TICKET: usize = 4096;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TicketError {
+    #[error("not a coflow ticket (it must start with '{TICKET_PREFIX}')")]
+    Prefix,
+    #[error("the ticket is too long")]
+    TooLong,
+    #[error("the ticket is damaged (bad base32)")]
+    Base32,
+    #[error("the ticket is damaged (bad contents)")]
+    Decode,
+    #[error("the ticket has version {0}; this coflow reads version {TICKET_VERSION}")]
+    Version(u32),
+    #[error("the ticket is damaged: {0}")]
+    Field(&'static str),
+}
+
+/// A decoded, checked ticket.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InviteTicket {
+    pub flow: String,
+    pub invite: String,
+    pub secret: [u8; 16],
+    pub addrs: Vec<libp2p::Multiaddr>,
+}
+
+impl InviteTicket {
+    pub fn encode(&self) -> String {
+        let t = Ticket {
+            version: TICKET_VERSION,
+            flow: crate::identity::unhex(&self.flow).unwrap_or_default(),
+            invite: crate::identity::unhex(&self.invite).unwrap_or_default(),
+            secret: self.secret.to_vec(),
+            addrs: self.addrs.iter().map(|a| a.to_vec()).collect(),
+        };
+        format!(
+            "{TICKET_PREFIX}{}",
+            data_encoding::BASE32_NOPAD
+                .encode(&t.encode_to_vec())
+                .to_lowercase()
+        )
+    }
+
+    pub fn decode(s: &str) -> Result<InviteTicket, TicketError> {
+        let s = s.trim();
+        if s.len() > MAX_TICKET {
+            return Err(TicketError::TooLong);
+        }
+        let body = s.strip_prefix(TICKET_PREFIX).ok_or(TicketError::Prefix)?;
+        let bytes = data_encoding::BASE32_NOPAD
+            .decode(body.to_uppercase().as_bytes())
+            .map_err(|_| TicketError::Base32)?;
+        let t = Ticket::decode(bytes.as_slice()).map_err(|_| TicketError::Decode)?;
+        if t.version != TICKET_VERSION {
+            return Err(TicketError::Version(t.version));
+        }
+        if t.flow.len() != 16 {
+            return Err(TicketError::Field("flow id"));
+        }
+        if t.invite.len() != 8 {
+            return Err(TicketError::Field("invite id"));
+        }
+        let secret: [u8; 16] = t
+            .secret
+            .as_slice()
+            .try_into()
+            .map_err(|_| TicketError::Field("secret"))?;
+        let addrs = t
+            .addrs
+            .into_iter()
+            .map(|a| libp2p::Multiaddr::try_from(a).map_err(|_| TicketError::Field("address")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(InviteTicket {
+            flow: crate::identity::hex(&t.flow),
+            invite: crate::identity::hex(&t.invite),
+            secret,
+            addrs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_round_trip_and_damage_is_detected() {
+        let t = InviteTicket {
+            flow: "00112233445566778899aabbccddeeff".into(),
+            invite: "0102030405060708".into(),
+            secret: [9; 16],
+            addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
+        };
+        let s = t.encode();
+        assert!(s.starts_with("coflow1"));
+        assert_eq!(InviteTicket::decode(&s).unwrap(), t);
+        assert_eq!(InviteTicket::decode("hello"), Err(TicketError::Prefix));
+        assert_eq!(InviteTicket::decode("coflow1!!!"), Err(TicketError::Base32));
+        let truncated = &s[..s.len() - 10];
+        assert!(InviteTicket::decode(truncated).is_err());
+        assert_eq!(
+            InviteTicket::decode(&"coflow1a".repeat(1000)),
+            Err(TicketError::TooLong)
+        );
+    }
+}
