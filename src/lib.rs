@@ -28,5 +28,7 @@ pub mod flow;
 pub mod identity;
 pub mod repo;
 pub mod store;
+pub mod sync;
+pub mod wire;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@
 //! make or receive changes, run them through [`auth`] (verify → authorize → apply), persist the
 //! accepted ones with their signatures, commit. A command returns only after that commit.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use automerge::transaction::CommitOptions;
@@ -71,7 +72,22 @@ pub struct Repo {
     store: Store,
     identity: Identity,
     clock: fn() -> i64,
+    /// Documents loaded so far. Each is exactly what the store holds for its flow: any write
+    /// that fails drops the cached copy, which is then loaded again.
+    docs: HashMap<String, Automerge>,
 }
+
+/// An invite just made: the change, and the ticket to hand to the invitee.
+#[derive(Clone, Debug, Serialize)]
+pub struct Invitation {
+    #[serde(flatten)]
+    pub edit: EditOutcome,
+    pub ticket: String,
+    pub expires_at: i64,
+}
+
+/// Meta key under which the node records the addresses it listens on (for tickets).
+pub const META_LISTEN_ADDRS: &str = "listen_addrs";
 
 /// Loads a flow's document from the store: latest snapshot plus the changes stored after it.
 pub fn load_doc(w: &Writer<'_>, flow: &str) -> Result<Automerge> {
@@ -135,11 +151,157 @@ impl Repo {
     pub fn open(home: &Path) -> Result<Repo> {
         let identity = Identity::load(home)?;
         let store = Store::open(home)?;
-        Ok(Repo {
+        Ok(Repo::new(store, identity))
+    }
+
+    pub fn new(store: Store, identity: Identity) -> Repo {
+        Repo {
             store,
             identity,
             clock: system_clock,
+            docs: HashMap::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Whether this node holds the flow.
+    pub fn holds(&self, flow: &str) -> Result<bool> {
+        Ok(self.docs.contains_key(flow) || self.store.reader().flow_ids()?.iter().any(|f| f == flow))
+    }
+
+    /// The flow's document (loaded once, then kept).
+    pub fn doc(&mut self, flow: &str) -> Result<&Automerge> {
+        if !self.docs.contains_key(flow) {
+            let doc = load_doc(&self.store.reader(), flow)?;
+            self.docs.insert(flow.to_string(), doc);
+        }
+        Ok(&self.docs[flow])
+    }
+
+    /// The flow's document, mutable, for the sync engine to update a sync state with a message
+    /// that carries no changes (Automerge's API wants `&mut` for that). Nothing else may write
+    /// through it: changes enter only through [`Repo::edit`] and [`Repo::receive`].
+    pub fn doc_for_sync(&mut self, flow: &str) -> Result<&mut Automerge> {
+        self.doc(flow)?;
+        Ok(self.docs.get_mut(flow).expect("just loaded"))
+    }
+
+    /// The signature stored with a change of `flow`.
+    pub fn signature(&self, flow: &str, hash: &automerge::ChangeHash) -> Result<Option<Vec<u8>>> {
+        Ok(self.store.reader().signature(flow, &hash.0)?)
+    }
+
+    /// The flow's current (not removed) members.
+    pub fn members(&mut self, flow: &str) -> Result<Vec<(String, Role)>> {
+        let doc = self.doc(flow)?;
+        Ok(Reader::now(doc)
+            .flow(flow)
+            .members
+            .into_iter()
+            .filter(|m| !m.removed)
+            .map(|m| (m.node_id, m.role))
+            .collect())
+    }
+
+    /// Ids of every flow held here.
+    pub fn flow_ids(&self) -> Result<Vec<String>> {
+        Ok(self.store.reader().flow_ids()?)
+    }
+
+    /// Records an invite in the flow and returns the ticket that redeems it.
+    pub fn invite(
+        &mut self,
+        flow_prefix: &str,
+        role: Role,
+        expires_in: i64,
+        uses: i64,
+    ) -> Result<Invitation> {
+        use sha2::Digest;
+        if expires_in <= 0 {
+            return Err(Error::Invalid("an invite must expire in the future".into()));
+        }
+        let mut secret = [0u8; 16];
+        getrandom::fill(&mut secret).map_err(|e| Error::Invalid(e.to_string()))?;
+        let expires_at = self.now() + expires_in;
+        let edit = self.edit(
+            flow_prefix,
+            &Edit::CreateInvite {
+                role,
+                secret_hash: hex(&sha2::Sha256::digest(secret)),
+                expires_at,
+                uses,
+            },
+        )?;
+        let addrs = self
+            .store
+            .reader()
+            .meta(META_LISTEN_ADDRS)?
+            .and_then(|a| serde_json::from_str::<Vec<String>>(&a).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let ticket = crate::wire::InviteTicket {
+            flow: edit.flow.clone(),
+            invite: edit.id.clone().expect("an invite has an id"),
+            secret,
+            addrs,
+        };
+        Ok(Invitation {
+            edit,
+            ticket: ticket.encode(),
+            expires_at,
         })
+    }
+
+    /// Admits `joiner` to a flow with an invite, after checking the ticket's secret.
+    pub fn redeem(
+        &mut self,
+        flow: &str,
+        invite: &str,
+        secret: &[u8],
+        joiner: &NodeId,
+        name: &str,
+    ) -> Result<EditOutcome> {
+        use sha2::Digest;
+        let now = self.now();
+        let current = Reader::now(self.doc(flow)?).flow(flow);
+        let inv = current
+            .invites
+            .iter()
+            .find(|i| i.id == invite)
+            .ok_or_else(|| Error::Invalid("unknown invite".into()))?;
+        if inv.revoked {
+            return Err(Error::Invalid("the invite was revoked".into()));
+        }
+        if inv.uses_left <= 0 {
+            return Err(Error::Invalid("the invite has been used up".into()));
+        }
+        if inv.expires_at > 0 && now >= inv.expires_at {
+            return Err(Error::Invalid("the invite has expired".into()));
+        }
+        if sha2::Sha256::digest(secret).as_slice() != inv.secret_hash.as_slice() {
+            return Err(Error::Invalid("the invite's secret does not match".into()));
+        }
+        if current.role_of(joiner.as_str()).is_some() {
+            return Err(Error::Invalid("already a member".into()));
+        }
+        self.edit(
+            flow,
+            &Edit::Redeem {
+                invite: invite.to_string(),
+                secret: hex(secret),
+                joiner: joiner.to_string(),
+                name: name.to_string(),
+            },
+        )
     }
 
     /// Replaces the clock (tests).
@@ -190,7 +352,11 @@ impl Repo {
             w.insert_flow(&id, &hash.0, title.trim(), "open", now)?;
             let sig = me.sign_change(&hash);
             persist(w, &id, &doc, &[row(&mut change, &sig)], now)?;
-            Ok(id)
+            Ok((id, doc))
+        })
+        .map(|(id, doc)| {
+            self.docs.insert(id.clone(), doc);
+            id
         })
     }
 
@@ -199,10 +365,14 @@ impl Repo {
         let id = self.resolve(flow_prefix)?;
         let me = self.identity.clone();
         let now = (self.clock)();
-        self.store.write(|w| {
-            let mut doc = load_doc(w, &id)?;
+        let Repo { store, docs, .. } = self;
+        let result = store.write(|w| {
+            let doc = match docs.entry(id.clone()) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(load_doc(w, &id)?),
+            };
             doc.set_actor(me.actor());
-            let current = Reader::now(&doc).flow(&id);
+            let current = Reader::now(&*doc).flow(&id);
             let mut tx = doc.transaction();
             let applied = edit.apply(&mut tx, &current, me.node_id(), now)?;
             let (hash, _) = tx.commit_with(
@@ -212,30 +382,50 @@ impl Repo {
             );
             let hash = hash.ok_or_else(|| Error::Invalid("the edit changes nothing".into()))?;
             let mut change = doc.get_change_by_hash(&hash).expect("just committed");
-            auth::authorize(&doc, &change, me.node_id())?;
+            auth::authorize(doc, &change, me.node_id())?;
             let sig = me.sign_change(&hash);
-            persist(w, &id, &doc, &[row(&mut change, &sig)], now)?;
+            persist(w, &id, doc, &[row(&mut change, &sig)], now)?;
             Ok(EditOutcome {
                 flow: id.clone(),
                 change: hex(&hash.0),
                 summary: applied.summary,
                 id: applied.created,
             })
-        })
+        });
+        if result.is_err() {
+            docs.remove(&id);
+        }
+        result
     }
 
     /// Runs changes received from elsewhere through verify → authorize → apply and stores the
     /// accepted ones. The flow must already exist here, unless the batch holds its genesis.
     pub fn receive(&mut self, flow_id: &str, batch: &[SignedChange]) -> Result<Outcome> {
+        self.receive_new(flow_id, batch, false)
+    }
+
+    /// Like [`Repo::receive`]; for a flow this node does not hold yet, `require_member` keeps it
+    /// only if the accepted changes make this node a current member.
+    pub fn receive_new(
+        &mut self,
+        flow_id: &str,
+        batch: &[SignedChange],
+        require_member: bool,
+    ) -> Result<Outcome> {
         let now = (self.clock)();
-        self.store.write(|w| {
+        let me = self.identity.node_id().to_string();
+        let Repo { store, docs, .. } = self;
+        let result = store.write(|w| {
             let known = w.flow_ids()?.iter().any(|f| f == flow_id);
-            let mut doc = if known {
-                load_doc(w, flow_id)?
-            } else {
-                Automerge::new()
+            let doc = match docs.entry(flow_id.to_string()) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(if known {
+                    load_doc(w, flow_id)?
+                } else {
+                    Automerge::new()
+                }),
             };
-            let out = auth::accept(&mut doc, flow_id, batch, || {
+            let out = auth::accept(doc, flow_id, batch, || {
                 if known {
                     load_doc(w, flow_id)
                 } else {
@@ -244,6 +434,12 @@ impl Repo {
             })?;
             if out.accepted.is_empty() {
                 return Ok(out);
+            }
+            if !known && require_member && Reader::now(&*doc).role_of(&me).is_none() {
+                return Ok(Outcome {
+                    known: out.known,
+                    ..Outcome::default()
+                });
             }
             if !known {
                 let genesis = out
@@ -261,9 +457,28 @@ impl Repo {
                     row(&mut c, &v.signature)
                 })
                 .collect();
-            persist(w, flow_id, &doc, &rows, now)?;
+            persist(w, flow_id, doc, &rows, now)?;
             Ok(out)
-        })
+        });
+        match &result {
+            Ok(out) if !out.accepted.is_empty() || self.holds_in_store(flow_id) => {}
+            // Nothing stored for a flow this node does not hold: keep no empty document.
+            Ok(_) => {
+                self.docs.remove(flow_id);
+            }
+            Err(_) => {
+                self.docs.remove(flow_id);
+            }
+        }
+        result
+    }
+
+    fn holds_in_store(&self, flow: &str) -> bool {
+        self.store
+            .reader()
+            .flow_ids()
+            .map(|ids| ids.iter().any(|f| f == flow))
+            .unwrap_or(false)
     }
 
     /// Every stored change of a flow, with its signature, dependencies first.
@@ -277,19 +492,19 @@ impl Repo {
             .collect())
     }
 
-    pub fn show(&self, prefix: &str) -> Result<FlowView> {
+    pub fn show(&mut self, prefix: &str) -> Result<FlowView> {
         let id = self.resolve(prefix)?;
-        let doc = self.load(&id)?;
+        let doc = self.doc(&id)?;
         Ok(FlowView {
-            flow: Reader::now(&doc).flow(&id),
+            flow: Reader::now(doc).flow(&id),
             heads: doc.get_heads().iter().map(|h| hex(&h.0)).collect(),
         })
     }
 
-    pub fn log(&self, prefix: &str) -> Result<Vec<LogEntry>> {
+    pub fn log(&mut self, prefix: &str) -> Result<Vec<LogEntry>> {
         let id = self.resolve(prefix)?;
-        let doc = self.load(&id)?;
-        let flow = Reader::now(&doc).flow(&id);
+        let doc = self.doc(&id)?;
+        let flow = Reader::now(doc).flow(&id);
         Ok(doc
             .get_changes(&[])
             .iter()

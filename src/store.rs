@@ -89,7 +89,26 @@ CREATE TABLE snapshots (
     upto_seq    INTEGER NOT NULL,
     doc         BLOB NOT NULL
 );
+CREATE TABLE meta (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL
+);
+CREATE TABLE peers (
+    node        TEXT PRIMARY KEY,
+    addrs       TEXT NOT NULL,
+    last_seen   INTEGER NOT NULL,
+    failures    INTEGER NOT NULL DEFAULT 0
+);
 ";
+
+/// One row of the address book.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerRow {
+    pub node: String,
+    pub addrs: Vec<String>,
+    pub last_seen: i64,
+    pub failures: i64,
+}
 
 impl Store {
     /// Opens (creating if needed) the store in `home`.
@@ -114,6 +133,15 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut store = Store { conn };
         store.migrate(&path)?;
+        Ok(store)
+    }
+
+    /// A store that lives in memory only (simulations and tests).
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let mut store = Store {
+            conn: Connection::open_in_memory()?,
+        };
+        store.migrate(Path::new(":memory:"))?;
         Ok(store)
     }
 
@@ -275,6 +303,60 @@ impl Writer<'_> {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?)
+    }
+
+    /// The signature stored with a change.
+    pub fn signature(&self, flow: &str, hash: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT signature FROM changes WHERE flow = ?1 AND hash = ?2")?;
+        Ok(stmt
+            .query_row(params![flow, hash], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Records that `node` was reachable at `addrs` just now.
+    pub fn saw_peer(&self, node: &str, addrs: &[String], now: i64) -> Result<(), StoreError> {
+        let addrs = serde_json::to_string(addrs).expect("strings serialize");
+        self.conn.execute(
+            "INSERT INTO peers (node, addrs, last_seen, failures) VALUES (?1, ?2, ?3, 0)
+             ON CONFLICT(node) DO UPDATE SET addrs = excluded.addrs,
+                 last_seen = excluded.last_seen, failures = 0",
+            params![node, addrs, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT node, addrs, last_seen, failures FROM peers ORDER BY last_seen DESC")?;
+        let rows = stmt.query_map([], |r| {
+            let addrs: String = r.get(1)?;
+            Ok(PeerRow {
+                node: r.get(0)?,
+                addrs: serde_json::from_str(&addrs).unwrap_or_default(),
+                last_seen: r.get(2)?,
+                failures: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn put_snapshot(&self, flow: &str, upto_seq: i64, doc: &[u8]) -> Result<(), StoreError> {

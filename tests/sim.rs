@@ -1,0 +1,386 @@
+//! Whole-network behaviour of the sync engine with no sockets: several engines with in-memory
+//! stores, and a simulated network that delivers messages in random order, duplicates some and
+//! drops others. Every node must end with the same heads and the same flow.
+
+mod common;
+
+use std::collections::VecDeque;
+
+use coflow::flow::{Edit, Reader, Role};
+use coflow::identity::{Identity, NodeId};
+use coflow::repo::Repo;
+use coflow::store::Store;
+use coflow::sync::{Engine, Io};
+use coflow::wire;
+
+enum Msg {
+    Request { flow: String, req: wire::SyncRequest },
+    Response { flow: String, resp: wire::SyncResponse },
+}
+
+struct Packet {
+    from: usize,
+    to: usize,
+    msg: Msg,
+}
+
+struct Net {
+    nodes: Vec<Engine>,
+    ids: Vec<NodeId>,
+    queue: Vec<Packet>,
+    rng: u64,
+    now: u64,
+    drop_percent: u64,
+    dup_percent: u64,
+    delivered: u64,
+    dropped: u64,
+    duplicated: u64,
+    penalties: Vec<(usize, String)>,
+}
+
+impl Net {
+    fn new(n: usize, seed: u64) -> Net {
+        let nodes: Vec<Engine> = (0..n)
+            .map(|i| {
+                let id = Identity::from_seed(&format!("sim-node-{i}"), &format!("Node {i}"));
+                Engine::new(Repo::new(Store::in_memory().unwrap(), id))
+            })
+            .collect();
+        let ids = nodes.iter().map(|e| e.node_id().clone()).collect();
+        Net {
+            nodes,
+            ids,
+            queue: Vec::new(),
+            rng: seed | 1,
+            now: 1,
+            drop_percent: 0,
+            dup_percent: 0,
+            delivered: 0,
+            dropped: 0,
+            duplicated: 0,
+            penalties: Vec::new(),
+        }
+    }
+
+    fn rand(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn index(&self, id: &NodeId) -> usize {
+        self.ids.iter().position(|i| i == id).unwrap()
+    }
+
+    fn connect_all(&mut self) {
+        for a in 0..self.nodes.len() {
+            for b in 0..self.nodes.len() {
+                if a != b {
+                    let id = self.ids[b].clone();
+                    self.nodes[a].peer_connected(id, self.now);
+                }
+            }
+        }
+        self.collect();
+    }
+
+    /// Moves every node's pending output onto the network.
+    fn collect(&mut self) {
+        for from in 0..self.nodes.len() {
+            while let Some(io) = self.nodes[from].next_io() {
+                match io {
+                    Io::Sync { peer, flow, request } => {
+                        let to = self.index(&peer);
+                        self.queue.push(Packet {
+                            from,
+                            to,
+                            msg: Msg::Request { flow, req: request },
+                        });
+                    }
+                    Io::Penalize { peer, reason } => {
+                        self.penalties.push((self.index(&peer), reason));
+                    }
+                    Io::Join { .. } | Io::Event(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Delivers one random packet (perhaps dropping or duplicating it).
+    fn step(&mut self) -> bool {
+        if self.queue.is_empty() {
+            return false;
+        }
+        let i = (self.rand() % self.queue.len() as u64) as usize;
+        let packet = self.queue.swap_remove(i);
+        if self.rand() % 100 < self.drop_percent {
+            self.dropped += 1;
+            if let Msg::Request { flow, .. } = &packet.msg {
+                let peer = self.ids[packet.to].clone();
+                self.nodes[packet.from].sync_failed(&peer, flow);
+            }
+            return true;
+        }
+        let dup = self.rand() % 100 < self.dup_percent;
+        self.delivered += 1;
+        let from_id = self.ids[packet.from].clone();
+        match packet.msg {
+            Msg::Request { flow, req } => {
+                if dup {
+                    self.duplicated += 1;
+                    let _ = self.nodes[packet.to].handle_sync_request(&from_id, req.clone());
+                }
+                let resp = self.nodes[packet.to].handle_sync_request(&from_id, req);
+                self.queue.push(Packet {
+                    from: packet.to,
+                    to: packet.from,
+                    msg: Msg::Response { flow, resp },
+                });
+            }
+            Msg::Response { flow, resp } => {
+                if dup {
+                    self.duplicated += 1;
+                    self.nodes[packet.to].handle_sync_response(&from_id, &flow, resp.clone());
+                }
+                self.nodes[packet.to].handle_sync_response(&from_id, &flow, resp);
+            }
+        }
+        self.collect();
+        true
+    }
+
+    fn tick(&mut self) {
+        self.now += coflow::sync::ANTI_ENTROPY_MS;
+        for n in &mut self.nodes {
+            n.tick(self.now);
+        }
+        self.collect();
+    }
+
+    fn heads(&mut self, flow: &str) -> Vec<Option<Vec<automerge::ChangeHash>>> {
+        self.nodes
+            .iter_mut()
+            .map(|n| {
+                n.repo().doc(flow).ok().map(|d| {
+                    let mut h = d.get_heads();
+                    h.sort();
+                    h
+                })
+            })
+            .collect()
+    }
+
+    fn converged(&mut self, flow: &str) -> bool {
+        let heads = self.heads(flow);
+        heads[0].is_some() && heads.iter().all(|h| h == &heads[0])
+    }
+
+    /// Runs until every queue is empty, ticking so anti-entropy repairs losses.
+    fn settle(&mut self, flow: &str, max_rounds: usize) -> usize {
+        self.settle_lossy(flow, max_rounds, 0)
+    }
+
+    /// Like `settle`, but the network keeps losing and duplicating for the first `lossy` rounds.
+    fn settle_lossy(&mut self, flow: &str, max_rounds: usize, lossy: usize) -> usize {
+        let (drops, dups) = (self.drop_percent, self.dup_percent);
+        for round in 0..max_rounds {
+            if round == lossy {
+                self.drop_percent = 0;
+                self.dup_percent = 0;
+            }
+            let mut steps = 0;
+            while self.step() {
+                steps += 1;
+                assert!(steps < 1_000_000, "runaway message storm");
+            }
+            if round >= lossy && self.converged(flow) {
+                self.drop_percent = drops;
+                self.dup_percent = dups;
+                return round;
+            }
+            self.tick();
+        }
+        panic!("no convergence after {max_rounds} anti-entropy rounds");
+    }
+}
+
+fn edit(net: &mut Net, who: usize, flow: &str, e: Edit) {
+    net.nodes[who].repo().edit(flow, &e).unwrap();
+    net.nodes[who].local_change(flow);
+    net.collect();
+}
+
+/// Node 0 starts a flow and adds the others by node id; members edit concurrently while the
+/// network reorders, duplicates and drops; after healing, all hold the same flow.
+fn run(seed: u64, nodes: usize, drop_percent: u64, dup_percent: u64) {
+    let mut net = Net::new(nodes, seed);
+    let flow = net.nodes[0]
+        .repo()
+        .create_flow("Club season", "Decide the season's strategy", Role::Customer)
+        .unwrap();
+    for i in 1..nodes {
+        let node_id = net.ids[i].to_string();
+        let role = if i == 1 { Role::Owner } else { Role::Contributor };
+        edit(
+            &mut net,
+            0,
+            &flow,
+            Edit::AddMember {
+                node_id,
+                role,
+                name: Some(format!("Node {i}")),
+            },
+        );
+    }
+    net.connect_all();
+    net.settle(&flow, 20);
+
+    net.drop_percent = drop_percent;
+    net.dup_percent = dup_percent;
+    let mut made = 0;
+    for round in 0..40 {
+        let who = (net.rand() % nodes as u64) as usize;
+        edit(&mut net, who, &flow, common::add_step(&format!("step {round} by {who}"), None));
+        made += 1;
+        if net.rand() % 3 == 0 {
+            edit(
+                &mut net,
+                who,
+                &flow,
+                Edit::Comment {
+                    text: format!("comment {round}"),
+                    step: None,
+                },
+            );
+            made += 1;
+        }
+        for _ in 0..(net.rand() % 6) {
+            net.step();
+        }
+    }
+    // The network stays lossy for a few anti-entropy rounds after the last edit; only the
+    // engines' periodic repair can then finish the job.
+    let rounds = net.settle_lossy(&flow, 50, 3);
+    net.drop_percent = 0;
+    net.dup_percent = 0;
+
+    let flows: Vec<_> = net
+        .nodes
+        .iter_mut()
+        .map(|n| {
+            let doc = n.repo().doc(&flow).unwrap().clone();
+            Reader::now(&doc).flow(&flow)
+        })
+        .collect();
+    for f in &flows {
+        assert_eq!(f, &flows[0]);
+    }
+    let steps = flows[0].steps.len();
+    let comments = flows[0].comments.len();
+    assert_eq!(steps + comments, made, "every edit reached every node");
+    assert!(net.penalties.is_empty(), "honest nodes penalize no one: {:?}", net.penalties);
+    if drop_percent > 0 {
+        assert!(net.dropped > 0, "faults were injected");
+    }
+    println!(
+        "seed {seed}: {nodes} nodes, {made} edits, delivered {}, dropped {}, duplicated {}, healed in {rounds} anti-entropy rounds",
+        net.delivered, net.dropped, net.duplicated
+    );
+}
+
+#[test]
+fn five_nodes_converge_with_reordering() {
+    run(7, 5, 0, 0);
+}
+
+#[test]
+fn five_nodes_converge_despite_drops_and_duplicates() {
+    for seed in [1, 2, 3] {
+        run(seed, 5, 20, 10);
+    }
+}
+
+#[test]
+fn a_non_member_learns_nothing() {
+    let mut net = Net::new(3, 11);
+    let flow = net.nodes[0]
+        .repo()
+        .create_flow("Private", "A private need", Role::Customer)
+        .unwrap();
+    let node_id = net.ids[1].to_string();
+    edit(
+        &mut net,
+        0,
+        &flow,
+        Edit::AddMember {
+            node_id,
+            role: Role::Contributor,
+            name: None,
+        },
+    );
+    net.connect_all();
+    net.settle_pairs(&flow);
+    assert!(net.nodes[1].repo().holds(&flow).unwrap());
+    assert!(!net.nodes[2].repo().holds(&flow).unwrap(), "the outsider holds nothing");
+    // The outsider asks outright: it gets the same answer as for a flow nobody holds.
+    let outsider = net.ids[2].clone();
+    let ask = |flow: &str| wire::SyncRequest {
+        message: Some(wire::SyncMessage {
+            flow: coflow::identity::unhex(flow).unwrap(),
+            automerge: {
+                use automerge::sync::SyncDoc;
+                automerge::Automerge::new()
+                    .generate_sync_message(&mut automerge::sync::State::new())
+                    .unwrap()
+                    .encode()
+            },
+            changes: vec![],
+            session: 1,
+        }),
+    };
+    let held = net.nodes[0].handle_sync_request(&outsider, ask(&flow));
+    let unknown = net.nodes[0].handle_sync_request(&outsider, ask("00000000000000000000000000000000"));
+    let strip = |r: wire::SyncResponse| match r.result {
+        Some(wire::sync_response::Result::Message(mut m)) => {
+            m.flow.clear();
+            assert!(m.changes.is_empty(), "no content for outsiders");
+            Some(m)
+        }
+        other => panic!("unexpected answer {other:?}"),
+    };
+    assert_eq!(strip(held), strip(unknown));
+}
+
+impl Net {
+    /// Settles without requiring every node to hold the flow.
+    fn settle_pairs(&mut self, _flow: &str) {
+        for _ in 0..5 {
+            while self.step() {}
+            self.tick();
+        }
+        while self.step() {}
+    }
+}
+
+#[test]
+fn queue_is_bounded_by_the_protocol() {
+    // The conversation for one edit among five nodes stays small.
+    let mut net = Net::new(5, 3);
+    let flow = net.nodes[0]
+        .repo()
+        .create_flow("T", "N", Role::Customer)
+        .unwrap();
+    for i in 1..5 {
+        let node_id = net.ids[i].to_string();
+        edit(&mut net, 0, &flow, Edit::AddMember { node_id, role: Role::Contributor, name: None });
+    }
+    net.connect_all();
+    net.settle(&flow, 10);
+    let before = net.delivered;
+    edit(&mut net, 2, &flow, common::add_step("one more", None));
+    net.settle(&flow, 3);
+    let used = net.delivered - before;
+    assert!(used <= 80, "one edit took {used} messages");
+    let _ = VecDeque::<u8>::new();
+}
