@@ -17,6 +17,9 @@ pub enum Error {
     Forbidden(#[from] Forbidden),
     #[error("{0}")]
     Invalid(String),
+    /// An error the running node reported.
+    #[error("{0}")]
+    Remote(String),
     #[error("the stored document of flow {flow} cannot be loaded: {reason}")]
     Corrupt { flow: String, reason: String },
     #[error("cannot write {path}: {source}")]

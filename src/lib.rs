@@ -20,12 +20,15 @@
 //! - [`cli`]: clap commands and their human / `--json` output.
 //! - [`error`]: the crate's error type.
 
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod export;
 pub mod flow;
 pub mod identity;
+pub mod net;
+pub mod node;
 pub mod repo;
 pub mod store;
 pub mod sync;

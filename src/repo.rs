@@ -9,7 +9,7 @@ use std::path::Path;
 
 use automerge::transaction::CommitOptions;
 use automerge::{Automerge, Change, ReadDoc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{self, Outcome, SignedChange};
 use crate::error::{Error, Result};
@@ -29,7 +29,7 @@ pub fn system_clock() -> i64 {
 }
 
 /// The result of a local edit.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EditOutcome {
     pub flow: String,
     pub change: String,
@@ -40,15 +40,18 @@ pub struct EditOutcome {
 }
 
 /// A flow as `flow show` reports it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FlowView {
     #[serde(flatten)]
     pub flow: Flow,
     pub heads: Vec<String>,
+    /// Per other member: connected, in sync with this node, last heard from.
+    #[serde(default)]
+    pub sync: Vec<crate::sync::MemberSync>,
 }
 
 /// One entry of `flow log`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LogEntry {
     pub hash: String,
     pub author: String,
@@ -58,7 +61,7 @@ pub struct LogEntry {
 }
 
 /// The result of `flow verify`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub changes: usize,
     pub valid: usize,
@@ -78,7 +81,7 @@ pub struct Repo {
 }
 
 /// An invite just made: the change, and the ticket to hand to the invitee.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Invitation {
     #[serde(flatten)]
     pub edit: EditOutcome,
@@ -173,7 +176,8 @@ impl Repo {
 
     /// Whether this node holds the flow.
     pub fn holds(&self, flow: &str) -> Result<bool> {
-        Ok(self.docs.contains_key(flow) || self.store.reader().flow_ids()?.iter().any(|f| f == flow))
+        Ok(self.docs.contains_key(flow)
+            || self.store.reader().flow_ids()?.iter().any(|f| f == flow))
     }
 
     /// The flow's document (loaded once, then kept).
@@ -336,28 +340,29 @@ impl Repo {
     pub fn create_flow(&mut self, title: &str, need: &str, role: Role) -> Result<String> {
         let me = self.identity.clone();
         let now = (self.clock)();
-        self.store.write(|w| {
-            let mut doc = Automerge::new().with_actor(me.actor());
-            let mut tx = doc.transaction();
-            new_flow_ops(&mut tx, me.node_id(), me.name(), title, need, role, now)?;
-            let (hash, _) = tx.commit_with(
-                CommitOptions::default()
-                    .with_message(format!("started the flow '{}'", title.trim()))
-                    .with_time(now),
-            );
-            let hash = hash.ok_or_else(|| Error::Invalid("nothing to create".into()))?;
-            let mut change = doc.get_change_by_hash(&hash).expect("just committed");
-            auth::authorize(&doc, &change, me.node_id())?;
-            let id = flow_id_of_genesis(&hash);
-            w.insert_flow(&id, &hash.0, title.trim(), "open", now)?;
-            let sig = me.sign_change(&hash);
-            persist(w, &id, &doc, &[row(&mut change, &sig)], now)?;
-            Ok((id, doc))
-        })
-        .map(|(id, doc)| {
-            self.docs.insert(id.clone(), doc);
-            id
-        })
+        self.store
+            .write(|w| {
+                let mut doc = Automerge::new().with_actor(me.actor());
+                let mut tx = doc.transaction();
+                new_flow_ops(&mut tx, me.node_id(), me.name(), title, need, role, now)?;
+                let (hash, _) = tx.commit_with(
+                    CommitOptions::default()
+                        .with_message(format!("started the flow '{}'", title.trim()))
+                        .with_time(now),
+                );
+                let hash = hash.ok_or_else(|| Error::Invalid("nothing to create".into()))?;
+                let mut change = doc.get_change_by_hash(&hash).expect("just committed");
+                auth::authorize(&doc, &change, me.node_id())?;
+                let id = flow_id_of_genesis(&hash);
+                w.insert_flow(&id, &hash.0, title.trim(), "open", now)?;
+                let sig = me.sign_change(&hash);
+                persist(w, &id, &doc, &[row(&mut change, &sig)], now)?;
+                Ok((id, doc))
+            })
+            .map(|(id, doc)| {
+                self.docs.insert(id.clone(), doc);
+                id
+            })
     }
 
     /// Makes one local edit, checked by the same policy as any received change.
@@ -495,10 +500,29 @@ impl Repo {
     pub fn show(&mut self, prefix: &str) -> Result<FlowView> {
         let id = self.resolve(prefix)?;
         let doc = self.doc(&id)?;
-        Ok(FlowView {
-            flow: Reader::now(doc).flow(&id),
-            heads: doc.get_heads().iter().map(|h| hex(&h.0)).collect(),
-        })
+        let flow = Reader::now(doc).flow(&id);
+        let heads = doc.get_heads().iter().map(|h| hex(&h.0)).collect();
+        // Offline: what the address book remembers of each member.
+        let seen: HashMap<String, i64> = self
+            .store
+            .reader()
+            .peers()?
+            .into_iter()
+            .map(|p| (p.node, p.last_seen))
+            .collect();
+        let me = self.identity.node_id().to_string();
+        let sync = flow
+            .members
+            .iter()
+            .filter(|m| !m.removed && m.node_id != me)
+            .map(|m| crate::sync::MemberSync {
+                node_id: m.node_id.clone(),
+                connected: false,
+                in_sync: None,
+                last_heard: seen.get(&m.node_id).copied(),
+            })
+            .collect();
+        Ok(FlowView { flow, heads, sync })
     }
 
     pub fn log(&mut self, prefix: &str) -> Result<Vec<LogEntry>> {

@@ -47,7 +47,7 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 /// One row of the `flows` table: what `flow list` shows without loading documents.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FlowRow {
     pub id: String,
     pub title: String,
@@ -318,7 +318,9 @@ impl Writer<'_> {
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
@@ -344,9 +346,9 @@ impl Writer<'_> {
     }
 
     pub fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT node, addrs, last_seen, failures FROM peers ORDER BY last_seen DESC")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT node, addrs, last_seen, failures FROM peers ORDER BY last_seen DESC",
+        )?;
         let rows = stmt.query_map([], |r| {
             let addrs: String = r.get(1)?;
             Ok(PeerRow {

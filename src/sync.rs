@@ -371,7 +371,12 @@ impl Engine {
     }
 
     /// The answer to one of our sync requests.
-    pub fn handle_sync_response(&mut self, peer: &NodeId, flow: &str, response: wire::SyncResponse) {
+    pub fn handle_sync_response(
+        &mut self,
+        peer: &NodeId,
+        flow: &str,
+        response: wire::SyncResponse,
+    ) {
         let key = (peer.clone(), flow.to_string());
         let Some(mut client) = self.clients.remove(&key) else {
             return; // a conversation we have since dropped
@@ -500,7 +505,9 @@ impl Engine {
         if matches!(self.repo.holds(&ticket.flow), Ok(true))
             && self.is_member(&ticket.flow, &self.me.clone())
         {
-            return Err(Error::Invalid("this node is already a member of that flow".into()));
+            return Err(Error::Invalid(
+                "this node is already a member of that flow".into(),
+            ));
         }
         let mut via: Vec<NodeId> = Vec::new();
         for addr in &ticket.addrs {
@@ -600,8 +607,7 @@ impl Engine {
         };
         // Only a member can redeem; a node that does not hold the flow says the same as one
         // whose invite is unknown.
-        if !matches!(self.repo.holds(&flow), Ok(true)) || !self.is_member(&flow, &self.me.clone())
-        {
+        if !matches!(self.repo.holds(&flow), Ok(true)) || !self.is_member(&flow, &self.me.clone()) {
             return refuse("unknown flow or invite");
         }
         let name: String = request.name.chars().take(64).collect();
@@ -642,13 +648,13 @@ impl Engine {
             .map(|(n, _)| {
                 let node: Option<NodeId> = n.parse().ok();
                 let key = node.as_ref().map(|p| (p.clone(), flow.to_string()));
-                let session = key.as_ref().and_then(|k| {
-                    match (self.clients.get(k), self.servers.get(k)) {
-                        (Some(c), Some(s)) if s.last_activity > c.last_activity => Some(s),
-                        (Some(c), _) => Some(c),
-                        (None, s) => s,
-                    }
-                });
+                let session =
+                    key.as_ref()
+                        .and_then(|k| match (self.clients.get(k), self.servers.get(k)) {
+                            (Some(c), Some(s)) if s.last_activity > c.last_activity => Some(s),
+                            (Some(c), _) => Some(c),
+                            (None, s) => s,
+                        });
                 let in_sync = session.and_then(|s| {
                     s.state.their_heads.as_ref().map(|t| {
                         let mut t = t.clone();
@@ -657,7 +663,9 @@ impl Engine {
                     })
                 });
                 MemberSync {
-                    connected: node.as_ref().is_some_and(|p| self.connected.contains_key(p)),
+                    connected: node
+                        .as_ref()
+                        .is_some_and(|p| self.connected.contains_key(p)),
                     last_heard: node.as_ref().and_then(|p| self.last_heard.get(p).copied()),
                     node_id: n,
                     in_sync,

@@ -74,7 +74,10 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::
             break;
         }
         if shift >= 56 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad length prefix"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad length prefix",
+            ));
         }
     }
     if len as usize > max {
@@ -96,7 +99,10 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(
     if bytes.len() > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("message of {} bytes exceeds the limit of {max}", bytes.len()),
+            format!(
+                "message of {} bytes exceeds the limit of {max}",
+                bytes.len()
+            ),
         ));
     }
     let mut prefix = Vec::with_capacity(10);

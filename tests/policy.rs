@@ -80,6 +80,21 @@ fn only_a_customer_adds_a_customer() {
 }
 
 #[test]
+fn an_owner_brings_in_the_first_customer_only() {
+    let mut sim = Sim::new(&olga(), Role::Owner);
+    sim.edit(&olga(), add_member(&alice(), Role::Customer))
+        .unwrap();
+    let msg = forbidden(sim.refused(&olga(), add_member(&bea(), Role::Customer)));
+    assert!(msg.contains("only a customer"), "{msg}");
+    // The same goes for invites: none for a customer once the flow has one.
+    let c = new_invite(&sim, &olga(), Role::Customer);
+    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("invite a customer"));
+    let mut fresh = Sim::new(&olga(), Role::Owner);
+    let c = new_invite(&fresh, &olga(), Role::Customer);
+    fresh.receive(&[c]).unwrap();
+}
+
+#[test]
 fn role_changes() {
     let mut sim = Sim::tailor();
     // The customer and the owner change a contributor's role.
@@ -691,12 +706,15 @@ fn a_change_waiting_on_a_forged_one_is_refused_not_kept() {
     let mut forged = sim.edit_change(&carl(), add_step("Forged", None));
     // Olga builds on Carl's change (as if she had seen it), then the signature gets mangled.
     let mut fork = sim.doc.fork();
-    fork.apply_changes([automerge::Change::from_bytes(forged.bytes.clone()).unwrap()]).unwrap();
+    fork.apply_changes([automerge::Change::from_bytes(forged.bytes.clone()).unwrap()])
+        .unwrap();
     let olga = olga();
     let mut f = fork.with_actor(olga.actor());
     let flow = coflow::flow::Reader::now(&f).flow(&sim.flow_id);
     let mut tx = f.transaction();
-    add_step("On top", None).apply(&mut tx, &flow, olga.node_id(), NOW).unwrap();
+    add_step("On top", None)
+        .apply(&mut tx, &flow, olga.node_id(), NOW)
+        .unwrap();
     let h = tx.commit().0.unwrap();
     let child = sign(&olga, &f, h);
     forged.signature[3] ^= 8;
@@ -706,18 +724,41 @@ fn a_change_waiting_on_a_forged_one_is_refused_not_kept() {
     })
     .unwrap();
     assert!(out.accepted.is_empty() && out.pending.is_empty());
-    assert!(out.rejected.contains(&(Some(h), Rejection::DependsOnRejected)));
+    assert!(out
+        .rejected
+        .contains(&(Some(h), Rejection::DependsOnRejected)));
 }
 
 // --- invites: any member may redeem a valid one; the secret in the change proves it ---
 
-fn create_invite(sim: &mut Sim, who: &Identity, role: Role, expires_at: i64, uses: i64) -> (String, String) {
+fn create_invite(
+    sim: &mut Sim,
+    who: &Identity,
+    role: Role,
+    expires_at: i64,
+    uses: i64,
+) -> (String, String) {
     use sha2::Digest;
     let secret = [42u8; 16];
     let hash = coflow::identity::hex(&sha2::Sha256::digest(secret));
     let known: Vec<String> = sim.flow().invites.into_iter().map(|i| i.id).collect();
-    sim.edit(who, Edit::CreateInvite { role, secret_hash: hash, expires_at, uses }).unwrap();
-    let id = sim.flow().invites.into_iter().find(|i| !known.contains(&i.id)).unwrap().id;
+    sim.edit(
+        who,
+        Edit::CreateInvite {
+            role,
+            secret_hash: hash,
+            expires_at,
+            uses,
+        },
+    )
+    .unwrap();
+    let id = sim
+        .flow()
+        .invites
+        .into_iter()
+        .find(|i| !known.contains(&i.id))
+        .unwrap()
+        .id;
     (id, coflow::identity::hex(&secret))
 }
 
@@ -738,8 +779,14 @@ fn any_member_redeems_a_valid_invite() {
     sim.edit(&oscar(), redeem(&inv, &secret, &eve())).unwrap();
     sim.edit(&carl(), redeem(&inv, &secret, &bea())).unwrap();
     let flow = sim.flow();
-    assert_eq!(flow.role_of(eve().node_id().as_str()), Some(Role::Contributor));
-    assert_eq!(flow.role_of(bea().node_id().as_str()), Some(Role::Contributor));
+    assert_eq!(
+        flow.role_of(eve().node_id().as_str()),
+        Some(Role::Contributor)
+    );
+    assert_eq!(
+        flow.role_of(bea().node_id().as_str()),
+        Some(Role::Contributor)
+    );
     assert_eq!(flow.invites[0].uses_left, 0);
     // Used up now.
     let joiner = Identity::from_seed("zed", "Zed");
@@ -757,7 +804,9 @@ fn bad_redemptions_are_refused() {
     let eve_id = eve().node_id().to_string();
     let c = sim.make(&carl(), |tx, _| {
         let members = tx.get(ROOT, "members").unwrap().unwrap().1;
-        let m = tx.put_object(&members, eve_id.as_str(), ObjType::Map).unwrap();
+        let m = tx
+            .put_object(&members, eve_id.as_str(), ObjType::Map)
+            .unwrap();
         tx.put(&m, "role", "observer").unwrap();
         tx.put(&m, "invite", inv.as_str()).unwrap();
         tx.put(&m, "invite_secret", secret.as_str()).unwrap();
@@ -768,11 +817,14 @@ fn bad_redemptions_are_refused() {
         let members = tx.get(ROOT, "members").unwrap().unwrap().1;
         let invites = tx.get(ROOT, "invites").unwrap().unwrap().1;
         let i = tx.get(&invites, inv.as_str()).unwrap().unwrap().1;
-        let m = tx.put_object(&members, eve_id.as_str(), ObjType::Map).unwrap();
+        let m = tx
+            .put_object(&members, eve_id.as_str(), ObjType::Map)
+            .unwrap();
         tx.put(&m, "role", "owner").unwrap();
         tx.put(&m, "invite", inv.as_str()).unwrap();
         tx.put(&m, "invite_secret", secret.as_str()).unwrap();
-        tx.put(&i, "uses_left", flow.invites[0].uses_left - 1).unwrap();
+        tx.put(&i, "uses_left", flow.invites[0].uses_left - 1)
+            .unwrap();
     });
     assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("invite's role"));
     // A contributor may not touch uses_left otherwise.
@@ -783,10 +835,18 @@ fn bad_redemptions_are_refused() {
     });
     assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("invites"));
     // Revoked, then expired.
-    sim.edit(&alice(), Edit::RevokeInvite { invite: inv.clone() }).unwrap();
+    sim.edit(
+        &alice(),
+        Edit::RevokeInvite {
+            invite: inv.clone(),
+        },
+    )
+    .unwrap();
     assert!(forbidden(sim.refused(&carl(), redeem(&inv, &secret, &eve()))).contains("revoked"));
     let (inv2, secret2) = create_invite(&mut sim, &alice(), Role::Observer, NOW - 1, 1);
     assert!(forbidden(sim.refused(&carl(), redeem(&inv2, &secret2, &eve()))).contains("expired"));
     // Observers cannot create or revoke invites.
-    assert!(forbidden(sim.refused(&oscar(), Edit::RevokeInvite { invite: inv2 })).contains("invites"));
+    assert!(
+        forbidden(sim.refused(&oscar(), Edit::RevokeInvite { invite: inv2 })).contains("invites")
+    );
 }

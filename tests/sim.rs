@@ -14,8 +14,14 @@ use coflow::sync::{Engine, Io};
 use coflow::wire;
 
 enum Msg {
-    Request { flow: String, req: wire::SyncRequest },
-    Response { flow: String, resp: wire::SyncResponse },
+    Request {
+        flow: String,
+        req: wire::SyncRequest,
+    },
+    Response {
+        flow: String,
+        resp: wire::SyncResponse,
+    },
 }
 
 struct Packet {
@@ -90,7 +96,11 @@ impl Net {
         for from in 0..self.nodes.len() {
             while let Some(io) = self.nodes[from].next_io() {
                 match io {
-                    Io::Sync { peer, flow, request } => {
+                    Io::Sync {
+                        peer,
+                        flow,
+                        request,
+                    } => {
                         let to = self.index(&peer);
                         self.queue.push(Packet {
                             from,
@@ -217,11 +227,19 @@ fn run(seed: u64, nodes: usize, drop_percent: u64, dup_percent: u64) {
     let mut net = Net::new(nodes, seed);
     let flow = net.nodes[0]
         .repo()
-        .create_flow("Club season", "Decide the season's strategy", Role::Customer)
+        .create_flow(
+            "Club season",
+            "Decide the season's strategy",
+            Role::Customer,
+        )
         .unwrap();
     for i in 1..nodes {
         let node_id = net.ids[i].to_string();
-        let role = if i == 1 { Role::Owner } else { Role::Contributor };
+        let role = if i == 1 {
+            Role::Owner
+        } else {
+            Role::Contributor
+        };
         edit(
             &mut net,
             0,
@@ -241,7 +259,12 @@ fn run(seed: u64, nodes: usize, drop_percent: u64, dup_percent: u64) {
     let mut made = 0;
     for round in 0..40 {
         let who = (net.rand() % nodes as u64) as usize;
-        edit(&mut net, who, &flow, common::add_step(&format!("step {round} by {who}"), None));
+        edit(
+            &mut net,
+            who,
+            &flow,
+            common::add_step(&format!("step {round} by {who}"), None),
+        );
         made += 1;
         if net.rand() % 3 == 0 {
             edit(
@@ -279,7 +302,11 @@ fn run(seed: u64, nodes: usize, drop_percent: u64, dup_percent: u64) {
     let steps = flows[0].steps.len();
     let comments = flows[0].comments.len();
     assert_eq!(steps + comments, made, "every edit reached every node");
-    assert!(net.penalties.is_empty(), "honest nodes penalize no one: {:?}", net.penalties);
+    assert!(
+        net.penalties.is_empty(),
+        "honest nodes penalize no one: {:?}",
+        net.penalties
+    );
     if drop_percent > 0 {
         assert!(net.dropped > 0, "faults were injected");
     }
@@ -322,7 +349,10 @@ fn a_non_member_learns_nothing() {
     net.connect_all();
     net.settle_pairs(&flow);
     assert!(net.nodes[1].repo().holds(&flow).unwrap());
-    assert!(!net.nodes[2].repo().holds(&flow).unwrap(), "the outsider holds nothing");
+    assert!(
+        !net.nodes[2].repo().holds(&flow).unwrap(),
+        "the outsider holds nothing"
+    );
     // The outsider asks outright: it gets the same answer as for a flow nobody holds.
     let outsider = net.ids[2].clone();
     let ask = |flow: &str| wire::SyncRequest {
@@ -340,7 +370,8 @@ fn a_non_member_learns_nothing() {
         }),
     };
     let held = net.nodes[0].handle_sync_request(&outsider, ask(&flow));
-    let unknown = net.nodes[0].handle_sync_request(&outsider, ask("00000000000000000000000000000000"));
+    let unknown =
+        net.nodes[0].handle_sync_request(&outsider, ask("00000000000000000000000000000000"));
     let strip = |r: wire::SyncResponse| match r.result {
         Some(wire::sync_response::Result::Message(mut m)) => {
             m.flow.clear();
@@ -373,7 +404,16 @@ fn queue_is_bounded_by_the_protocol() {
         .unwrap();
     for i in 1..5 {
         let node_id = net.ids[i].to_string();
-        edit(&mut net, 0, &flow, Edit::AddMember { node_id, role: Role::Contributor, name: None });
+        edit(
+            &mut net,
+            0,
+            &flow,
+            Edit::AddMember {
+                node_id,
+                role: Role::Contributor,
+                name: None,
+            },
+        );
     }
     net.connect_all();
     net.settle(&flow, 10);

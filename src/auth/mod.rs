@@ -273,7 +273,8 @@ fn reject_dependents_of_rejected(out: &mut Outcome) {
         }
         for v in doomed {
             bad.insert(v.hash());
-            out.rejected.push((Some(v.hash()), Rejection::DependsOnRejected));
+            out.rejected
+                .push((Some(v.hash()), Rejection::DependsOnRejected));
         }
     }
 }

@@ -548,7 +548,7 @@ impl<'a> Judge<'a> {
                 "role" => {
                     let role = expect_parse::<Role>(op, key)?;
                     self.needs(
-                        role != Role::Customer || self.role == Role::Customer,
+                        role != Role::Customer || self.may_bring_a_customer(),
                         "cannot invite a customer: only a customer can",
                     )
                 }
@@ -804,7 +804,7 @@ impl Judge<'_> {
                 Some((None, None)) | None => {
                     self.needs(self.role.manages(), "cannot add members")?;
                     self.needs(
-                        role != Role::Customer || self.role == Role::Customer,
+                        role != Role::Customer || self.may_bring_a_customer(),
                         "cannot make anyone a customer: only a customer can",
                     )?;
                 }
@@ -819,6 +819,26 @@ impl Judge<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A customer may bring in another customer; an owner may bring in the first one, while
+    /// the flow (in the change's causal past) has no customer — otherwise a flow started by its
+    /// owner could never get its customer.
+    fn may_bring_a_customer(&self) -> bool {
+        match self.role {
+            Role::Customer => true,
+            Role::Owner => {
+                let before = self.before();
+                let members = before.container(field::MEMBERS);
+                !members.is_some_and(|m| {
+                    before
+                        .map_maps(&m)
+                        .iter()
+                        .any(|(node, _)| before.role_of(node) == Some(Role::Customer))
+                })
+            }
+            _ => false,
+        }
     }
 
     fn check_redemption(&self, invite: &str, secret: &str, role: Role) -> Result<(), Forbidden> {

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::api::{self, Call, Reply};
 use crate::error::{Error, Result};
 use crate::flow::{Edit, FlowStatus, Mode, Role, StepStatus, Who};
 use crate::identity::Identity;
-use crate::repo::Repo;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +39,12 @@ pub enum Command {
     },
     /// Print this node's id and name.
     Id,
+    /// Run the node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
+    Node(NodeArgs),
+    /// Whether the node runs, where it listens, how many peers and flows.
+    Status,
+    /// Peers: connected now, and remembered.
+    Peers,
     /// Work with flows.
     #[command(subcommand)]
     Flow(FlowCmd),
@@ -87,6 +93,10 @@ pub enum FlowCmd {
     Close { flow: String },
     /// Reopen a closed or fulfilled flow.
     Reopen { flow: String },
+    /// Invite someone: prints a ticket (`flow invite revoke FLOW INVITE` revokes one).
+    Invite(InviteArgs),
+    /// Join a flow with a ticket (needs the node running).
+    Join { ticket: String },
     /// Change the title or the need.
     Edit {
         flow: String,
@@ -95,6 +105,43 @@ pub enum FlowCmd {
         #[arg(long)]
         need: Option<String>,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// Address to listen on (repeatable); default: all IPv4 interfaces, an ephemeral port.
+    #[arg(long)]
+    pub listen: Vec<libp2p::Multiaddr>,
+    /// Address of a node to connect to at start (repeatable), e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3…
+    #[arg(long)]
+    pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// Do not discover peers on the local network.
+    #[arg(long)]
+    pub no_mdns: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct InviteArgs {
+    #[command(subcommand)]
+    pub action: Option<InviteAction>,
+    #[arg(required = true)]
+    pub flow: Option<String>,
+    /// The role the invitee gets.
+    #[arg(long, required = true, value_parser = parse_enum::<Role>)]
+    pub role: Option<Role>,
+    /// How long the ticket stays valid: 30m, 12h, 7d, 2w…
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    pub expires: i64,
+    /// How many people may join with it.
+    #[arg(long, default_value_t = 1)]
+    pub uses: i64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InviteAction {
+    /// Revoke an invite so its ticket no longer works.
+    Revoke { flow: String, invite: String },
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +238,26 @@ fn parse_enum<T: std::str::FromStr<Err = String>>(s: &str) -> std::result::Resul
     s.parse()
 }
 
+/// Parses 90s, 30m, 12h, 7d, 2w (or plain seconds) into seconds.
+fn parse_duration(s: &str) -> std::result::Result<i64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 30m, 12h, 7d)"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("'{s}' is not a duration (try 30m, 12h, 7d)")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("'{s}' is not a usable duration"))
+}
+
 fn parse_creator_role(s: &str) -> std::result::Result<Role, String> {
     match s.parse::<Role>()? {
         r @ (Role::Customer | Role::Owner) => Ok(r),
@@ -211,189 +278,249 @@ pub fn home_dir(cli: &Cli) -> Result<PathBuf> {
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
     let home = home_dir(&cli)?;
-    let json = cli.json;
-    let out = print::Out { json };
+    let out = print::Out { json: cli.json };
     match cli.command {
         Command::Init { name } => {
             let id = Identity::create(&home, &name)?;
             eprintln!("created identity '{}' in {}", id.name(), home.display());
-            out.id(&id)
+            out.id(id.node_id().as_str(), id.name())
         }
-        Command::Id => out.id(&Identity::load(&home)?),
-        Command::Flow(cmd) => flow_cmd(&mut Repo::open(&home)?, &out, cmd),
-        Command::Member(cmd) => {
-            let mut repo = Repo::open(&home)?;
-            let (flow, edit) = match cmd {
-                MemberCmd::Add {
-                    flow,
-                    node_id,
-                    role,
-                    name,
-                } => (
-                    flow,
-                    Edit::AddMember {
-                        node_id,
-                        role,
-                        name,
-                    },
-                ),
-                MemberCmd::Remove { flow, member } => (flow, Edit::RemoveMember { member }),
-            };
-            out.edited(&repo.edit(&flow, &edit)?)
+        Command::Node(args) => run_node(home, args),
+        Command::Flow(FlowCmd::Export(args)) => export(&mut *api::open(&home)?, args),
+        Command::Flow(FlowCmd::Edit { flow, title, need }) => {
+            if title.is_none() && need.is_none() {
+                return Err(Error::Invalid("give --title or --need (or both)".into()));
+            }
+            let mut handle = api::open(&home)?;
+            if let Some(title) = title {
+                let edit = Edit::SetTitle { title };
+                out.reply(handle.call(Call::Edit {
+                    flow: flow.clone(),
+                    edit,
+                })?)?;
+            }
+            if let Some(need) = need {
+                let edit = Edit::SetNeed { need };
+                out.reply(handle.call(Call::Edit { flow, edit })?)?;
+            }
+            Ok(())
         }
-        Command::Step(cmd) => {
-            let mut repo = Repo::open(&home)?;
-            let status = |flow, step, status| (flow, Edit::SetStepStatus { step, status });
-            let (flow, edit) = match cmd {
-                StepCmd::Add {
-                    flow,
-                    title,
-                    assignee,
-                    customer,
-                    detail,
-                    due,
-                } => (
-                    flow,
-                    Edit::AddStep {
-                        title,
-                        detail,
-                        assignee,
-                        customer_involved: customer,
-                        due,
-                    },
-                ),
-                StepCmd::Start { flow, step } => status(flow, step, StepStatus::Active),
-                StepCmd::Wait { flow, step } => status(flow, step, StepStatus::Waiting),
-                StepCmd::Done { flow, step } => status(flow, step, StepStatus::Done),
-                StepCmd::Skip { flow, step } => status(flow, step, StepStatus::Skipped),
-                StepCmd::Reopen { flow, step } => status(flow, step, StepStatus::Todo),
-                StepCmd::Assign {
-                    flow,
-                    step,
-                    node_id,
-                } => (
-                    flow,
-                    Edit::AssignStep {
-                        step,
-                        assignee: Some(node_id),
-                    },
-                ),
-                StepCmd::Unassign { flow, step } => (
-                    flow,
-                    Edit::AssignStep {
-                        step,
-                        assignee: None,
-                    },
-                ),
-            };
-            out.edited(&repo.edit(&flow, &edit)?)
+        Command::Flow(FlowCmd::Verify { flow }) => {
+            let reply = api::open(&home)?.call(Call::FlowVerify { flow })?;
+            if let Reply::Verify(report) = &reply {
+                out.verify(report)?;
+                if report.invalid > 0 || !report.heads_match {
+                    return Err(Error::Invalid(format!(
+                        "{} of {} stored changes failed verification",
+                        report.invalid, report.changes
+                    )));
+                }
+            }
+            Ok(())
         }
-        Command::Comment { flow, text, step } => {
-            let mut repo = Repo::open(&home)?;
-            out.edited(&repo.edit(&flow, &Edit::Comment { text, step })?)
-        }
-        Command::Decision(cmd) => {
-            let mut repo = Repo::open(&home)?;
-            let (flow, edit) = match cmd {
-                DecisionCmd::New {
-                    flow,
-                    question,
-                    options,
-                    who,
-                    vote,
-                    step,
-                } => (
-                    flow,
-                    Edit::NewDecision {
-                        question,
-                        options,
-                        who,
-                        mode: if vote { Mode::Vote } else { Mode::Choice },
-                        step,
-                    },
-                ),
-                DecisionCmd::Choose {
-                    flow,
-                    decision,
-                    option,
-                } => (flow, Edit::Choose { decision, option }),
-                DecisionCmd::Close { flow, decision } => (flow, Edit::CloseDecision { decision }),
-            };
-            out.edited(&repo.edit(&flow, &edit)?)
+        command => {
+            let call = to_call(command)?;
+            let reply = api::open(&home)?.call(call)?;
+            out.reply(reply)
         }
     }
 }
 
-fn flow_cmd(repo: &mut Repo, out: &print::Out, cmd: FlowCmd) -> Result<()> {
-    let set_status = |repo: &mut Repo, flow: &str, status| -> Result<()> {
-        out.edited(&repo.edit(flow, &Edit::SetStatus { status })?)
+/// The API call a command makes.
+fn to_call(command: Command) -> Result<Call> {
+    let edit = |flow: String, edit: Edit| Call::Edit { flow, edit };
+    let status =
+        |flow: String, step: String, status| edit(flow, Edit::SetStepStatus { step, status });
+    Ok(match command {
+        Command::Id => Call::Id,
+        Command::Status => Call::Status,
+        Command::Peers => Call::Peers,
+        Command::Flow(cmd) => match cmd {
+            FlowCmd::New { title, need, role } => Call::FlowNew { title, need, role },
+            FlowCmd::List => Call::FlowList,
+            FlowCmd::Show { flow } => Call::FlowShow { flow },
+            FlowCmd::Log { flow } => Call::FlowLog { flow },
+            FlowCmd::Fulfil { flow } => edit(
+                flow,
+                Edit::SetStatus {
+                    status: FlowStatus::Fulfilled,
+                },
+            ),
+            FlowCmd::Close { flow } => edit(
+                flow,
+                Edit::SetStatus {
+                    status: FlowStatus::Closed,
+                },
+            ),
+            FlowCmd::Reopen { flow } => edit(
+                flow,
+                Edit::SetStatus {
+                    status: FlowStatus::Open,
+                },
+            ),
+            FlowCmd::Invite(args) => match args.action {
+                Some(InviteAction::Revoke { flow, invite }) => {
+                    edit(flow, Edit::RevokeInvite { invite })
+                }
+                None => Call::Invite {
+                    flow: args.flow.expect("clap requires FLOW"),
+                    role: args.role.expect("clap requires --role"),
+                    expires_in: args.expires,
+                    uses: args.uses,
+                },
+            },
+            FlowCmd::Join { ticket } => Call::Join { ticket },
+            FlowCmd::Export(_) | FlowCmd::Edit { .. } | FlowCmd::Verify { .. } => {
+                unreachable!("handled in run")
+            }
+        },
+        Command::Member(cmd) => match cmd {
+            MemberCmd::Add {
+                flow,
+                node_id,
+                role,
+                name,
+            } => edit(
+                flow,
+                Edit::AddMember {
+                    node_id,
+                    role,
+                    name,
+                },
+            ),
+            MemberCmd::Remove { flow, member } => edit(flow, Edit::RemoveMember { member }),
+        },
+        Command::Step(cmd) => match cmd {
+            StepCmd::Add {
+                flow,
+                title,
+                assignee,
+                customer,
+                detail,
+                due,
+            } => edit(
+                flow,
+                Edit::AddStep {
+                    title,
+                    detail,
+                    assignee,
+                    customer_involved: customer,
+                    due,
+                },
+            ),
+            StepCmd::Start { flow, step } => status(flow, step, StepStatus::Active),
+            StepCmd::Wait { flow, step } => status(flow, step, StepStatus::Waiting),
+            StepCmd::Done { flow, step } => status(flow, step, StepStatus::Done),
+            StepCmd::Skip { flow, step } => status(flow, step, StepStatus::Skipped),
+            StepCmd::Reopen { flow, step } => status(flow, step, StepStatus::Todo),
+            StepCmd::Assign {
+                flow,
+                step,
+                node_id,
+            } => edit(
+                flow,
+                Edit::AssignStep {
+                    step,
+                    assignee: Some(node_id),
+                },
+            ),
+            StepCmd::Unassign { flow, step } => edit(
+                flow,
+                Edit::AssignStep {
+                    step,
+                    assignee: None,
+                },
+            ),
+        },
+        Command::Comment { flow, text, step } => edit(flow, Edit::Comment { text, step }),
+        Command::Decision(cmd) => match cmd {
+            DecisionCmd::New {
+                flow,
+                question,
+                options,
+                who,
+                vote,
+                step,
+            } => edit(
+                flow,
+                Edit::NewDecision {
+                    question,
+                    options,
+                    who,
+                    mode: if vote { Mode::Vote } else { Mode::Choice },
+                    step,
+                },
+            ),
+            DecisionCmd::Choose {
+                flow,
+                decision,
+                option,
+            } => edit(flow, Edit::Choose { decision, option }),
+            DecisionCmd::Close { flow, decision } => edit(flow, Edit::CloseDecision { decision }),
+        },
+        Command::Init { .. } | Command::Node(_) => unreachable!("handled in run"),
+    })
+}
+
+fn export(handle: &mut dyn api::Handle, args: ExportArgs) -> Result<()> {
+    let reply = handle.call(Call::FlowExport {
+        flow: args.flow,
+        format: args.format,
+    })?;
+    let Reply::Export { hex } = reply else {
+        return Err(Error::Invalid("unexpected answer to an export".into()));
     };
-    match cmd {
-        FlowCmd::New { title, need, role } => {
-            let id = repo.create_flow(&title, &need, role)?;
-            out.created_flow(&id)
+    let bytes = crate::identity::unhex(&hex).unwrap_or_default();
+    match args.output {
+        Some(path) => {
+            std::fs::write(&path, &bytes).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            eprintln!("wrote {} bytes to {}", bytes.len(), path.display());
         }
-        FlowCmd::List => out.flows(&repo.list()?),
-        FlowCmd::Show { flow } => out.flow(&repo.show(&flow)?),
-        FlowCmd::Log { flow } => out.log(&repo.log(&flow)?),
-        FlowCmd::Verify { flow } => {
-            let report = repo.verify(&flow)?;
-            out.verify(&report)?;
-            if report.invalid > 0 || !report.heads_match {
-                return Err(Error::Invalid(format!(
-                    "{} of {} stored changes failed verification",
-                    report.invalid, report.changes
-                )));
-            }
-            Ok(())
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(&bytes)
+                .and_then(|_| stdout.flush())
+                .map_err(|source| Error::Io {
+                    path: "stdout".into(),
+                    source,
+                })?;
         }
-        FlowCmd::Export(args) => {
-            let view = repo.show(&args.flow)?;
-            let bytes = match args.format.as_str() {
-                "json" => {
-                    let mut v = serde_json::to_vec_pretty(&view).expect("serializes");
-                    v.push(b'\n');
-                    v
-                }
-                "automerge" => repo.load(&view.flow.id)?.save(),
-                "dot" => crate::export::dot(&view.flow).into_bytes(),
-                _ => crate::export::mermaid(&view.flow).into_bytes(),
-            };
-            match args.output {
-                Some(path) => {
-                    std::fs::write(&path, &bytes).map_err(|source| Error::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    eprintln!("wrote {} bytes to {}", bytes.len(), path.display());
-                }
-                None => {
-                    let mut stdout = std::io::stdout().lock();
-                    stdout
-                        .write_all(&bytes)
-                        .and_then(|_| stdout.flush())
-                        .map_err(|source| Error::Io {
-                            path: "stdout".into(),
-                            source,
-                        })?;
-                }
-            }
-            Ok(())
+    }
+    Ok(())
+}
+
+fn run_node(home: PathBuf, args: NodeArgs) -> Result<()> {
+    let opts = crate::node::NodeOptions {
+        home,
+        listen: args.listen,
+        bootstrap: args.bootstrap,
+        mdns: !args.no_mdns,
+        limits: crate::net::Limits::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Invalid(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(crate::node::run(opts, shutdown_signal()))
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
         }
-        FlowCmd::Fulfil { flow } => set_status(repo, &flow, FlowStatus::Fulfilled),
-        FlowCmd::Close { flow } => set_status(repo, &flow, FlowStatus::Closed),
-        FlowCmd::Reopen { flow } => set_status(repo, &flow, FlowStatus::Open),
-        FlowCmd::Edit { flow, title, need } => {
-            if title.is_none() && need.is_none() {
-                return Err(Error::Invalid("give --title or --need (or both)".into()));
-            }
-            if let Some(title) = title {
-                out.edited(&repo.edit(&flow, &Edit::SetTitle { title })?)?;
-            }
-            if let Some(need) = need {
-                out.edited(&repo.edit(&flow, &Edit::SetNeed { need })?)?;
-            }
-            Ok(())
-        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

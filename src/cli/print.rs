@@ -5,9 +5,9 @@ use std::io::Write;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::api::{PeerInfo, Reply, Status};
 use crate::error::Result;
 use crate::flow::{short_id, Mode};
-use crate::identity::Identity;
 use crate::repo::{EditOutcome, FlowView, LogEntry, VerifyReport};
 use crate::store::FlowRow;
 
@@ -47,11 +47,80 @@ fn time(secs: i64) -> String {
 }
 
 impl Out {
-    pub fn id(&self, id: &Identity) -> Result<()> {
+    pub fn id(&self, node_id: &str, name: &str) -> Result<()> {
         if self.json {
-            emit_json(&json!({"node_id": id.node_id().to_string(), "name": id.name()}));
+            emit_json(&json!({"node_id": node_id, "name": name}));
         } else {
-            emit(&format!("{}\t{}\n", id.node_id(), id.name()));
+            emit(&format!("{node_id}\t{name}\n"));
+        }
+        Ok(())
+    }
+
+    /// Prints any reply of the control API.
+    pub fn reply(&self, reply: Reply) -> Result<()> {
+        match reply {
+            Reply::Id { node_id, name } => self.id(&node_id, &name),
+            Reply::Status(s) => self.status(&s),
+            Reply::Peers(p) => self.peers(&p),
+            Reply::Created { id } | Reply::Joined { id } => self.created_flow(&id),
+            Reply::Flows(rows) => self.flows(&rows),
+            Reply::Flow(view) => self.flow(&view),
+            Reply::Log(entries) => self.log(&entries),
+            Reply::Verify(report) => self.verify(&report),
+            Reply::Edited(e) => self.edited(&e),
+            Reply::Invited(i) => {
+                if self.json {
+                    emit_json(&i);
+                } else {
+                    eprintln!(
+                        "invite {} ({}) expires {}; give this ticket to the invitee:",
+                        i.edit.id.as_deref().unwrap_or(""),
+                        i.edit.summary,
+                        time(i.expires_at)
+                    );
+                    emit(&format!("{}\n", i.ticket));
+                }
+                Ok(())
+            }
+            Reply::Export { .. } => Ok(()),
+        }
+    }
+
+    fn status(&self, s: &Status) -> Result<()> {
+        if self.json {
+            emit_json(s);
+        } else {
+            let mut t = format!(
+                "node {} ({})\n{}\npeers: {}\nflows: {}\n",
+                s.node_id,
+                s.name,
+                if s.running { "running" } else { "not running" },
+                s.peers,
+                s.flows
+            );
+            for a in &s.listen {
+                t.push_str(&format!("listening on {a}\n"));
+            }
+            emit(&t);
+        }
+        Ok(())
+    }
+
+    fn peers(&self, peers: &[PeerInfo]) -> Result<()> {
+        if self.json {
+            emit_json(&peers);
+        } else {
+            let mut t = String::new();
+            for p in peers {
+                t.push_str(&format!(
+                    "{}  {:<12} {:<12} {}\n",
+                    p.node_id,
+                    p.name,
+                    if p.connected { "connected" } else { "" },
+                    p.addrs.first().map(|s| s.as_str()).unwrap_or("")
+                ));
+            }
+            emit(&t);
         }
         Ok(())
     }
@@ -105,7 +174,24 @@ impl Out {
             f.title, f.status, f.id, f.need
         );
         for m in f.members.iter().filter(|m| !m.removed) {
-            s.push_str(&format!("  {:<11} {:<16} {}\n", m.role, m.name, m.node_id));
+            let sync = v.sync.iter().find(|x| x.node_id == m.node_id).map(|x| {
+                let state = match (x.connected, x.in_sync) {
+                    (_, Some(true)) => "in sync",
+                    (true, _) => "connected, syncing",
+                    (false, _) => "offline",
+                };
+                match x.last_heard {
+                    Some(t) => format!("  ({state}; last heard {})", time(t)),
+                    None => format!("  ({state})"),
+                }
+            });
+            s.push_str(&format!(
+                "  {:<11} {:<16} {}{}\n",
+                m.role,
+                m.name,
+                m.node_id,
+                sync.unwrap_or_default()
+            ));
         }
         s.push_str("\nSteps:\n");
         if f.steps.is_empty() {

@@ -528,7 +528,9 @@ impl Edit {
                     .filter(|h| h.len() == 32)
                     .ok_or_else(|| EditError::Invalid("the secret hash must be 32 bytes".into()))?;
                 if *uses < 1 {
-                    return Err(EditError::Invalid("an invite needs at least one use".into()));
+                    return Err(EditError::Invalid(
+                        "an invite needs at least one use".into(),
+                    ));
                 }
                 let invites = container(field::INVITES)?;
                 let id = new_id();
@@ -547,7 +549,10 @@ impl Edit {
             Edit::RevokeInvite { invite } => {
                 let inv = find_invite(invite)?;
                 if inv.revoked {
-                    return Err(EditError::Invalid(format!("invite {} is already revoked", inv.id)));
+                    return Err(EditError::Invalid(format!(
+                        "invite {} is already revoked",
+                        inv.id
+                    )));
                 }
                 let invites = container(field::INVITES)?;
                 let obj = r

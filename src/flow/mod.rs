@@ -112,7 +112,7 @@ impl Role {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     pub node_id: String,
     pub name: String,
@@ -122,7 +122,7 @@ pub struct Member {
     pub removed: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Invite {
     pub id: String,
     pub role: Role,
@@ -134,7 +134,7 @@ pub struct Invite {
     pub revoked: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub id: String,
     pub title: String,
@@ -146,7 +146,7 @@ pub struct Step {
     pub created_by: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     pub id: String,
     pub question: String,
@@ -178,7 +178,7 @@ impl Decision {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Comment {
     pub id: String,
     pub author: String,
@@ -188,7 +188,7 @@ pub struct Comment {
 }
 
 /// A typed snapshot of a flow document at some heads.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Flow {
     pub id: String,
     pub schema: i64,

@@ -1,0 +1,366 @@
+//! The control API: one [`Handle`] trait, two transports.
+//!
+//! Every CLI command is a [`Call`] answered by a [`Reply`]. When a node runs for the data dir,
+//! calls go to it as HTTP/JSON over the Unix socket `node.sock` in the data dir (mode 0600);
+//! when none runs, [`Local`] answers them straight from the store. [`execute`] is the one
+//! implementation of every call that needs no network; the node uses it too.
+//!
+//! A node holds `node.lock` exclusively while it runs; a local handle holds it shared, so a
+//! node cannot start while a local command is writing, and no local command writes while a node
+//! runs.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::flow::{Edit, Role};
+use crate::identity::hex;
+use crate::repo::{EditOutcome, FlowView, Invitation, LogEntry, Repo, VerifyReport};
+use crate::store::FlowRow;
+
+/// File names in the data dir.
+pub const SOCKET_FILE: &str = "node.sock";
+pub const LOCK_FILE: &str = "node.lock";
+
+/// Largest request or response body on the control socket.
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum Call {
+    Id,
+    Status,
+    Peers,
+    FlowNew {
+        title: String,
+        need: String,
+        role: Role,
+    },
+    FlowList,
+    FlowShow {
+        flow: String,
+    },
+    FlowLog {
+        flow: String,
+    },
+    FlowVerify {
+        flow: String,
+    },
+    FlowExport {
+        flow: String,
+        format: String,
+    },
+    Edit {
+        flow: String,
+        edit: Edit,
+    },
+    Invite {
+        flow: String,
+        role: Role,
+        expires_in: i64,
+        uses: i64,
+    },
+    Join {
+        ticket: String,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub running: bool,
+    pub node_id: String,
+    pub name: String,
+    pub listen: Vec<String>,
+    pub peers: usize,
+    pub flows: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PeerInfo {
+    pub node_id: String,
+    pub name: String,
+    pub addrs: Vec<String>,
+    pub connected: bool,
+    pub last_seen: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Reply {
+    Id { node_id: String, name: String },
+    Status(Status),
+    Peers(Vec<PeerInfo>),
+    Created { id: String },
+    Flows(Vec<FlowRow>),
+    Flow(Box<FlowView>),
+    Log(Vec<LogEntry>),
+    Verify(VerifyReport),
+    Export { hex: String },
+    Edited(EditOutcome),
+    Invited(Invitation),
+    Joined { id: String },
+}
+
+/// Answers calls: the running node, or the store directly.
+pub trait Handle {
+    fn call(&mut self, call: Call) -> Result<Reply>;
+}
+
+/// Runs a call that needs no network against the repository.
+pub fn execute(repo: &mut Repo, call: Call) -> Result<Reply> {
+    Ok(match call {
+        Call::Id => Reply::Id {
+            node_id: repo.identity().node_id().to_string(),
+            name: repo.identity().name().to_string(),
+        },
+        Call::FlowNew { title, need, role } => Reply::Created {
+            id: repo.create_flow(&title, &need, role)?,
+        },
+        Call::FlowList => Reply::Flows(repo.list()?),
+        Call::FlowShow { flow } => Reply::Flow(Box::new(repo.show(&flow)?)),
+        Call::FlowLog { flow } => Reply::Log(repo.log(&flow)?),
+        Call::FlowVerify { flow } => Reply::Verify(repo.verify(&flow)?),
+        Call::FlowExport { flow, format } => {
+            let view = repo.show(&flow)?;
+            let bytes = match format.as_str() {
+                "json" => {
+                    let mut v = serde_json::to_vec_pretty(&view).expect("serializes");
+                    v.push(b'\n');
+                    v
+                }
+                "automerge" => repo.doc(&view.flow.id)?.save(),
+                "dot" => crate::export::dot(&view.flow).into_bytes(),
+                "mermaid" => crate::export::mermaid(&view.flow).into_bytes(),
+                other => return Err(Error::Invalid(format!("unknown export format '{other}'"))),
+            };
+            Reply::Export { hex: hex(&bytes) }
+        }
+        Call::Edit { flow, edit } => Reply::Edited(repo.edit(&flow, &edit)?),
+        Call::Invite {
+            flow,
+            role,
+            expires_in,
+            uses,
+        } => Reply::Invited(repo.invite(&flow, role, expires_in, uses)?),
+        Call::Status | Call::Peers | Call::Join { .. } => {
+            return Err(Error::Invalid(
+                "that needs the network; this call is answered by the node".into(),
+            ))
+        }
+    })
+}
+
+/// The store, used directly while no node runs.
+pub struct Local {
+    repo: Repo,
+    _lock: File,
+}
+
+impl Handle for Local {
+    fn call(&mut self, call: Call) -> Result<Reply> {
+        match call {
+            Call::Status => Ok(Reply::Status(Status {
+                running: false,
+                node_id: self.repo.identity().node_id().to_string(),
+                name: self.repo.identity().name().to_string(),
+                listen: Vec::new(),
+                peers: 0,
+                flows: self.repo.flow_ids()?.len(),
+            })),
+            Call::Peers => {
+                let rows = self.repo.store().reader().peers()?;
+                Ok(Reply::Peers(
+                    rows.into_iter()
+                        .map(|p| PeerInfo {
+                            name: String::new(),
+                            node_id: p.node,
+                            addrs: p.addrs,
+                            connected: false,
+                            last_seen: Some(p.last_seen),
+                        })
+                        .collect(),
+                ))
+            }
+            Call::Join { .. } => Err(Error::Invalid(
+                "joining needs the network: start the node first (`coflow node`)".into(),
+            )),
+            other => execute(&mut self.repo, other),
+        }
+    }
+}
+
+/// The running node, over its control socket.
+pub struct Remote {
+    socket: PathBuf,
+}
+
+impl Handle for Remote {
+    fn call(&mut self, call: Call) -> Result<Reply> {
+        let body = serde_json::to_vec(&call).expect("calls serialize");
+        let timeout = match call {
+            Call::Join { .. } => Duration::from_secs(90),
+            _ => Duration::from_secs(60),
+        };
+        let (status, body) = http_call(&self.socket, &body, timeout)
+            .map_err(|e| Error::Invalid(format!("cannot talk to the node: {e}")))?;
+        if status == 200 {
+            serde_json::from_slice(&body)
+                .map_err(|e| Error::Invalid(format!("the node sent a bad answer: {e}")))
+        } else {
+            #[derive(Deserialize)]
+            struct Failure {
+                error: String,
+            }
+            let msg = serde_json::from_slice::<Failure>(&body)
+                .map(|f| f.error)
+                .unwrap_or_else(|_| format!("the node answered with status {status}"));
+            Err(Error::Remote(msg))
+        }
+    }
+}
+
+/// Opens a handle for `home`: the running node if there is one, else the store.
+pub fn open(home: &Path) -> Result<Box<dyn Handle>> {
+    let lock_path = home.join(LOCK_FILE);
+    let socket = home.join(SOCKET_FILE);
+    for attempt in 0..50 {
+        if home.join(crate::identity::KEY_FILE).exists() {
+            let lock = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|source| Error::Io {
+                    path: lock_path.clone(),
+                    source,
+                })?;
+            if lock.try_lock_shared().is_ok() {
+                let repo = Repo::open(home)?;
+                return Ok(Box::new(Local { repo, _lock: lock }));
+            }
+        } else {
+            // No key: let Repo::open give the clear "run coflow init" error.
+            Repo::open(home)?;
+        }
+        // A node holds the lock: talk to it (it may still be opening its socket).
+        if UnixStream::connect(&socket).is_ok() {
+            return Ok(Box::new(Remote { socket }));
+        }
+        if attempt == 49 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(Error::Invalid(
+        "a node holds this data dir but its control socket does not answer".into(),
+    ))
+}
+
+/// One HTTP/1.1 POST over a Unix socket; returns the status code and the body.
+fn http_call(socket: &Path, body: &[u8], timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "POST /v1/call HTTP/1.1\r\nHost: coflow\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut buf = Vec::new();
+    s.take(MAX_BODY as u64 + 64 * 1024).read_to_end(&mut buf)?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?;
+    let head = std::str::from_utf8(&buf[..split]).map_err(|_| bad())?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((status, buf[split + 4..].to_vec()))
+}
+
+/// A parsed control request (the node's side).
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
+}
+
+/// Reads one HTTP/1.1 request with a bounded header and body.
+pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<HttpRequest> {
+    use tokio::io::AsyncReadExt;
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let split = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        if buf.len() > 16 * 1024 {
+            return Err(bad("header too large"));
+        }
+        let n = r.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(bad("connection closed"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..split]).map_err(|_| bad("header not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or("").split_whitespace();
+    let method = first.next().unwrap_or("").to_string();
+    let path = first.next().unwrap_or("").to_string();
+    let mut len = 0usize;
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().map_err(|_| bad("bad content-length"))?;
+            }
+        }
+    }
+    if len > MAX_BODY {
+        return Err(bad("body too large"));
+    }
+    let mut body = buf[split + 4..].to_vec();
+    while body.len() < len {
+        let n = r.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(bad("body cut short"));
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(len);
+    Ok(HttpRequest { method, path, body })
+}
+
+/// Writes an HTTP/1.1 response with a JSON body.
+pub async fn write_response<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    status: u16,
+    body: &[u8],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    w.write_all(head.as_bytes()).await?;
+    w.write_all(body).await?;
+    w.flush().await
+}

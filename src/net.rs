@@ -1,0 +1,121 @@
+//! The libp2p side: transport (TCP + Noise + Yamux), and the protocols composed into one
+//! behaviour — identify, ping, mDNS, `/coflow/sync/1`, `/coflow/join/1`, a block list for
+//! penalized peers and connection limits.
+
+use std::time::Duration;
+
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    allow_block_list, connection_limits, identify, mdns, noise, ping, tcp, yamux, StreamProtocol,
+    Swarm,
+};
+
+use crate::wire::{self, Codec, JoinRequest, JoinResponse, SyncRequest, SyncResponse};
+
+/// Identify's protocol version string.
+pub const PROTOCOL_VERSION: &str = "/coflow/1";
+
+/// Connection limits (total, per direction, per peer).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_established: u32,
+    pub max_incoming: u32,
+    pub max_pending_incoming: u32,
+    pub max_per_peer: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_established: 256,
+            max_incoming: 192,
+            max_pending_incoming: 32,
+            max_per_peer: 2,
+        }
+    }
+}
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub limits: connection_limits::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub sync: request_response::Behaviour<Codec<SyncRequest, SyncResponse>>,
+    pub join: request_response::Behaviour<Codec<JoinRequest, JoinResponse>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the network: {0}")]
+pub struct NetError(pub String);
+
+/// Builds the swarm for a node key.
+pub fn build(
+    keypair: libp2p::identity::Keypair,
+    mdns_on: bool,
+    limits: Limits,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let err = |e: &dyn std::fmt::Display| NetError(e.to_string());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| err(&e))?
+        .with_dns()
+        .map_err(|e| err(&e))?
+        .with_behaviour(|key| {
+            let peer = key.public().to_peer_id();
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
+            } else {
+                None
+            };
+            let rr = |timeout| {
+                request_response::Config::default()
+                    .with_request_timeout(timeout)
+                    .with_max_concurrent_streams(64)
+            };
+            Ok(Behaviour {
+                blocked: allow_block_list::Behaviour::default(),
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(limits.max_established))
+                        .with_max_established_incoming(Some(limits.max_incoming))
+                        .with_max_pending_incoming(Some(limits.max_pending_incoming))
+                        .with_max_established_per_peer(Some(limits.max_per_peer)),
+                ),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    PROTOCOL_VERSION.to_string(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+                mdns: Toggle::from(mdns),
+                sync: request_response::Behaviour::with_codec(
+                    Codec::new(wire::MAX_SYNC_MESSAGE),
+                    [(
+                        StreamProtocol::new(wire::SYNC_PROTOCOL),
+                        ProtocolSupport::Full,
+                    )],
+                    rr(Duration::from_secs(30)),
+                ),
+                join: request_response::Behaviour::with_codec(
+                    Codec::new(wire::MAX_JOIN_MESSAGE),
+                    [(
+                        StreamProtocol::new(wire::JOIN_PROTOCOL),
+                        ProtocolSupport::Full,
+                    )],
+                    rr(Duration::from_secs(20)),
+                ),
+            })
+        })
+        .map_err(|e| err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    Ok(swarm)
+}

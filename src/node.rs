@@ -1,0 +1,730 @@
+//! The node runtime: wires the store, the sync engine and the libp2p swarm, and serves the
+//! control API. One task owns everything and `select!`s over swarm events, API calls and a
+//! timer; it executes the engine's [`Io`] after every input.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{self, Call, PeerInfo, Reply, Status};
+use crate::error::{Error, Result};
+use crate::identity::NodeId;
+use crate::net::{self, Behaviour, BehaviourEvent, Limits};
+use crate::repo::{Repo, META_LISTEN_ADDRS};
+use crate::sync::{Engine, Event, Io};
+use crate::wire::InviteTicket;
+
+/// How often the engine ticks (anti-entropy, redials, timeouts).
+pub const TICK: Duration = Duration::from_millis(1000);
+/// How long a join may take before the caller is told it failed.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a penalized peer stays blocked.
+pub const MAX_BAN: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub home: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub limits: Limits,
+}
+
+type Pending = oneshot::Sender<Result<Reply>>;
+
+struct Runtime {
+    engine: Engine,
+    swarm: Swarm<Behaviour>,
+    started: Instant,
+    sync_requests: HashMap<OutboundRequestId, (NodeId, String)>,
+    join_requests: HashMap<OutboundRequestId, (NodeId, String)>,
+    pending_joins: HashMap<String, Vec<(Pending, Instant)>>,
+    /// Known addresses of peers (address book, identify, mDNS, tickets).
+    addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Next allowed dial and consecutive failures, per peer.
+    backoff: HashMap<PeerId, (Instant, u32)>,
+    /// Blocked until (while blocked), and how often penalized.
+    bans: HashMap<PeerId, (Option<Instant>, u32)>,
+    bootstrap: Vec<Multiaddr>,
+    listen: Vec<Multiaddr>,
+    members: HashSet<PeerId>,
+}
+
+fn now_secs() -> i64 {
+    crate::repo::system_clock()
+}
+
+fn node_of(peer: &PeerId) -> Option<NodeId> {
+    peer.to_base58().parse().ok()
+}
+
+fn peer_of(node: &NodeId) -> Option<PeerId> {
+    PeerId::from_str(node.as_str()).ok()
+}
+
+/// Runs a node until `shutdown` completes. Everything acknowledged is already durable when this
+/// returns: every write commits before it is acknowledged.
+pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    std::fs::create_dir_all(&opts.home).map_err(|source| Error::Io {
+        path: opts.home.clone(),
+        source,
+    })?;
+    let lock_path = opts.home.join(api::LOCK_FILE);
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| Error::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
+    if lock.try_lock().is_err() {
+        return Err(Error::Invalid(
+            "another coflow node (or a command) is using this data dir".into(),
+        ));
+    }
+    let repo = Repo::open(&opts.home)?;
+    let keypair = repo.identity().libp2p_keypair();
+    let mut swarm =
+        net::build(keypair, opts.mdns, opts.limits).map_err(|e| Error::Invalid(e.to_string()))?;
+    let listen = if opts.listen.is_empty() {
+        vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr")]
+    } else {
+        opts.listen.clone()
+    };
+    for addr in &listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
+    }
+
+    let socket_path = opts.home.join(api::SOCKET_FILE);
+    let _ = std::fs::remove_file(&socket_path);
+    let listener = tokio::net::UnixListener::bind(&socket_path).map_err(|source| Error::Io {
+        path: socket_path.clone(),
+        source,
+    })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| Error::Io {
+                path: socket_path.clone(),
+                source,
+            },
+        )?;
+    }
+    let (calls_tx, mut calls_rx) = mpsc::channel::<(Call, Pending)>(64);
+    let api_task = tokio::spawn(serve_api(listener, calls_tx));
+
+    let mut rt = Runtime {
+        engine: Engine::new(repo),
+        swarm,
+        started: Instant::now(),
+        sync_requests: HashMap::new(),
+        join_requests: HashMap::new(),
+        pending_joins: HashMap::new(),
+        addrs: HashMap::new(),
+        backoff: HashMap::new(),
+        bans: HashMap::new(),
+        bootstrap: opts.bootstrap.clone(),
+        listen: Vec::new(),
+        members: HashSet::new(),
+    };
+    rt.load_address_book();
+    for addr in rt.bootstrap.clone() {
+        if let Err(e) = rt.swarm.dial(addr.clone()) {
+            tracing::warn!(target: "node", "cannot dial bootstrap {addr}: {e}");
+        }
+    }
+    rt.refresh_members();
+    tracing::info!(target: "node", node = %rt.engine.node_id(), "node started");
+
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            event = rt.swarm.select_next_some() => rt.on_swarm_event(event),
+            Some((call, reply)) = calls_rx.recv() => rt.on_call(call, reply),
+            _ = tick.tick() => rt.on_tick(),
+            _ = &mut shutdown => break,
+        }
+        rt.drain();
+    }
+    api_task.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!(target: "node", "node stopped");
+    drop(lock);
+    Ok(())
+}
+
+async fn serve_api(listener: tokio::net::UnixListener, calls: mpsc::Sender<(Call, Pending)>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            let (status, body) = match api::read_request(&mut stream).await {
+                Ok(req) if req.method == "POST" && req.path == "/v1/call" => {
+                    match serde_json::from_slice::<Call>(&req.body) {
+                        Ok(call) => {
+                            let (tx, rx) = oneshot::channel();
+                            if calls.send((call, tx)).await.is_err() {
+                                (500, error_body("the node is shutting down"))
+                            } else {
+                                match rx.await {
+                                    Ok(Ok(reply)) => (
+                                        200,
+                                        serde_json::to_vec(&reply).expect("replies serialize"),
+                                    ),
+                                    Ok(Err(e)) => (400, error_body(&e.to_string())),
+                                    Err(_) => (500, error_body("the node dropped the call")),
+                                }
+                            }
+                        }
+                        Err(e) => (400, error_body(&format!("bad call: {e}"))),
+                    }
+                }
+                Ok(_) => (404, error_body("unknown endpoint")),
+                Err(e) => (400, error_body(&format!("bad request: {e}"))),
+            };
+            let _ = api::write_response(&mut stream, status, &body).await;
+        });
+    }
+}
+
+fn error_body(msg: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": msg })).expect("serializes")
+}
+
+impl Runtime {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    fn load_address_book(&mut self) {
+        let Ok(rows) = self.engine.repo().store().reader().peers() else {
+            return;
+        };
+        for row in rows {
+            let Ok(peer) = PeerId::from_str(&row.node) else {
+                continue;
+            };
+            for a in row.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                self.learn_addr(peer, a);
+            }
+        }
+    }
+
+    fn learn_addr(&mut self, peer: PeerId, addr: Multiaddr) {
+        let list = self.addrs.entry(peer).or_default();
+        if !list.contains(&addr) {
+            list.push(addr.clone());
+            if list.len() > 8 {
+                list.remove(0);
+            }
+            self.swarm.add_peer_address(peer, addr);
+        }
+    }
+
+    fn remember_peer(&mut self, peer: &PeerId) {
+        let addrs: Vec<String> = self
+            .addrs
+            .get(peer)
+            .map(|a| a.iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default();
+        let store = self.engine.repo().store();
+        if let Err(e) = store
+            .reader()
+            .saw_peer(&peer.to_base58(), &addrs, now_secs())
+        {
+            tracing::warn!(target: "node", "cannot record peer: {e}");
+        }
+    }
+
+    /// The peers that are members of any flow held here.
+    fn refresh_members(&mut self) {
+        let me = self.engine.node_id().to_string();
+        let mut members = HashSet::new();
+        let repo = self.engine.repo();
+        for flow in repo.flow_ids().unwrap_or_default() {
+            for (node, _) in repo.members(&flow).unwrap_or_default() {
+                if node != me {
+                    if let Ok(p) = PeerId::from_str(&node) {
+                        members.insert(p);
+                    }
+                }
+            }
+        }
+        self.members = members;
+    }
+
+    fn record_listen_addrs(&mut self) {
+        let me = *self.swarm.local_peer_id();
+        let addrs: Vec<String> = self
+            .listen
+            .iter()
+            .map(|a| {
+                a.clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(me))
+                    .to_string()
+            })
+            .collect();
+        let json = serde_json::to_string(&addrs).expect("serializes");
+        if let Err(e) = self
+            .engine
+            .repo()
+            .store()
+            .reader()
+            .set_meta(META_LISTEN_ADDRS, &json)
+        {
+            tracing::warn!(target: "node", "cannot record listen addresses: {e}");
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let now = self.now_ms();
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                eprintln!("listening on {address}/p2p/{}", self.swarm.local_peer_id());
+                self.listen.push(address);
+                self.record_listen_addrs();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen.retain(|a| a != &address);
+                self.record_listen_addrs();
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let Some(node) = node_of(&peer_id) else {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                };
+                if endpoint.is_dialer() {
+                    self.learn_addr(peer_id, endpoint.get_remote_address().clone());
+                }
+                self.backoff.remove(&peer_id);
+                self.remember_peer(&peer_id);
+                if num_established.get() == 1 {
+                    tracing::info!(target: "node", peer = %node, "connected");
+                    self.engine.peer_connected(node, now);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                if let Some(node) = node_of(&peer_id) {
+                    tracing::info!(target: "node", peer = %node, "disconnected");
+                    self.engine.peer_disconnected(&node);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                tracing::debug!(target: "node", %peer, "dial failed: {error}");
+                let failures = self.backoff.get(&peer).map_or(0, |(_, f)| *f) + 1;
+                let wait = Duration::from_secs(2u64.saturating_pow(failures.min(8)));
+                self.backoff.insert(peer, (Instant::now() + wait, failures));
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for addr in info.listen_addrs {
+                    if !is_unspecified(&addr) {
+                        self.learn_addr(peer_id, addr);
+                    }
+                }
+                self.remember_peer(&peer_id);
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.learn_addr(peer, addr);
+                    if !self.swarm.is_connected(&peer) {
+                        self.dial(peer);
+                    }
+                }
+            }
+            BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Join(event) => self.on_join_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_sync_event(
+        &mut self,
+        event: request_response::Event<crate::wire::SyncRequest, crate::wire::SyncResponse>,
+    ) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => {
+                let Some(node) = node_of(&peer) else { return };
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let response = self.engine.handle_sync_request(&node, request);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_response(channel, response);
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some((node, flow)) = self.sync_requests.remove(&request_id) {
+                            self.engine.handle_sync_response(&node, &flow, response);
+                        }
+                    }
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((node, flow)) = self.sync_requests.remove(&request_id) {
+                    tracing::debug!(target: "node", peer = %node, %flow, "sync request failed: {error}");
+                    self.engine.sync_failed(&node, &flow);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_join_event(
+        &mut self,
+        event: request_response::Event<crate::wire::JoinRequest, crate::wire::JoinResponse>,
+    ) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => {
+                let Some(node) = node_of(&peer) else { return };
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let response = self.engine.handle_join_request(&node, request);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .join
+                            .send_response(channel, response);
+                        self.refresh_members();
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some((node, flow)) = self.join_requests.remove(&request_id) {
+                            self.engine.handle_join_response(&node, &flow, response);
+                        }
+                    }
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((node, flow)) = self.join_requests.remove(&request_id) {
+                    self.engine.join_failed(&node, &flow, error.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dial(&mut self, peer: PeerId) {
+        if self
+            .bans
+            .get(&peer)
+            .is_some_and(|(until, _)| until.is_some())
+        {
+            return;
+        }
+        if let Some((next, _)) = self.backoff.get(&peer) {
+            if Instant::now() < *next {
+                return;
+            }
+        }
+        let addrs = self.addrs.get(&peer).cloned().unwrap_or_default();
+        if addrs.is_empty() {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(target: "node", %peer, "cannot dial: {e}");
+        }
+        // Until the outcome is known, do not try again for a while.
+        let failures = self.backoff.get(&peer).map_or(0, |(_, f)| *f);
+        self.backoff
+            .insert(peer, (Instant::now() + Duration::from_secs(2), failures));
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now_ms();
+        self.engine.tick(now);
+        let instant = Instant::now();
+        // Lift bans whose time is up.
+        let expired: Vec<PeerId> = self
+            .bans
+            .iter()
+            .filter(|(_, (until, _))| until.is_some_and(|u| u <= instant))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            if let Some(entry) = self.bans.get_mut(&peer) {
+                // Keep the count (for a longer ban next time) but allow traffic again.
+                entry.0 = None;
+            }
+        }
+        // Reconnect to members of our flows.
+        if (now / 1000).is_multiple_of(5) {
+            self.refresh_members();
+        }
+        let missing: Vec<PeerId> = self
+            .members
+            .iter()
+            .filter(|p| !self.swarm.is_connected(p))
+            .copied()
+            .collect();
+        for peer in missing {
+            self.dial(peer);
+        }
+        // Give up on joins that take too long.
+        for (flow, waiters) in self.pending_joins.iter_mut() {
+            let (late, keep): (Vec<_>, Vec<_>) = waiters
+                .drain(..)
+                .partition(|(_, deadline)| *deadline <= instant);
+            *waiters = keep;
+            for (tx, _) in late {
+                let _ = tx.send(Err(Error::Invalid(format!(
+                    "joining flow {flow} timed out: no member node could be reached"
+                ))));
+            }
+        }
+        self.pending_joins.retain(|_, w| !w.is_empty());
+    }
+
+    fn on_call(&mut self, call: Call, reply: Pending) {
+        let result = match call {
+            Call::Status => Ok(Reply::Status(Status {
+                running: true,
+                node_id: self.engine.node_id().to_string(),
+                name: self.engine.repo().identity().name().to_string(),
+                listen: self
+                    .listen
+                    .iter()
+                    .map(|a| format!("{a}/p2p/{}", self.swarm.local_peer_id()))
+                    .collect(),
+                peers: self.swarm.connected_peers().count(),
+                flows: self.engine.repo().flow_ids().map(|f| f.len()).unwrap_or(0),
+            })),
+            Call::Peers => Ok(Reply::Peers(self.peers())),
+            Call::Join { ticket } => {
+                self.start_join(&ticket, reply);
+                return;
+            }
+            Call::FlowShow { flow } => api::execute(self.engine.repo(), Call::FlowShow { flow })
+                .map(|r| match r {
+                    Reply::Flow(mut view) => {
+                        view.sync = self.engine.member_sync(&view.flow.id);
+                        Reply::Flow(view)
+                    }
+                    other => other,
+                }),
+            other => {
+                let touched = match &other {
+                    Call::Edit { flow, .. } | Call::Invite { flow, .. } => Some(flow.clone()),
+                    _ => None,
+                };
+                let result = api::execute(self.engine.repo(), other);
+                if let (Some(_), Ok(Reply::Edited(e))) = (&touched, &result) {
+                    self.engine.local_change(&e.flow.clone());
+                    self.refresh_members();
+                }
+                if let (Some(_), Ok(Reply::Invited(i))) = (&touched, &result) {
+                    self.engine.local_change(&i.edit.flow.clone());
+                }
+                result
+            }
+        };
+        let _ = reply.send(result);
+    }
+
+    fn start_join(&mut self, ticket: &str, reply: Pending) {
+        let ticket = match InviteTicket::decode(ticket) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = reply.send(Err(Error::Invalid(e.to_string())));
+                return;
+            }
+        };
+        let name = self.engine.repo().identity().name().to_string();
+        match self.engine.start_join(&ticket, &name) {
+            Ok(via) => {
+                for addr in &ticket.addrs {
+                    if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+                        let base: Multiaddr = addr
+                            .iter()
+                            .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                            .collect();
+                        self.learn_addr(peer, base);
+                    }
+                }
+                for node in via {
+                    if let Some(p) = peer_of(&node) {
+                        self.backoff.remove(&p);
+                    }
+                }
+                self.pending_joins
+                    .entry(ticket.flow.clone())
+                    .or_default()
+                    .push((reply, Instant::now() + JOIN_TIMEOUT));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn peers(&mut self) -> Vec<PeerInfo> {
+        let names = self.member_names();
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let book = self
+            .engine
+            .repo()
+            .store()
+            .reader()
+            .peers()
+            .unwrap_or_default();
+        let mut out: Vec<PeerInfo> = connected
+            .iter()
+            .map(|p| PeerInfo {
+                node_id: p.to_base58(),
+                name: names.get(&p.to_base58()).cloned().unwrap_or_default(),
+                addrs: self
+                    .addrs
+                    .get(p)
+                    .map(|a| a.iter().map(|a| a.to_string()).collect())
+                    .unwrap_or_default(),
+                connected: true,
+                last_seen: Some(now_secs()),
+            })
+            .collect();
+        for row in book {
+            if !out.iter().any(|p| p.node_id == row.node) {
+                out.push(PeerInfo {
+                    name: names.get(&row.node).cloned().unwrap_or_default(),
+                    node_id: row.node,
+                    addrs: row.addrs,
+                    connected: false,
+                    last_seen: Some(row.last_seen),
+                });
+            }
+        }
+        out
+    }
+
+    fn member_names(&mut self) -> HashMap<String, String> {
+        let mut names = HashMap::new();
+        let repo = self.engine.repo();
+        for flow in repo.flow_ids().unwrap_or_default() {
+            if let Ok(view) = repo.show(&flow) {
+                for m in view.flow.members {
+                    if !m.name.is_empty() {
+                        names.insert(m.node_id, m.name);
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    /// Executes what the engine asked for.
+    fn drain(&mut self) {
+        while let Some(io) = self.engine.next_io() {
+            match io {
+                Io::Sync {
+                    peer,
+                    flow,
+                    request,
+                } => {
+                    let Some(p) = peer_of(&peer) else { continue };
+                    let id = self.swarm.behaviour_mut().sync.send_request(&p, request);
+                    self.sync_requests.insert(id, (peer, flow));
+                }
+                Io::Join {
+                    peer,
+                    flow,
+                    request,
+                } => {
+                    let Some(p) = peer_of(&peer) else { continue };
+                    let addrs = self.addrs.get(&p).cloned().unwrap_or_default();
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .join
+                        .send_request_with_addresses(&p, request, addrs);
+                    self.join_requests.insert(id, (peer, flow));
+                }
+                Io::Penalize { peer, reason } => {
+                    let Some(p) = peer_of(&peer) else { continue };
+                    let count = self.bans.get(&p).map_or(0, |(_, c)| *c) + 1;
+                    let ban =
+                        (Duration::from_secs(30) * 2u32.saturating_pow(count.min(7))).min(MAX_BAN);
+                    tracing::warn!(target: "node", %peer, ?ban, "blocking peer: {reason}");
+                    self.swarm.behaviour_mut().blocked.block_peer(p);
+                    self.bans.insert(p, (Some(Instant::now() + ban), count));
+                }
+                Io::Event(Event::Joined { flow }) => {
+                    tracing::info!(target: "node", %flow, "joined");
+                    self.refresh_members();
+                    for (tx, _) in self.pending_joins.remove(&flow).unwrap_or_default() {
+                        let _ = tx.send(Ok(Reply::Joined { id: flow.clone() }));
+                    }
+                }
+                Io::Event(Event::JoinFailed { flow, reason }) => {
+                    for (tx, _) in self.pending_joins.remove(&flow).unwrap_or_default() {
+                        let _ = tx.send(Err(Error::Invalid(format!("cannot join: {reason}"))));
+                    }
+                }
+                Io::Event(Event::FlowUpdated { flow, from }) => {
+                    tracing::info!(target: "node", %flow, peer = %from, "received changes");
+                    self.refresh_members();
+                }
+            }
+        }
+    }
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_unspecified(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
