@@ -266,7 +266,7 @@ fn run(seed: u64, nodes: usize, drop_percent: u64, dup_percent: u64) {
             common::add_step(&format!("step {round} by {who}"), None),
         );
         made += 1;
-        if net.rand() % 3 == 0 {
+        if net.rand().is_multiple_of(3) {
             edit(
                 &mut net,
                 who,

@@ -57,7 +57,7 @@ fn snapshots_load_the_same_document_and_survive_reopen() {
     assert_eq!(from_snapshot.get_heads(), replayed.get_heads());
     drop(store);
 
-    let alice = repo(&home, "alice", "Alice");
+    let mut alice = repo(&home, "alice", "Alice");
     let again = alice.show(&f).unwrap();
     assert_eq!(again.heads, shown.heads);
     assert_eq!(again.flow, shown.flow);
