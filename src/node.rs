@@ -87,10 +87,22 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
             path: lock_path.clone(),
             source,
         })?;
-    if lock.try_lock().is_err() {
-        return Err(Error::Invalid(
-            "another coflow node (or a command) is using this data dir".into(),
-        ));
+    // A command working on the store holds the lock shared for a moment: wait for it. A node
+    // that answers on the socket holds it for good: refuse.
+    let socket_path = opts.home.join(api::SOCKET_FILE);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lock.try_lock().is_err() {
+        if std::os::unix::net::UnixStream::connect(&socket_path).is_ok() {
+            return Err(Error::Invalid(
+                "a coflow node is already running for this data dir".into(),
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Invalid(
+                "another coflow process keeps this data dir locked".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let repo = Repo::open(&opts.home)?;
     let keypair = repo.identity().libp2p_keypair();
@@ -107,7 +119,6 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
             .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
     }
 
-    let socket_path = opts.home.join(api::SOCKET_FILE);
     let _ = std::fs::remove_file(&socket_path);
     let listener = tokio::net::UnixListener::bind(&socket_path).map_err(|source| Error::Io {
         path: socket_path.clone(),

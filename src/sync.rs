@@ -329,6 +329,12 @@ impl Engine {
         };
         let talk = self.talk(&flow, peer);
         if talk == Talk::Outsider {
+            // Take what is valid (a member removed concurrently may still push changes made
+            // before it knew), penalize what is not, and answer as if the flow were unknown.
+            if let Err(reason) = self.absorb(peer, &flow, message, &mut sync::State::new()) {
+                self.penalize(peer, reason);
+                return unavailable;
+            }
             return self.empty_answer(&flow);
         }
         let key = (peer.clone(), flow.clone());

@@ -225,8 +225,12 @@ fn refused_commands_leave_the_flow_untouched() {
         "owner",
     ])["id"])
     .to_string();
-    // Only a customer adds a customer: refused.
-    let err = tom.fails(&["member", "add", &f, &alice_id, "--role", "customer"]);
+    // The owner may bring in the flow's first customer, but no second one.
+    tom.json(&[
+        "member", "add", &f, &alice_id, "--role", "customer", "--name", "Alice",
+    ]);
+    let bea_id = Node::init("bea", "Bea").id();
+    let err = tom.fails(&["member", "add", &f, &bea_id, "--role", "customer"]);
     assert!(
         err.contains("forbidden") && err.contains("only a customer"),
         "{err}"

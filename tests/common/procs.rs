@@ -1,0 +1,230 @@
+//! Real `coflow` processes for end-to-end tests: a data dir per participant, nodes started and
+//! killed as separate processes on 127.0.0.1, and the CLI contract to drive them.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a test waits for the network to do something before it fails (a liveness bound,
+/// not a performance assertion).
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("coflow")
+}
+
+pub struct Participant {
+    pub name: String,
+    pub home: PathBuf,
+    node: Option<Child>,
+    starts: u32,
+}
+
+impl Participant {
+    /// A data dir with a key derived from the name (COFLOW_TEST_KEY_SEED is test-only).
+    pub fn new(root: &std::path::Path, name: &str) -> Participant {
+        let home = root.join(name.to_lowercase());
+        let p = Participant {
+            name: name.to_string(),
+            home,
+            node: None,
+            starts: 0,
+        };
+        let out = p
+            .command()
+            .env("COFLOW_TEST_KEY_SEED", format!("e2e-{name}"))
+            .args(["init", "--name", name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        p
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env_remove("COFLOW_TEST_KEY_SEED")
+            .env_remove("COFLOW_HOME")
+            .arg("--home")
+            .arg(&self.home)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a CLI command; returns (success, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.command().args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+
+    /// Runs a command that must succeed and returns its JSON output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let (ok, out, err) = self.run(&full);
+        assert!(ok, "{} {args:?} failed: {err}", self.name);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: no JSON ({e}): {out}"))
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(
+            !ok,
+            "{} {args:?} should have failed, printed {out}",
+            self.name
+        );
+        err
+    }
+
+    pub fn id(&self) -> String {
+        self.json(&["id"])["node_id"].as_str().unwrap().to_string()
+    }
+
+    /// Starts the node (listening on loopback only) and waits until it answers.
+    pub fn start(&mut self, bootstrap: &[String]) {
+        assert!(self.node.is_none(), "{} is already running", self.name);
+        self.starts += 1;
+        let log =
+            std::fs::File::create(self.home.join(format!("node-{}.log", self.starts))).unwrap();
+        let mut c = self.command();
+        c.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+        for b in bootstrap {
+            c.args(["--bootstrap", b]);
+        }
+        c.env("COFLOW_LOG", "info,libp2p=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.node = Some(c.spawn().unwrap());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (ok, out, _) = self.run(&["--json", "status"]);
+            if ok {
+                let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+                if v["running"] == true && !v["listen"].as_array().unwrap().is_empty() {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                let (_, _, err) = self.run(&["--json", "status"]);
+                panic!("{}'s node did not start: {err}\n{}", self.name, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The node's first listen address (with /p2p/).
+    pub fn addr(&self) -> String {
+        self.json(&["status"])["listen"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Stops the node with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.node.take() {
+            send_signal(child.id(), 15);
+            let deadline = Instant::now() + PATIENCE;
+            while child.try_wait().unwrap().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}'s node ignored SIGTERM",
+                    self.name
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills the node with SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.node.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.node.is_some()
+    }
+
+    pub fn heads(&self, flow: &str) -> Option<Vec<String>> {
+        let (ok, out, _) = self.run(&["--json", "flow", "show", flow]);
+        if !ok {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&out).ok()?;
+        let mut h: Vec<String> = v["heads"]
+            .as_array()?
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        h.sort();
+        Some(h)
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for i in 1..=self.starts {
+            s.push_str(
+                &std::fs::read_to_string(self.home.join(format!("node-{i}.log")))
+                    .unwrap_or_default(),
+            );
+        }
+        s
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.node.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn send_signal(pid: u32, signal: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Waits until `f` holds, or fails the test with `what` and the nodes' logs.
+pub fn eventually(what: &str, nodes: &[&Participant], mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !f() {
+        if Instant::now() > deadline {
+            for n in nodes {
+                eprintln!("==== {} ====\n{}", n.name, n.logs());
+            }
+            panic!("timed out waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until every participant holds the flow with the same heads.
+pub fn converged(flow: &str, nodes: &[&Participant]) -> Vec<String> {
+    let mut heads = Vec::new();
+    eventually("all nodes hold the same heads", nodes, || {
+        let all: Vec<Option<Vec<String>>> = nodes.iter().map(|n| n.heads(flow)).collect();
+        let same = all[0].is_some() && all.iter().all(|h| h == &all[0]);
+        if same {
+            heads = all[0].clone().unwrap();
+        }
+        same
+    });
+    heads
+}

@@ -1,0 +1,222 @@
+//! End to end: real `coflow node` processes on 127.0.0.1, driven only through the CLI contract.
+
+mod common;
+
+use common::procs::{converged, eventually, Participant};
+use serde_json::Value;
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap().to_string()
+}
+
+fn step_status(p: &Participant, flow: &str, step: &str) -> Option<String> {
+    let show = p.json(&["flow", "show", flow]);
+    show["steps"]
+        .as_array()?
+        .iter()
+        .find(|x| x["id"] == step)
+        .map(|x| s(&x["status"]))
+}
+
+fn members(p: &Participant, flow: &str) -> Vec<(String, String)> {
+    let show = p.json(&["flow", "show", flow]);
+    let mut m: Vec<(String, String)> = show["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["removed"] == false)
+        .map(|m| (s(&m["name"]), s(&m["role"])))
+        .collect();
+    m.sort();
+    m
+}
+
+/// The tailor's story across three machines: invite and join, edits at once, the customer
+/// admitting the mill while the tailor is away, and the tailor catching up.
+#[test]
+fn three_nodes_tailor_customer_mill() {
+    let root = tempfile::tempdir().unwrap();
+    let mut tom = Participant::new(root.path(), "Tom");
+    let mut alice = Participant::new(root.path(), "Alice");
+    let mut mill = Participant::new(root.path(), "Mill");
+    tom.start(&[]);
+    alice.start(&[]);
+
+    // The tailor starts the flow as its owner and invites the customer.
+    let flow = s(&tom.json(&[
+        "flow",
+        "new",
+        "Navy suit",
+        "--need",
+        "A navy three-piece suit for my wedding in May",
+        "--as",
+        "owner",
+    ])["id"]);
+    let invite = tom.json(&[
+        "flow",
+        "invite",
+        &flow,
+        "--role",
+        "customer",
+        "--expires",
+        "1h",
+    ]);
+    let ticket = s(&invite["ticket"]);
+    assert!(ticket.starts_with("coflow1"));
+    let joined = alice.json(&["flow", "join", &ticket]);
+    assert_eq!(joined["id"], flow.as_str());
+    // She holds the whole flow with its signed history.
+    let verify = alice.json(&["flow", "verify", &flow]);
+    assert_eq!(verify["invalid"], 0);
+    assert_eq!(
+        verify["valid"],
+        tom.json(&["flow", "verify", &flow])["valid"]
+    );
+    assert_eq!(
+        members(&alice, &flow),
+        vec![
+            ("Alice".into(), "customer".into()),
+            ("Tom".into(), "owner".into())
+        ]
+    );
+    // A used ticket does not work twice.
+    let mut eve = Participant::new(root.path(), "Eve");
+    eve.start(&[]);
+    let err = eve.fails(&["flow", "join", &ticket]);
+    assert!(err.contains("used up"), "{err}");
+    eve.stop();
+
+    // Both edit the same step at once; they converge.
+    let step = s(&tom.json(&["step", "add", &flow, "First fitting", "--customer"])["id"]);
+    eventually("Alice has the step", &[&tom, &alice], || {
+        step_status(&alice, &flow, &step).is_some()
+    });
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| tom.run(&["step", "start", &flow, &step]));
+        let b = sc.spawn(|| alice.run(&["step", "done", &flow, &step]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(a.0 && b.0, "{a:?} {b:?}");
+    tom.json(&["comment", &flow, "Fitting on Tuesday"]);
+    alice.json(&["comment", &flow, "Tuesday suits me"]);
+    converged(&flow, &[&tom, &alice]);
+    assert_eq!(
+        step_status(&tom, &flow, &step),
+        step_status(&alice, &flow, &step)
+    );
+    assert_eq!(
+        tom.json(&["flow", "show", &flow])["comments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // The tailor goes offline; the customer's node admits the mill on its own.
+    tom.stop();
+    mill.start(&[]);
+    let ticket = s(&alice.json(&["flow", "invite", &flow, "--role", "contributor"])["ticket"]);
+    let joined = mill.json(&["flow", "join", &ticket]);
+    assert_eq!(joined["id"], flow.as_str());
+    mill.json(&["comment", &flow, "The navy wool is in stock"]);
+
+    // The tailor comes back and catches up: the mill is a member and its comment arrived.
+    tom.start(&[]);
+    let heads = converged(&flow, &[&tom, &alice, &mill]);
+    assert!(!heads.is_empty());
+    assert_eq!(
+        members(&tom, &flow),
+        vec![
+            ("Alice".into(), "customer".into()),
+            ("Mill".into(), "contributor".into()),
+            ("Tom".into(), "owner".into())
+        ]
+    );
+    // Each node reports the others in sync.
+    let show = alice.json(&["flow", "show", &flow]);
+    eventually("Alice sees both in sync", &[&alice], || {
+        let show = alice.json(&["flow", "show", &flow]);
+        show["sync"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["in_sync"] == true)
+    });
+    assert_eq!(show["sync"].as_array().unwrap().len(), 2);
+}
+
+/// A node killed with SIGKILL catches up on restart, and edits made with its CLI while it was
+/// down go out when it starts.
+#[test]
+fn a_killed_node_catches_up_and_sends_its_offline_edits() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Participant::new(root.path(), "Alice");
+    let mut tom = Participant::new(root.path(), "Tom");
+    alice.start(&[]);
+    tom.start(&[]);
+    let flow = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]);
+    let ticket = s(&alice.json(&["flow", "invite", &flow, "--role", "owner"])["ticket"]);
+    tom.json(&["flow", "join", &ticket]);
+
+    tom.kill9();
+    alice.json(&["step", "add", &flow, "Cut and baste"]);
+    alice.json(&["comment", &flow, "Written while Tom was down"]);
+    // Tom's CLI works without his node: straight on his store.
+    let status = tom.json(&["status"]);
+    assert_eq!(status["running"], false);
+    tom.json(&["comment", &flow, "Written offline by Tom"]);
+
+    tom.start(&[]);
+    converged(&flow, &[&alice, &tom]);
+    let texts: Vec<String> = alice.json(&["flow", "show", &flow])["comments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| s(&c["text"]))
+        .collect();
+    assert!(texts.contains(&"Written offline by Tom".to_string()));
+    assert!(texts.contains(&"Written while Tom was down".to_string()));
+    assert_eq!(
+        tom.json(&["flow", "show", &flow])["steps"][0]["title"],
+        "Cut and baste"
+    );
+}
+
+/// A fourth node that is not a member, connected to a member, holds nothing and cannot get in
+/// with a forged ticket.
+#[test]
+fn a_non_member_is_refused_and_holds_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Participant::new(root.path(), "Alice");
+    let mut eve = Participant::new(root.path(), "Eve");
+    alice.start(&[]);
+    let flow = s(&alice.json(&[
+        "flow",
+        "new",
+        "Private suit",
+        "--need",
+        "Secret measurements",
+    ])["id"]);
+    alice.json(&["comment", &flow, "Chest 102 cm"]);
+    eve.start(&[alice.addr()]);
+    eventually("Eve is connected to Alice", &[&alice, &eve], || {
+        eve.json(&["status"])["peers"] == 1
+    });
+    // A ticket with the right flow but a made-up invite and secret.
+    let real = s(&alice.json(&["flow", "invite", &flow, "--role", "observer"])["ticket"]);
+    let mut t = coflow::wire::InviteTicket::decode(&real).unwrap();
+    t.secret = [0; 16];
+    let err = eve.fails(&["flow", "join", &t.encode()]);
+    assert!(err.contains("secret does not match"), "{err}");
+    t.invite = "0000000000000000".into();
+    let err = eve.fails(&["flow", "join", &t.encode()]);
+    assert!(err.contains("unknown flow or invite"), "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(eve.json(&["flow", "list"]), serde_json::json!([]));
+    let err = eve.fails(&["flow", "show", &flow]);
+    assert!(err.contains("no flow matches"), "{err}");
+    // Nothing about the flow is in Eve's database.
+    let db = std::fs::read(eve.home.join("coflow.db")).unwrap_or_default();
+    let needle = b"Secret measurements";
+    assert!(!db.windows(needle.len()).any(|w| w == needle));
+}

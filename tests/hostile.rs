@@ -1,0 +1,212 @@
+//! A hand-built hostile peer, speaking `/coflow/sync/1` directly to real nodes: a change signed
+//! by a non-member and a change with a forged signature are rejected, the flow's heads stay as
+//! they were on every member, and the sender is disconnected and kept out.
+
+mod common;
+
+use std::time::Duration;
+
+use automerge::sync::SyncDoc;
+use automerge::transaction::CommitOptions;
+use automerge::{Automerge, ReadDoc};
+use coflow::flow::{Edit, Reader};
+use coflow::identity::Identity;
+use coflow::net::{self, Behaviour, BehaviourEvent, Limits};
+use coflow::wire::{self, sync_response};
+use common::procs::{converged, Participant, PATIENCE};
+use futures::StreamExt;
+use libp2p::request_response;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+
+fn s(v: &serde_json::Value) -> String {
+    v.as_str().unwrap().to_string()
+}
+
+/// A change by `actor` adding a step, on top of `doc`, signed by `signer`.
+fn hostile_change(
+    doc: &Automerge,
+    flow: &str,
+    actor: &Identity,
+    signer: &Identity,
+) -> wire::SignedChange {
+    let mut fork = doc.fork().with_actor(actor.actor());
+    let current = Reader::now(&fork).flow(flow);
+    let mut tx = fork.transaction();
+    common::add_step("Injected", None)
+        .apply(&mut tx, &current, actor.node_id(), common::NOW)
+        .unwrap();
+    let hash = tx
+        .commit_with(CommitOptions::default().with_time(common::NOW))
+        .0
+        .unwrap();
+    let mut change = fork.get_change_by_hash(&hash).unwrap();
+    wire::SignedChange {
+        change: change.bytes().into_owned(),
+        signature: signer.sign_change(&hash).to_vec(),
+    }
+}
+
+fn request(flow: &str, change: wire::SignedChange) -> wire::SyncRequest {
+    let am = Automerge::new()
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .unwrap();
+    wire::SyncRequest {
+        message: Some(wire::SyncMessage {
+            flow: coflow::identity::unhex(flow).unwrap(),
+            automerge: am.encode(),
+            changes: vec![change],
+            session: 1,
+        }),
+    }
+}
+
+enum Outcome {
+    Answered(Option<sync_response::Result>),
+    Failed(#[allow(dead_code)] String),
+}
+
+/// Connects as `who`, sends one sync request, and reports the answer and whether the node then
+/// closed the connection.
+async fn inject(who: &Identity, addr: &Multiaddr, req: wire::SyncRequest) -> (Outcome, bool) {
+    let mut swarm: Swarm<Behaviour> =
+        net::build(who.libp2p_keypair(), false, Limits::default()).unwrap();
+    let target: PeerId = match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
+        _ => panic!("address without /p2p/"),
+    };
+    swarm.dial(addr.clone()).unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut outcome = None;
+    let mut closed = false;
+    loop {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .expect("the node answers in time");
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. }
+                if peer_id == target && outcome.is_none() =>
+            {
+                swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&target, req.clone());
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            })) => outcome = Some(Outcome::Answered(response.result)),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                request_response::Event::OutboundFailure { error, .. },
+            )) => outcome = Some(Outcome::Failed(error.to_string())),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } if peer_id == target => {
+                closed = true;
+            }
+            SwarmEvent::OutgoingConnectionError { .. } => {
+                return (Outcome::Failed("could not connect".into()), true);
+            }
+            _ => {}
+        }
+        if closed {
+            if let Some(outcome) = outcome.take() {
+                return (outcome, closed);
+            }
+        }
+    }
+}
+
+/// Whether `who` can still hold a connection to the node for a moment.
+async fn can_stay_connected(who: &Identity, addr: &Multiaddr) -> bool {
+    let mut swarm: Swarm<Behaviour> =
+        net::build(who.libp2p_keypair(), false, Limits::default()).unwrap();
+    swarm.dial(addr.clone()).unwrap();
+    let mut connected = false;
+    let end = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(event) = tokio::time::timeout_at(end, swarm.select_next_some()).await {
+        match event {
+            SwarmEvent::ConnectionEstablished { .. } => connected = true,
+            SwarmEvent::ConnectionClosed {
+                num_established: 0, ..
+            } => connected = false,
+            SwarmEvent::OutgoingConnectionError { .. } => return false,
+            _ => {}
+        }
+    }
+    connected
+}
+
+#[test]
+fn forgeries_at_the_protocol_level_are_rejected_and_the_sender_penalised() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Participant::new(root.path(), "Alice");
+    let mut tom = Participant::new(root.path(), "Tom");
+    alice.start(&[]);
+    tom.start(&[]);
+    let flow = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]);
+    let ticket = s(&alice.json(&["flow", "invite", &flow, "--role", "owner"])["ticket"]);
+    tom.json(&["flow", "join", &ticket]);
+    alice.json(&["step", "add", &flow, "Choose the cloth"]);
+    let heads = converged(&flow, &[&alice, &tom]);
+
+    let file = root.path().join("flow.automerge");
+    let (ok, _, err) = alice.run(&[
+        "flow",
+        "export",
+        &flow,
+        "--format",
+        "automerge",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let doc = Automerge::load(&std::fs::read(&file).unwrap()).unwrap();
+    let alice_key = Identity::from_seed("e2e-Alice", "Alice");
+    let eve = Identity::from_seed("hostile-eve", "Eve");
+    let mallory = Identity::from_seed("hostile-mallory", "Mallory");
+    let addr: Multiaddr = alice.addr().parse().unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // 1. A well-signed change by a non-member.
+        let by_stranger = hostile_change(&doc, &flow, &eve, &eve);
+        let (outcome, closed) = inject(&eve, &addr, request(&flow, by_stranger)).await;
+        assert!(closed, "the sender is disconnected");
+        match outcome {
+            Outcome::Answered(Some(sync_response::Result::Unavailable(true)))
+            | Outcome::Failed(_) => {}
+            Outcome::Answered(other) => panic!("unexpected answer {other:?}"),
+        }
+        assert!(
+            !can_stay_connected(&eve, &addr).await,
+            "the penalised peer is kept out"
+        );
+
+        // 2. A change under the customer's actor id, signed by someone else.
+        let forged = hostile_change(&doc, &flow, &alice_key, &mallory);
+        let (_, closed) = inject(&mallory, &addr, request(&flow, forged)).await;
+        assert!(closed, "the forger is disconnected");
+        assert!(
+            !can_stay_connected(&mallory, &addr).await,
+            "the forger is kept out"
+        );
+    });
+
+    // Nothing changed anywhere, and the members still sync.
+    assert_eq!(alice.heads(&flow).unwrap(), heads);
+    assert_eq!(tom.heads(&flow).unwrap(), heads);
+    assert!(alice.logs().contains("blocking peer"), "{}", alice.logs());
+    tom.json(&["comment", &flow, "Still here"]);
+    converged(&flow, &[&alice, &tom]);
+    let verify = alice.json(&["flow", "verify", &flow]);
+    assert_eq!(verify["invalid"], 0);
+    let _ = Edit::SetTitle {
+        title: String::new(),
+    };
+}
