@@ -17,6 +17,15 @@
 //! - [`repo`]: identity + store + accept path: local edits and received changes go through the
 //!   same verify → authorize → apply → persist path; show, log, verify.
 //! - [`export`]: process diagrams of a flow (Graphviz dot, Mermaid).
+//! - [`wire`]: protobuf messages from `proto/coflow.proto`, the length-prefixed request-response
+//!   codec, tickets.
+//! - [`sync`]: the sans-IO sync engine (inputs in, [`sync::Io`] out): Automerge sync with signed
+//!   changes per (peer, flow), propagation, anti-entropy, joins.
+//! - [`net`]: the libp2p swarm: TCP + Noise + Yamux, identify, ping, mDNS, the two protocols,
+//!   block list, connection limits.
+//! - [`node`]: the runtime: one task owning the engine and swarm, the control API server.
+//! - [`api`]: the control API: `Call`/`Reply`, the `Handle` trait with a local (store) and a
+//!   remote (Unix socket) transport.
 //! - [`cli`]: clap commands and their human / `--json` output.
 //! - [`error`]: the crate's error type.
 

@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 use crate::identity::NodeId;
 use crate::net::{self, Behaviour, BehaviourEvent, Limits};
 use crate::repo::{Repo, META_LISTEN_ADDRS};
+
+/// Meta key: the TCP port the node last listened on by default.
+const META_LISTEN_PORT: &str = "listen_port";
 use crate::sync::{Engine, Event, Io};
 use crate::wire::InviteTicket;
 
@@ -108,15 +111,28 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
     let keypair = repo.identity().libp2p_keypair();
     let mut swarm =
         net::build(keypair, opts.mdns, opts.limits).map_err(|e| Error::Invalid(e.to_string()))?;
-    let listen = if opts.listen.is_empty() {
-        vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr")]
+    if opts.listen.is_empty() {
+        // All interfaces, on the port used last time if it is free (so peers that remember
+        // this node's address find it again after a restart), else a fresh one.
+        let last = repo.store().reader().meta(META_LISTEN_PORT)?;
+        let preferred = last.and_then(|p| p.parse::<u16>().ok()).map(|port| {
+            format!("/ip4/0.0.0.0/tcp/{port}")
+                .parse::<Multiaddr>()
+                .expect("valid multiaddr")
+        });
+        let fresh: Multiaddr = "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr");
+        let listening = preferred.is_some_and(|a| swarm.listen_on(a).is_ok());
+        if !listening {
+            swarm
+                .listen_on(fresh.clone())
+                .map_err(|e| Error::Invalid(format!("cannot listen on {fresh}: {e}")))?;
+        }
     } else {
-        opts.listen.clone()
-    };
-    for addr in &listen {
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
+        for addr in &opts.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
+        }
     }
 
     let _ = std::fs::remove_file(&socket_path);
@@ -308,6 +324,16 @@ impl Runtime {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 eprintln!("listening on {address}/p2p/{}", self.swarm.local_peer_id());
+                if let Some(libp2p::multiaddr::Protocol::Tcp(port)) =
+                    address.iter().find(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+                {
+                    let _ = self
+                        .engine
+                        .repo()
+                        .store()
+                        .reader()
+                        .set_meta(META_LISTEN_PORT, &port.to_string());
+                }
                 self.listen.push(address);
                 self.record_listen_addrs();
             }
