@@ -324,8 +324,9 @@ impl Runtime {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 eprintln!("listening on {address}/p2p/{}", self.swarm.local_peer_id());
-                if let Some(libp2p::multiaddr::Protocol::Tcp(port)) =
-                    address.iter().find(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+                if let Some(libp2p::multiaddr::Protocol::Tcp(port)) = address
+                    .iter()
+                    .find(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
                 {
                     let _ = self
                         .engine

@@ -294,8 +294,12 @@ impl Engine {
             .clients
             .remove(&key)
             .unwrap_or_else(|| Conversation::fresh(1, now, None));
-        if !client.awaiting {
-            if let Some(mut wire) = self.generate(flow, &mut client.state) {
+        if client.awaiting {
+            tracing::debug!(target: "sync", %peer, %flow, "request in flight; news waits for its answer");
+        } else {
+            let generated = self.generate(flow, &mut client.state);
+            tracing::debug!(target: "sync", %peer, %flow, sends = generated.is_some(), changes = generated.as_ref().map_or(0, |w| w.changes.len()), "client turn");
+            if let Some(mut wire) = generated {
                 wire.session = client.session;
                 client.awaiting = true;
                 client.last_activity = now;
@@ -354,6 +358,7 @@ impl Engine {
             return self.empty_answer(&flow);
         }
         let reply = self.generate(&flow, &mut server.state);
+        tracing::debug!(target: "sync", %peer, %flow, replies = reply.is_some(), changes = reply.as_ref().map_or(0, |w| w.changes.len()), "server turn");
         self.servers.insert(key, server);
         wire::SyncResponse {
             result: reply.map(sync_response::Result::Message),
@@ -412,9 +417,11 @@ impl Engine {
                 tracing::debug!(target: "sync", %peer, %flow, "peer does not serve this flow");
                 self.clients.insert(key, client);
             }
-            // Nothing to say: the conversation rests until something changes.
+            // The peer had nothing to say. News that arrived while we waited goes out now;
+            // with no news, Automerge has nothing to send and the conversation rests.
             None => {
                 self.clients.insert(key, client);
+                self.sync_with(peer, flow);
             }
         }
     }
@@ -456,6 +463,7 @@ impl Engine {
                     return Ok(());
                 }
             };
+            tracing::debug!(target: "sync", %peer, %flow, accepted = out.accepted.len(), pending = out.pending.len(), rejected = out.rejected.len(), known = out.known, "received changes");
             self.stats.changes_accepted += out.accepted.len() as u64;
             self.stats.changes_rejected += out.rejected.len() as u64;
             if !out.accepted.is_empty() {

@@ -41,6 +41,12 @@ pub enum Command {
     Id,
     /// Run the node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
     Node(NodeArgs),
+    /// The tailor's story on three real nodes on this machine, narrated.
+    Demo {
+        /// Keep the three data dirs and print how to inspect them.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Whether the node runs, where it listens, how many peers and flows.
     Status,
     /// Peers: connected now, and remembered.
@@ -277,6 +283,9 @@ pub fn home_dir(cli: &Cli) -> Result<PathBuf> {
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
+    if let Command::Demo { keep } = cli.command {
+        return crate::demo::run(keep);
+    }
     let home = home_dir(&cli)?;
     let out = print::Out { json: cli.json };
     match cli.command {
@@ -458,7 +467,9 @@ fn to_call(command: Command) -> Result<Call> {
             } => edit(flow, Edit::Choose { decision, option }),
             DecisionCmd::Close { flow, decision } => edit(flow, Edit::CloseDecision { decision }),
         },
-        Command::Init { .. } | Command::Node(_) => unreachable!("handled in run"),
+        Command::Init { .. } | Command::Node(_) | Command::Demo { .. } => {
+            unreachable!("handled in run")
+        }
     })
 }
 

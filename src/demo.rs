@@ -1,0 +1,502 @@
+//! `coflow demo`: the tailor's story on three real nodes.
+//!
+//! Three `coflow node` processes (this same binary) run with their own data dirs under a
+//! temporary directory and talk libp2p over loopback. The story is played through the control
+//! API, exactly as the CLI would, and narrated: who did what on which node, and when the others
+//! had it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::api::{self, Call, Handle, Reply};
+use crate::error::{Error, Result};
+use crate::flow::{Edit, FlowStatus, Mode, Role, StepStatus, Who};
+use crate::identity::Identity;
+use crate::repo::FlowView;
+
+/// How long the demo waits for a change to reach the other nodes before giving up.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+struct Person {
+    name: &'static str,
+    what: &'static str,
+    home: PathBuf,
+    node: Option<Child>,
+    id: String,
+}
+
+impl Person {
+    fn handle(&self) -> Result<Box<dyn Handle>> {
+        api::open(&self.home)
+    }
+
+    fn call(&self, call: Call) -> Result<Reply> {
+        self.handle()?.call(call)
+    }
+
+    fn edit(&self, flow: &str, edit: Edit) -> Result<Option<String>> {
+        match self.call(Call::Edit {
+            flow: flow.to_string(),
+            edit,
+        })? {
+            Reply::Edited(e) => Ok(e.id),
+            _ => Err(Error::Invalid("unexpected reply".into())),
+        }
+    }
+
+    fn show(&self, flow: &str) -> Result<FlowView> {
+        match self.call(Call::FlowShow {
+            flow: flow.to_string(),
+        })? {
+            Reply::Flow(v) => Ok(*v),
+            _ => Err(Error::Invalid("unexpected reply".into())),
+        }
+    }
+
+    fn start(&mut self, exe: &Path) -> Result<()> {
+        let log =
+            std::fs::File::create(self.home.join("node.log")).map_err(|source| Error::Io {
+                path: self.home.join("node.log"),
+                source,
+            })?;
+        let err = log.try_clone().map_err(|source| Error::Io {
+            path: self.home.join("node.log"),
+            source,
+        })?;
+        let child = Command::new(exe)
+            .arg("--home")
+            .arg(&self.home)
+            .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .env_remove("COFLOW_HOME")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| Error::Invalid(format!("cannot start a node: {e}")))?;
+        self.node = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(Reply::Status(s)) = self.call(Call::Status) {
+                if s.running && !s.listen.is_empty() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Invalid(format!(
+                    "{}'s node did not start",
+                    self.name
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.node.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while let Ok(None) = child.try_wait() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Person {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn say(text: &str) {
+    println!("{text}");
+}
+
+/// Waits until every other person's node holds the same heads as `from`'s; returns how long
+/// that took.
+fn spread(people: &[&Person], from: &Person, flow: &str) -> Result<Duration> {
+    let start = Instant::now();
+    let mut target = from.show(flow)?.heads;
+    target.sort();
+    loop {
+        let mut all = true;
+        for p in people.iter().filter(|p| p.name != from.name) {
+            let mut heads = p.show(flow).map(|v| v.heads).unwrap_or_default();
+            heads.sort();
+            // They may have moved on already (more changes of their own): containing ours is
+            // not checked here; equal heads is the plain, strict test.
+            if heads != target {
+                all = false;
+            }
+        }
+        if all {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > PATIENCE {
+            return Err(Error::Invalid(format!(
+                "the others did not receive {}'s change in time",
+                from.name
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn received(people: &[&Person], from: &Person, flow: &str) -> Result<()> {
+    let took = spread(people, from, flow)?;
+    let others: Vec<String> = people
+        .iter()
+        .filter(|p| p.name != from.name)
+        .map(|p| format!("{}'s node", p.name))
+        .collect();
+    say(&format!(
+        "      ↳ {} had it {} ms later",
+        others.join(" and "),
+        took.as_millis()
+    ));
+    Ok(())
+}
+
+fn step_id(view: &FlowView, title: &str) -> Result<String> {
+    view.flow
+        .steps
+        .iter()
+        .find(|s| s.title == title)
+        .map(|s| s.id.clone())
+        .ok_or_else(|| Error::Invalid(format!("no step '{title}'")))
+}
+
+/// Runs the demo. With `keep`, the data dirs stay and the output says how to look at them.
+pub fn run(keep: bool) -> Result<()> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Invalid(format!("cannot find the coflow binary: {e}")))?;
+    let root = std::env::temp_dir().join(format!("coflow-demo-{}", crate::flow::new_id()));
+    let result = play(&exe, &root);
+    if keep {
+        say(&format!(
+            "\nThe three data dirs are kept under {}. Look around with, for example:",
+            root.display()
+        ));
+        for who in ["alice", "tom", "mill"] {
+            say(&format!(
+                "  coflow --home {} flow list",
+                root.join(who).display()
+            ));
+        }
+        say(&format!(
+            "  coflow --home {} flow log <FLOW>   (and: flow show, flow verify, flow export --format mermaid)",
+            root.join("alice").display()
+        ));
+        say("Start a node on one of them with `coflow --home DIR node` to take it back online.");
+    } else {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    result
+}
+
+fn play(exe: &Path, root: &Path) -> Result<()> {
+    let make = |name: &'static str, what: &'static str| -> Result<Person> {
+        let home = root.join(name.to_lowercase());
+        let id = Identity::create(&home, name)?;
+        Ok(Person {
+            name,
+            what,
+            home,
+            node: None,
+            id: id.node_id().to_string(),
+        })
+    };
+    let mut alice = make("Alice", "the customer")?;
+    let mut tom = make("Tom", "the tailor")?;
+    let mut mill = make("Mill", "the cloth mill")?;
+
+    say(
+        "coflow demo — a customer's need, fulfilled by the people who fulfil it, with no server.\n",
+    );
+    for p in [&mut alice, &mut tom, &mut mill] {
+        p.start(exe)?;
+        say(&format!(
+            "  {} ({}) runs a node: {}",
+            p.name,
+            p.what,
+            crate::flow::short_id(&p.id)
+        ));
+    }
+    say("");
+
+    // 1. The need.
+    let Reply::Created { id: flow } = alice.call(Call::FlowNew {
+        title: "Navy three-piece suit".into(),
+        need: "A navy three-piece suit for my wedding in May".into(),
+        role: Role::Customer,
+    })?
+    else {
+        return Err(Error::Invalid("unexpected reply".into()));
+    };
+    say(&format!(
+        "1. Alice writes down her need and starts flow {} on her node.",
+        &flow[..8]
+    ));
+    say("   \"A navy three-piece suit for my wedding in May\"");
+
+    // 2. The tailor joins by ticket.
+    let Reply::Invited(inv) = alice.call(Call::Invite {
+        flow: flow.clone(),
+        role: Role::Owner,
+        expires_in: 3600,
+        uses: 1,
+    })?
+    else {
+        return Err(Error::Invalid("unexpected reply".into()));
+    };
+    say(&format!(
+        "2. She invites Tom as the owner of the work and hands him a ticket ({}…).",
+        &inv.ticket[..24]
+    ));
+    let started = Instant::now();
+    tom.call(Call::Join { ticket: inv.ticket })?;
+    let v = tom.show(&flow)?;
+    say(&format!(
+        "   Tom's node redeems it at Alice's node and receives the flow with its signed history ({} ms).",
+        started.elapsed().as_millis()
+    ));
+    say(&format!("   Members now: {}.", members(&v)));
+
+    // 3. The tailor lays out the work.
+    say("3. Tom lays out the steps:");
+    let me_tom = tom.id.clone();
+    for (title, customer, assignee) in [
+        ("Choose the cloth", true, None),
+        ("Take measurements", true, Some(me_tom.clone())),
+        ("Cut and baste", false, Some(me_tom.clone())),
+        ("First fitting", true, Some(me_tom.clone())),
+        ("Final fitting", true, Some(me_tom.clone())),
+        ("Delivery", true, Some(me_tom.clone())),
+    ] {
+        tom.edit(
+            &flow,
+            Edit::AddStep {
+                title: title.into(),
+                detail: None,
+                assignee,
+                customer_involved: customer,
+                due: None,
+            },
+        )?;
+        say(&format!(
+            "   + {title}{}",
+            if customer { "  (with Alice)" } else { "" }
+        ));
+    }
+    received(&[&alice, &tom], &tom, &flow)?;
+    let v = tom.show(&flow)?;
+    let cloth = step_id(&v, "Choose the cloth")?;
+
+    // 4. The customer decides.
+    let decision = tom
+        .edit(
+            &flow,
+            Edit::NewDecision {
+                question: "Which cloth?".into(),
+                options: vec![
+                    "Navy wool, Super 120s".into(),
+                    "Navy wool-linen".into(),
+                    "Navy mohair blend".into(),
+                ],
+                who: Who::Customer,
+                mode: Mode::Choice,
+                step: Some(cloth.clone()),
+            },
+        )?
+        .unwrap_or_default();
+    say("4. Tom asks \"Which cloth?\" — a decision only Alice can make.");
+    received(&[&alice, &tom], &tom, &flow)?;
+    match tom.edit(
+        &flow,
+        Edit::Choose {
+            decision: decision.clone(),
+            option: "Navy wool-linen".into(),
+        },
+    ) {
+        Err(e) => say(&format!(
+            "   Tom tries to choose for her; his own node refuses: {e}"
+        )),
+        Ok(_) => {
+            return Err(Error::Invalid(
+                "the owner must not choose for the customer".into(),
+            ))
+        }
+    }
+    alice.edit(
+        &flow,
+        Edit::Choose {
+            decision,
+            option: "Navy wool, Super 120s".into(),
+        },
+    )?;
+    alice.edit(
+        &flow,
+        Edit::SetStepStatus {
+            step: cloth.clone(),
+            status: StepStatus::Done,
+        },
+    )?;
+    say("   Alice chooses \"Navy wool, Super 120s\" and marks the step done.");
+    received(&[&alice, &tom], &alice, &flow)?;
+
+    // 5. The mill joins, through the customer's node, while the tailor is busy.
+    let Reply::Invited(inv) = alice.call(Call::Invite {
+        flow: flow.clone(),
+        role: Role::Contributor,
+        expires_in: 3600,
+        uses: 1,
+    })?
+    else {
+        return Err(Error::Invalid("unexpected reply".into()));
+    };
+    mill.call(Call::Join { ticket: inv.ticket })?;
+    say("5. Alice invites the cloth mill; the mill joins with her ticket, through her node.");
+    mill.edit(
+        &flow,
+        Edit::Comment {
+            text: "3.5 m of navy Super 120s reserved; it ships on Monday.".into(),
+            step: Some(cloth),
+        },
+    )?;
+    say("   The mill comments: \"3.5 m of navy Super 120s reserved; it ships on Monday.\"");
+    received(&[&alice, &tom, &mill], &mill, &flow)?;
+
+    // 6. The work and the fittings.
+    say("6. The work goes on:");
+    let v = tom.show(&flow)?;
+    for title in ["Take measurements", "Cut and baste", "First fitting"] {
+        let id = step_id(&v, title)?;
+        tom.edit(
+            &flow,
+            Edit::SetStepStatus {
+                step: id.clone(),
+                status: StepStatus::Active,
+            },
+        )?;
+        tom.edit(
+            &flow,
+            Edit::SetStepStatus {
+                step: id,
+                status: StepStatus::Done,
+            },
+        )?;
+        say(&format!("   Tom: {title} — done"));
+    }
+    let first = step_id(&v, "First fitting")?;
+    alice.edit(
+        &flow,
+        Edit::Comment {
+            text: "The shoulders feel a little tight.".into(),
+            step: Some(first.clone()),
+        },
+    )?;
+    say("   Alice, after the first fitting: \"The shoulders feel a little tight.\"");
+    received(&[&alice, &tom, &mill], &alice, &flow)?;
+    tom.edit(
+        &flow,
+        Edit::Comment {
+            text: "Let out 1 cm at each shoulder; see you at the final fitting.".into(),
+            step: Some(first),
+        },
+    )?;
+    say("   Tom: \"Let out 1 cm at each shoulder; see you at the final fitting.\"");
+    for title in ["Final fitting", "Delivery"] {
+        let id = step_id(&v, title)?;
+        tom.edit(
+            &flow,
+            Edit::SetStepStatus {
+                step: id,
+                status: StepStatus::Done,
+            },
+        )?;
+        say(&format!("   Tom: {title} — done"));
+    }
+    received(&[&alice, &tom, &mill], &tom, &flow)?;
+
+    // 7. Only the customer closes the loop.
+    match tom.edit(
+        &flow,
+        Edit::SetStatus {
+            status: FlowStatus::Fulfilled,
+        },
+    ) {
+        Err(e) => say(&format!("7. Tom cannot declare the need fulfilled: {e}")),
+        Ok(_) => return Err(Error::Invalid("the owner must not fulfil the flow".into())),
+    }
+    alice.edit(
+        &flow,
+        Edit::SetStatus {
+            status: FlowStatus::Fulfilled,
+        },
+    )?;
+    say("   Alice confirms: her need is fulfilled.");
+    received(&[&alice, &tom, &mill], &alice, &flow)?;
+
+    // 8. The record: verified on every node.
+    say("\n8. Every node re-verifies the whole history (signature, dependencies, role of each change):");
+    for p in [&alice, &tom, &mill] {
+        let Reply::Verify(r) = p.call(Call::FlowVerify { flow: flow.clone() })? else {
+            return Err(Error::Invalid("unexpected reply".into()));
+        };
+        let status = p.show(&flow)?.flow.status;
+        say(&format!(
+            "   {:<5} {} changes, {} valid, {} invalid; status {}",
+            p.name, r.changes, r.valid, r.invalid, status
+        ));
+        if r.invalid > 0 || status != FlowStatus::Fulfilled {
+            return Err(Error::Invalid(format!("{}'s copy is wrong", p.name)));
+        }
+    }
+    let Reply::Log(log) = alice.call(Call::FlowLog { flow: flow.clone() })? else {
+        return Err(Error::Invalid("unexpected reply".into()));
+    };
+    say("\nThe history, as Alice's node holds it:");
+    for e in &log {
+        say(&format!(
+            "   {}  {:<6} {}",
+            &e.hash[..10],
+            e.name,
+            e.summary
+        ));
+    }
+    let Reply::Export { hex } = alice.call(Call::FlowExport {
+        flow: flow.clone(),
+        format: "mermaid".into(),
+    })?
+    else {
+        return Err(Error::Invalid("unexpected reply".into()));
+    };
+    say("\nThe process, as a Mermaid diagram:\n");
+    say(&String::from_utf8_lossy(
+        &crate::identity::unhex(&hex).unwrap_or_default(),
+    ));
+
+    for p in [&mut alice, &mut tom, &mut mill] {
+        p.stop();
+    }
+    say("All three nodes stopped. Nothing is left running.");
+    Ok(())
+}
+
+fn members(v: &FlowView) -> String {
+    v.flow
+        .members
+        .iter()
+        .filter(|m| !m.removed)
+        .map(|m| format!("{} ({})", m.name, m.role))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
