@@ -5,157 +5,32 @@
 //! API, exactly as the CLI would, and narrated: who did what on which node, and when the others
 //! had it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::api::{self, Call, Handle, Reply};
+use crate::api::{Call, Reply};
+use crate::cluster::{spread, Member, ProcessNode};
 use crate::error::{Error, Result};
 use crate::flow::{Edit, FlowStatus, Mode, Role, StepStatus, Who};
-use crate::identity::Identity;
 use crate::repo::FlowView;
 
 /// How long the demo waits for a change to reach the other nodes before giving up.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-struct Person {
-    name: &'static str,
-    what: &'static str,
-    home: PathBuf,
-    node: Option<Child>,
-    id: String,
-}
-
-impl Person {
-    fn handle(&self) -> Result<Box<dyn Handle>> {
-        api::open(&self.home)
-    }
-
-    fn call(&self, call: Call) -> Result<Reply> {
-        self.handle()?.call(call)
-    }
-
-    fn edit(&self, flow: &str, edit: Edit) -> Result<Option<String>> {
-        match self.call(Call::Edit {
-            flow: flow.to_string(),
-            edit,
-        })? {
-            Reply::Edited(e) => Ok(e.id),
-            _ => Err(Error::Invalid("unexpected reply".into())),
-        }
-    }
-
-    fn show(&self, flow: &str) -> Result<FlowView> {
-        match self.call(Call::FlowShow {
-            flow: flow.to_string(),
-        })? {
-            Reply::Flow(v) => Ok(*v),
-            _ => Err(Error::Invalid("unexpected reply".into())),
-        }
-    }
-
-    fn start(&mut self, exe: &Path) -> Result<()> {
-        let log =
-            std::fs::File::create(self.home.join("node.log")).map_err(|source| Error::Io {
-                path: self.home.join("node.log"),
-                source,
-            })?;
-        let err = log.try_clone().map_err(|source| Error::Io {
-            path: self.home.join("node.log"),
-            source,
-        })?;
-        let child = Command::new(exe)
-            .arg("--home")
-            .arg(&self.home)
-            .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-            .env_remove("COFLOW_HOME")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| Error::Invalid(format!("cannot start a node: {e}")))?;
-        self.node = Some(child);
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(Reply::Status(s)) = self.call(Call::Status) {
-                if s.running && !s.listen.is_empty() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(Error::Invalid(format!(
-                    "{}'s node did not start",
-                    self.name
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.node.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while let Ok(None) = child.try_wait() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Person {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
+/// Prints a line of the story; a closed pipe (`| head`) does not stop the demo.
 fn say(text: &str) {
-    println!("{text}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 /// Waits until every other person's node holds the same heads as `from`'s; returns how long
 /// that took.
-fn spread(people: &[&Person], from: &Person, flow: &str) -> Result<Duration> {
-    let start = Instant::now();
-    let mut target = from.show(flow)?.heads;
-    target.sort();
-    loop {
-        let mut all = true;
-        for p in people.iter().filter(|p| p.name != from.name) {
-            let mut heads = p.show(flow).map(|v| v.heads).unwrap_or_default();
-            heads.sort();
-            // They may have moved on already (more changes of their own): containing ours is
-            // not checked here; equal heads is the plain, strict test.
-            if heads != target {
-                all = false;
-            }
-        }
-        if all {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > PATIENCE {
-            return Err(Error::Invalid(format!(
-                "the others did not receive {}'s change in time",
-                from.name
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn received(people: &[&Person], from: &Person, flow: &str) -> Result<()> {
-    let took = spread(people, from, flow)?;
+fn received(people: &[&dyn Member], from: &dyn Member, flow: &str) -> Result<()> {
+    let took = spread(people, from, flow, PATIENCE)?;
     let others: Vec<String> = people
         .iter()
-        .filter(|p| p.name != from.name)
-        .map(|p| format!("{}'s node", p.name))
+        .filter(|p| p.name() != from.name())
+        .map(|p| format!("{}'s node", p.name()))
         .collect();
     say(&format!(
         "      ↳ {} had it {} ms later",
@@ -203,35 +78,33 @@ pub fn run(keep: bool) -> Result<()> {
 }
 
 fn play(exe: &Path, root: &Path) -> Result<()> {
-    let make = |name: &'static str, what: &'static str| -> Result<Person> {
-        let home = root.join(name.to_lowercase());
-        let id = Identity::create(&home, name)?;
-        Ok(Person {
-            name,
-            what,
-            home,
-            node: None,
-            id: id.node_id().to_string(),
-        })
-    };
-    let mut alice = make("Alice", "the customer")?;
-    let mut tom = make("Tom", "the tailor")?;
-    let mut mill = make("Mill", "the cloth mill")?;
-
+    let mut nodes = Vec::new();
     say(
         "coflow demo — a customer's need, fulfilled by the people who fulfil it, with no server.\n",
     );
-    for p in [&mut alice, &mut tom, &mut mill] {
-        p.start(exe)?;
+    for (name, what) in [
+        ("Alice", "the customer"),
+        ("Tom", "the tailor"),
+        ("Mill", "the cloth mill"),
+    ] {
+        let node = ProcessNode::start(exe, &root.join(name.to_lowercase()), name)?;
         say(&format!(
-            "  {} ({}) runs a node: {}",
-            p.name,
-            p.what,
-            crate::flow::short_id(&p.id)
+            "  {name} ({what}) runs a node of its own: {}",
+            crate::flow::short_id(node.node_id())
         ));
+        nodes.push(node);
     }
     say("");
+    tailor_story(&nodes[0], &nodes[1], &nodes[2])?;
+    for node in nodes.iter_mut() {
+        node.stop();
+    }
+    say("All three nodes stopped. Nothing is left running.");
+    Ok(())
+}
 
+/// The tailor's story, told on any three nodes: Alice (customer), Tom (tailor), the mill.
+pub fn tailor_story(alice: &dyn Member, tom: &dyn Member, mill: &dyn Member) -> Result<()> {
     // 1. The need.
     let Reply::Created { id: flow } = alice.call(Call::FlowNew {
         title: "Navy three-piece suit".into(),
@@ -272,7 +145,7 @@ fn play(exe: &Path, root: &Path) -> Result<()> {
 
     // 3. The tailor lays out the work.
     say("3. Tom lays out the steps:");
-    let me_tom = tom.id.clone();
+    let me_tom = tom.node_id().to_string();
     for (title, customer, assignee) in [
         ("Choose the cloth", true, None),
         ("Take measurements", true, Some(me_tom.clone())),
@@ -296,7 +169,7 @@ fn play(exe: &Path, root: &Path) -> Result<()> {
             if customer { "  (with Alice)" } else { "" }
         ));
     }
-    received(&[&alice, &tom], &tom, &flow)?;
+    received(&[alice, tom], tom, &flow)?;
     let v = tom.show(&flow)?;
     let cloth = step_id(&v, "Choose the cloth")?;
 
@@ -318,7 +191,7 @@ fn play(exe: &Path, root: &Path) -> Result<()> {
         )?
         .unwrap_or_default();
     say("4. Tom asks \"Which cloth?\" — a decision only Alice can make.");
-    received(&[&alice, &tom], &tom, &flow)?;
+    received(&[alice, tom], tom, &flow)?;
     match tom.edit(
         &flow,
         Edit::Choose {
@@ -350,7 +223,7 @@ fn play(exe: &Path, root: &Path) -> Result<()> {
         },
     )?;
     say("   Alice chooses \"Navy wool, Super 120s\" and marks the step done.");
-    received(&[&alice, &tom], &alice, &flow)?;
+    received(&[alice, tom], alice, &flow)?;
 
     // 5. The mill joins, through the customer's node, while the tailor is busy.
     let Reply::Invited(inv) = alice.call(Call::Invite {
@@ -372,7 +245,7 @@ fn play(exe: &Path, root: &Path) -> Result<()> {
         },
     )?;
     say("   The mill comments: \"3.5 m of navy Super 120s reserved; it ships on Monday.\"");
-    received(&[&alice, &tom, &mill], &mill, &flow)?;
+    received(&[alice, tom, mill], mill, &flow)?;
 
     // 6. The work and the fittings.
     say("6. The work goes on:");
@@ -404,7 +277,7 @@ fn play(exe: &Path, root: &Path) -> Result<()> {
         },
     )?;
     say("   Alice, after the first fitting: \"The shoulders feel a little tight.\"");
-    received(&[&alice, &tom, &mill], &alice, &flow)?;
+    received(&[alice, tom, mill], alice, &flow)?;
     tom.edit(
         &flow,
         Edit::Comment {
@@ -424,7 +297,7 @@ fn play(exe: &Path, root: &Path) -> Result<()> {
         )?;
         say(&format!("   Tom: {title} — done"));
     }
-    received(&[&alice, &tom, &mill], &tom, &flow)?;
+    received(&[alice, tom, mill], tom, &flow)?;
 
     // 7. Only the customer closes the loop.
     match tom.edit(
@@ -443,21 +316,25 @@ fn play(exe: &Path, root: &Path) -> Result<()> {
         },
     )?;
     say("   Alice confirms: her need is fulfilled.");
-    received(&[&alice, &tom, &mill], &alice, &flow)?;
+    received(&[alice, tom, mill], alice, &flow)?;
 
     // 8. The record: verified on every node.
     say("\n8. Every node re-verifies the whole history (signature, dependencies, role of each change):");
-    for p in [&alice, &tom, &mill] {
+    for p in [alice, tom, mill] {
         let Reply::Verify(r) = p.call(Call::FlowVerify { flow: flow.clone() })? else {
             return Err(Error::Invalid("unexpected reply".into()));
         };
         let status = p.show(&flow)?.flow.status;
         say(&format!(
             "   {:<5} {} changes, {} valid, {} invalid; status {}",
-            p.name, r.changes, r.valid, r.invalid, status
+            p.name(),
+            r.changes,
+            r.valid,
+            r.invalid,
+            status
         ));
         if r.invalid > 0 || status != FlowStatus::Fulfilled {
-            return Err(Error::Invalid(format!("{}'s copy is wrong", p.name)));
+            return Err(Error::Invalid(format!("{}'s copy is wrong", p.name())));
         }
     }
     let Reply::Log(log) = alice.call(Call::FlowLog { flow: flow.clone() })? else {
@@ -483,11 +360,6 @@ fn play(exe: &Path, root: &Path) -> Result<()> {
     say(&String::from_utf8_lossy(
         &crate::identity::unhex(&hex).unwrap_or_default(),
     ));
-
-    for p in [&mut alice, &mut tom, &mut mill] {
-        p.stop();
-    }
-    say("All three nodes stopped. Nothing is left running.");
     Ok(())
 }
 

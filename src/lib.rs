@@ -32,6 +32,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod demo;
 pub mod error;
 pub mod export;

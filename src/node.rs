@@ -323,7 +323,7 @@ impl Runtime {
         let now = self.now_ms();
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
-                eprintln!("listening on {address}/p2p/{}", self.swarm.local_peer_id());
+                tracing::info!(target: "node", "listening on {address}/p2p/{}", self.swarm.local_peer_id());
                 if let Some(libp2p::multiaddr::Protocol::Tcp(port)) = address
                     .iter()
                     .find(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
