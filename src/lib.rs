@@ -26,6 +26,9 @@
 //! - [`node`]: the runtime: one task owning the engine and swarm, the control API server.
 //! - [`api`]: the control API: `Call`/`Reply`, the `Handle` trait with a local (store) and a
 //!   remote (Unix socket) transport.
+//! - [`cluster`]: several nodes on one machine (as processes or as tasks), driven through the
+//!   control API: used by the demo, the examples and benchmarks.
+//! - [`demo`]: `coflow demo`, the tailor's story on three real nodes.
 //! - [`cli`]: clap commands and their human / `--json` output.
 //! - [`error`]: the crate's error type.
 
