@@ -220,3 +220,41 @@ fn a_non_member_is_refused_and_holds_nothing() {
     let needle = b"Secret measurements";
     assert!(!db.windows(needle.len()).any(|w| w == needle));
 }
+
+/// Revoked, expired and malformed tickets each get one clear error, and change nothing.
+#[test]
+fn bad_tickets_are_refused_clearly() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Participant::new(root.path(), "Alice");
+    let mut bob = Participant::new(root.path(), "Bob");
+    alice.start(&[]);
+    bob.start(&[]);
+    let flow = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]);
+
+    let revoked = alice.json(&["flow", "invite", &flow, "--role", "observer"]);
+    alice.json(&["flow", "invite", "revoke", &flow, &s(&revoked["id"])]);
+    let err = bob.fails(&["flow", "join", &s(&revoked["ticket"])]);
+    assert!(err.contains("revoked"), "{err}");
+
+    let short = alice.json(&["flow", "invite", &flow, "--role", "observer", "--expires", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let err = bob.fails(&["flow", "join", &s(&short["ticket"])]);
+    assert!(err.contains("expired"), "{err}");
+
+    for (ticket, want) in [
+        ("hello", "not a coflow ticket"),
+        ("coflow1!!!!", "bad base32"),
+        ("coflow1aaaa", "damaged"),
+    ] {
+        let err = bob.fails(&["flow", "join", ticket]);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{ticket}: {err}");
+    }
+    let heads = alice.heads(&flow);
+    assert_eq!(bob.json(&["flow", "list"]), serde_json::json!([]));
+    assert_eq!(alice.heads(&flow), heads);
+    // Joining needs the node: without it, a clear error.
+    bob.stop();
+    let err = bob.fails(&["flow", "join", &s(&revoked["ticket"])]);
+    assert!(err.contains("start the node"), "{err}");
+}
