@@ -20,6 +20,22 @@ use crate::store::{FlowRow, Store, Writer};
 /// Write a snapshot once this many changes have accumulated since the last one.
 pub const SNAPSHOT_EVERY: i64 = 256;
 
+/// Test-only crash switch: when `COFLOW_CRASH_AT` names this point, the process aborts here, as
+/// a power cut would stop it. The points, in order, on the receive path: `receive` (a batch
+/// arrived), `applied` (verified, authorized and applied in memory), `stored` (written inside
+/// the open transaction), `committed` (durable, before anything is advertised).
+pub fn crash_point(label: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("COFLOW_CRASH_AT").ok())
+        .as_deref()
+        == Some(label)
+    {
+        eprintln!("crash switch: aborting at '{label}'");
+        std::process::abort();
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn system_clock() -> i64 {
     std::time::SystemTime::now()
@@ -417,6 +433,7 @@ impl Repo {
         batch: &[SignedChange],
         require_member: bool,
     ) -> Result<Outcome> {
+        crash_point("receive");
         let now = (self.clock)();
         let me = self.identity.node_id().to_string();
         let Repo { store, docs, .. } = self;
@@ -440,6 +457,7 @@ impl Repo {
             if out.accepted.is_empty() {
                 return Ok(out);
             }
+            crash_point("applied");
             if !known && require_member && Reader::now(&*doc).role_of(&me).is_none() {
                 return Ok(Outcome {
                     known: out.known,
@@ -463,8 +481,12 @@ impl Repo {
                 })
                 .collect();
             persist(w, flow_id, doc, &rows, now)?;
+            crash_point("stored");
             Ok(out)
         });
+        if matches!(&result, Ok(out) if !out.accepted.is_empty()) {
+            crash_point("committed");
+        }
         match &result {
             Ok(out) if !out.accepted.is_empty() || self.holds_in_store(flow_id) => {}
             // Nothing stored for a flow this node does not hold: keep no empty document.

@@ -236,7 +236,15 @@ fn bad_tickets_are_refused_clearly() {
     let err = bob.fails(&["flow", "join", &s(&revoked["ticket"])]);
     assert!(err.contains("revoked"), "{err}");
 
-    let short = alice.json(&["flow", "invite", &flow, "--role", "observer", "--expires", "1s"]);
+    let short = alice.json(&[
+        "flow",
+        "invite",
+        &flow,
+        "--role",
+        "observer",
+        "--expires",
+        "1s",
+    ]);
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let err = bob.fails(&["flow", "join", &s(&short["ticket"])]);
     assert!(err.contains("expired"), "{err}");

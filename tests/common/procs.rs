@@ -92,6 +92,11 @@ impl Participant {
 
     /// Starts the node (listening on loopback only) and waits until it answers.
     pub fn start(&mut self, bootstrap: &[String]) {
+        self.start_with(bootstrap, &[]);
+    }
+
+    /// Like `start`, with extra environment variables for the node process.
+    pub fn start_with(&mut self, bootstrap: &[String], env: &[(&str, &str)]) {
         assert!(self.node.is_none(), "{} is already running", self.name);
         self.starts += 1;
         let log =
@@ -101,6 +106,7 @@ impl Participant {
         for b in bootstrap {
             c.args(["--bootstrap", b]);
         }
+        c.envs(env.iter().copied());
         c.env("COFLOW_LOG", "info,libp2p=warn")
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -151,6 +157,22 @@ impl Participant {
         if let Some(mut child) = self.node.take() {
             child.kill().unwrap();
             child.wait().unwrap();
+        }
+    }
+
+    /// Waits for the node process to exit on its own; returns whether it exited successfully.
+    pub fn wait_exit(&mut self) -> bool {
+        let mut child = self.node.take().expect("a node process");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                self.node = Some(child);
+                panic!("{}'s node did not exit:\n{}", self.name, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
