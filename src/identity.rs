@@ -197,7 +197,8 @@ impl Identity {
         Ok(identity)
     }
 
-    fn save(&self, home: &Path) -> Result<(), IdentityError> {
+    /// Writes this identity as the key of `home` (refuses to overwrite one).
+    pub fn save(&self, home: &Path) -> Result<(), IdentityError> {
         let path = home.join(KEY_FILE);
         let io = |source| IdentityError::Io {
             path: path.clone(),

@@ -29,6 +29,30 @@ use crate::wire::InviteTicket;
 pub const TICK: Duration = Duration::from_millis(1000);
 /// How long a join may take before the caller is told it failed.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Inbound requests a peer may send in a burst, and per second after that.
+pub const REQUEST_BURST: f64 = 400.0;
+pub const REQUESTS_PER_SECOND: f64 = 200.0;
+
+/// A token bucket: how many requests a peer may still send right now.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.duration_since(self.at).as_secs_f64() * REQUESTS_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(REQUEST_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Longest a penalized peer stays blocked.
 pub const MAX_BAN: Duration = Duration::from_secs(3600);
 
@@ -59,6 +83,8 @@ struct Runtime {
     bootstrap: Vec<Multiaddr>,
     listen: Vec<Multiaddr>,
     members: HashSet<PeerId>,
+    /// Inbound request budget per peer.
+    budgets: HashMap<PeerId, Bucket>,
 }
 
 fn now_secs() -> i64 {
@@ -165,6 +191,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
         bootstrap: opts.bootstrap.clone(),
         listen: Vec::new(),
         members: HashSet::new(),
+        budgets: HashMap::new(),
     };
     rt.load_address_book();
     for addr in rt.bootstrap.clone() {
@@ -422,7 +449,13 @@ impl Runtime {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
-                        let response = self.engine.handle_sync_request(&node, request);
+                        let response = if self.within_budget(peer) {
+                            self.engine.handle_sync_request(&node, request)
+                        } else {
+                            crate::wire::SyncResponse {
+                                result: Some(crate::wire::sync_response::Result::Unavailable(true)),
+                            }
+                        };
                         let _ = self
                             .swarm
                             .behaviour_mut()
@@ -447,6 +480,17 @@ impl Runtime {
                     self.engine.sync_failed(&node, &flow);
                 }
             }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                // A request we could not read (oversized, not protobuf) is the sender's fault.
+                if let request_response::InboundFailure::Io(e) = &error {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        if let Some(node) = node_of(&peer) {
+                            self.engine
+                                .penalize_peer(&node, format!("sent an unreadable request: {e}"));
+                        }
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -462,6 +506,9 @@ impl Runtime {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
+                        if !self.within_budget(peer) {
+                            return;
+                        }
                         let response = self.engine.handle_join_request(&node, request);
                         let _ = self
                             .swarm
@@ -489,6 +536,26 @@ impl Runtime {
             }
             _ => {}
         }
+    }
+
+    /// Whether `peer` may make another request now; a peer over its budget is penalized.
+    fn within_budget(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        let ok = self
+            .budgets
+            .entry(peer)
+            .or_insert(Bucket {
+                tokens: REQUEST_BURST,
+                at: now,
+            })
+            .take(now);
+        if !ok {
+            if let Some(node) = node_of(&peer) {
+                self.engine
+                    .penalize_peer(&node, "too many requests".to_string());
+            }
+        }
+        ok
     }
 
     fn dial(&mut self, peer: PeerId) {

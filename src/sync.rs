@@ -503,6 +503,11 @@ impl Engine {
         result.map_err(|e| format!("bad sync message: {e}"))
     }
 
+    /// The runtime caught `peer` misbehaving below the protocol (flooding, unreadable bytes).
+    pub fn penalize_peer(&mut self, peer: &NodeId, reason: String) {
+        self.penalize(peer, reason);
+    }
+
     fn penalize(&mut self, peer: &NodeId, reason: String) {
         tracing::warn!(target: "sync", %peer, "penalizing peer: {reason}");
         self.clients.retain(|(p, _), _| p != peer);

@@ -11,9 +11,7 @@ use coflow::store::Store;
 fn repo(dir: &std::path::Path, seed: &str, name: &str) -> Repo {
     std::fs::create_dir_all(dir).unwrap();
     if Identity::load(dir).is_err() {
-        std::env::set_var("COFLOW_TEST_KEY_SEED", seed);
-        Identity::create(dir, name).unwrap();
-        std::env::remove_var("COFLOW_TEST_KEY_SEED");
+        Identity::from_seed(seed, name).save(dir).unwrap();
     }
     Repo::open(dir).unwrap()
 }
