@@ -40,6 +40,7 @@ pub mod demo;
 pub mod error;
 pub mod export;
 pub mod flow;
+pub mod fuzz;
 pub mod identity;
 pub mod net;
 pub mod node;

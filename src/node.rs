@@ -480,15 +480,15 @@ impl Runtime {
                     self.engine.sync_failed(&node, &flow);
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                // A request we could not read (oversized, not protobuf) is the sender's fault.
-                if let request_response::InboundFailure::Io(e) = &error {
-                    if e.kind() == std::io::ErrorKind::InvalidData {
-                        if let Some(node) = node_of(&peer) {
-                            self.engine
-                                .penalize_peer(&node, format!("sent an unreadable request: {e}"));
-                        }
-                    }
+            // A request we could not read (oversized, not protobuf) is the sender's fault.
+            request_response::Event::InboundFailure {
+                peer,
+                error: request_response::InboundFailure::Io(e),
+                ..
+            } if e.kind() == std::io::ErrorKind::InvalidData => {
+                if let Some(node) = node_of(&peer) {
+                    self.engine
+                        .penalize_peer(&node, format!("sent an unreadable request: {e}"));
                 }
             }
             _ => {}

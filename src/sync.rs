@@ -266,14 +266,20 @@ impl Engine {
     fn generate(&mut self, flow: &str, state: &mut sync::State) -> Option<SyncMessage> {
         let message = match self.repo.holds(flow) {
             Ok(true) => match self.repo.doc(flow) {
-                Ok(doc) => doc.generate_sync_message(state),
+                Ok(doc) => guarded(|| doc.generate_sync_message(state)),
                 Err(e) => {
                     tracing::warn!(target: "sync", %flow, "cannot load flow: {e}");
                     return None;
                 }
             },
-            _ => Automerge::new().generate_sync_message(state),
-        }?;
+            _ => guarded(|| Automerge::new().generate_sync_message(state)),
+        };
+        let Some(message) = message else {
+            // What the peer told us earlier broke the state machine: start the session afresh.
+            *state = sync::State::new();
+            return None;
+        };
+        let message = message?;
         match to_wire(&self.repo, flow, message, state) {
             Ok(w) => {
                 self.stats.changes_sent += w.changes.len() as u64;
@@ -443,7 +449,8 @@ impl Engine {
         state: &mut sync::State,
     ) -> Result<(), String> {
         self.last_heard.insert(peer.clone(), self.repo.now());
-        let mut am = sync::Message::decode(&message.automerge)
+        let mut am = guarded(|| sync::Message::decode(&message.automerge))
+            .ok_or("a sync message that crashes the decoder")?
             .map_err(|e| format!("malformed sync message: {e}"))?;
         if !am.changes.is_empty() {
             return Err("changes must travel with their signatures".into());
@@ -493,10 +500,14 @@ impl Engine {
         // The message carries no changes any more: this only updates the sync state.
         let result = match self.repo.holds(flow) {
             Ok(true) => match self.repo.doc_for_sync(flow) {
-                Ok(doc) => doc.receive_sync_message(state, am),
-                Err(_) => Ok(()),
+                Ok(doc) => guarded(|| doc.receive_sync_message(state, am)),
+                Err(_) => Some(Ok(())),
             },
-            _ => Automerge::new().receive_sync_message(state, am),
+            _ => guarded(|| Automerge::new().receive_sync_message(state, am)),
+        };
+        let Some(result) = result else {
+            *state = sync::State::new();
+            return Err("a sync message that crashes the sync state machine".into());
         };
         // Never switch to whole-document messages: every change must carry its signature.
         state.their_capabilities = None;
@@ -692,6 +703,11 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// Runs Automerge code on peer-supplied input, turning a panic into `None`.
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
 }
 
 /// The flow id a wire message names (16 bytes), as hex.

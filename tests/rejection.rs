@@ -67,7 +67,10 @@ impl Node {
         let flow = Reader::now(&fork).flow(&self.flow);
         let mut tx = fork.transaction();
         edit.apply(&mut tx, &flow, actor.node_id(), NOW).unwrap();
-        let hash = tx.commit_with(CommitOptions::default().with_time(NOW)).0.unwrap();
+        let hash = tx
+            .commit_with(CommitOptions::default().with_time(NOW))
+            .0
+            .unwrap();
         let mut c = fork.get_change_by_hash(&hash).unwrap();
         wire::SignedChange {
             change: c.bytes().into_owned(),
@@ -103,12 +106,22 @@ impl Node {
 
     /// An honest member's change still goes through.
     fn honest_still_syncs(&mut self, text: &str) {
-        let c = self.change(&carl(), &carl(), Edit::Comment { text: text.into(), step: None });
+        let c = self.change(
+            &carl(),
+            &carl(),
+            Edit::Comment {
+                text: text.into(),
+                step: None,
+            },
+        );
         let req = self.request(vec![c]);
         let (penalized, _) = self.send(&carl().node_id().clone(), req);
         assert!(!penalized);
         let comments = Reader::now(&self.doc()).flow(&self.flow).comments;
-        assert!(comments.iter().any(|c| c.text == text), "the honest change went through");
+        assert!(
+            comments.iter().any(|c| c.text == text),
+            "the honest change went through"
+        );
     }
 }
 
@@ -120,8 +133,16 @@ fn row(name: &str, penalize: bool, make: impl FnOnce(&mut Node) -> (NodeId, wire
     let heads = node.doc().get_heads();
     let before = digest(&node.home);
     let (penalized, resp) = node.send(&from, req);
-    assert_eq!(digest(&node.home), before, "{name}: the store must be byte-identical");
-    assert_eq!(node.doc().get_heads(), heads, "{name}: the heads must not move");
+    assert_eq!(
+        digest(&node.home),
+        before,
+        "{name}: the store must be byte-identical"
+    );
+    assert_eq!(
+        node.doc().get_heads(),
+        heads,
+        "{name}: the heads must not move"
+    );
     assert_eq!(penalized, penalize, "{name}: penalty");
     if penalize {
         assert!(
@@ -164,7 +185,10 @@ fn an_actor_id_that_is_not_the_signing_key() {
         (eve().node_id().clone(), n.request(vec![c]))
     });
     row("actor is no key at all", true, |n| {
-        let mut fork = n.doc().fork().with_actor(automerge::ActorId::from(&[7u8; 16][..]));
+        let mut fork = n
+            .doc()
+            .fork()
+            .with_actor(automerge::ActorId::from(&[7u8; 16][..]));
         let mut tx = fork.transaction();
         automerge::transaction::Transactable::put(&mut tx, automerge::ROOT, "title", "x").unwrap();
         let hash = tx.commit().0.unwrap();
@@ -200,11 +224,14 @@ fn missing_dependencies_are_not_stored() {
     row("missing dependencies", false, |n| {
         let first = n.change(&carl(), &carl(), add_step("first", None));
         let mut doc = n.doc();
-        doc.apply_changes([automerge::Change::from_bytes(first.change.clone()).unwrap()]).unwrap();
+        doc.apply_changes([automerge::Change::from_bytes(first.change.clone()).unwrap()])
+            .unwrap();
         let mut fork = doc.fork().with_actor(carl().actor());
         let flow = Reader::now(&fork).flow(&n.flow);
         let mut tx = fork.transaction();
-        add_step("second", None).apply(&mut tx, &flow, carl().node_id(), NOW).unwrap();
+        add_step("second", None)
+            .apply(&mut tx, &flow, carl().node_id(), NOW)
+            .unwrap();
         let hash = tx.commit().0.unwrap();
         let mut c = fork.get_change_by_hash(&hash).unwrap();
         let second = wire::SignedChange {
@@ -263,7 +290,10 @@ fn malformed_automerge_bytes() {
 fn too_many_changes_in_one_message() {
     row("oversized batch", true, |n| {
         let c = n.change(&carl(), &carl(), add_step("x", None));
-        (carl().node_id().clone(), n.request(vec![c; wire::MAX_CHANGES_PER_MESSAGE + 1]))
+        (
+            carl().node_id().clone(),
+            n.request(vec![c; wire::MAX_CHANGES_PER_MESSAGE + 1]),
+        )
     });
 }
 
@@ -283,7 +313,10 @@ fn a_ticket_from_nowhere_and_a_wrong_flow() {
     let mut req = node.request(vec![]);
     req.message.as_mut().unwrap().flow = vec![1, 2, 3];
     let (_, resp) = node.send(&eve().node_id().clone(), req);
-    assert!(matches!(resp.result, Some(sync_response::Result::Unavailable(true))));
+    assert!(matches!(
+        resp.result,
+        Some(sync_response::Result::Unavailable(true))
+    ));
     assert_eq!(digest(&node.home), before);
     let _ = Role::Observer;
 }

@@ -133,6 +133,17 @@ pub struct Outcome {
     pub known: usize,
 }
 
+/// Applies changes, turning a panic inside Automerge into an error. Automerge trusts its input
+/// more than a node can: a well-signed but malformed change can make it panic, and one peer must
+/// not be able to bring a node down that way. After an error the document must be reloaded.
+pub fn apply_guarded(doc: &mut Automerge, changes: Vec<Change>) -> Result<(), String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.apply_changes(changes))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the document cannot take this change (Automerge panicked)".into()),
+    }
+}
+
 fn holds(doc: &Automerge, hash: &ChangeHash) -> bool {
     doc.get_change_meta_by_hash(hash).is_some()
 }
@@ -205,10 +216,7 @@ pub fn accept<E>(
             authorize(doc, &v.change, &v.author).map_err(Rejection::from)
         }
     };
-    if doc
-        .apply_changes(ready.iter().map(|v| v.change.clone()).collect::<Vec<_>>())
-        .is_ok()
-    {
+    if apply_guarded(doc, ready.iter().map(|v| v.change.clone()).collect()).is_ok() {
         for v in ready {
             match judge(doc, &v, &refused) {
                 Ok(()) => accepted.push(v),
@@ -233,9 +241,9 @@ pub fn accept<E>(
         // The document refused the batch as a whole: find the culprits one change at a time.
         *doc = reload()?;
         for v in ready {
-            let verdict = match doc.apply_changes([v.change.clone()]) {
+            let verdict = match apply_guarded(doc, vec![v.change.clone()]) {
                 Ok(()) => judge(doc, &v, &refused),
-                Err(e) => Err(Rejection::Refused(e.to_string())),
+                Err(e) => Err(Rejection::Refused(e)),
             };
             match verdict {
                 Ok(()) => accepted.push(v),
