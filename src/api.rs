@@ -68,6 +68,13 @@ pub enum Call {
     Join {
         ticket: String,
     },
+    /// Test-only fault injection (the node must run with `COFLOW_TEST_FAULTS=1`): cut this
+    /// node off from the given peers — close connections and refuse new ones — until healed.
+    TestPartition {
+        peers: Vec<String>,
+    },
+    /// Test-only: undo every `TestPartition`.
+    TestHeal,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -103,6 +110,7 @@ pub enum Reply {
     Edited(EditOutcome),
     Invited(Invitation),
     Joined { id: String },
+    Done,
 }
 
 /// Answers calls: the running node, or the store directly.
@@ -146,7 +154,11 @@ pub fn execute(repo: &mut Repo, call: Call) -> Result<Reply> {
             expires_in,
             uses,
         } => Reply::Invited(repo.invite(&flow, role, expires_in, uses)?),
-        Call::Status | Call::Peers | Call::Join { .. } => {
+        Call::Status
+        | Call::Peers
+        | Call::Join { .. }
+        | Call::TestPartition { .. }
+        | Call::TestHeal => {
             return Err(Error::Invalid(
                 "that needs the network; this call is answered by the node".into(),
             ))

@@ -85,6 +85,9 @@ struct Runtime {
     members: HashSet<PeerId>,
     /// Inbound request budget per peer.
     budgets: HashMap<PeerId, Bucket>,
+    /// Peers cut off by test fault injection (only with `COFLOW_TEST_FAULTS=1`).
+    partitioned: HashSet<PeerId>,
+    test_faults: bool,
 }
 
 fn now_secs() -> i64 {
@@ -192,6 +195,8 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
         listen: Vec::new(),
         members: HashSet::new(),
         budgets: HashMap::new(),
+        partitioned: HashSet::new(),
+        test_faults: std::env::var("COFLOW_TEST_FAULTS").as_deref() == Ok("1"),
     };
     rt.load_address_book();
     for addr in rt.bootstrap.clone() {
@@ -600,7 +605,9 @@ impl Runtime {
             .map(|(p, _)| *p)
             .collect();
         for peer in expired {
-            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            if !self.partitioned.contains(&peer) {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
             if let Some(entry) = self.bans.get_mut(&peer) {
                 // Keep the count (for a longer ban next time) but allow traffic again.
                 entry.0 = None;
@@ -649,6 +656,25 @@ impl Runtime {
                 flows: self.engine.repo().flow_ids().map(|f| f.len()).unwrap_or(0),
             })),
             Call::Peers => Ok(Reply::Peers(self.peers())),
+            Call::TestPartition { .. } | Call::TestHeal if !self.test_faults => Err(
+                Error::Invalid("test fault injection is off (COFLOW_TEST_FAULTS=1)".into()),
+            ),
+            Call::TestPartition { peers } => {
+                for p in peers.iter().filter_map(|p| PeerId::from_str(p).ok()) {
+                    self.swarm.behaviour_mut().blocked.block_peer(p);
+                    self.partitioned.insert(p);
+                }
+                Ok(Reply::Done)
+            }
+            Call::TestHeal => {
+                for p in std::mem::take(&mut self.partitioned) {
+                    if !self.bans.get(&p).is_some_and(|(until, _)| until.is_some()) {
+                        self.swarm.behaviour_mut().blocked.unblock_peer(p);
+                    }
+                    self.backoff.remove(&p);
+                }
+                Ok(Reply::Done)
+            }
             Call::Join { ticket } => {
                 self.start_join(&ticket, reply);
                 return;

@@ -82,7 +82,7 @@ impl Out {
                 }
                 Ok(())
             }
-            Reply::Export { .. } => Ok(()),
+            Reply::Export { .. } | Reply::Done => Ok(()),
         }
     }
 

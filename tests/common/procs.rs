@@ -20,6 +20,8 @@ pub struct Participant {
     pub home: PathBuf,
     node: Option<Child>,
     starts: u32,
+    port: Option<u16>,
+    listen: String,
 }
 
 impl Participant {
@@ -31,6 +33,8 @@ impl Participant {
             home,
             node: None,
             starts: 0,
+            port: None,
+            listen: "/ip4/127.0.0.1/tcp/0".into(),
         };
         let out = p
             .command()
@@ -95,6 +99,13 @@ impl Participant {
         self.start_with(bootstrap, &[]);
     }
 
+    /// Restarts the node on the loopback port it had, so peers that remember it find it.
+    pub fn restart_same_port(&mut self, env: &[(&str, &str)]) {
+        let port = self.port.expect("started before");
+        self.listen = format!("/ip4/127.0.0.1/tcp/{port}");
+        self.start_with(&[], env);
+    }
+
     /// Like `start`, with extra environment variables for the node process.
     pub fn start_with(&mut self, bootstrap: &[String], env: &[(&str, &str)]) {
         assert!(self.node.is_none(), "{} is already running", self.name);
@@ -102,7 +113,7 @@ impl Participant {
         let log =
             std::fs::File::create(self.home.join(format!("node-{}.log", self.starts))).unwrap();
         let mut c = self.command();
-        c.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+        c.args(["node", "--listen", &self.listen, "--no-mdns"]);
         for b in bootstrap {
             c.args(["--bootstrap", b]);
         }
@@ -117,6 +128,8 @@ impl Participant {
             if ok {
                 let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
                 if v["running"] == true && !v["listen"].as_array().unwrap().is_empty() {
+                    let addr = v["listen"][0].as_str().unwrap();
+                    self.port = addr.split('/').nth(4).and_then(|p| p.parse().ok());
                     return;
                 }
             }
@@ -174,6 +187,11 @@ impl Participant {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// One control API call, straight to the node's socket.
+    pub fn call(&self, call: coflow::api::Call) -> coflow::Result<coflow::api::Reply> {
+        coflow::api::open(&self.home)?.call(call)
     }
 
     pub fn is_running(&self) -> bool {
