@@ -79,7 +79,7 @@ pub fn build(
             let rr = |timeout| {
                 request_response::Config::default()
                     .with_request_timeout(timeout)
-                    .with_max_concurrent_streams(64)
+                    .with_max_concurrent_streams(8)
             };
             Ok(Behaviour {
                 blocked: allow_block_list::Behaviour::default(),

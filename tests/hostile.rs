@@ -210,3 +210,90 @@ fn forgeries_at_the_protocol_level_are_rejected_and_the_sender_penalised() {
         title: String::new(),
     };
 }
+
+/// A flood of requests from one connection: stream limits and the per-peer budget throttle it (a
+/// peer over budget is penalized); resident memory stays bounded, and members still sync.
+#[test]
+fn a_request_flood_is_throttled_and_memory_stays_bounded() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Participant::new(root.path(), "Alice");
+    let mut tom = Participant::new(root.path(), "Tom");
+    alice.start(&[]);
+    tom.start(&[]);
+    let flow = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]);
+    let ticket = s(&alice.json(&["flow", "invite", &flow, "--role", "owner"])["ticket"]);
+    tom.json(&["flow", "join", &ticket]);
+    let addr: Multiaddr = alice.addr().parse().unwrap();
+    let before = alice.rss_kib();
+    let flooder = Identity::from_seed("hostile-flooder", "Flooder");
+    // Harmless-looking requests (a sync message with no changes), as fast as possible.
+    let mut req = request(
+        &flow,
+        wire::SignedChange {
+            change: vec![],
+            signature: vec![],
+        },
+    );
+    req.message.as_mut().unwrap().changes.clear();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (sent, answered, cut_off) = runtime.block_on(async {
+        let mut swarm: Swarm<Behaviour> =
+            net::build(flooder.libp2p_keypair(), false, Limits::default()).unwrap();
+        swarm.dial(addr.clone()).unwrap();
+        let (mut sent, mut answered, mut cut_off) = (0usize, 0usize, false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline && !cut_off {
+            let Ok(event) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await
+            else {
+                break;
+            };
+            match event {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    for _ in 0..1000 {
+                        swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_request(&peer_id, req.clone());
+                        sent += 1;
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                    ..
+                })) => {
+                    answered += 1;
+                }
+                SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                } => cut_off = true,
+                _ => {}
+            }
+        }
+        (sent, answered, cut_off)
+    });
+    let after = alice.rss_kib();
+    println!(
+        "flood: {sent} requests sent, {answered} answered in 10 s (disconnected: {cut_off}); \
+         node RSS {before} KiB before, {after} KiB after"
+    );
+    // The node serves at most its per-peer budget (and stream limits slow a flooder further);
+    // a flooder that exceeds the budget is disconnected.
+    assert!(
+        answered as f64 <= coflow::node::REQUEST_BURST + 50.0,
+        "{answered} answered"
+    );
+    assert!(
+        answered < sent,
+        "the flood was cut short ({answered} of {sent} answered)"
+    );
+    let _ = cut_off;
+    assert!(
+        after < before + 128 * 1024,
+        "resident memory grew by {} KiB",
+        after - before
+    );
+    tom.json(&["comment", &flow, "Still syncing"]);
+    converged(&flow, &[&alice, &tom]);
+}

@@ -194,6 +194,18 @@ impl Participant {
         coflow::api::open(&self.home)?.call(call)
     }
 
+    /// Resident memory of the node process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.node.as_ref().expect("a node process").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    }
+
     pub fn is_running(&self) -> bool {
         self.node.is_some()
     }
