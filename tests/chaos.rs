@@ -91,7 +91,7 @@ fn run(nodes: usize, writers: usize, duration: Duration, seed: u64) {
         for w in 0..writers {
             let (homes, flow, acked, stop) = (&homes, &flow, &acked, &stop);
             s.spawn(move || {
-                let mut rng = Rng(seed ^ (w as u64 + 1) * 0x9e37_79b9);
+                let mut rng = Rng(seed ^ ((w as u64 + 1) * 0x9e37_79b9));
                 let mut k = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let home = &homes[rng.below(homes.len())];
@@ -116,7 +116,7 @@ fn run(nodes: usize, writers: usize, duration: Duration, seed: u64) {
             let end = Instant::now() + duration;
             while Instant::now() < end {
                 let victim = rng.below(ids.len());
-                if rng.next() % 2 == 0 {
+                if rng.next().is_multiple_of(2) {
                     parts.lock().unwrap()[victim].kill9();
                     kills.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(200 + rng.below(600) as u64));
