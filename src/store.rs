@@ -31,6 +31,10 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: i64 },
     #[error("the database is locked by another coflow process; try again")]
     Busy,
+    #[error("the disk is full (or the database reached its size limit): nothing was written")]
+    Full,
+    #[error("the disk failed while writing ({0}): nothing was acknowledged")]
+    Disk(String),
     #[error("storage error: {0}")]
     Sql(rusqlite::Error),
 }
@@ -41,6 +45,8 @@ impl From<rusqlite::Error> for StoreError {
             Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
                 StoreError::Busy
             }
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full,
+            Some(rusqlite::ErrorCode::SystemIoFailure) => StoreError::Disk(e.to_string()),
             _ => StoreError::Sql(e),
         }
     }
@@ -131,6 +137,12 @@ impl Store {
             })?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Test-only: a database size limit, so tests can see what a full disk does.
+        if let Ok(pages) = std::env::var("COFLOW_TEST_MAX_PAGES") {
+            if let Ok(pages) = pages.parse::<i64>() {
+                conn.pragma_update(None, "max_page_count", pages)?;
+            }
+        }
         let mut store = Store { conn };
         store.migrate(&path)?;
         Ok(store)

@@ -401,3 +401,49 @@ fn two_processes_at_once_never_corrupt_the_store() {
     assert_eq!(verify["valid"], made as u64 + 1);
     assert_eq!(verify["invalid"], 0);
 }
+
+#[test]
+fn a_full_disk_stops_writes_with_a_clear_message_and_loses_nothing() {
+    let alice = Node::init("alice", "Alice");
+    let f = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]).to_string();
+    alice.json(&["step", "add", &f, "Choose the cloth"]);
+    let heads = alice.heads(&f);
+    let pages: i64 = {
+        let db = rusqlite::Connection::open(alice.home.join("coflow.db")).unwrap();
+        db.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap()
+    };
+    // The database may not grow: a large edit cannot be stored.
+    // Incompressible text (Automerge deflates large values), bigger than the free space.
+    let mut x: u64 = 88172645463325252;
+    let big: String = (0..60_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect();
+    let out = alice
+        .cmd()
+        .env("COFLOW_TEST_MAX_PAGES", pages.to_string())
+        .args(["comment", &f, &big])
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        err.contains("disk is full") && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(
+        alice.heads(&f),
+        heads,
+        "nothing was acknowledged, nothing changed"
+    );
+    assert_eq!(alice.json(&["flow", "verify", &f])["invalid"], 0);
+    // With room again, writing goes on.
+    alice.json(&["comment", &f, "room again"]);
+    assert_eq!(
+        alice.json(&["flow", "show", &f])["comments"][0]["text"],
+        "room again"
+    );
+}
