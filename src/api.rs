@@ -235,21 +235,23 @@ impl Handle for Remote {
     }
 }
 
+/// The data dir's lock file (a node holds it exclusively, a local command shared).
+pub fn lock_file(home: &Path) -> Result<File> {
+    let path = home.join(LOCK_FILE);
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::Io { path, source })
+}
+
 /// Opens a handle for `home`: the running node if there is one, else the store.
 pub fn open(home: &Path) -> Result<Box<dyn Handle>> {
-    let lock_path = home.join(LOCK_FILE);
     let socket = home.join(SOCKET_FILE);
     for attempt in 0..50 {
         if home.join(crate::identity::KEY_FILE).exists() {
-            let lock = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .map_err(|source| Error::Io {
-                    path: lock_path.clone(),
-                    source,
-                })?;
+            let lock = lock_file(home)?;
             if lock.try_lock_shared().is_ok() {
                 let repo = Repo::open(home)?;
                 return Ok(Box::new(Local { repo, _lock: lock }));

@@ -3,7 +3,7 @@
 //! Steps are drawn in order as a process, each with its status and who is involved (assignee,
 //! and the customer where a step involves them); decisions hang off the step they belong to.
 
-use crate::flow::{Decision, Flow, Step, StepStatus};
+use crate::flow::{Decision, Flow, FlowStatus, Step, StepStatus};
 
 fn who(flow: &Flow, s: &Step) -> String {
     let mut parts = Vec::new();
@@ -21,6 +21,24 @@ fn decision_label(d: &Decision) -> String {
         Some(o) => format!("{} → {}", d.question, o),
         None => format!("{} ({})", d.question, d.options.join(" / ")),
     }
+}
+
+/// What the diagram's last node says.
+fn end_label(status: FlowStatus) -> &'static str {
+    match status {
+        FlowStatus::Fulfilled => "Fulfilled (confirmed by the customer)",
+        FlowStatus::Closed => "Closed",
+        FlowStatus::Open => "Open",
+    }
+}
+
+/// The node a decision hangs off: its step if it names one that exists, else the need.
+fn decision_anchor(flow: &Flow, d: &Decision) -> String {
+    d.step
+        .as_ref()
+        .filter(|id| flow.steps.iter().any(|s| &s.id == *id))
+        .map(|id| format!("s_{id}"))
+        .unwrap_or_else(|| "need".to_string())
 }
 
 fn step_colour(status: StepStatus) -> &'static str {
@@ -69,16 +87,12 @@ pub fn dot(flow: &Flow) -> String {
     }
     out.push_str(&format!(
         "  end [shape=ellipse, fillcolor={}, label=\"{}\"];\n  {prev} -> end;\n",
-        if flow.status == crate::flow::FlowStatus::Fulfilled {
+        if flow.status == FlowStatus::Fulfilled {
             "palegreen"
         } else {
             "white"
         },
-        match flow.status {
-            crate::flow::FlowStatus::Fulfilled => "Fulfilled (confirmed by the customer)",
-            crate::flow::FlowStatus::Closed => "Closed",
-            crate::flow::FlowStatus::Open => "Open",
-        }
+        end_label(flow.status)
     ));
     for d in &flow.decisions {
         let node = format!("d_{}", d.id);
@@ -88,12 +102,7 @@ pub fn dot(flow: &Flow) -> String {
             dot_escape(&decision_label(d)),
             d.who
         ));
-        let anchor = d
-            .step
-            .as_ref()
-            .filter(|id| flow.steps.iter().any(|s| &s.id == *id))
-            .map(|id| format!("s_{id}"))
-            .unwrap_or_else(|| "need".to_string());
+        let anchor = decision_anchor(flow, d);
         out.push_str(&format!("  {anchor} -> {node} [style=dashed];\n"));
     }
     out.push_str("}\n");
@@ -129,11 +138,7 @@ pub fn mermaid(flow: &Flow) -> String {
         out.push_str(&format!("  class {node} {}\n", s.status));
         prev = node;
     }
-    let end = match flow.status {
-        crate::flow::FlowStatus::Fulfilled => "Fulfilled (confirmed by the customer)",
-        crate::flow::FlowStatus::Closed => "Closed",
-        crate::flow::FlowStatus::Open => "Open",
-    };
+    let end = end_label(flow.status);
     out.push_str(&format!("  flow_end([\"{end}\"])\n  {prev} --> flow_end\n"));
     for d in &flow.decisions {
         let node = format!("d_{}", d.id);
@@ -142,12 +147,7 @@ pub fn mermaid(flow: &Flow) -> String {
             mermaid_escape(&decision_label(d)),
             d.who
         ));
-        let anchor = d
-            .step
-            .as_ref()
-            .filter(|id| flow.steps.iter().any(|s| &s.id == *id))
-            .map(|id| format!("s_{id}"))
-            .unwrap_or_else(|| "need".to_string());
+        let anchor = decision_anchor(flow, d);
         out.push_str(&format!("  {anchor} -.- {node}\n"));
     }
     out.push_str("  classDef done fill:#cfc\n  classDef active fill:#cdf\n  classDef waiting fill:#ffc\n  classDef skipped fill:#ddd\n  classDef todo fill:#fff\n");

@@ -109,16 +109,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
         path: opts.home.clone(),
         source,
     })?;
-    let lock_path = opts.home.join(api::LOCK_FILE);
-    let lock = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|source| Error::Io {
-            path: lock_path.clone(),
-            source,
-        })?;
+    let lock = api::lock_file(&opts.home)?;
     // A command working on the store holds the lock shared for a moment: wait for it. A node
     // that answers on the socket holds it for good: refuse.
     let socket_path = opts.home.join(api::SOCKET_FILE);

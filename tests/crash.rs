@@ -5,11 +5,7 @@
 
 mod common;
 
-use common::procs::{converged, Participant};
-
-fn s(v: &serde_json::Value) -> String {
-    v.as_str().unwrap().to_string()
-}
+use common::procs::{converged, shared_flow, Participant};
 
 fn stored_changes(p: &Participant, flow: &str) -> i64 {
     let db = rusqlite::Connection::open(p.home.join("coflow.db")).unwrap();
@@ -38,10 +34,7 @@ fn a_crash_at_any_point_of_the_receive_path_loses_nothing() {
         let mut bob = Participant::new(root.path(), "Bob");
         alice.start(&[]);
         bob.start(&[]);
-        let flow = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]);
-        let ticket = s(&alice.json(&["flow", "invite", &flow, "--role", "owner"])["ticket"]);
-        bob.json(&["flow", "join", &ticket]);
-        converged(&flow, &[&alice, &bob]);
+        let flow = shared_flow(&alice, &[&bob]);
         let before = stored_changes(&bob, &flow);
 
         // Bob's node comes back armed to crash; Alice's next change kills it at `label`.

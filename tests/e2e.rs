@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::procs::{converged, eventually, Participant};
+use common::procs::{converged, eventually, shared_flow, Participant};
 use serde_json::Value;
 
 fn s(v: &Value) -> String {
@@ -154,9 +154,7 @@ fn a_killed_node_catches_up_and_sends_its_offline_edits() {
     let mut tom = Participant::new(root.path(), "Tom");
     alice.start(&[]);
     tom.start(&[]);
-    let flow = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]);
-    let ticket = s(&alice.json(&["flow", "invite", &flow, "--role", "owner"])["ticket"]);
-    tom.json(&["flow", "join", &ticket]);
+    let flow = shared_flow(&alice, &[&tom]);
 
     tom.kill9();
     alice.json(&["step", "add", &flow, "Cut and baste"]);

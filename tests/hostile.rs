@@ -13,15 +13,11 @@ use coflow::flow::{Edit, Reader};
 use coflow::identity::Identity;
 use coflow::net::{self, Behaviour, BehaviourEvent, Limits};
 use coflow::wire::{self, sync_response};
-use common::procs::{converged, Participant, PATIENCE};
+use common::procs::{converged, shared_flow, Participant, PATIENCE};
 use futures::StreamExt;
 use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
-
-fn s(v: &serde_json::Value) -> String {
-    v.as_str().unwrap().to_string()
-}
 
 /// A change by `actor` adding a step, on top of `doc`, signed by `signer`.
 fn hostile_change(
@@ -146,9 +142,7 @@ fn forgeries_at_the_protocol_level_are_rejected_and_the_sender_penalised() {
     let mut tom = Participant::new(root.path(), "Tom");
     alice.start(&[]);
     tom.start(&[]);
-    let flow = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]);
-    let ticket = s(&alice.json(&["flow", "invite", &flow, "--role", "owner"])["ticket"]);
-    tom.json(&["flow", "join", &ticket]);
+    let flow = shared_flow(&alice, &[&tom]);
     alice.json(&["step", "add", &flow, "Choose the cloth"]);
     let heads = converged(&flow, &[&alice, &tom]);
 
@@ -220,9 +214,7 @@ fn a_request_flood_is_throttled_and_memory_stays_bounded() {
     let mut tom = Participant::new(root.path(), "Tom");
     alice.start(&[]);
     tom.start(&[]);
-    let flow = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]);
-    let ticket = s(&alice.json(&["flow", "invite", &flow, "--role", "owner"])["ticket"]);
-    tom.json(&["flow", "join", &ticket]);
+    let flow = shared_flow(&alice, &[&tom]);
     let addr: Multiaddr = alice.addr().parse().unwrap();
     let before = alice.rss_kib();
     let flooder = Identity::from_seed("hostile-flooder", "Flooder");

@@ -229,13 +229,7 @@ pub fn accept<E>(
         }
         if tainted {
             *doc = reload()?;
-            doc.apply_changes(
-                accepted
-                    .iter()
-                    .map(|v| v.change.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .expect("changes accepted once apply again");
+            reapply(doc, &accepted);
         }
     } else {
         // The document refused the batch as a whole: find the culprits one change at a time.
@@ -251,13 +245,7 @@ pub fn accept<E>(
                     refused.insert(v.hash());
                     out.rejected.push((Some(v.hash()), r));
                     *doc = reload()?;
-                    doc.apply_changes(
-                        accepted
-                            .iter()
-                            .map(|v| v.change.clone())
-                            .collect::<Vec<_>>(),
-                    )
-                    .expect("changes accepted once apply again");
+                    reapply(doc, &accepted);
                 }
             }
         }
@@ -265,6 +253,17 @@ pub fn accept<E>(
     out.accepted = accepted;
     reject_dependents_of_rejected(&mut out);
     Ok(out)
+}
+
+/// Applies again, to a document reloaded from before the batch, the changes already accepted.
+fn reapply(doc: &mut Automerge, accepted: &[Verified]) {
+    doc.apply_changes(
+        accepted
+            .iter()
+            .map(|v| v.change.clone())
+            .collect::<Vec<_>>(),
+    )
+    .expect("changes accepted once apply again to the document they were accepted on");
 }
 
 /// A waiting change that builds on a rejected one can never be accepted: reject it now rather

@@ -280,3 +280,25 @@ pub fn converged(flow: &str, nodes: &[&Participant]) -> Vec<String> {
     });
     heads
 }
+
+/// `owner` starts a flow "Suit"; each of `others` joins it as an owner with one shared ticket.
+/// Returns the flow id once every node holds the same heads.
+pub fn shared_flow(owner: &Participant, others: &[&Participant]) -> String {
+    let flow = owner.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let uses = others.len().max(1).to_string();
+    let ticket = owner.json(&["flow", "invite", &flow, "--role", "owner", "--uses", &uses])
+        ["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for p in others {
+        p.json(&["flow", "join", &ticket]);
+    }
+    let mut all = vec![owner];
+    all.extend_from_slice(others);
+    converged(&flow, &all);
+    flow
+}
