@@ -146,7 +146,8 @@ pub struct Step {
     pub created_by: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Serialized with its `tally` (votes per option, in option order) alongside its fields.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct Decision {
     pub id: String,
     pub question: String,
@@ -159,6 +160,30 @@ pub struct Decision {
     pub outcome: Option<String>,
     pub closed: bool,
     pub created_by: String,
+}
+
+impl Serialize for Decision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Decision", 11)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("question", &self.question)?;
+        st.serialize_field("options", &self.options)?;
+        st.serialize_field("step", &self.step)?;
+        st.serialize_field("who", &self.who)?;
+        st.serialize_field("mode", &self.mode)?;
+        st.serialize_field("choices", &self.choices)?;
+        let tally: Vec<serde_json::Value> = self
+            .tally()
+            .into_iter()
+            .map(|(option, votes)| serde_json::json!({ "option": option, "votes": votes }))
+            .collect();
+        st.serialize_field("tally", &tally)?;
+        st.serialize_field("outcome", &self.outcome)?;
+        st.serialize_field("closed", &self.closed)?;
+        st.serialize_field("created_by", &self.created_by)?;
+        st.end()
+    }
 }
 
 impl Decision {
