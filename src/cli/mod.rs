@@ -51,6 +51,9 @@ pub enum Command {
     Status,
     /// Peers: connected now, and remembered.
     Peers,
+    /// The node's configuration (`config.toml` in the data dir).
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Work with flows.
     #[command(subcommand)]
     Flow(FlowCmd),
@@ -113,12 +116,20 @@ pub enum FlowCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Print the effective configuration (the file's values over the defaults).
+    Show,
+}
+
 #[derive(Args, Debug)]
 pub struct NodeArgs {
-    /// Address to listen on (repeatable); default: all IPv4 interfaces, an ephemeral port.
+    /// Address to listen on (repeatable; replaces the config's `listen`); default: all IPv4
+    /// interfaces, the port used last time.
     #[arg(long)]
     pub listen: Vec<libp2p::Multiaddr>,
-    /// Address of a node to connect to at start (repeatable), e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3…
+    /// Address of a node to connect to at start (repeatable; replaces the config's
+    /// `bootstrap`), e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3…
     #[arg(long)]
     pub bootstrap: Vec<libp2p::Multiaddr>,
     /// Do not discover peers on the local network.
@@ -295,6 +306,7 @@ pub fn run(cli: Cli) -> Result<()> {
             out.id(id.node_id().as_str(), id.name())
         }
         Command::Node(args) => run_node(home, args),
+        Command::Config(ConfigCmd::Show) => out.config(&crate::config::Config::load(&home)?),
         Command::Flow(FlowCmd::Export(args)) => export(&mut *api::open(&home)?, args),
         Command::Flow(FlowCmd::Edit { flow, title, need }) => {
             if title.is_none() && need.is_none() {
@@ -467,7 +479,7 @@ fn to_call(command: Command) -> Result<Call> {
             } => edit(flow, Edit::Choose { decision, option }),
             DecisionCmd::Close { flow, decision } => edit(flow, Edit::CloseDecision { decision }),
         },
-        Command::Init { .. } | Command::Node(_) | Command::Demo { .. } => {
+        Command::Init { .. } | Command::Node(_) | Command::Demo { .. } | Command::Config(_) => {
             unreachable!("handled in run")
         }
     })
@@ -505,12 +517,21 @@ fn export(handle: &mut dyn api::Handle, args: ExportArgs) -> Result<()> {
 }
 
 fn run_node(home: PathBuf, args: NodeArgs) -> Result<()> {
+    let config = crate::config::Config::load(&home)?;
     let opts = crate::node::NodeOptions {
+        listen: if args.listen.is_empty() {
+            config.listen_addrs()
+        } else {
+            args.listen
+        },
+        bootstrap: if args.bootstrap.is_empty() {
+            config.bootstrap_addrs()
+        } else {
+            args.bootstrap
+        },
+        mdns: config.mdns && !args.no_mdns,
+        limits: (&config.limits).into(),
         home,
-        listen: args.listen,
-        bootstrap: args.bootstrap,
-        mdns: !args.no_mdns,
-        limits: crate::net::Limits::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -56,6 +56,15 @@ impl Out {
         Ok(())
     }
 
+    pub fn config(&self, c: &crate::config::Config) -> Result<()> {
+        if self.json {
+            emit_json(c);
+        } else {
+            emit(&c.to_toml());
+        }
+        Ok(())
+    }
+
     /// Prints any reply of the control API.
     pub fn reply(&self, reply: Reply) -> Result<()> {
         match reply {

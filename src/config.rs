@@ -1,0 +1,164 @@
+//! The node's configuration file: `config.toml` in the data dir. Every field is optional;
+//! command-line flags override what the file says.
+//!
+//! ```toml
+//! listen = ["/ip4/0.0.0.0/tcp/4001"]
+//! bootstrap = ["/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW…"]
+//! mdns = true
+//!
+//! [limits]
+//! max_established = 256       # connections in all
+//! max_incoming = 192          # of which inbound
+//! max_pending_incoming = 32   # inbound handshakes at once
+//! max_per_peer = 2            # connections to one peer
+//! ```
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::net::Limits;
+
+/// File name of the configuration inside the data dir.
+pub const CONFIG_FILE: &str = "config.toml";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to listen on; empty means all IPv4 interfaces, reusing the last port.
+    pub listen: Vec<String>,
+    /// Nodes to connect to at start.
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network.
+    pub mdns: bool,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_established: u32,
+    pub max_incoming: u32,
+    pub max_pending_incoming: u32,
+    pub max_per_peer: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: true,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsConfig {
+            max_established: l.max_established,
+            max_incoming: l.max_incoming,
+            max_pending_incoming: l.max_pending_incoming,
+            max_per_peer: l.max_per_peer,
+        }
+    }
+}
+
+impl From<&LimitsConfig> for Limits {
+    fn from(c: &LimitsConfig) -> Limits {
+        Limits {
+            max_established: c.max_established,
+            max_incoming: c.max_incoming,
+            max_pending_incoming: c.max_pending_incoming,
+            max_per_peer: c.max_per_peer,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `config.toml` from `home`; no file means the defaults.
+    pub fn load(home: &Path) -> Result<Config> {
+        let path = home.join(CONFIG_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            Error::Invalid(format!(
+                "{}: {}",
+                path.display(),
+                e.message().trim().replace('\n', " ")
+            ))
+        })?;
+        config.check(&path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        for a in self.listen.iter().chain(&self.bootstrap) {
+            a.parse::<libp2p::Multiaddr>().map_err(|_| {
+                Error::Invalid(format!("{}: '{a}' is not a multiaddr", path.display()))
+            })?;
+        }
+        let l = &self.limits;
+        if l.max_established == 0 || l.max_per_peer == 0 || l.max_incoming > l.max_established {
+            return Err(Error::Invalid(format!(
+                "{}: connection limits must be positive, with max_incoming ≤ max_established",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addrs(&self) -> Vec<libp2p::Multiaddr> {
+        self.listen.iter().filter_map(|a| a.parse().ok()).collect()
+    }
+
+    pub fn bootstrap_addrs(&self) -> Vec<libp2p::Multiaddr> {
+        self.bootstrap
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    /// The configuration as TOML, for `coflow config show`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the configuration serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_without_a_file_and_clear_errors_for_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Config::load(dir.path()).unwrap(), Config::default());
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "listen = [\"/ip4/127.0.0.1/tcp/4001\"]\nmdns = false\n[limits]\nmax_per_peer = 1\n",
+        )
+        .unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        assert!(!c.mdns);
+        assert_eq!(c.limits.max_per_peer, 1);
+        assert_eq!(c.limits.max_established, Limits::default().max_established);
+        assert_eq!(c.listen_addrs().len(), 1);
+        for bad in [
+            "listen = [\"nope\"]",
+            "mdsn = true",
+            "listen = 5",
+            "[limits]\nmax_per_peer = 0",
+        ] {
+            std::fs::write(dir.path().join(CONFIG_FILE), bad).unwrap();
+            let err = Config::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("config.toml"), "{bad}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+}
