@@ -273,6 +273,12 @@ impl Runtime {
             for a in row.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
                 self.learn_addr(peer, a);
             }
+            // Peers that kept failing before the restart are not hammered right after it.
+            if row.failures > 0 {
+                let failures = row.failures.min(16) as u32;
+                self.backoff
+                    .insert(peer, (Instant::now() + redial_wait(failures), failures));
+            }
         }
     }
 
@@ -402,8 +408,14 @@ impl Runtime {
             } => {
                 tracing::debug!(target: "node", %peer, "dial failed: {error}");
                 let failures = self.backoff.get(&peer).map_or(0, |(_, f)| *f) + 1;
-                let wait = Duration::from_secs(2u64.saturating_pow(failures.min(8)));
-                self.backoff.insert(peer, (Instant::now() + wait, failures));
+                self.backoff
+                    .insert(peer, (Instant::now() + redial_wait(failures), failures));
+                let _ = self
+                    .engine
+                    .repo()
+                    .store()
+                    .reader()
+                    .peer_failed(&peer.to_base58());
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
@@ -841,6 +853,12 @@ impl Runtime {
             }
         }
     }
+}
+
+/// How long to wait before dialing a peer again after `failures` failed attempts in a row:
+/// 2 s, 4 s, 8 s… up to about 4 minutes.
+fn redial_wait(failures: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(failures.clamp(1, 8)))
 }
 
 fn is_unspecified(addr: &Multiaddr) -> bool {

@@ -357,6 +357,15 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Counts a failed attempt to reach `node` (kept across restarts, for backoff).
+    pub fn peer_failed(&self, node: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE peers SET failures = failures + 1 WHERE node = ?1",
+            params![node],
+        )?;
+        Ok(())
+    }
+
     pub fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT node, addrs, last_seen, failures FROM peers ORDER BY last_seen DESC",
