@@ -23,7 +23,7 @@ use crate::repo::{Repo, META_LISTEN_ADDRS};
 /// Meta key: the TCP port the node last listened on by default.
 const META_LISTEN_PORT: &str = "listen_port";
 use crate::sync::{Engine, Event, Io};
-use crate::wire::InviteTicket;
+use crate::wire::{Frame, InviteTicket};
 
 /// How often the engine ticks (anti-entropy, redials, timeouts).
 pub const TICK: Duration = Duration::from_millis(1000);
@@ -448,7 +448,7 @@ impl Runtime {
 
     fn on_sync_event(
         &mut self,
-        event: request_response::Event<crate::wire::SyncRequest, crate::wire::SyncResponse>,
+        event: request_response::Event<Frame<crate::wire::SyncRequest>, crate::wire::SyncResponse>,
     ) {
         match event {
             request_response::Event::Message { peer, message, .. } => {
@@ -457,11 +457,20 @@ impl Runtime {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
-                        let response = if self.within_budget(peer) {
-                            self.engine.handle_sync_request(&node, request)
-                        } else {
-                            crate::wire::SyncResponse {
-                                result: Some(crate::wire::sync_response::Result::Unavailable(true)),
+                        let unavailable = crate::wire::SyncResponse {
+                            result: Some(crate::wire::sync_response::Result::Unavailable(true)),
+                        };
+                        let response = match request {
+                            _ if !self.within_budget(peer) => unavailable,
+                            Frame::Malformed(why) => {
+                                self.engine.penalize_peer(
+                                    &node,
+                                    format!("sent an unreadable request: {why}"),
+                                );
+                                unavailable
+                            }
+                            Frame::Message(request) => {
+                                self.engine.handle_sync_request(&node, request)
                             }
                         };
                         let _ = self
@@ -488,24 +497,13 @@ impl Runtime {
                     self.engine.sync_failed(&node, &flow);
                 }
             }
-            // A request we could not read (oversized, not protobuf) is the sender's fault.
-            request_response::Event::InboundFailure {
-                peer,
-                error: request_response::InboundFailure::Io(e),
-                ..
-            } if e.kind() == std::io::ErrorKind::InvalidData => {
-                if let Some(node) = node_of(&peer) {
-                    self.engine
-                        .penalize_peer(&node, format!("sent an unreadable request: {e}"));
-                }
-            }
             _ => {}
         }
     }
 
     fn on_join_event(
         &mut self,
-        event: request_response::Event<crate::wire::JoinRequest, crate::wire::JoinResponse>,
+        event: request_response::Event<Frame<crate::wire::JoinRequest>, crate::wire::JoinResponse>,
     ) {
         match event {
             request_response::Event::Message { peer, message, .. } => {
@@ -517,6 +515,16 @@ impl Runtime {
                         if !self.within_budget(peer) {
                             return;
                         }
+                        let request = match request {
+                            Frame::Message(r) => r,
+                            Frame::Malformed(why) => {
+                                self.engine.penalize_peer(
+                                    &node,
+                                    format!("sent an unreadable request: {why}"),
+                                );
+                                return;
+                            }
+                        };
                         let response = self.engine.handle_join_request(&node, request);
                         let _ = self
                             .swarm
@@ -808,7 +816,11 @@ impl Runtime {
                     request,
                 } => {
                     let Some(p) = peer_of(&peer) else { continue };
-                    let id = self.swarm.behaviour_mut().sync.send_request(&p, request);
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(&p, Frame::Message(request));
                     self.sync_requests.insert(id, (peer, flow));
                 }
                 Io::Join {
@@ -818,11 +830,11 @@ impl Runtime {
                 } => {
                     let Some(p) = peer_of(&peer) else { continue };
                     let addrs = self.addrs.get(&p).cloned().unwrap_or_default();
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .join
-                        .send_request_with_addresses(&p, request, addrs);
+                    let id = self.swarm.behaviour_mut().join.send_request_with_addresses(
+                        &p,
+                        Frame::Message(request),
+                        addrs,
+                    );
                     self.join_requests.insert(id, (peer, flow));
                 }
                 Io::Penalize { peer, reason } => {

@@ -48,6 +48,15 @@ impl From<SignedChange> for Signed {
     }
 }
 
+/// An inbound request as read off a stream: a message, or what was wrong with the bytes. A
+/// malformed or oversized request is not a stream error (libp2p would only log it): it reaches
+/// the node, which penalizes the sender.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame<T> {
+    Message(T),
+    Malformed(String),
+}
+
 /// Length-prefixed (unsigned varint) protobuf framing with a size cap, for request-response.
 #[derive(Clone, Debug)]
 pub struct Codec<Req, Resp> {
@@ -64,7 +73,12 @@ impl<Req, Resp> Codec<Req, Resp> {
     }
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+/// Reads one length-prefixed frame. `Ok(Err(reason))` is a frame that breaks the rules (an
+/// oversized length); `Err` is the stream failing.
+async fn read_frame<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<Result<Vec<u8>, String>> {
     let mut len: u64 = 0;
     for shift in (0..64).step_by(7) {
         let mut b = [0u8; 1];
@@ -74,21 +88,17 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::
             break;
         }
         if shift >= 56 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "bad length prefix",
-            ));
+            return Ok(Err("a length prefix that never ends".into()));
         }
     }
     if len as usize > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("message of {len} bytes exceeds the limit of {max}"),
-        ));
+        return Ok(Err(format!(
+            "a message of {len} bytes, over the limit of {max}"
+        )));
     }
     let mut buf = vec![0u8; len as usize];
     io.read_exact(&mut buf).await?;
-    Ok(buf)
+    Ok(Ok(buf))
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(
@@ -131,28 +141,48 @@ where
     Resp: prost::Message + Default + Send + 'static,
 {
     type Protocol = libp2p::StreamProtocol;
-    type Request = Req;
+    type Request = Frame<Req>;
     type Response = Resp;
 
-    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Req>
+    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Frame<Req>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode(&read_frame(io, self.max).await?)
+        Ok(match read_frame(io, self.max).await? {
+            Ok(bytes) => match Req::decode(bytes.as_slice()) {
+                Ok(m) => Frame::Message(m),
+                Err(e) => Frame::Malformed(format!("a request that is not protobuf: {e}")),
+            },
+            Err(reason) => Frame::Malformed(reason),
+        })
     }
 
     async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Resp>
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode(&read_frame(io, self.max).await?)
+        let bytes = read_frame(io, self.max)
+            .await?
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        decode(&bytes)
     }
 
-    async fn write_request<T>(&mut self, _: &Self::Protocol, io: &mut T, req: Req) -> io::Result<()>
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: Frame<Req>,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req.encode_to_vec(), self.max).await
+        match req {
+            Frame::Message(m) => write_frame(io, &m.encode_to_vec(), self.max).await,
+            Frame::Malformed(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a malformed request is never sent",
+            )),
+        }
     }
 
     async fn write_response<T>(

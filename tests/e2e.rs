@@ -41,6 +41,13 @@ fn three_nodes_tailor_customer_mill() {
     let mut mill = Participant::new(root.path(), "Mill");
     tom.start(&[]);
     alice.start(&[]);
+    // The control socket is the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(tom.home.join("node.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
 
     // The tailor starts the flow as its owner and invites the customer.
     let flow = s(&tom.json(&[

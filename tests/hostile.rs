@@ -86,7 +86,7 @@ async fn inject(who: &Identity, addr: &Multiaddr, req: wire::SyncRequest) -> (Ou
                 swarm
                     .behaviour_mut()
                     .sync
-                    .send_request(&target, req.clone());
+                    .send_request(&target, wire::Frame::Message(req.clone()));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
                 message: request_response::Message::Response { response, .. },
@@ -248,7 +248,7 @@ fn a_request_flood_is_throttled_and_memory_stays_bounded() {
                         swarm
                             .behaviour_mut()
                             .sync
-                            .send_request(&peer_id, req.clone());
+                            .send_request(&peer_id, wire::Frame::Message(req.clone()));
                         sent += 1;
                     }
                 }
@@ -288,4 +288,139 @@ fn a_request_flood_is_throttled_and_memory_stays_bounded() {
     );
     tom.json(&["comment", &flow, "Still syncing"]);
     converged(&flow, &[&alice, &tom]);
+}
+
+/// Writes requests as raw bytes, so a test can send what no honest codec would.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        futures::AsyncReadExt::read_to_end(io, &mut v).await?;
+        Ok(v)
+    }
+
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        futures::AsyncReadExt::read_to_end(&mut futures::AsyncReadExt::take(io, 1 << 20), &mut v)
+            .await?;
+        Ok(v)
+    }
+
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()> {
+        futures::AsyncWriteExt::write_all(io, &req).await?;
+        futures::AsyncWriteExt::close(io).await
+    }
+
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        resp: Vec<u8>,
+    ) -> std::io::Result<()> {
+        futures::AsyncWriteExt::write_all(io, &resp).await
+    }
+}
+
+/// Sends `bytes` raw on `/coflow/sync/1`; returns whether the node then closed the connection.
+async fn send_raw(who: &Identity, addr: &Multiaddr, bytes: Vec<u8>) -> bool {
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(who.libp2p_keypair())
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(
+                    libp2p::StreamProtocol::new(wire::SYNC_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.dial(addr.clone()).unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let Ok(event) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await else {
+            return false;
+        };
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                swarm.behaviour_mut().send_request(&peer_id, bytes.clone());
+            }
+            SwarmEvent::ConnectionClosed {
+                num_established: 0, ..
+            } => return true,
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn malformed_and_oversized_frames_get_the_sender_penalised() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Participant::new(root.path(), "Alice");
+    alice.start(&[]);
+    let flow = alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let heads = alice.heads(&flow);
+    let addr: Multiaddr = alice.addr().parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // A correct length prefix around bytes that are not protobuf.
+        let mut not_protobuf = vec![12u8];
+        not_protobuf.extend_from_slice(&[0xff; 12]);
+        let who = Identity::from_seed("hostile-garbler", "Garbler");
+        assert!(
+            send_raw(&who, &addr, not_protobuf).await,
+            "malformed protobuf: disconnected"
+        );
+        // A length prefix announcing 100 MB.
+        let mut huge = Vec::new();
+        let mut n: u64 = 100 * 1024 * 1024;
+        while n >= 0x80 {
+            huge.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        huge.push(n as u8);
+        huge.extend_from_slice(&[0; 1024]);
+        let who = Identity::from_seed("hostile-giant", "Giant");
+        assert!(
+            send_raw(&who, &addr, huge).await,
+            "oversized frame: disconnected"
+        );
+    });
+    assert_eq!(alice.heads(&flow), heads);
+    let logs = alice.logs();
+    assert!(logs.matches("blocking peer").count() >= 2, "{logs}");
 }
