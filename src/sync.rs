@@ -449,9 +449,7 @@ impl Engine {
         state: &mut sync::State,
     ) -> Result<(), String> {
         self.last_heard.insert(peer.clone(), self.repo.now());
-        let mut am = guarded(|| sync::Message::decode(&message.automerge))
-            .ok_or("a sync message that crashes the decoder")?
-            .map_err(|e| format!("malformed sync message: {e}"))?;
+        let mut am = decode_sync_message(&message.automerge)?;
         if !am.changes.is_empty() {
             return Err("changes must travel with their signatures".into());
         }
@@ -703,6 +701,13 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// Decodes a peer's Automerge sync message; a decoder panic is an error like any other.
+pub fn decode_sync_message(bytes: &[u8]) -> Result<sync::Message, String> {
+    guarded(|| sync::Message::decode(bytes))
+        .ok_or("a sync message that crashes the decoder")?
+        .map_err(|e| format!("malformed sync message: {e}"))
 }
 
 /// Runs Automerge code on peer-supplied input, turning a panic into `None`.

@@ -2,4 +2,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| coflow::fuzz::ticket(data));
+fuzz_target!(
+    init: coflow::fuzz::contain_panics(),
+    |data: &[u8]| coflow::fuzz::ticket(data)
+);

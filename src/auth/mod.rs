@@ -73,9 +73,19 @@ pub fn verify_one(sc: &SignedChange) -> Result<Verified, (Option<ChangeHash>, Re
 
 type Decoded = (Change, NodeId, Signature);
 
+/// Parses change bytes from a peer. Automerge's parser can panic on crafted input; that is
+/// turned into an error like any other malformed change.
+pub fn parse_change(bytes: &[u8]) -> Result<Change, String> {
+    let bytes = bytes.to_vec();
+    match std::panic::catch_unwind(|| Change::from_bytes(bytes)) {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the change's bytes crash the parser".into()),
+    }
+}
+
 fn decode(sc: &SignedChange) -> Result<Decoded, (Option<ChangeHash>, Rejection)> {
-    let change = Change::from_bytes(sc.bytes.clone())
-        .map_err(|e| (None, Rejection::Malformed(e.to_string())))?;
+    let change = parse_change(&sc.bytes).map_err(|e| (None, Rejection::Malformed(e)))?;
     let hash = change.hash();
     let author = NodeId::from_public_key(change.actor_id().to_bytes())
         .filter(|n| !n.verifying_key().is_weak())
