@@ -16,21 +16,8 @@ use std::time::{Duration, Instant};
 
 use coflow::api::Call;
 use common::procs::{converged, Participant};
+use common::Rng;
 use serde_json::Value;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn comments(p: &Participant, flow: &str) -> BTreeSet<String> {
     p.json(&["flow", "show", flow])["comments"]

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::collections::VecDeque;
-
 use coflow::flow::{Edit, Reader, Role};
 use coflow::identity::{Identity, NodeId};
 use coflow::repo::Repo;
@@ -215,6 +213,28 @@ impl Net {
     }
 }
 
+/// Node 0 starts a flow and adds nodes `1..=members` as contributors, by node id.
+fn flow_with_members(net: &mut Net, members: usize) -> String {
+    let flow = net.nodes[0]
+        .repo()
+        .create_flow("T", "N", Role::Customer)
+        .unwrap();
+    for i in 1..=members {
+        let node_id = net.ids[i].to_string();
+        edit(
+            net,
+            0,
+            &flow,
+            Edit::AddMember {
+                node_id,
+                role: Role::Contributor,
+                name: None,
+            },
+        );
+    }
+    flow
+}
+
 fn edit(net: &mut Net, who: usize, flow: &str, e: Edit) {
     net.nodes[who].repo().edit(flow, &e).unwrap();
     net.nodes[who].local_change(flow);
@@ -331,21 +351,7 @@ fn five_nodes_converge_despite_drops_and_duplicates() {
 #[test]
 fn a_non_member_learns_nothing() {
     let mut net = Net::new(3, 11);
-    let flow = net.nodes[0]
-        .repo()
-        .create_flow("Private", "A private need", Role::Customer)
-        .unwrap();
-    let node_id = net.ids[1].to_string();
-    edit(
-        &mut net,
-        0,
-        &flow,
-        Edit::AddMember {
-            node_id,
-            role: Role::Contributor,
-            name: None,
-        },
-    );
+    let flow = flow_with_members(&mut net, 1);
     net.connect_all();
     net.settle_pairs(&flow);
     assert!(net.nodes[1].repo().holds(&flow).unwrap());
@@ -398,23 +404,7 @@ impl Net {
 fn queue_is_bounded_by_the_protocol() {
     // The conversation for one edit among five nodes stays small.
     let mut net = Net::new(5, 3);
-    let flow = net.nodes[0]
-        .repo()
-        .create_flow("T", "N", Role::Customer)
-        .unwrap();
-    for i in 1..5 {
-        let node_id = net.ids[i].to_string();
-        edit(
-            &mut net,
-            0,
-            &flow,
-            Edit::AddMember {
-                node_id,
-                role: Role::Contributor,
-                name: None,
-            },
-        );
-    }
+    let flow = flow_with_members(&mut net, 4);
     net.connect_all();
     net.settle(&flow, 10);
     let before = net.delivered;
@@ -422,7 +412,6 @@ fn queue_is_bounded_by_the_protocol() {
     net.settle(&flow, 3);
     let used = net.delivered - before;
     assert!(used <= 80, "one edit took {used} messages");
-    let _ = VecDeque::<u8>::new();
 }
 
 #[test]
@@ -432,21 +421,7 @@ fn a_lossless_network_needs_no_anti_entropy() {
     // and only one side writes, so nothing else carries its news.
     for seed in [5, 6, 7] {
         let mut net = Net::new(2, seed);
-        let flow = net.nodes[0]
-            .repo()
-            .create_flow("T", "N", Role::Customer)
-            .unwrap();
-        let node_id = net.ids[1].to_string();
-        edit(
-            &mut net,
-            0,
-            &flow,
-            Edit::AddMember {
-                node_id,
-                role: Role::Contributor,
-                name: None,
-            },
-        );
+        let flow = flow_with_members(&mut net, 1);
         net.connect_all();
         while net.step() {}
         assert!(net.converged(&flow), "membership spread without ticks");

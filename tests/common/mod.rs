@@ -221,3 +221,19 @@ pub fn add_step(title: &str, assignee: Option<&Identity>) -> Edit {
         due: None,
     }
 }
+
+/// A small deterministic generator (xorshift64) for tests that need reproducible randomness.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
