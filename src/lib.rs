@@ -21,8 +21,10 @@
 //!   codec, tickets.
 //! - [`sync`]: the sans-IO sync engine (inputs in, [`sync::Io`] out): Automerge sync with signed
 //!   changes per (peer, flow), propagation, anti-entropy, joins.
-//! - [`net`]: the libp2p swarm: TCP + Noise + Yamux, identify, ping, mDNS, the two protocols,
-//!   block list, connection limits.
+//! - [`net`]: the libp2p swarm: TCP + Noise + Yamux, identify, ping, mDNS, Kademlia (coflow's
+//!   own DHT), the two request-response protocols, block list, connection limits.
+//! - [`config`]: `config.toml` in the data dir.
+//! - [`fuzz`]: entry points for the fuzz targets and their regression tests.
 //! - [`node`]: the runtime: one task owning the engine and swarm, the control API server.
 //! - [`api`]: the control API: `Call`/`Reply`, the `Handle` trait with a local (store) and a
 //!   remote (Unix socket) transport.

@@ -8,11 +8,15 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, connection_limits, identify, mdns, noise, ping, tcp, yamux, StreamProtocol,
-    Swarm,
+    allow_block_list, connection_limits, identify, kad, mdns, noise, ping, tcp, yamux,
+    StreamProtocol, Swarm,
 };
 
 use crate::wire::{self, Codec, JoinRequest, JoinResponse, SyncRequest, SyncResponse};
+
+/// coflow's own Kademlia DHT (not the IPFS one): provider records under opaque flow tags and
+/// peer routing by node id.
+pub const KAD_PROTOCOL: &str = "/coflow/kad/1.0.0";
 
 /// Identify's protocol version string.
 pub const PROTOCOL_VERSION: &str = "/coflow/1";
@@ -43,6 +47,7 @@ pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub sync: request_response::Behaviour<Codec<SyncRequest, SyncResponse>>,
     pub join: request_response::Behaviour<Codec<JoinRequest, JoinResponse>>,
@@ -95,6 +100,11 @@ pub fn build(
                     key.public(),
                 )),
                 ping: ping::Behaviour::default(),
+                kad: kad::Behaviour::with_config(
+                    peer,
+                    kad::store::MemoryStore::new(peer),
+                    kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+                ),
                 mdns: Toggle::from(mdns),
                 sync: request_response::Behaviour::with_codec(
                     Codec::new(wire::MAX_SYNC_MESSAGE),
@@ -117,5 +127,9 @@ pub fn build(
         .map_err(|e| err(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build();
+    let mut swarm = swarm;
+    // Every node serves the DHT: there is no special server role, and on a LAN or loopback no
+    // node could otherwise confirm it is reachable.
+    swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
     Ok(swarm)
 }

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{self, Call, PeerInfo, Reply, Status};
@@ -53,6 +53,9 @@ impl Bucket {
     }
 }
 
+/// How often to ask the DHT again about the same peer or flow.
+pub const DHT_RETRY: Duration = Duration::from_secs(10);
+
 /// Longest a penalized peer stays blocked.
 pub const MAX_BAN: Duration = Duration::from_secs(3600);
 
@@ -85,6 +88,13 @@ struct Runtime {
     members: HashSet<PeerId>,
     /// Inbound request budget per peer.
     budgets: HashMap<PeerId, Bucket>,
+    /// When we last asked the DHT for a peer's addresses.
+    lookups: HashMap<PeerId, Instant>,
+    /// Flows announced in the DHT (provider records under their tags), and when we last asked
+    /// the DHT for a flow's providers.
+    provided: HashSet<String>,
+    provider_queries: HashMap<String, Instant>,
+    last_bootstrap: Option<Instant>,
     /// Peers cut off by test fault injection (only with `COFLOW_TEST_FAULTS=1`).
     partitioned: HashSet<PeerId>,
     test_faults: bool,
@@ -186,6 +196,10 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
         listen: Vec::new(),
         members: HashSet::new(),
         budgets: HashMap::new(),
+        lookups: HashMap::new(),
+        provided: HashSet::new(),
+        provider_queries: HashMap::new(),
+        last_bootstrap: None,
         partitioned: HashSet::new(),
         test_faults: std::env::var("COFLOW_TEST_FAULTS").as_deref() == Ok("1"),
     };
@@ -425,13 +439,24 @@ impl Runtime {
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let dht = info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == net::KAD_PROTOCOL);
                 for addr in info.listen_addrs {
                     if !is_unspecified(&addr) {
+                        if dht {
+                            self.swarm
+                                .behaviour_mut()
+                                .kad
+                                .add_address(&peer_id, addr.clone());
+                        }
                         self.learn_addr(peer_id, addr);
                     }
                 }
                 self.remember_peer(&peer_id);
             }
+            BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     self.learn_addr(peer, addr);
@@ -443,6 +468,105 @@ impl Runtime {
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
             BehaviourEvent::Join(event) => self.on_join_event(event),
             _ => {}
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            } => {
+                for a in addresses.iter() {
+                    self.learn_addr(peer, a.clone());
+                }
+                self.reach_if_member(peer);
+            }
+            kad::Event::OutboundQueryProgressed { result, .. } => match result {
+                kad::QueryResult::GetClosestPeers(Ok(ok)) => {
+                    for info in ok.peers {
+                        for a in info.addrs {
+                            self.learn_addr(info.peer_id, a);
+                        }
+                        self.reach_if_member(info.peer_id);
+                    }
+                }
+                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })) => {
+                    for p in providers {
+                        self.reach_if_member(p);
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// Dials `peer` if it is a member of one of our flows and not connected yet.
+    fn reach_if_member(&mut self, peer: PeerId) {
+        if self.members.contains(&peer) && !self.swarm.is_connected(&peer) {
+            self.backoff.remove(&peer);
+            self.dial(peer);
+        }
+    }
+
+    /// Uses the DHT: join it, announce the flows held here under their tags, and look up
+    /// members this node cannot reach by the addresses it knows.
+    fn use_dht(&mut self) {
+        let now = Instant::now();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if self
+            .last_bootstrap
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
+            && kad.bootstrap().is_ok()
+        {
+            self.last_bootstrap = Some(now);
+        }
+        for flow in self.engine.repo().flow_ids().unwrap_or_default() {
+            if self.provided.insert(flow.clone()) {
+                let key = kad::RecordKey::new(&crate::wire::flow_tag(&flow));
+                let _ = self.swarm.behaviour_mut().kad.start_providing(key);
+            }
+        }
+        let missing: Vec<PeerId> = self
+            .members
+            .iter()
+            .filter(|p| !self.swarm.is_connected(p))
+            .copied()
+            .collect();
+        for peer in missing {
+            let due = self
+                .lookups
+                .get(&peer)
+                .is_none_or(|t| now.duration_since(*t) > DHT_RETRY);
+            if due {
+                self.lookups.insert(peer, now);
+                self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+            }
+        }
+        // Flows with no member connected: ask who provides them.
+        for flow in self.engine.repo().flow_ids().unwrap_or_default() {
+            let members: Vec<PeerId> = self
+                .engine
+                .repo()
+                .members(&flow)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|(n, _)| PeerId::from_str(n).ok())
+                .filter(|p| p != self.swarm.local_peer_id())
+                .collect();
+            let lonely = !members.is_empty() && !members.iter().any(|p| self.swarm.is_connected(p));
+            let due = self
+                .provider_queries
+                .get(&flow)
+                .is_none_or(|t| now.duration_since(*t) > DHT_RETRY);
+            if lonely && due {
+                self.provider_queries.insert(flow.clone(), now);
+                let key = kad::RecordKey::new(&crate::wire::flow_tag(&flow));
+                self.swarm.behaviour_mut().kad.get_providers(key);
+            }
         }
     }
 
@@ -587,10 +711,8 @@ impl Runtime {
                 return;
             }
         }
+        // With no address of our own, the swarm asks its behaviours (the DHT's routing table).
         let addrs = self.addrs.get(&peer).cloned().unwrap_or_default();
-        if addrs.is_empty() {
-            return;
-        }
         let opts = DialOpts::peer_id(peer)
             .addresses(addrs)
             .condition(PeerCondition::DisconnectedAndNotDialing)
@@ -637,6 +759,7 @@ impl Runtime {
         for peer in missing {
             self.dial(peer);
         }
+        self.use_dht();
         // Give up on joins that take too long.
         for (flow, waiters) in self.pending_joins.iter_mut() {
             let (late, keep): (Vec<_>, Vec<_>) = waiters

@@ -198,6 +198,16 @@ where
     }
 }
 
+/// A flow's opaque tag: what may be shown to non-members (DHT provider records, and later
+/// gossip topics) in place of the flow id, from which the id cannot be recovered.
+pub fn flow_tag(flow: &str) -> Vec<u8> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"coflow/flow-tag/v1\0");
+    h.update(crate::identity::unhex(flow).unwrap_or_default());
+    h.finalize().to_vec()
+}
+
 /// The prefix of every ticket.
 pub const TICKET_PREFIX: &str = "coflow1";
 const TICKET_VERSION: u32 = 1;
