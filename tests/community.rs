@@ -82,3 +82,93 @@ fn a_chain_of_ten_nodes_finds_its_members_through_the_dht() {
     let needle = b"hello from";
     assert!(!db.windows(needle.len()).any(|w| w == needle));
 }
+
+fn fifty_node_run(n: usize, writers: usize) {
+    use coflow::api::{Call, Reply};
+    use coflow::cluster::{InProcessNode, Member};
+    use coflow::flow::{Edit, Role};
+    use std::time::{Duration, Instant};
+
+    let root = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rng = common::Rng(0xfeed);
+    let mut nodes: Vec<InProcessNode> = Vec::new();
+    for i in 0..n {
+        // Each node knows one or two earlier nodes' addresses, nothing more.
+        let mut boot = Vec::new();
+        for _ in 0..(1 + rng.below(2)).min(i) {
+            let addr = nodes[rng.below(i)].addr().unwrap();
+            boot.push(addr.parse().unwrap());
+        }
+        let home = root.path().join(format!("n{i}"));
+        nodes.push(InProcessNode::start(runtime.handle(), &home, &format!("N{i}"), boot).unwrap());
+    }
+    let flow = match nodes[0]
+        .call(Call::FlowNew {
+            title: "Club".into(),
+            need: "Everyone in".into(),
+            role: Role::Customer,
+        })
+        .unwrap()
+    {
+        Reply::Created { id } => id,
+        other => panic!("{other:?}"),
+    };
+    for m in &nodes[1..] {
+        nodes[0]
+            .edit(
+                &flow,
+                Edit::AddMember {
+                    node_id: m.node_id().to_string(),
+                    role: Role::Contributor,
+                    name: None,
+                },
+            )
+            .unwrap();
+    }
+    let all: Vec<&dyn Member> = nodes.iter().map(|m| m as &dyn Member).collect();
+    let start = Instant::now();
+    coflow::cluster::spread(&all, all[0], &flow, Duration::from_secs(120)).unwrap();
+    println!(
+        "{n} nodes: the flow reached every member in {} ms",
+        start.elapsed().as_millis()
+    );
+
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..writers {
+            let (nodes, flow) = (&nodes, &flow);
+            s.spawn(move || {
+                let who = &nodes[(w * 7 + 3) % nodes.len()];
+                for k in 0..3 {
+                    let text = format!("writer {w} change {k}");
+                    who.edit(flow, Edit::Comment { text, step: None }).unwrap();
+                }
+            });
+        }
+    });
+    coflow::cluster::spread(&all, all[0], &flow, Duration::from_secs(120)).unwrap();
+    println!(
+        "{n} nodes, {writers} writers x 3 changes: identical heads everywhere {} ms after the writes began",
+        start.elapsed().as_millis()
+    );
+    let view = nodes[n - 1].show(&flow).unwrap();
+    assert_eq!(view.flow.comments.len(), writers * 3);
+}
+
+/// A sparse network in one process: each node knows one or two others; one flow with every node
+/// as a member; concurrent writers; all converge to identical heads.
+#[test]
+fn twelve_nodes_sparse_topology_converge() {
+    fifty_node_run(12, 6);
+}
+
+#[test]
+#[ignore = "large: cargo test --release --test community -- --ignored --nocapture"]
+fn fifty_nodes_sparse_topology_twenty_writers_converge() {
+    fifty_node_run(50, 20);
+}
