@@ -114,7 +114,8 @@ pub fn spread(
                 states.join("; ")
             )));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        // Asking every node for its flow is not free: poll gently when there are many.
+        std::thread::sleep(Duration::from_millis(2 * members.len() as u64));
     }
 }
 

@@ -25,6 +25,26 @@ use crate::wire::{self, join_response, sync_response, JoinRequest, JoinResponse,
 /// lost message or a missed change is repaired (anti-entropy).
 pub const ANTI_ENTROPY_MS: u64 = 5_000;
 
+/// How many connected members a node passes received news on to (its own edits go to all).
+pub const RELAY_FANOUT: usize = 6;
+
+/// Picks up to `k` peers to relay news to, spread evenly but deterministically: ordered by a
+/// hash of the peer and the news, so different news takes different paths.
+fn relay_targets(mut peers: Vec<NodeId>, news: &[u8], k: usize) -> Vec<NodeId> {
+    use sha2::Digest;
+    if peers.len() <= k {
+        return peers;
+    }
+    peers.sort_by_cached_key(|p| {
+        let mut h = sha2::Sha256::new();
+        h.update(p.public_key());
+        h.update(news);
+        h.finalize()
+    });
+    peers.truncate(k);
+    peers
+}
+
 /// What the engine asks its runtime to do.
 #[derive(Debug)]
 pub enum Io {
@@ -477,17 +497,23 @@ impl Engine {
                     from: peer.clone(),
                 }));
                 self.finish_join(flow);
-                // Pass the news on to the other connected members.
-                let others: Vec<NodeId> = self
+                // Pass the news on to a few other connected members (epidemic gossip with a
+                // bounded fan-out: in a dense mesh, relaying to everyone costs O(n²) exchanges per
+                // change; anti-entropy repairs whatever a relay misses).
+                let heads: Vec<u8> = out
+                    .accepted
+                    .iter()
+                    .flat_map(|v| v.hash().0.to_vec())
+                    .collect();
+                let mut others: Vec<NodeId> = self
                     .connected
                     .keys()
                     .filter(|p| *p != peer)
                     .cloned()
                     .collect();
-                for other in others {
-                    if self.is_member(flow, &other) {
-                        self.sync_with(&other, flow);
-                    }
+                others.retain(|o| self.is_member(flow, o));
+                for other in relay_targets(others, &heads, RELAY_FANOUT) {
+                    self.sync_with(&other, flow);
                 }
             }
             if let Some((_, why)) = out.rejected.first() {

@@ -83,7 +83,7 @@ fn a_chain_of_ten_nodes_finds_its_members_through_the_dht() {
     assert!(!db.windows(needle.len()).any(|w| w == needle));
 }
 
-fn fifty_node_run(n: usize, writers: usize) {
+fn sparse_run(n: usize, writers: usize) {
     use coflow::api::{Call, Reply};
     use coflow::cluster::{InProcessNode, Member};
     use coflow::flow::{Edit, Role};
@@ -164,11 +164,5 @@ fn fifty_node_run(n: usize, writers: usize) {
 /// as a member; concurrent writers; all converge to identical heads.
 #[test]
 fn twelve_nodes_sparse_topology_converge() {
-    fifty_node_run(12, 6);
-}
-
-#[test]
-#[ignore = "large: cargo test --release --test community -- --ignored --nocapture"]
-fn fifty_nodes_sparse_topology_twenty_writers_converge() {
-    fifty_node_run(50, 20);
+    sparse_run(12, 6);
 }
