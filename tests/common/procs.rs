@@ -11,6 +11,15 @@ use serde_json::Value;
 /// not a performance assertion).
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long to wait for convergence: `PATIENCE`, or `COFLOW_TEST_PATIENCE_SECS` if set.
+fn convergence_patience() -> Duration {
+    std::env::var("COFLOW_TEST_PATIENCE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(PATIENCE)
+}
+
 pub fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("coflow")
 }
@@ -269,16 +278,22 @@ pub fn eventually(what: &str, nodes: &[&Participant], mut f: impl FnMut() -> boo
 
 /// Waits until every participant holds the flow with the same heads.
 pub fn converged(flow: &str, nodes: &[&Participant]) -> Vec<String> {
-    let mut heads = Vec::new();
-    eventually("all nodes hold the same heads", nodes, || {
+    let deadline = Instant::now() + convergence_patience();
+    loop {
         let all: Vec<Option<Vec<String>>> = nodes.iter().map(|n| n.heads(flow)).collect();
-        let same = all[0].is_some() && all.iter().all(|h| h == &all[0]);
-        if same {
-            heads = all[0].clone().unwrap();
+        if all[0].is_some() && all.iter().all(|h| h == &all[0]) {
+            return all[0].clone().unwrap();
         }
-        same
-    });
-    heads
+        if Instant::now() > deadline {
+            for (n, h) in nodes.iter().zip(&all) {
+                let short: Option<Vec<&str>> =
+                    h.as_ref().map(|h| h.iter().map(|x| &x[..8]).collect());
+                eprintln!("==== {} heads {:?} ====\n{}", n.name, short, n.logs());
+            }
+            panic!("timed out waiting until all nodes hold the same heads");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `owner` starts a flow "Suit"; each of `others` joins it as an owner with one shared ticket.
