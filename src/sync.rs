@@ -246,10 +246,30 @@ impl Engine {
     /// to have our heads (a message was lost, or a change was missed).
     pub fn tick(&mut self, now: u64) {
         self.now = now;
+        // Each flow's heads and members are read once per tick, not once per peer.
+        let flows: Vec<(String, Vec<automerge::ChangeHash>, Vec<String>)> = self
+            .repo
+            .flow_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|flow| {
+                let heads = self.heads(&flow);
+                let members = self
+                    .repo
+                    .members(&flow)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect();
+                (flow, heads, members)
+            })
+            .collect();
         let peers: Vec<NodeId> = self.connected.keys().cloned().collect();
         for peer in peers {
-            for flow in self.shared_flows(&peer) {
-                let ours = self.heads(&flow);
+            for (flow, ours, members) in &flows {
+                if !members.iter().any(|m| m == peer.as_str()) {
+                    continue;
+                }
                 let key = (peer.clone(), flow.clone());
                 let restart = match self.clients.get(&key) {
                     None => true,
@@ -264,7 +284,7 @@ impl Engine {
                     let session = previous.as_ref().map_or(1, |c| c.session + 1);
                     self.clients
                         .insert(key, Conversation::fresh(session, now, previous.as_ref()));
-                    self.sync_with(&peer, &flow);
+                    self.sync_with(&peer, flow);
                 }
             }
         }
