@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use coflow::api::{Call, Reply};
-use coflow::cluster::{unexpected, InProcessNode, Member};
+use coflow::cluster::{self, unexpected, InProcessNode, Member};
 use coflow::flow::{Edit, Mode, Role, Who};
 
 const OPTIONS: [&str; 3] = [
@@ -111,19 +111,34 @@ fn play(runtime: &tokio::runtime::Runtime, root: &std::path::Path, n: usize) -> 
     println!("The club asks: \"Our strategy for the 2027 season?\"");
 
     // Everyone votes at once; a few change their minds (a changed vote replaces the old one).
+    let before: Vec<coflow::sync::Stats> = all
+        .iter()
+        .map(|m| cluster::stats(*m))
+        .collect::<coflow::Result<_>>()?;
     let vote_start = Instant::now();
+    let votes = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for (i, m) in nodes.iter().enumerate() {
-            let (flow, decision) = (flow.clone(), decision.clone());
+            let (flow, decision, votes) = (flow.clone(), decision.clone(), &votes);
             s.spawn(move || -> coflow::Result<()> {
-                let choose = |o: usize| {
-                    m.edit(
-                        &flow,
-                        Edit::Choose {
-                            decision: decision.clone(),
-                            option: OPTIONS[o].into(),
-                        },
-                    )
+                let choose = |o: usize| -> coflow::Result<()> {
+                    let edit = Edit::Choose {
+                        decision: decision.clone(),
+                        option: OPTIONS[o].into(),
+                    };
+                    let change = match m.call(Call::Edit {
+                        flow: flow.clone(),
+                        edit,
+                    })? {
+                        Reply::Edited(e) => e.change,
+                        other => return Err(unexpected(other)),
+                    };
+                    let at = coflow::repo::system_clock_ms();
+                    votes
+                        .lock()
+                        .expect("not poisoned")
+                        .push((m.node_id().to_string(), change, at));
+                    Ok(())
                 };
                 choose((i * 31 + 7) % 3)?;
                 if i % 5 == 0 {
@@ -140,6 +155,28 @@ fn play(runtime: &tokio::runtime::Runtime, root: &std::path::Path, n: usize) -> 
         "All {n} votes reached all {} nodes {:.0} ms after voting began.",
         n + 1,
         spread.as_millis()
+    );
+    // How long each vote took to be durable on each other node (from the nodes' own records),
+    // and what it cost on the wire.
+    let votes = votes.into_inner().expect("not poisoned");
+    let delays = cluster::arrival_delays(&all, &votes)?;
+    let after: Vec<coflow::sync::Stats> = all
+        .iter()
+        .map(|m| cluster::stats(*m))
+        .collect::<coflow::Result<_>>()?;
+    let total = |f: fn(&coflow::sync::Stats) -> u64| -> f64 {
+        (after.iter().map(f).sum::<u64>() - before.iter().map(f).sum::<u64>()) as f64
+            / votes.len() as f64
+    };
+    println!(
+        "Each vote reached each other node in p50 {} ms, p99 {} ms ({} arrivals); per vote: \
+         {:.0} sync messages, {:.0} sync bytes, {:.1} announcements.",
+        cluster::percentile(&delays, 50.0),
+        cluster::percentile(&delays, 99.0),
+        delays.len(),
+        total(|s| s.requests_sent + s.responses_sent),
+        total(|s| s.request_bytes + s.response_bytes),
+        total(|s| s.announcements_sent),
     );
 
     club.edit(&flow, Edit::CloseDecision { decision })?;
@@ -193,6 +230,6 @@ fn wait_for(
                 "the club's nodes did not converge in time".into(),
             ));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

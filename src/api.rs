@@ -75,6 +75,8 @@ pub enum Call {
     },
     /// Test-only: undo every `TestPartition`.
     TestHeal,
+    /// The sync engine's counters and recent arrivals (tests and benchmarks).
+    Stats,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -110,6 +112,7 @@ pub enum Reply {
     Edited(EditOutcome),
     Invited(Invitation),
     Joined { id: String },
+    Stats(Box<crate::sync::Stats>),
     Done,
 }
 
@@ -156,6 +159,7 @@ pub fn execute(repo: &mut Repo, call: Call) -> Result<Reply> {
         } => Reply::Invited(repo.invite(&flow, role, expires_in, uses)?),
         Call::Status
         | Call::Peers
+        | Call::Stats
         | Call::Join { .. }
         | Call::TestPartition { .. }
         | Call::TestHeal => {

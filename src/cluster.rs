@@ -119,6 +119,52 @@ pub fn spread(
     }
 }
 
+/// A node's sync counters and recent arrivals.
+pub fn stats(member: &dyn Member) -> Result<crate::sync::Stats> {
+    match member.call(Call::Stats)? {
+        Reply::Stats(s) => Ok(*s),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// How long changes took to reach the other members: for each write (author's node id, change
+/// hash, Unix ms when the author's node acknowledged it) and each other member, the delay until
+/// the change was durable there, read from the members' recent arrivals. Sorted, in ms. A
+/// change a member did not record (beyond its arrival log) is left out, so callers compare the
+/// number of delays with what they expect.
+pub fn arrival_delays(
+    members: &[&dyn Member],
+    writes: &[(String, String, i64)],
+) -> Result<Vec<i64>> {
+    let mut delays = Vec::new();
+    for m in members {
+        let arrivals: std::collections::HashMap<String, i64> = stats(*m)?
+            .arrivals
+            .into_iter()
+            .map(|a| (a.hash, a.at_ms))
+            .collect();
+        for (author, hash, at) in writes {
+            if author == m.node_id() {
+                continue;
+            }
+            if let Some(arrived) = arrivals.get(hash) {
+                delays.push((arrived - at).max(0));
+            }
+        }
+    }
+    delays.sort_unstable();
+    Ok(delays)
+}
+
+/// The `p`-th percentile (0..=100) of sorted values (nearest rank); 0 for none.
+pub fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// Waits until `member`'s node answers with at least one listen address.
 fn wait_until_up(member: &dyn Member) -> Result<()> {
     let deadline = Instant::now() + START_PATIENCE;

@@ -1,6 +1,6 @@
 //! The libp2p side: transport (TCP + Noise + Yamux), and the protocols composed into one
-//! behaviour — identify, ping, mDNS, `/coflow/sync/1`, `/coflow/join/1`, a block list for
-//! penalized peers and connection limits.
+//! behaviour — identify, ping, mDNS, Kademlia, gossipsub (head announcements),
+//! `/coflow/sync/1`, `/coflow/join/1`, a block list for penalized peers and connection limits.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, connection_limits, identify, kad, mdns, noise, ping, tcp, yamux,
+    allow_block_list, connection_limits, gossipsub, identify, kad, mdns, noise, ping, tcp, yamux,
     StreamProtocol, Swarm,
 };
 
@@ -48,6 +48,7 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub gossip: gossipsub::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub sync: request_response::Behaviour<Codec<SyncRequest, SyncResponse>>,
     pub join: request_response::Behaviour<Codec<JoinRequest, JoinResponse>>,
@@ -56,6 +57,33 @@ pub struct Behaviour {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start the network: {0}")]
 pub struct NetError(pub String);
+
+/// Gossipsub for head announcements: signed by their author (so a member checks the author is
+/// a member), validated by the application before they are passed on (a member passes one on
+/// only once it holds the heads it names), small, and with peer scoring on.
+fn gossip(
+    key: &libp2p::identity::Keypair,
+) -> Result<gossipsub::Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(wire::MAX_GOSSIP_MESSAGE)
+        // Keep messages ~10 s for validation: a member holds an announcement back until it has
+        // synced the changes it names.
+        .history_length(10)
+        .build()?;
+    let mut behaviour =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)?;
+    // Many nodes behind one address is normal on a LAN or loopback; elsewhere the default
+    // penalty for crowding on one IP stays.
+    let mut params = gossipsub::PeerScoreParams::default();
+    params.ip_colocation_factor_whitelist.extend([
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ]);
+    behaviour.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
+    Ok(behaviour)
+}
 
 /// Builds the swarm for a node key.
 pub fn build(
@@ -81,6 +109,7 @@ pub fn build(
             } else {
                 None
             };
+            let gossip = gossip(key)?;
             let rr = |timeout| {
                 request_response::Config::default()
                     .with_request_timeout(timeout)
@@ -105,6 +134,7 @@ pub fn build(
                     kad::store::MemoryStore::new(peer),
                     kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
                 ),
+                gossip,
                 mdns: Toggle::from(mdns),
                 sync: request_response::Behaviour::with_codec(
                     Codec::new(wire::MAX_SYNC_MESSAGE),

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
+use libp2p::{gossipsub, identify, kad, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{self, Call, PeerInfo, Reply, Status};
@@ -22,7 +22,7 @@ use crate::repo::{Repo, META_LISTEN_ADDRS};
 
 /// Meta key: the TCP port the node last listened on by default.
 const META_LISTEN_PORT: &str = "listen_port";
-use crate::sync::{Engine, Event, Io};
+use crate::sync::{Engine, Event, Io, Verdict};
 use crate::wire::{Frame, InviteTicket};
 
 /// How often the engine ticks (anti-entropy, redials, timeouts).
@@ -52,6 +52,9 @@ impl Bucket {
         }
     }
 }
+
+/// Most topics a node relays for flows it is not a member of.
+pub const MAX_RELAYED_TOPICS: usize = 64;
 
 /// How often to ask the DHT again about the same peer or flow.
 pub const DHT_RETRY: Duration = Duration::from_secs(10);
@@ -85,7 +88,14 @@ struct Runtime {
     bans: HashMap<PeerId, (Option<Instant>, u32)>,
     bootstrap: Vec<Multiaddr>,
     listen: Vec<Multiaddr>,
-    members: HashSet<PeerId>,
+    /// Members this node wants to be connected to (see [`Engine::reach_plan`]).
+    wanted: HashSet<PeerId>,
+    /// Gossip topics subscribed as a member, and as a relay (a topic two or more connected
+    /// peers subscribe to, for a flow this node is not a member of).
+    member_topics: HashSet<String>,
+    relayed: HashSet<String>,
+    /// Which connected peers subscribe to which topics.
+    topic_peers: HashMap<String, HashSet<PeerId>>,
     /// Inbound request budget per peer.
     budgets: HashMap<PeerId, Bucket>,
     /// When we last asked the DHT for a peer's addresses.
@@ -115,6 +125,19 @@ fn peer_of(node: &NodeId) -> Option<PeerId> {
 /// Runs a node until `shutdown` completes. Everything acknowledged is already durable when this
 /// returns: every write commits before it is acknowledged.
 pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    use tracing::Instrument;
+    // Every log line of this node names its data dir: several nodes may share one process.
+    let dir = opts
+        .home
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    serve(opts, shutdown)
+        .instrument(tracing::info_span!(target: "node", "node", %dir))
+        .await
+}
+
+async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     std::fs::create_dir_all(&opts.home).map_err(|source| Error::Io {
         path: opts.home.clone(),
         source,
@@ -194,7 +217,10 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
         bans: HashMap::new(),
         bootstrap: opts.bootstrap.clone(),
         listen: Vec::new(),
-        members: HashSet::new(),
+        wanted: HashSet::new(),
+        member_topics: HashSet::new(),
+        relayed: HashSet::new(),
+        topic_peers: HashMap::new(),
         budgets: HashMap::new(),
         lookups: HashMap::new(),
         provided: HashSet::new(),
@@ -210,6 +236,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
         }
     }
     rt.refresh_members();
+    rt.refresh_topics();
     tracing::info!(target: "node", node = %rt.engine.node_id(), "node started");
 
     let mut tick = tokio::time::interval(TICK);
@@ -322,21 +349,111 @@ impl Runtime {
         }
     }
 
-    /// The peers that are members of any flow held here.
+    /// Decides which members to connect to (never all of them: a few per flow, plus those this
+    /// node is to bring a flow to) and dials those not connected.
     fn refresh_members(&mut self) {
-        let me = self.engine.node_id().to_string();
-        let mut members = HashSet::new();
-        let repo = self.engine.repo();
-        for flow in repo.flow_ids().unwrap_or_default() {
-            for (node, _) in repo.members(&flow).unwrap_or_default() {
-                if node != me {
-                    if let Ok(p) = PeerId::from_str(&node) {
-                        members.insert(p);
+        let (must, more) = self.engine.reach_plan();
+        let mut wanted: HashSet<PeerId> = must.iter().filter_map(peer_of).collect();
+        let now = Instant::now();
+        for (count, candidates) in more {
+            // Skip candidates that are banned or backing off, so an offline member does not
+            // keep the flow from reaching one that is online.
+            let usable = candidates
+                .iter()
+                .filter_map(peer_of)
+                .filter(|p| !self.bans.get(p).is_some_and(|(u, _)| u.is_some()))
+                .filter(|p| self.backoff.get(p).is_none_or(|(next, _)| *next <= now));
+            wanted.extend(usable.take(count));
+        }
+        self.wanted = wanted;
+        let missing: Vec<PeerId> = self
+            .wanted
+            .iter()
+            .filter(|p| !self.swarm.is_connected(p))
+            .copied()
+            .collect();
+        for peer in missing {
+            self.dial(peer);
+        }
+    }
+
+    /// Subscribes to the gossip topics of the flows held here as a member, and relays topics
+    /// that two or more connected peers share.
+    fn refresh_topics(&mut self) {
+        let topics: HashSet<String> = self.engine.member_topics().into_iter().collect();
+        let gossip = &mut self.swarm.behaviour_mut().gossip;
+        for t in topics.difference(&self.member_topics) {
+            if let Err(e) = gossip.subscribe(&gossipsub::IdentTopic::new(t.clone())) {
+                tracing::warn!(target: "node", topic = %t, "cannot subscribe: {e}");
+            }
+        }
+        for t in self.member_topics.difference(&topics) {
+            if !self.relayed.contains(t) {
+                gossip.unsubscribe(&gossipsub::IdentTopic::new(t.clone()));
+            }
+        }
+        self.relayed.retain(|t| !topics.contains(t));
+        self.member_topics = topics;
+        let mut shared: Vec<(&String, usize)> = self
+            .topic_peers
+            .iter()
+            .map(|(t, peers)| (t, peers.len()))
+            .filter(|(t, n)| *n >= 2 && !self.member_topics.contains(*t))
+            .collect();
+        shared.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        let relay: HashSet<String> = shared
+            .into_iter()
+            .take(MAX_RELAYED_TOPICS)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in relay.difference(&self.relayed) {
+            tracing::debug!(target: "node", topic = %t, "relaying a topic");
+            let _ = gossip.subscribe(&gossipsub::IdentTopic::new(t.clone()));
+        }
+        for t in self.relayed.difference(&relay) {
+            gossip.unsubscribe(&gossipsub::IdentTopic::new(t.clone()));
+        }
+        self.relayed = relay;
+    }
+
+    fn on_gossip_event(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let Some(via) = node_of(&propagation_source) else {
+                    return;
+                };
+                let source = message.source.as_ref().and_then(node_of);
+                self.engine.handle_announcement(
+                    message_id.0,
+                    &via,
+                    source.as_ref(),
+                    message.topic.as_str(),
+                    &message.data,
+                );
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                self.topic_peers
+                    .entry(topic.to_string())
+                    .or_default()
+                    .insert(peer_id);
+                if let Some(node) = node_of(&peer_id) {
+                    self.engine.peer_subscribed(&node, topic.as_str());
+                }
+            }
+            gossipsub::Event::Unsubscribed { peer_id, topic } => {
+                if let Some(peers) = self.topic_peers.get_mut(topic.as_str()) {
+                    peers.remove(&peer_id);
+                    if peers.is_empty() {
+                        self.topic_peers.remove(topic.as_str());
                     }
                 }
             }
+            _ => {}
         }
-        self.members = members;
     }
 
     fn record_listen_addrs(&mut self) {
@@ -414,6 +531,10 @@ impl Runtime {
                     tracing::info!(target: "node", peer = %node, "disconnected");
                     self.engine.peer_disconnected(&node);
                 }
+                for peers in self.topic_peers.values_mut() {
+                    peers.remove(&peer_id);
+                }
+                self.topic_peers.retain(|_, peers| !peers.is_empty());
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
@@ -457,6 +578,7 @@ impl Runtime {
                 self.remember_peer(&peer_id);
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::Gossip(event) => self.on_gossip_event(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     self.learn_addr(peer, addr);
@@ -504,9 +626,9 @@ impl Runtime {
         }
     }
 
-    /// Dials `peer` if it is a member of one of our flows and not connected yet.
+    /// Dials `peer` if this node wants to reach it and is not connected yet.
     fn reach_if_member(&mut self, peer: PeerId) {
-        if self.members.contains(&peer) && !self.swarm.is_connected(&peer) {
+        if self.wanted.contains(&peer) && !self.swarm.is_connected(&peer) {
             self.backoff.remove(&peer);
             self.dial(peer);
         }
@@ -531,7 +653,7 @@ impl Runtime {
             }
         }
         let missing: Vec<PeerId> = self
-            .members
+            .wanted
             .iter()
             .filter(|p| !self.swarm.is_connected(p))
             .copied()
@@ -746,19 +868,9 @@ impl Runtime {
                 entry.0 = None;
             }
         }
-        // Reconnect to members of our flows.
-        if (now / 1000).is_multiple_of(5) {
-            self.refresh_members();
-        }
-        let missing: Vec<PeerId> = self
-            .members
-            .iter()
-            .filter(|p| !self.swarm.is_connected(p))
-            .copied()
-            .collect();
-        for peer in missing {
-            self.dial(peer);
-        }
+        // Keep in touch with enough members of our flows.
+        self.refresh_members();
+        self.refresh_topics();
         self.use_dht();
         // Give up on joins that take too long.
         for (flow, waiters) in self.pending_joins.iter_mut() {
@@ -790,6 +902,7 @@ impl Runtime {
                 flows: self.engine.repo().flow_ids().map(|f| f.len()).unwrap_or(0),
             })),
             Call::Peers => Ok(Reply::Peers(self.peers())),
+            Call::Stats => Ok(Reply::Stats(Box::new(self.engine.stats.clone()))),
             Call::TestPartition { .. } | Call::TestHeal if !self.test_faults => Err(
                 Error::Invalid("test fault injection is off (COFLOW_TEST_FAULTS=1)".into()),
             ),
@@ -830,6 +943,9 @@ impl Runtime {
                 if let (Some(_), Ok(Reply::Edited(e))) = (&touched, &result) {
                     self.engine.local_change(&e.flow.clone());
                     self.refresh_members();
+                }
+                if matches!(&result, Ok(Reply::Created { .. })) {
+                    self.refresh_topics();
                 }
                 if let (Some(_), Ok(Reply::Invited(i))) = (&touched, &result) {
                     self.engine.local_change(&i.edit.flow.clone());
@@ -969,9 +1085,45 @@ impl Runtime {
                     self.swarm.behaviour_mut().blocked.block_peer(p);
                     self.bans.insert(p, (Some(Instant::now() + ban), count));
                 }
+                Io::Announce { topic, heads } => {
+                    let data = crate::wire::encode_announce(&heads);
+                    if let Err(e) = self
+                        .swarm
+                        .behaviour_mut()
+                        .gossip
+                        .publish(gossipsub::IdentTopic::new(topic), data)
+                    {
+                        tracing::debug!(target: "node", "announcement not sent: {e}");
+                    }
+                }
+                Io::Validate { id, via, verdict } => {
+                    let Some(p) = peer_of(&via) else { continue };
+                    let acceptance = match verdict {
+                        Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                        Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                        Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                    };
+                    self.swarm
+                        .behaviour_mut()
+                        .gossip
+                        .report_message_validation_result(
+                            &gossipsub::MessageId::new(&id),
+                            &p,
+                            acceptance,
+                        );
+                }
+                Io::Dial { peer } => {
+                    if let Some(p) = peer_of(&peer) {
+                        self.wanted.insert(p);
+                        if !self.swarm.is_connected(&p) {
+                            self.dial(p);
+                        }
+                    }
+                }
                 Io::Event(Event::Joined { flow }) => {
                     tracing::info!(target: "node", %flow, "joined");
                     self.refresh_members();
+                    self.refresh_topics();
                     for (tx, _) in self.pending_joins.remove(&flow).unwrap_or_default() {
                         let _ = tx.send(Ok(Reply::Joined { id: flow.clone() }));
                     }
@@ -982,8 +1134,9 @@ impl Runtime {
                     }
                 }
                 Io::Event(Event::FlowUpdated { flow, from }) => {
+                    // Membership changes it brings are acted on at the next tick: doing it
+                    // for every batch received cost a busy node a tenth of its time.
                     tracing::info!(target: "node", %flow, peer = %from, "received changes");
-                    self.refresh_members();
                 }
             }
         }

@@ -44,6 +44,14 @@ pub fn system_clock() -> i64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn system_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// The result of a local edit.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EditOutcome {
@@ -94,6 +102,10 @@ pub struct Repo {
     /// Documents loaded so far. Each is exactly what the store holds for its flow: any write
     /// that fails drops the cached copy, which is then loaded again.
     docs: HashMap<String, Automerge>,
+    /// Each loaded flow's current members, as of the heads they were read at: the sync engine
+    /// asks about membership on every message, and reading it from the document each time
+    /// dominated a busy node's profile.
+    members: HashMap<String, (Vec<automerge::ChangeHash>, Vec<(String, Role)>)>,
 }
 
 /// An invite just made: the change, and the ticket to hand to the invitee.
@@ -179,6 +191,7 @@ impl Repo {
             identity,
             clock: system_clock,
             docs: HashMap::new(),
+            members: HashMap::new(),
         }
     }
 
@@ -220,14 +233,33 @@ impl Repo {
 
     /// The flow's current (not removed) members.
     pub fn members(&mut self, flow: &str) -> Result<Vec<(String, Role)>> {
-        let doc = self.doc(flow)?;
-        Ok(Reader::now(doc)
-            .flow(flow)
-            .members
-            .into_iter()
-            .filter(|m| !m.removed)
-            .map(|m| (m.node_id, m.role))
-            .collect())
+        Ok(self.current_members(flow)?.to_vec())
+    }
+
+    /// The role of `node` in `flow` if it is a current member.
+    pub fn role_of(&mut self, flow: &str, node: &str) -> Result<Option<Role>> {
+        Ok(self
+            .current_members(flow)?
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, r)| *r))
+    }
+
+    fn current_members(&mut self, flow: &str) -> Result<&[(String, Role)]> {
+        self.doc(flow)?;
+        let doc = &self.docs[flow];
+        let heads = doc.get_heads();
+        let fresh = self.members.get(flow).is_some_and(|(h, _)| *h == heads);
+        if !fresh {
+            let members = Reader::now(doc)
+                .members()
+                .into_iter()
+                .filter(|m| !m.removed)
+                .map(|m| (m.node_id, m.role))
+                .collect();
+            self.members.insert(flow.to_string(), (heads, members));
+        }
+        Ok(&self.members[flow].1)
     }
 
     /// Ids of every flow held here.

@@ -10,10 +10,10 @@
 //! through [`Repo::receive`] — verify → authorize → apply → persist — before the sync state sees
 //! the rest of the message. Content goes only to current members of a flow.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{Automerge, Change};
+use automerge::{Automerge, Change, ChangeHash};
 
 use crate::auth::SignedChange;
 use crate::error::{Error, Result};
@@ -25,24 +25,33 @@ use crate::wire::{self, join_response, sync_response, JoinRequest, JoinResponse,
 /// lost message or a missed change is repaired (anti-entropy).
 pub const ANTI_ENTROPY_MS: u64 = 5_000;
 
-/// How many connected members a node passes received news on to (its own edits go to all).
-pub const RELAY_FANOUT: usize = 6;
+/// How many conversations per flow anti-entropy restarts on one tick.
+pub const ANTI_ENTROPY_PEERS: usize = 2;
 
-/// Picks up to `k` peers to relay news to, spread evenly but deterministically: ordered by a
-/// hash of the peer and the news, so different news takes different paths.
-fn relay_targets(mut peers: Vec<NodeId>, news: &[u8], k: usize) -> Vec<NodeId> {
+/// How long a received announcement waits for its changes to arrive before it is dropped
+/// unforwarded (gossip keeps a message for validation about 10 s; see `net.rs`).
+pub const ANNOUNCE_PATIENCE_MS: u64 = 8_000;
+
+/// Most announcements waiting for their changes at once; beyond it the oldest is dropped.
+pub const MAX_WAITING_ANNOUNCEMENTS: usize = 1024;
+
+/// A node keeps connections to at least this many members of each flow it holds (when it can
+/// find them): enough for a gossip mesh, far fewer than a full mesh.
+pub const MIN_MEMBER_LINKS: usize = 4;
+
+/// How many members are responsible for bringing a flow to a member not known to hold it yet.
+pub const DELIVERERS: usize = 3;
+
+/// A deterministic pseudo-random order of `candidates` with respect to `subject`: everyone who
+/// knows the same candidates computes the same order.
+fn rendezvous(subject: &NodeId, candidates: &mut [NodeId]) {
     use sha2::Digest;
-    if peers.len() <= k {
-        return peers;
-    }
-    peers.sort_by_cached_key(|p| {
+    candidates.sort_by_cached_key(|c| {
         let mut h = sha2::Sha256::new();
-        h.update(p.public_key());
-        h.update(news);
+        h.update(subject.public_key());
+        h.update(c.public_key());
         h.finalize()
     });
-    peers.truncate(k);
-    peers
 }
 
 /// What the engine asks its runtime to do.
@@ -63,8 +72,41 @@ pub enum Io {
     },
     /// The peer sent something invalid: disconnect it and keep it away for a while.
     Penalize { peer: NodeId, reason: String },
+    /// Announce new heads on a flow's gossip topic (no content).
+    Announce {
+        topic: String,
+        heads: Vec<ChangeHash>,
+    },
+    /// What gossip should do with a received announcement (by its gossip message id).
+    Validate {
+        id: Vec<u8>,
+        via: NodeId,
+        verdict: Verdict,
+    },
+    /// Connect to this peer: it announced changes this node lacks and is not connected.
+    Dial { peer: NodeId },
     /// Something happened that local observers may care about.
     Event(Event),
+}
+
+/// The fate of a received announcement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass it on: this node holds the heads it names, or relays the topic without holding it.
+    Accept,
+    /// Drop it without blame (from a non-member; its changes never came).
+    Ignore,
+    /// Drop it and blame the sender (malformed).
+    Reject,
+}
+
+/// An announcement held back until this node has the changes it names.
+struct Waiting {
+    id: Vec<u8>,
+    via: NodeId,
+    flow: String,
+    heads: Vec<ChangeHash>,
+    since: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -99,6 +141,8 @@ struct Conversation {
     /// (client side) a request of ours is on the way.
     awaiting: bool,
     last_activity: u64,
+    /// Heads the peer announced that this node lacks: asked for on the next turn.
+    wanted: Vec<ChangeHash>,
 }
 
 impl Conversation {
@@ -113,6 +157,7 @@ impl Conversation {
             session,
             awaiting: false,
             last_activity: now,
+            wanted: Vec::new(),
         }
     }
 }
@@ -133,13 +178,39 @@ pub struct MemberSync {
     pub last_heard: Option<i64>,
 }
 
-/// Counters for status and benchmarks.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+/// Most recent arrivals kept in [`Stats::arrivals`].
+pub const MAX_ARRIVALS: usize = 10_000;
+
+/// Counters for tests and benchmarks (the `Stats` control call).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
+    /// Sync requests sent, and their encoded bytes.
     pub requests_sent: u64,
+    pub request_bytes: u64,
+    /// Sync responses sent, and their encoded bytes.
+    pub responses_sent: u64,
+    pub response_bytes: u64,
+    /// Signed changes sent in sync messages (either direction).
     pub changes_sent: u64,
     pub changes_accepted: u64,
     pub changes_rejected: u64,
+    /// Announcements published by this node, and their payload bytes (gossip's own framing and
+    /// signature come on top); announcements delivered to this node (gossip drops duplicates
+    /// before they get here).
+    pub announcements_sent: u64,
+    pub announcement_bytes: u64,
+    pub announcements_received: u64,
+    /// Announcements passed on for flows this node relays without holding them.
+    pub announcements_relayed: u64,
+    /// The last [`MAX_ARRIVALS`] changes received from peers: hash (hex) and when they were
+    /// durable here (Unix milliseconds).
+    pub arrivals: VecDeque<Arrival>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Arrival {
+    pub hash: String,
+    pub at_ms: i64,
 }
 
 pub struct Engine {
@@ -152,6 +223,18 @@ pub struct Engine {
     servers: HashMap<(NodeId, String), Conversation>,
     joining: HashMap<String, Joining>,
     io: VecDeque<Io>,
+    /// Gossip topic ↔ flow, for the flows held here.
+    topics: HashMap<String, String>,
+    topic_of: HashMap<String, String>,
+    /// Announcements held back until their changes arrive.
+    waiting: VecDeque<Waiting>,
+    /// Per flow, the members known to hold it (they sent its heads, announced, or subscribed).
+    holders: HashMap<String, HashSet<NodeId>>,
+    /// Per flow, the peer this node is fetching announced heads from (one at a time, so the
+    /// same changes do not arrive over many conversations at once), and the announcements
+    /// queued behind it: who announced which heads.
+    pulling: HashMap<String, NodeId>,
+    queued: HashMap<String, Vec<(NodeId, Vec<ChangeHash>)>>,
     pub stats: Stats,
 }
 
@@ -168,6 +251,12 @@ impl Engine {
             servers: HashMap::new(),
             joining: HashMap::new(),
             io: VecDeque::new(),
+            topics: HashMap::new(),
+            topic_of: HashMap::new(),
+            waiting: VecDeque::new(),
+            holders: HashMap::new(),
+            pulling: HashMap::new(),
+            queued: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -200,10 +289,7 @@ impl Engine {
     }
 
     fn is_member(&mut self, flow: &str, peer: &NodeId) -> bool {
-        self.repo
-            .members(flow)
-            .map(|ms| ms.iter().any(|(n, _)| n == peer.as_str()))
-            .unwrap_or(false)
+        matches!(self.repo.role_of(flow, peer.as_str()), Ok(Some(_)))
     }
 
     /// How this node talks about `flow` with `peer`.
@@ -230,22 +316,372 @@ impl Engine {
         self.connected.remove(peer);
         self.clients.retain(|(p, _), _| p != peer);
         self.servers.retain(|(p, _), _| p != peer);
+        self.pulls_from_ended(peer);
     }
 
-    /// A change was made here: offer it to every connected member of the flow.
+    /// A change was made here: announce the new heads on the flow's gossip topic (members
+    /// fetch them from whoever announced or passed the announcement on), and push it at once to
+    /// connected members not known to hold the flow yet (gossip does not reach them).
     pub fn local_change(&mut self, flow: &str) {
-        let peers: Vec<NodeId> = self.connected.keys().cloned().collect();
+        let holders = self.holders.get(flow).cloned().unwrap_or_default();
+        let peers: Vec<NodeId> = self
+            .connected
+            .keys()
+            .filter(|p| !holders.contains(*p))
+            .cloned()
+            .collect();
         for peer in peers {
             if self.is_member(flow, &peer) {
                 self.sync_with(&peer, flow);
             }
         }
+        self.announce(flow);
+    }
+
+    /// The gossip topic of a flow held here.
+    fn topic(&mut self, flow: &str) -> String {
+        if let Some(t) = self.topic_of.get(flow) {
+            return t.clone();
+        }
+        let t = wire::flow_topic(flow);
+        self.topic_of.insert(flow.to_string(), t.clone());
+        self.topics.insert(t.clone(), flow.to_string());
+        t
+    }
+
+    /// The flow held here whose topic this is, if any.
+    fn flow_of_topic(&mut self, topic: &str) -> Option<String> {
+        if let Some(f) = self.topics.get(topic) {
+            return Some(f.clone());
+        }
+        for flow in self.repo.flow_ids().unwrap_or_default() {
+            if !self.topic_of.contains_key(&flow) {
+                self.topic(&flow);
+            }
+        }
+        self.topics.get(topic).cloned()
+    }
+
+    fn announce(&mut self, flow: &str) {
+        let heads = self.heads(flow);
+        if heads.is_empty() {
+            return;
+        }
+        let topic = self.topic(flow);
+        self.stats.announcements_sent += 1;
+        self.stats.announcement_bytes += wire::encode_announce(&heads).len() as u64;
+        self.io.push_back(Io::Announce { topic, heads });
+    }
+
+    /// The gossip topics this node subscribes to: those of the flows it holds as a member.
+    pub fn member_topics(&mut self) -> Vec<String> {
+        let me = self.me.clone();
+        let mut out = Vec::new();
+        for flow in self.repo.flow_ids().unwrap_or_default() {
+            if self.is_member(&flow, &me) {
+                out.push(self.topic(&flow));
+            }
+        }
+        out
+    }
+
+    /// A member was seen subscribed to a flow's topic: it holds the flow.
+    pub fn peer_subscribed(&mut self, peer: &NodeId, topic: &str) {
+        if let Some(flow) = self.flow_of_topic(topic) {
+            if self.is_member(&flow, peer) {
+                self.holders.entry(flow).or_default().insert(peer.clone());
+            }
+        }
+    }
+
+    /// A gossip announcement arrived (`via` passed it on; `source` signed it). The verdict goes
+    /// out as [`Io::Validate`]: at once, or — when this node lacks the announced changes — once
+    /// it has synced them, so that a member passes an announcement on only when it can serve
+    /// what it names.
+    pub fn handle_announcement(
+        &mut self,
+        id: Vec<u8>,
+        via: &NodeId,
+        source: Option<&NodeId>,
+        topic: &str,
+        data: &[u8],
+    ) {
+        self.stats.announcements_received += 1;
+        if let Some(verdict) = self.judge_announcement(&id, via, source, topic, data) {
+            self.io.push_back(Io::Validate {
+                id,
+                via: via.clone(),
+                verdict,
+            });
+        }
+    }
+
+    fn judge_announcement(
+        &mut self,
+        id: &[u8],
+        via: &NodeId,
+        source: Option<&NodeId>,
+        topic: &str,
+        data: &[u8],
+    ) -> Option<Verdict> {
+        let me = self.me.clone();
+        let flow = match self.flow_of_topic(topic) {
+            Some(f) if matches!(self.repo.holds(&f), Ok(true)) && self.is_member(&f, &me) => f,
+            // A topic this node relays without being a member: content-free, pass it on.
+            _ => {
+                self.stats.announcements_relayed += 1;
+                return Some(Verdict::Accept);
+            }
+        };
+        let heads = match wire::decode_announce(data) {
+            Ok(h) => h,
+            Err(why) => {
+                tracing::debug!(target: "sync", %via, "rejecting an announcement: {why}");
+                return Some(Verdict::Reject);
+            }
+        };
+        let Some(source) = source else {
+            return Some(Verdict::Reject);
+        };
+        if !self.is_member(&flow, source) {
+            return Some(Verdict::Ignore);
+        }
+        self.holders
+            .entry(flow.clone())
+            .or_default()
+            .insert(source.clone());
+        // A member passes an announcement on only once it holds what it names.
+        let via_serves = via == source || self.is_member(&flow, via);
+        if via_serves {
+            self.holders
+                .entry(flow.clone())
+                .or_default()
+                .insert(via.clone());
+        }
+        let missing = self.missing(&flow, &heads);
+        if missing.is_empty() {
+            return Some(Verdict::Accept);
+        }
+        tracing::debug!(target: "sync", %flow, %via, %source, missing = missing.len(), "announced heads this node lacks");
+        if via_serves && self.connected.contains_key(via) {
+            self.want(via, &flow, &missing);
+        } else if self.connected.contains_key(source) {
+            self.want(source, &flow, &missing);
+        } else {
+            self.io.push_back(Io::Dial {
+                peer: source.clone(),
+            });
+            let member = self
+                .connected
+                .keys()
+                .find(|p| *p != via)
+                .cloned()
+                .into_iter()
+                .chain(std::iter::once(via.clone()))
+                .find(|p| self.is_member(&flow, p));
+            if let Some(p) = member {
+                self.want(&p, &flow, &missing);
+            }
+        }
+        if self.waiting.len() >= MAX_WAITING_ANNOUNCEMENTS {
+            if let Some(old) = self.waiting.pop_front() {
+                self.io.push_back(Io::Validate {
+                    id: old.id,
+                    via: old.via,
+                    verdict: Verdict::Ignore,
+                });
+            }
+        }
+        self.waiting.push_back(Waiting {
+            id: id.to_vec(),
+            via: via.clone(),
+            flow,
+            heads: missing,
+            since: self.now,
+        });
+        None
+    }
+
+    /// Which of `heads` this node does not have.
+    fn missing(&mut self, flow: &str, heads: &[ChangeHash]) -> Vec<ChangeHash> {
+        match self.repo.doc(flow) {
+            Ok(doc) => heads
+                .iter()
+                .filter(|h| doc.get_change_meta_by_hash(h).is_none())
+                .copied()
+                .collect(),
+            Err(_) => heads.to_vec(),
+        }
+    }
+
+    /// Fetches `heads` of `flow` from `peer`: now, if no fetch for this flow is under way (or
+    /// it is from the same peer); otherwise once the current one ends.
+    fn want(&mut self, peer: &NodeId, flow: &str, heads: &[ChangeHash]) {
+        match self.pulling.get(flow) {
+            Some(p) if p != peer => {
+                let queue = self.queued.entry(flow.to_string()).or_default();
+                match queue.iter_mut().find(|(q, _)| q == peer) {
+                    Some((_, hs)) => {
+                        for h in heads {
+                            if !hs.contains(h) {
+                                hs.push(*h);
+                            }
+                        }
+                    }
+                    None => queue.push((peer.clone(), heads.to_vec())),
+                }
+                return;
+            }
+            _ => {
+                self.pulling.insert(flow.to_string(), peer.clone());
+            }
+        }
+        let now = self.now;
+        let c = self
+            .clients
+            .entry((peer.clone(), flow.to_string()))
+            .or_insert_with(|| Conversation::fresh(1, now, None));
+        for h in heads {
+            if !c.wanted.contains(h) {
+                c.wanted.push(*h);
+            }
+        }
+        self.sync_with(peer, flow);
+    }
+
+    /// The fetch from `peer` for `flow` ended (the conversation came to rest, failed, or the
+    /// peer left): start the next one for heads still missing.
+    fn pull_ended(&mut self, peer: &NodeId, flow: &str) {
+        if self.pulling.get(flow) != Some(peer) {
+            return;
+        }
+        self.pulling.remove(flow);
+        let mut queue = Vec::new();
+        for (p, heads) in self.queued.remove(flow).unwrap_or_default() {
+            let missing = self.missing(flow, &heads);
+            // What arrived meanwhile, and announcers that left, are dropped (anti-entropy and
+            // later announcements cover the rest).
+            if !missing.is_empty() && self.connected.contains_key(&p) {
+                queue.push((p, missing));
+            }
+        }
+        if queue.is_empty() {
+            return;
+        }
+        let (next, heads) = queue.remove(0);
+        if !queue.is_empty() {
+            self.queued.insert(flow.to_string(), queue);
+        }
+        self.want(&next, flow, &heads);
+    }
+
+    /// Ends every fetch from `peer` (it left, or was penalized).
+    fn pulls_from_ended(&mut self, peer: &NodeId) {
+        let flows: Vec<String> = self
+            .pulling
+            .iter()
+            .filter(|(_, p)| *p == peer)
+            .map(|(f, _)| f.clone())
+            .collect();
+        for flow in flows {
+            self.pull_ended(peer, &flow);
+        }
+    }
+
+    /// Changes arrived in `flow`: pass on the announcements they complete. Returns whether any
+    /// announcement named them.
+    fn settle_waiting(&mut self, flow: &str) -> bool {
+        if !self.waiting.iter().any(|w| w.flow == flow) {
+            return false;
+        }
+        let waiting = std::mem::take(&mut self.waiting);
+        let mut settled = false;
+        for w in waiting {
+            if w.flow == flow && self.missing(flow, &w.heads).is_empty() {
+                settled = true;
+                self.io.push_back(Io::Validate {
+                    id: w.id,
+                    via: w.via,
+                    verdict: Verdict::Accept,
+                });
+            } else {
+                self.waiting.push_back(w);
+            }
+        }
+        settled
+    }
+
+    /// Members this node should connect to, for the runtime to dial: `must` are members not
+    /// known to hold a flow whose delivery falls to this node (it is among the [`DELIVERERS`]
+    /// holders a deterministic order picks for them); `more` are, per flow with fewer than
+    /// [`MIN_MEMBER_LINKS`] members connected, how many more to connect and the candidates in
+    /// order of preference.
+    pub fn reach_plan(&mut self) -> (Vec<NodeId>, Vec<(usize, Vec<NodeId>)>) {
+        let me = self.me.clone();
+        let mut must = Vec::new();
+        let mut more = Vec::new();
+        for flow in self.repo.flow_ids().unwrap_or_default() {
+            let members: Vec<NodeId> = self
+                .repo
+                .members(&flow)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(n, _)| n.parse().ok())
+                .collect();
+            if !members.contains(&me) {
+                continue;
+            }
+            let holders = self.holders.get(&flow).cloned().unwrap_or_default();
+            let mut connected = 0;
+            let mut candidates = Vec::new();
+            for m in members.iter().filter(|m| **m != me) {
+                if self.connected.contains_key(m) {
+                    connected += 1;
+                    continue;
+                }
+                if !holders.contains(m) {
+                    let mut deliverers: Vec<NodeId> = holders
+                        .iter()
+                        .filter(|h| *h != m)
+                        .cloned()
+                        .chain(std::iter::once(me.clone()))
+                        .collect();
+                    rendezvous(m, &mut deliverers);
+                    if deliverers.iter().take(DELIVERERS).any(|d| *d == me) {
+                        must.push(m.clone());
+                    }
+                }
+                candidates.push(m.clone());
+            }
+            if connected < MIN_MEMBER_LINKS && !candidates.is_empty() {
+                // Holders first (they can serve the flow), each group in this node's own order.
+                rendezvous(&me, &mut candidates);
+                candidates.sort_by_key(|c| !holders.contains(c));
+                more.push((MIN_MEMBER_LINKS - connected, candidates));
+            }
+        }
+        must.sort();
+        must.dedup();
+        (must, more)
     }
 
     /// Anti-entropy: start missing conversations, and restart quiet ones whose peer is not known
     /// to have our heads (a message was lost, or a change was missed).
     pub fn tick(&mut self, now: u64) {
         self.now = now;
+        // Announcements whose changes never came are dropped, not passed on.
+        while self
+            .waiting
+            .front()
+            .is_some_and(|w| now.saturating_sub(w.since) >= ANNOUNCE_PATIENCE_MS)
+        {
+            let w = self.waiting.pop_front().expect("present");
+            self.io.push_back(Io::Validate {
+                id: w.id,
+                via: w.via,
+                verdict: Verdict::Ignore,
+            });
+        }
         // Each flow's heads and members are read once per tick, not once per peer.
         let flows: Vec<(String, Vec<automerge::ChangeHash>, Vec<String>)> = self
             .repo
@@ -265,27 +701,34 @@ impl Engine {
             })
             .collect();
         let peers: Vec<NodeId> = self.connected.keys().cloned().collect();
-        for peer in peers {
-            for (flow, ours, members) in &flows {
+        for (flow, ours, members) in &flows {
+            // Conversations due a restart, the quietest first; only a few per tick, so that
+            // after a burst of news a dense mesh is not swamped with repairs all at once.
+            let mut due: Vec<(u64, NodeId)> = Vec::new();
+            for peer in &peers {
                 if !members.iter().any(|m| m == peer.as_str()) {
                     continue;
                 }
-                let key = (peer.clone(), flow.clone());
-                let restart = match self.clients.get(&key) {
-                    None => true,
-                    Some(c) => {
-                        now.saturating_sub(c.last_activity) >= ANTI_ENTROPY_MS
+                match self.clients.get(&(peer.clone(), flow.clone())) {
+                    None => due.push((0, peer.clone())),
+                    Some(c)
+                        if now.saturating_sub(c.last_activity) >= ANTI_ENTROPY_MS
                             && c.state.their_heads.as_ref().map(|h| sorted(h.clone()))
-                                != Some(ours.clone())
+                                != Some(ours.clone()) =>
+                    {
+                        due.push((c.last_activity, peer.clone()))
                     }
-                };
-                if restart {
-                    let previous = self.clients.remove(&key);
-                    let session = previous.as_ref().map_or(1, |c| c.session + 1);
-                    self.clients
-                        .insert(key, Conversation::fresh(session, now, previous.as_ref()));
-                    self.sync_with(&peer, flow);
+                    Some(_) => {}
                 }
+            }
+            due.sort();
+            for (_, peer) in due.into_iter().take(ANTI_ENTROPY_PEERS) {
+                let key = (peer.clone(), flow.clone());
+                let previous = self.clients.remove(&key);
+                let session = previous.as_ref().map_or(1, |c| c.session + 1);
+                self.clients
+                    .insert(key, Conversation::fresh(session, now, previous.as_ref()));
+                self.sync_with(&peer, flow);
             }
         }
     }
@@ -343,20 +786,42 @@ impl Engine {
         if client.awaiting {
             tracing::debug!(target: "sync", %peer, %flow, "request in flight; news waits for its answer");
         } else {
+            if !client.wanted.is_empty() {
+                // The peer announced heads we lack: tell the sync state it has them, so our
+                // next message asks for them.
+                let wanted = std::mem::take(&mut client.wanted);
+                let missing = self.missing(flow, &wanted);
+                if !missing.is_empty() {
+                    let mut theirs = client.state.their_heads.clone().unwrap_or_default();
+                    for h in missing {
+                        if !theirs.contains(&h) {
+                            theirs.push(h);
+                        }
+                    }
+                    client.state.their_heads = Some(theirs);
+                }
+            }
             let generated = self.generate(flow, &mut client.state);
             tracing::debug!(target: "sync", %peer, %flow, sends = generated.is_some(), changes = generated.as_ref().map_or(0, |w| w.changes.len()), "client turn");
             if let Some(mut wire) = generated {
                 wire.session = client.session;
                 client.awaiting = true;
                 client.last_activity = now;
+                let request = wire::SyncRequest {
+                    message: Some(wire),
+                };
                 self.stats.requests_sent += 1;
+                self.stats.request_bytes += prost::Message::encoded_len(&request) as u64;
                 self.io.push_back(Io::Sync {
                     peer: peer.clone(),
                     flow: flow.to_string(),
-                    request: wire::SyncRequest {
-                        message: Some(wire),
-                    },
+                    request,
                 });
+            } else {
+                // The conversation is at rest: a fetch from this peer is over.
+                self.clients.insert(key, client);
+                self.pull_ended(peer, flow);
+                return;
             }
         }
         self.clients.insert(key, client);
@@ -368,6 +833,13 @@ impl Engine {
         peer: &NodeId,
         request: wire::SyncRequest,
     ) -> wire::SyncResponse {
+        let response = self.answer(peer, request);
+        self.stats.responses_sent += 1;
+        self.stats.response_bytes += prost::Message::encoded_len(&response) as u64;
+        response
+    }
+
+    fn answer(&mut self, peer: &NodeId, request: wire::SyncRequest) -> wire::SyncResponse {
         let unavailable = wire::SyncResponse {
             result: Some(sync_response::Result::Unavailable(true)),
         };
@@ -462,6 +934,7 @@ impl Engine {
             Some(sync_response::Result::Unavailable(_)) => {
                 tracing::debug!(target: "sync", %peer, %flow, "peer does not serve this flow");
                 self.clients.insert(key, client);
+                self.pull_ended(peer, flow);
             }
             // The peer had nothing to say. News that arrived while we waited goes out now;
             // with no news, Automerge has nothing to send and the conversation rests.
@@ -477,6 +950,7 @@ impl Engine {
         if let Some(c) = self.clients.get_mut(&(peer.clone(), flow.to_string())) {
             c.awaiting = false;
         }
+        self.pull_ended(peer, flow);
     }
 
     /// Applies a received sync message: its signed changes through the accept path, the rest
@@ -490,6 +964,12 @@ impl Engine {
     ) -> Result<(), String> {
         self.last_heard.insert(peer.clone(), self.repo.now());
         let mut am = decode_sync_message(&message.automerge)?;
+        if !am.heads.is_empty() && self.is_member(flow, peer) {
+            self.holders
+                .entry(flow.to_string())
+                .or_default()
+                .insert(peer.clone());
+        }
         if !am.changes.is_empty() {
             return Err("changes must travel with their signatures".into());
         }
@@ -510,6 +990,16 @@ impl Engine {
             };
             tracing::debug!(target: "sync", %peer, %flow, accepted = out.accepted.len(), pending = out.pending.len(), rejected = out.rejected.len(), known = out.known, "received changes");
             self.stats.changes_accepted += out.accepted.len() as u64;
+            let at_ms = crate::repo::system_clock_ms();
+            for change in &out.accepted {
+                if self.stats.arrivals.len() >= MAX_ARRIVALS {
+                    self.stats.arrivals.pop_front();
+                }
+                self.stats.arrivals.push_back(Arrival {
+                    hash: change.hash().to_string(),
+                    at_ms,
+                });
+            }
             self.stats.changes_rejected += out.rejected.len() as u64;
             if !out.accepted.is_empty() {
                 self.io.push_back(Io::Event(Event::FlowUpdated {
@@ -517,23 +1007,12 @@ impl Engine {
                     from: peer.clone(),
                 }));
                 self.finish_join(flow);
-                // Pass the news on to a few other connected members (epidemic gossip with a
-                // bounded fan-out: in a dense mesh, relaying to everyone costs O(n²) exchanges per
-                // change; anti-entropy repairs whatever a relay misses).
-                let heads: Vec<u8> = out
-                    .accepted
-                    .iter()
-                    .flat_map(|v| v.hash().0.to_vec())
-                    .collect();
-                let mut others: Vec<NodeId> = self
-                    .connected
-                    .keys()
-                    .filter(|p| *p != peer)
-                    .cloned()
-                    .collect();
-                others.retain(|o| self.is_member(flow, o));
-                for other in relay_targets(others, &heads, RELAY_FANOUT) {
-                    self.sync_with(&other, flow);
+                // Pass on the announcements these changes complete. News no announcement named
+                // (pushed by its author, or carried over from a partition or an offline edit)
+                // is announced by this node, so it spreads by gossip rather than by waiting
+                // for anti-entropy.
+                if !self.settle_waiting(flow) {
+                    self.announce(flow);
                 }
             }
             if let Some((_, why)) = out.rejected.first() {
@@ -567,6 +1046,7 @@ impl Engine {
         tracing::warn!(target: "sync", %peer, "penalizing peer: {reason}");
         self.clients.retain(|(p, _), _| p != peer);
         self.servers.retain(|(p, _), _| p != peer);
+        self.pulls_from_ended(peer);
         self.io.push_back(Io::Penalize {
             peer: peer.clone(),
             reason,

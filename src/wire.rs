@@ -14,7 +14,7 @@ mod pb {
 }
 
 pub use pb::{
-    join_response, sync_response, JoinRequest, JoinResponse, SignedChange, SyncMessage,
+    join_response, sync_response, Announce, JoinRequest, JoinResponse, SignedChange, SyncMessage,
     SyncRequest, SyncResponse, Ticket,
 };
 
@@ -29,6 +29,10 @@ pub const MAX_SYNC_MESSAGE: usize = 8 * 1024 * 1024;
 pub const MAX_JOIN_MESSAGE: usize = 4 * 1024;
 /// Most changes one sync message may carry.
 pub const MAX_CHANGES_PER_MESSAGE: usize = 20_000;
+/// Largest gossip message (an announcement of at most [`MAX_ANNOUNCED_HEADS`] heads, signed).
+pub const MAX_GOSSIP_MESSAGE: usize = 4 * 1024;
+/// Most heads one announcement names.
+pub const MAX_ANNOUNCED_HEADS: usize = 32;
 
 impl From<&Signed> for SignedChange {
     fn from(s: &Signed) -> Self {
@@ -206,6 +210,41 @@ pub fn flow_tag(flow: &str) -> Vec<u8> {
     h.update(b"coflow/flow-tag/v1\0");
     h.update(crate::identity::unhex(flow).unwrap_or_default());
     h.finalize().to_vec()
+}
+
+/// The gossip topic of a flow: its tag in hex, so the topic says nothing of the flow either.
+pub fn flow_topic(flow: &str) -> String {
+    format!("coflow/{}", crate::identity::hex(&flow_tag(flow)))
+}
+
+/// Encodes an announcement of `heads` (at most [`MAX_ANNOUNCED_HEADS`] of them are kept).
+pub fn encode_announce(heads: &[automerge::ChangeHash]) -> Vec<u8> {
+    use prost::Message;
+    Announce {
+        heads: heads
+            .iter()
+            .take(MAX_ANNOUNCED_HEADS)
+            .map(|h| h.0.to_vec())
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a peer's announcement; anything but 1..=[`MAX_ANNOUNCED_HEADS`] 32-byte hashes is
+/// malformed.
+pub fn decode_announce(bytes: &[u8]) -> Result<Vec<automerge::ChangeHash>, String> {
+    use prost::Message;
+    let a = Announce::decode(bytes).map_err(|e| format!("malformed announcement: {e}"))?;
+    if a.heads.is_empty() || a.heads.len() > MAX_ANNOUNCED_HEADS {
+        return Err(format!("an announcement of {} heads", a.heads.len()));
+    }
+    a.heads
+        .iter()
+        .map(|h| {
+            automerge::ChangeHash::try_from(h.as_slice())
+                .map_err(|_| "an announced head that is not a 32-byte hash".to_string())
+        })
+        .collect()
 }
 
 /// The prefix of every ticket.

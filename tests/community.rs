@@ -78,17 +78,37 @@ fn a_chain_of_ten_nodes_finds_its_members_through_the_dht() {
         nodes[outsider].json(&["flow", "list"]),
         serde_json::json!([])
     );
+    // It passed the members' announcements on (heads only, no content).
+    eventually(
+        "the outsider relays announcements",
+        &[&nodes[outsider]],
+        || {
+            nodes[outsider].json(&["stats"])["announcements_relayed"]
+                .as_u64()
+                .unwrap()
+                >= 1
+        },
+    );
+    assert_eq!(
+        nodes[outsider].json(&["stats"])["changes_accepted"],
+        serde_json::json!(0)
+    );
     let db = std::fs::read(nodes[outsider].home.join("coflow.db")).unwrap();
     let needle = b"hello from";
     assert!(!db.windows(needle.len()).any(|w| w == needle));
 }
 
-fn sparse_run(n: usize, writers: usize) {
+/// One flow with every node as a member on `n` in-process nodes that each start knowing one or
+/// two earlier nodes' addresses; `writers` members write `per_writer` comments each, all at once.
+/// Every node must end with identical heads and every comment; prints how long the flow took to
+/// reach everyone, propagation latency (p50, p99) and sync messages and bytes per change.
+fn sparse_run(n: usize, writers: usize, per_writer: usize) {
     use coflow::api::{Call, Reply};
-    use coflow::cluster::{InProcessNode, Member};
+    use coflow::cluster::{self, InProcessNode, Member};
     use coflow::flow::{Edit, Role};
     use std::time::{Duration, Instant};
 
+    cluster::init_logging();
     let root = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -132,37 +152,81 @@ fn sparse_run(n: usize, writers: usize) {
     }
     let all: Vec<&dyn Member> = nodes.iter().map(|m| m as &dyn Member).collect();
     let start = Instant::now();
-    coflow::cluster::spread(&all, all[0], &flow, Duration::from_secs(120)).unwrap();
+    cluster::spread(&all, all[0], &flow, Duration::from_secs(300)).unwrap();
     println!(
         "{n} nodes: the flow reached every member in {} ms",
         start.elapsed().as_millis()
     );
 
+    let before: Vec<coflow::sync::Stats> =
+        all.iter().map(|m| cluster::stats(*m).unwrap()).collect();
     let start = Instant::now();
+    let writes = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for w in 0..writers {
-            let (nodes, flow) = (&nodes, &flow);
+            let (nodes, flow, writes) = (&nodes, &flow, &writes);
             s.spawn(move || {
                 let who = &nodes[(w * 7 + 3) % nodes.len()];
-                for k in 0..3 {
+                for k in 0..per_writer {
                     let text = format!("writer {w} change {k}");
-                    who.edit(flow, Edit::Comment { text, step: None }).unwrap();
+                    let out = match who
+                        .call(Call::Edit {
+                            flow: flow.clone(),
+                            edit: Edit::Comment { text, step: None },
+                        })
+                        .unwrap()
+                    {
+                        Reply::Edited(e) => e,
+                        other => panic!("{other:?}"),
+                    };
+                    let at = coflow::repo::system_clock_ms();
+                    writes
+                        .lock()
+                        .unwrap()
+                        .push((who.node_id().to_string(), out.change, at));
                 }
             });
         }
     });
-    coflow::cluster::spread(&all, all[0], &flow, Duration::from_secs(120)).unwrap();
-    println!(
-        "{n} nodes, {writers} writers x 3 changes: identical heads everywhere {} ms after the writes began",
-        start.elapsed().as_millis()
-    );
+    cluster::spread(&all, all[0], &flow, Duration::from_secs(300)).unwrap();
+    let converged = start.elapsed();
     let view = nodes[n - 1].show(&flow).unwrap();
-    assert_eq!(view.flow.comments.len(), writers * 3);
+    assert_eq!(view.flow.comments.len(), writers * per_writer);
+    let writes = writes.into_inner().unwrap();
+    let delays = cluster::arrival_delays(&all, &writes).unwrap();
+    // Every change was recorded arriving at every member but its author.
+    assert_eq!(delays.len(), writes.len() * (n - 1));
+    let after: Vec<coflow::sync::Stats> = all.iter().map(|m| cluster::stats(*m).unwrap()).collect();
+    let total = |f: fn(&coflow::sync::Stats) -> u64| -> u64 {
+        after.iter().map(f).sum::<u64>() - before.iter().map(f).sum::<u64>()
+    };
+    let changes = writes.len() as f64;
+    let messages = total(|s| s.requests_sent + s.responses_sent) as f64 / changes;
+    let bytes = total(|s| s.request_bytes + s.response_bytes) as f64 / changes;
+    let announced = total(|s| s.announcements_sent) as f64 / changes;
+    let heard = total(|s| s.announcements_received) as f64 / changes;
+    println!(
+        "{n} nodes, {writers} writers x {per_writer} changes: identical heads everywhere {} ms after the writes began; \
+         propagation p50 {} ms, p99 {} ms, max {} ms ({} arrivals); per change: {messages:.0} sync messages, \
+         {bytes:.0} sync bytes, {announced:.1} announcements published, {heard:.0} delivered",
+        converged.as_millis(),
+        cluster::percentile(&delays, 50.0),
+        cluster::percentile(&delays, 99.0),
+        delays.last().copied().unwrap_or(0),
+        delays.len(),
+    );
 }
 
 /// A sparse network in one process: each node knows one or two others; one flow with every node
 /// as a member; concurrent writers; all converge to identical heads.
 #[test]
 fn twelve_nodes_sparse_topology_converge() {
-    sparse_run(12, 6);
+    sparse_run(12, 6, 3);
+}
+
+/// The community-scale run: 50 nodes, each starting with one or two bootstrap addresses, one
+/// flow with all 50 as members, 20 of them writing at once.
+#[test]
+fn fifty_nodes_sparse_topology_twenty_writers_converge() {
+    sparse_run(50, 20, 3);
 }

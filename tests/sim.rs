@@ -8,7 +8,7 @@ use coflow::flow::{Edit, Reader, Role};
 use coflow::identity::{Identity, NodeId};
 use coflow::repo::Repo;
 use coflow::store::Store;
-use coflow::sync::{Engine, Io};
+use coflow::sync::{Engine, Io, Verdict};
 use coflow::wire;
 
 enum Msg {
@@ -20,6 +20,15 @@ enum Msg {
         flow: String,
         resp: wire::SyncResponse,
     },
+    /// A gossip announcement, flooded to every node once (a stand-in for gossipsub: a node
+    /// passes it on only when it accepts it).
+    Announce { id: u64 },
+}
+
+struct Gossip {
+    source: usize,
+    topic: String,
+    data: Vec<u8>,
 }
 
 struct Packet {
@@ -40,6 +49,10 @@ struct Net {
     dropped: u64,
     duplicated: u64,
     penalties: Vec<(usize, String)>,
+    gossip: Vec<Gossip>,
+    /// (node, announcement) pairs already delivered.
+    seen: std::collections::HashSet<(usize, u64)>,
+    announcements: u64,
 }
 
 impl Net {
@@ -63,6 +76,9 @@ impl Net {
             dropped: 0,
             duplicated: 0,
             penalties: Vec::new(),
+            gossip: Vec::new(),
+            seen: Default::default(),
+            announcements: 0,
         }
     }
 
@@ -109,8 +125,37 @@ impl Net {
                     Io::Penalize { peer, reason } => {
                         self.penalties.push((self.index(&peer), reason));
                     }
-                    Io::Join { .. } | Io::Event(_) => {}
+                    Io::Announce { topic, heads } => {
+                        let id = self.gossip.len() as u64;
+                        self.gossip.push(Gossip {
+                            source: from,
+                            topic,
+                            data: wire::encode_announce(&heads),
+                        });
+                        self.seen.insert((from, id));
+                        self.flood(from, id);
+                    }
+                    Io::Validate { id, verdict, .. } => {
+                        let id = u64::from_le_bytes(id.try_into().unwrap());
+                        if verdict == Verdict::Accept {
+                            self.flood(from, id);
+                        }
+                    }
+                    Io::Join { .. } | Io::Dial { .. } | Io::Event(_) => {}
                 }
+            }
+        }
+    }
+
+    /// Passes announcement `id` on from `from` to every node that has not had it.
+    fn flood(&mut self, from: usize, id: u64) {
+        for to in 0..self.nodes.len() {
+            if self.seen.insert((to, id)) {
+                self.queue.push(Packet {
+                    from,
+                    to,
+                    msg: Msg::Announce { id },
+                });
             }
         }
     }
@@ -152,6 +197,19 @@ impl Net {
                     self.nodes[packet.to].handle_sync_response(&from_id, &flow, resp.clone());
                 }
                 self.nodes[packet.to].handle_sync_response(&from_id, &flow, resp);
+            }
+            Msg::Announce { id } => {
+                self.announcements += 1;
+                let g = &self.gossip[id as usize];
+                let source = self.ids[g.source].clone();
+                let (topic, data) = (g.topic.clone(), g.data.clone());
+                self.nodes[packet.to].handle_announcement(
+                    id.to_le_bytes().to_vec(),
+                    &from_id,
+                    Some(&source),
+                    &topic,
+                    &data,
+                );
             }
         }
         self.collect();

@@ -51,6 +51,9 @@ pub enum Command {
     Status,
     /// Peers: connected now, and remembered.
     Peers,
+    /// The running node's sync counters (messages, bytes, announcements) and, with `--json`,
+    /// when each recently received change arrived.
+    Stats,
     /// The node's configuration (`config.toml` in the data dir).
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -356,6 +359,7 @@ fn to_call(command: Command) -> Result<Call> {
         Command::Id => Call::Id,
         Command::Status => Call::Status,
         Command::Peers => Call::Peers,
+        Command::Stats => Call::Stats,
         Command::Flow(cmd) => match cmd {
             FlowCmd::New { title, need, role } => Call::FlowNew { title, need, role },
             FlowCmd::List => Call::FlowList,

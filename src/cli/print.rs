@@ -91,6 +91,29 @@ impl Out {
                 }
                 Ok(())
             }
+            Reply::Stats(s) => {
+                if self.json {
+                    emit_json(&s);
+                } else {
+                    emit(&format!(
+                        "sync requests sent: {} ({} bytes)\nsync responses sent: {} ({} bytes)\n\
+                         changes sent: {}\nchanges accepted: {}\nchanges rejected: {}\n\
+                         announcements published: {}\nannouncements received: {}\n\
+                         announcements relayed for flows not held: {}\n",
+                        s.requests_sent,
+                        s.request_bytes,
+                        s.responses_sent,
+                        s.response_bytes,
+                        s.changes_sent,
+                        s.changes_accepted,
+                        s.changes_rejected,
+                        s.announcements_sent,
+                        s.announcements_received,
+                        s.announcements_relayed,
+                    ));
+                }
+                Ok(())
+            }
             Reply::Export { .. } | Reply::Done => Ok(()),
         }
     }

@@ -200,17 +200,21 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
         }
     }
 
-    /// The whole flow, typed.
-    pub fn flow(&self, id: &str) -> Flow {
-        let members = self
-            .container(field::MEMBERS)
+    /// Every member entry (removed ones too).
+    pub fn members(&self) -> Vec<Member> {
+        self.container(field::MEMBERS)
             .map(|m| {
                 self.map_maps(&m)
                     .iter()
                     .map(|(k, o)| self.read_member(k, o))
                     .collect()
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// The whole flow, typed.
+    pub fn flow(&self, id: &str) -> Flow {
+        let members = self.members();
         let invites = self
             .container(field::INVITES)
             .map(|m| {
