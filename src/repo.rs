@@ -220,10 +220,11 @@ impl Repo {
 
     /// The flow's current (not removed) members.
     pub fn members(&mut self, flow: &str) -> Result<Vec<(String, Role)>> {
+        // Only the members map: reading the whole flow here made every sync message cost a
+        // pass over all its comments and steps.
         let doc = self.doc(flow)?;
         Ok(Reader::now(doc)
-            .flow(flow)
-            .members
+            .members()
             .into_iter()
             .filter(|m| !m.removed)
             .map(|m| (m.node_id, m.role))

@@ -118,6 +118,18 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
         Some(self.read_member(node_id, &m))
     }
 
+    /// Every member, removed ones included, without reading the rest of the flow.
+    pub fn members(&self) -> Vec<Member> {
+        self.container(field::MEMBERS)
+            .map(|m| {
+                self.map_maps(&m)
+                    .iter()
+                    .map(|(k, o)| self.read_member(k, o))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The role of `node_id` if it is a current (not removed) member.
     pub fn role_of(&self, node_id: &str) -> Option<Role> {
         self.member(node_id).filter(|m| !m.removed).map(|m| m.role)
@@ -202,15 +214,7 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
 
     /// The whole flow, typed.
     pub fn flow(&self, id: &str) -> Flow {
-        let members = self
-            .container(field::MEMBERS)
-            .map(|m| {
-                self.map_maps(&m)
-                    .iter()
-                    .map(|(k, o)| self.read_member(k, o))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let members = self.members();
         let invites = self
             .container(field::INVITES)
             .map(|m| {
