@@ -94,7 +94,12 @@ pub struct Repo {
     /// Documents loaded so far. Each is exactly what the store holds for its flow: any write
     /// that fails drops the cached copy, which is then loaded again.
     docs: HashMap<String, Automerge>,
+    /// Each flow's current members, as of the heads they were read at.
+    members_at: HashMap<String, MembersAt>,
 }
+
+/// A flow's current members (node id, role), and the heads they were read at.
+type MembersAt = (Vec<automerge::ChangeHash>, Vec<(String, Role)>);
 
 /// An invite just made: the change, and the ticket to hand to the invitee.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -179,6 +184,7 @@ impl Repo {
             identity,
             clock: system_clock,
             docs: HashMap::new(),
+            members_at: HashMap::new(),
         }
     }
 
@@ -220,15 +226,23 @@ impl Repo {
 
     /// The flow's current (not removed) members.
     pub fn members(&mut self, flow: &str) -> Result<Vec<(String, Role)>> {
-        // Only the members map: reading the whole flow here made every sync message cost a
-        // pass over all its comments and steps.
-        let doc = self.doc(flow)?;
-        Ok(Reader::now(doc)
+        // The sync engine asks this for every message and peer: read only the members map, and
+        // only when the document has changed since the last answer (same heads, same members).
+        let heads = self.doc(flow)?.get_heads();
+        if let Some((at, members)) = self.members_at.get(flow) {
+            if *at == heads {
+                return Ok(members.clone());
+            }
+        }
+        let members: Vec<(String, Role)> = Reader::now(&self.docs[flow])
             .members()
             .into_iter()
             .filter(|m| !m.removed)
             .map(|m| (m.node_id, m.role))
-            .collect())
+            .collect();
+        self.members_at
+            .insert(flow.to_string(), (heads, members.clone()));
+        Ok(members)
     }
 
     /// Ids of every flow held here.
