@@ -147,13 +147,23 @@ fn main() {
         return;
     }
     let json = args.iter().any(|a| a == "--json");
-    let tier = if args.iter().any(|a| a == "--smoke") {
+    let mut tier = if args.iter().any(|a| a == "--smoke") {
         SMOKE
     } else if args.iter().any(|a| a == "--quick") {
         QUICK
     } else {
         FULL
     };
+    // `--trace-ops N` overrides the size of the editing trace (its catch-up grows faster than
+    // linearly; see BENCHMARKS.md).
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--trace-ops")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+    {
+        tier.trace_ops = n;
+    }
     let root = std::env::temp_dir().join(format!("coflow-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -195,7 +205,7 @@ fn step(what: &str) {
 }
 
 fn run(tier: &Tier, rt: &tokio::runtime::Runtime, root: &Path, only: Option<&str>) -> Vec<Metric> {
-    let mut out = Vec::new();
+    let mut out = Reported(Vec::new());
     let wanted = |group: &str| only.is_none_or(|o| o == group);
     let mut live_p99 = f64::NAN;
 
@@ -239,8 +249,8 @@ fn run(tier: &Tier, rt: &tokio::runtime::Runtime, root: &Path, only: Option<&str
         );
         drop(flow);
         let note = format!(
-            "{} changes; in-process engines, on-disk stores, no sockets",
-            c.changes
+            "{} changes; in-process engines, on-disk stores, no sockets, {} sync messages",
+            c.changes, c.messages
         );
         out.push(Metric::cost(
             "catchup_10k",
@@ -282,8 +292,9 @@ fn run(tier: &Tier, rt: &tokio::runtime::Runtime, root: &Path, only: Option<&str
             t.base_secs,
             "s",
             format!(
-                "{ops} ops in {} changes (comment adds and retypes); in-process engines",
-                t.changes
+                "{ops} ops in {} changes (comment adds and retypes); in-process engines, \
+                 {} sync messages",
+                t.changes, t.messages
             ),
         ));
     }
@@ -360,7 +371,26 @@ fn run(tier: &Tier, rt: &tokio::runtime::Runtime, root: &Path, only: Option<&str
             format!("{note}; node answering vs Automerge::load of the stored bytes"),
         ));
     }
-    out
+    out.0
+}
+
+/// The metrics so far; each is also printed to stderr as it is measured, so a run cut short
+/// still shows what it measured.
+struct Reported(Vec<Metric>);
+
+impl Reported {
+    fn push(&mut self, m: Metric) {
+        eprintln!(
+            "bench:   {} = {} {} (baseline {}, ratio {:.2}; {})",
+            m.name,
+            fmt(m.value),
+            m.unit,
+            fmt(m.baseline),
+            m.ratio,
+            m.note
+        );
+        self.0.push(m);
+    }
 }
 
 fn print_table(tier: &Tier, metrics: &[Metric], secs: f64) {

@@ -19,6 +19,8 @@ pub struct Catchup {
     pub base_secs: f64,
     pub bytes: u64,
     pub base_bytes: u64,
+    /// Sync requests and responses the catch-up took.
+    pub messages: u64,
     /// Bytes per live change after the catch-up (0 if not measured).
     pub wire_per_change: f64,
     pub signed_change_size: f64,
@@ -49,7 +51,7 @@ pub fn catchup(
         .map(|c| c.len())
         .unwrap_or(0);
     assert_eq!(got, flow.changes.len(), "the newcomer caught up completely");
-    let bytes = net.bytes;
+    let (bytes, sync_messages) = (net.bytes, net.messages);
 
     // Baseline: Automerge's own sync of the same document into an empty one, plus batch
     // verification of every signature.
@@ -124,6 +126,7 @@ pub fn catchup(
         base_secs,
         bytes,
         base_bytes,
+        messages: sync_messages,
         wire_per_change,
         signed_change_size,
     }
