@@ -166,8 +166,16 @@ fn main() {
     }
     let root = std::env::temp_dir().join(format!("coflow-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
+    // `--workers N`: tokio worker threads shared by the in-process nodes (default 2, one per
+    // core here); more lets other nodes run while one blocks in a commit.
+    let workers = args
+        .iter()
+        .position(|a| a == "--workers")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("a tokio runtime");
