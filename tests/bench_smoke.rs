@@ -18,30 +18,28 @@ const METRICS: [&str; 10] = [
     "wire_bytes",
 ];
 
-/// The bench example next to this test (`target/<profile>/examples/bench`). A plain `cargo test`
-/// builds it; `cargo test --test bench_smoke` does not, so then it is built here, with the same
-/// profile and target dir.
+/// The bench example next to this test (`target/<profile>/examples/bench`), built first with
+/// the same profile and target dir: `cargo test --test bench_smoke` alone does not build
+/// examples, and a binary left from an earlier build may be stale. (When `cargo test` has just
+/// built it, this build has nothing to do.)
 fn bench_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>/deps");
-    let bench = profile_dir.join("examples").join("bench");
-    if !bench.exists() {
-        let target_dir = profile_dir.parent().expect("target/");
-        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        build
-            .args(["build", "--example", "bench", "--target-dir"])
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("cargo runs");
-        assert!(status.success(), "cargo build --example bench failed");
+    let target_dir = profile_dir.parent().expect("target/");
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build
+        .args(["build", "--example", "bench", "--target-dir"])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        build.arg("--release");
     }
-    bench
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "cargo build --example bench failed");
+    profile_dir.join("examples").join("bench")
 }
 
 #[test]
