@@ -307,7 +307,7 @@ impl Repo {
     ) -> Result<EditOutcome> {
         use sha2::Digest;
         let now = self.now();
-        let current = Reader::now(self.doc(flow)?).flow(flow);
+        let current = Reader::now(self.doc(flow)?).flow_without_comments(flow);
         let inv = current
             .invites
             .iter()
@@ -408,7 +408,8 @@ impl Repo {
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(load_doc(w, &id)?),
             };
             doc.set_actor(me.actor());
-            let current = Reader::now(&*doc).flow(&id);
+            // Not the comments: a flow's comments grow without bound, and no edit reads them.
+            let current = Reader::now(&*doc).flow_without_comments(&id);
             let mut tx = doc.transaction();
             let applied = edit.apply(&mut tx, &current, me.node_id(), now)?;
             let (hash, _) = tx.commit_with(
