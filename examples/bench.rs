@@ -2,8 +2,10 @@
 //!
 //!     cargo run --release --example bench -- [--quick | --smoke] [--json]
 //!
-//! The full tier takes a few minutes on 2 cores, `--quick` about a minute, `--smoke` seconds
-//! (CI runs it in a debug build to keep the bench working; its numbers mean little). `ratio` is
+//! On 2 cores `--quick` takes about 20 s and `--smoke` seconds (CI runs it in a debug build to
+//! keep the bench working; its numbers mean little). The full tier takes about two minutes with
+//! `--trace-ops 52000`; with its ~260k-op editing trace it does not finish in reasonable time
+//! today (see BENCHMARKS.md). `ratio` is
 //! the cost relative to the baseline: 1.0 is as fast as the baseline, lower is better. What each
 //! number measures and what bounds it is in BENCHMARKS.md.
 
