@@ -102,11 +102,12 @@ pub struct Repo {
     /// Documents loaded so far. Each is exactly what the store holds for its flow: any write
     /// that fails drops the cached copy, which is then loaded again.
     docs: HashMap<String, Automerge>,
-    /// Each loaded flow's current members, as of the heads they were read at: the sync engine
-    /// asks about membership on every message, and reading it from the document each time
-    /// dominated a busy node's profile.
-    members: HashMap<String, (Vec<automerge::ChangeHash>, Vec<(String, Role)>)>,
+    /// Each flow's current members, as of the heads they were read at.
+    members_at: HashMap<String, MembersAt>,
 }
+
+/// A flow's current members (node id, role), and the heads they were read at.
+type MembersAt = (Vec<automerge::ChangeHash>, Vec<(String, Role)>);
 
 /// An invite just made: the change, and the ticket to hand to the invitee.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -191,7 +192,7 @@ impl Repo {
             identity,
             clock: system_clock,
             docs: HashMap::new(),
-            members: HashMap::new(),
+            members_at: HashMap::new(),
         }
     }
 
@@ -236,7 +237,7 @@ impl Repo {
         Ok(self.current_members(flow)?.to_vec())
     }
 
-    /// The role of `node` in `flow` if it is a current member.
+    /// The role of `node` in `flow` if it is a current member (no copy of the member list).
     pub fn role_of(&mut self, flow: &str, node: &str) -> Result<Option<Role>> {
         Ok(self
             .current_members(flow)?
@@ -246,20 +247,19 @@ impl Repo {
     }
 
     fn current_members(&mut self, flow: &str) -> Result<&[(String, Role)]> {
-        self.doc(flow)?;
-        let doc = &self.docs[flow];
-        let heads = doc.get_heads();
-        let fresh = self.members.get(flow).is_some_and(|(h, _)| *h == heads);
-        if !fresh {
-            let members = Reader::now(doc)
+        // The sync engine asks this for every message and peer: read only the members map, and
+        // only when the document has changed since the last answer (same heads, same members).
+        let heads = self.doc(flow)?.get_heads();
+        if self.members_at.get(flow).is_none_or(|(at, _)| *at != heads) {
+            let members: Vec<(String, Role)> = Reader::now(&self.docs[flow])
                 .members()
                 .into_iter()
                 .filter(|m| !m.removed)
                 .map(|m| (m.node_id, m.role))
                 .collect();
-            self.members.insert(flow.to_string(), (heads, members));
+            self.members_at.insert(flow.to_string(), (heads, members));
         }
-        Ok(&self.members[flow].1)
+        Ok(&self.members_at[flow].1)
     }
 
     /// Ids of every flow held here.
@@ -324,7 +324,7 @@ impl Repo {
     ) -> Result<EditOutcome> {
         use sha2::Digest;
         let now = self.now();
-        let current = Reader::now(self.doc(flow)?).flow(flow);
+        let current = Reader::now(self.doc(flow)?).flow_without_comments(flow);
         let inv = current
             .invites
             .iter()
@@ -425,7 +425,8 @@ impl Repo {
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(load_doc(w, &id)?),
             };
             doc.set_actor(me.actor());
-            let current = Reader::now(&*doc).flow(&id);
+            // Not the comments: a flow's comments grow without bound, and no edit reads them.
+            let current = Reader::now(&*doc).flow_without_comments(&id);
             let mut tx = doc.transaction();
             let applied = edit.apply(&mut tx, &current, me.node_id(), now)?;
             let (hash, _) = tx.commit_with(

@@ -244,6 +244,8 @@ fn resolve_member(flow: &Flow, who: &str) -> Result<String, EditError> {
 
 impl Edit {
     /// Checks the edit against `flow` (the document's current typed state) and writes it.
+    /// `flow.comments` may be empty ([`Reader::flow_without_comments`], what `Repo::edit`
+    /// passes): no edit may depend on existing comments without changing that.
     pub fn apply<T: Transactable>(
         &self,
         tx: &mut T,

@@ -118,6 +118,18 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
         Some(self.read_member(node_id, &m))
     }
 
+    /// Every member, removed ones included, without reading the rest of the flow.
+    pub fn members(&self) -> Vec<Member> {
+        self.container(field::MEMBERS)
+            .map(|m| {
+                self.map_maps(&m)
+                    .iter()
+                    .map(|(k, o)| self.read_member(k, o))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The role of `node_id` if it is a current (not removed) member.
     pub fn role_of(&self, node_id: &str) -> Option<Role> {
         self.member(node_id).filter(|m| !m.removed).map(|m| m.role)
@@ -200,20 +212,24 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
         }
     }
 
-    /// Every member entry (removed ones too).
-    pub fn members(&self) -> Vec<Member> {
-        self.container(field::MEMBERS)
-            .map(|m| {
-                self.map_maps(&m)
-                    .iter()
-                    .map(|(k, o)| self.read_member(k, o))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// The whole flow, typed.
     pub fn flow(&self, id: &str) -> Flow {
+        let mut flow = self.flow_without_comments(id);
+        flow.comments = self
+            .container(field::COMMENTS)
+            .map(|l| {
+                self.list_maps(&l)
+                    .iter()
+                    .map(|c| self.read_comment(c))
+                    .collect()
+            })
+            .unwrap_or_default();
+        flow
+    }
+
+    /// The flow with `comments` left empty: what [`crate::flow::Edit::apply`] checks an edit
+    /// against (no edit depends on existing comments), without reading what grows without bound.
+    pub fn flow_without_comments(&self, id: &str) -> Flow {
         let members = self.members();
         let invites = self
             .container(field::INVITES)
@@ -242,15 +258,6 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
                     .collect()
             })
             .unwrap_or_default();
-        let comments = self
-            .container(field::COMMENTS)
-            .map(|l| {
-                self.list_maps(&l)
-                    .iter()
-                    .map(|c| self.read_comment(c))
-                    .collect()
-            })
-            .unwrap_or_default();
         Flow {
             id: id.to_string(),
             schema: self.int(&ROOT, field::SCHEMA).unwrap_or(0),
@@ -262,7 +269,7 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
             invites,
             steps,
             decisions,
-            comments,
+            comments: Vec::new(),
         }
     }
 }
