@@ -27,8 +27,8 @@ pub fn ticket(data: &[u8]) {
     }
 }
 
-/// Protocol decoding: a `/coflow/sync/1` request as it comes off the wire, and the Automerge
-/// sync message inside it.
+/// Protocol decoding: a `/coflow/sync/1` request as it comes off the wire, the Automerge sync
+/// message inside it, a join request, and a gossip announcement.
 pub fn sync_message(data: &[u8]) {
     if let Ok(req) = crate::wire::SyncRequest::decode(data) {
         if let Some(m) = req.message {
@@ -39,6 +39,7 @@ pub fn sync_message(data: &[u8]) {
         }
     }
     let _ = crate::wire::JoinRequest::decode(data);
+    let _ = crate::wire::decode_announce(data);
     let _ = crate::sync::decode_sync_message(data);
 }
 

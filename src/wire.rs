@@ -357,4 +357,36 @@ mod tests {
             Err(TicketError::TooLong)
         );
     }
+
+    #[test]
+    fn announcements_are_bounded_and_checked() {
+        use automerge::ChangeHash;
+        use prost::Message;
+        let heads: Vec<ChangeHash> = (0..40u8).map(|i| ChangeHash([i; 32])).collect();
+        // At most MAX_ANNOUNCED_HEADS go out, and they come back as sent.
+        let bytes = encode_announce(&heads);
+        assert_eq!(
+            decode_announce(&bytes).unwrap(),
+            heads[..MAX_ANNOUNCED_HEADS]
+        );
+        assert!(bytes.len() < MAX_GOSSIP_MESSAGE);
+        let raw = |heads: Vec<Vec<u8>>| Announce { heads }.encode_to_vec();
+        assert!(decode_announce(&raw(vec![])).is_err(), "no heads");
+        assert!(
+            decode_announce(&raw(vec![vec![1; 32]; 33])).is_err(),
+            "too many"
+        );
+        assert!(
+            decode_announce(&raw(vec![vec![1; 31]])).is_err(),
+            "not a hash"
+        );
+        assert!(decode_announce(b"\xff\xff\xff").is_err(), "not protobuf");
+        // The topic names the flow's tag, never its id.
+        let flow = "00112233445566778899aabbccddeeff";
+        assert!(!flow_topic(flow).contains(flow));
+        assert_ne!(
+            flow_topic(flow),
+            flow_topic("ffeeddccbbaa99887766554433221100")
+        );
+    }
 }

@@ -122,7 +122,8 @@ fn sync_messages() {
         }),
     }
     .encode_to_vec();
-    burst(&[req, am], 5_000, coflow::fuzz::sync_message);
+    let announce = coflow::wire::encode_announce(&[automerge::ChangeHash([7; 32])]);
+    burst(&[req, am, announce], 5_000, coflow::fuzz::sync_message);
 }
 
 #[test]

@@ -501,3 +501,85 @@ fn a_lossless_network_needs_no_anti_entropy() {
         );
     }
 }
+
+/// What a member does with gossip announcements: one from a non-member is dropped without
+/// blame, a malformed one is rejected, one naming heads it holds is passed on at once, and one
+/// naming heads it lacks is held back — and a fetch from its sender started — until the
+/// changes have arrived.
+#[test]
+fn announcements_are_judged_before_they_are_passed_on() {
+    let mut net = Net::new(3, 9);
+    let flow = flow_with_members(&mut net, 1);
+    net.connect_all();
+    while net.step() {}
+    assert!(net.nodes[1].repo().holds(&flow).unwrap());
+    let topic = wire::flow_topic(&flow);
+    let (member, outsider) = (net.ids[0].clone(), net.ids[2].clone());
+    let ours = net.nodes[1].repo().doc(&flow).unwrap().get_heads();
+
+    // Node 1's output, with its fetches from node 0 answered at once.
+    fn verdicts(net: &mut Net, member: &NodeId, flow: &str) -> Vec<Verdict> {
+        let me = net.ids[1].clone();
+        let mut out = Vec::new();
+        while let Some(io) = net.nodes[1].next_io() {
+            match io {
+                Io::Validate { verdict, .. } => out.push(verdict),
+                Io::Sync { peer, request, .. } => {
+                    assert_eq!(&peer, member, "fetches from the announcer");
+                    let response = net.nodes[0].handle_sync_request(&me, request);
+                    net.nodes[1].handle_sync_response(member, flow, response);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+    let data = wire::encode_announce(&ours);
+    net.nodes[1].handle_announcement(vec![1], &outsider, Some(&outsider), &topic, &data);
+    assert_eq!(
+        verdicts(&mut net, &member, &flow),
+        vec![Verdict::Ignore],
+        "a non-member's"
+    );
+    net.nodes[1].handle_announcement(vec![2], &member, Some(&member), &topic, b"\xff\x01junk");
+    assert_eq!(
+        verdicts(&mut net, &member, &flow),
+        vec![Verdict::Reject],
+        "a malformed one"
+    );
+    net.nodes[1].handle_announcement(vec![3], &member, Some(&member), &topic, &data);
+    assert_eq!(
+        verdicts(&mut net, &member, &flow),
+        vec![Verdict::Accept],
+        "heads it holds"
+    );
+
+    // Node 0 makes a change without telling anyone; then node 1 hears it announced, and passes
+    // the announcement on only after fetching the change.
+    net.nodes[0]
+        .repo()
+        .edit(&flow, &common::add_step("quiet", None))
+        .unwrap();
+    while net.nodes[0].next_io().is_some() {}
+    let news = net.nodes[0].repo().doc(&flow).unwrap().get_heads();
+    assert!(!news.iter().all(|h| ours.contains(h)));
+    let data = wire::encode_announce(&news);
+    net.nodes[1].handle_announcement(vec![4], &member, Some(&member), &topic, &data);
+    let mut fetches = Vec::new();
+    while let Some(io) = net.nodes[1].next_io() {
+        match io {
+            Io::Sync { peer, request, .. } => fetches.push((peer, request)),
+            Io::Validate { .. } => panic!("passed on before the changes arrived"),
+            _ => {}
+        }
+    }
+    assert_eq!(fetches.len(), 1, "one fetch, from the announcer");
+    let (peer, request) = fetches.pop().unwrap();
+    assert_eq!(peer, member);
+    let response = net.nodes[0].handle_sync_request(&net.ids[1].clone(), request);
+    net.nodes[1].handle_sync_response(&member, &flow, response);
+    assert_eq!(verdicts(&mut net, &member, &flow), vec![Verdict::Accept]);
+    let theirs = net.nodes[1].repo().doc(&flow).unwrap().get_heads();
+    assert_eq!(theirs, news, "the fetch brought the change");
+    assert!(net.penalties.is_empty(), "{:?}", net.penalties);
+}
