@@ -140,6 +140,7 @@ impl Metric {
 }
 
 fn main() {
+    coflow::cluster::init_logging();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
         let what = &args[i + 1];

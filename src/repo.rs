@@ -247,6 +247,11 @@ impl Repo {
     }
 
     fn current_members(&mut self, flow: &str) -> Result<&[(String, Role)]> {
+        // A flow not held here has no members here; loading it would cache an empty document
+        // and make the flow look held.
+        if !self.holds(flow)? {
+            return Ok(&[]);
+        }
         // The sync engine asks this for every message and peer: read only the members map, and
         // only when the document has changed since the last answer (same heads, same members).
         let heads = self.doc(flow)?.get_heads();

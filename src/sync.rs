@@ -801,7 +801,15 @@ impl Engine {
                     client.state.their_heads = Some(theirs);
                 }
             }
-            let generated = self.generate(flow, &mut client.state);
+            // Same heads on both sides means the same history: nothing to say. (Automerge would
+            // still send our new heads once more after we received changes.)
+            let in_sync = client.state.their_heads.as_ref().map(|h| sorted(h.clone()))
+                == Some(self.heads(flow));
+            let generated = if in_sync {
+                None
+            } else {
+                self.generate(flow, &mut client.state)
+            };
             tracing::debug!(target: "sync", %peer, %flow, sends = generated.is_some(), changes = generated.as_ref().map_or(0, |w| w.changes.len()), "client turn");
             if let Some(mut wire) = generated {
                 wire.session = client.session;
@@ -964,7 +972,10 @@ impl Engine {
     ) -> Result<(), String> {
         self.last_heard.insert(peer.clone(), self.repo.now());
         let mut am = decode_sync_message(&message.automerge)?;
-        if !am.heads.is_empty() && self.is_member(flow, peer) {
+        if !am.heads.is_empty()
+            && matches!(self.repo.holds(flow), Ok(true))
+            && self.is_member(flow, peer)
+        {
             self.holders
                 .entry(flow.to_string())
                 .or_default()
