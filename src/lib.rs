@@ -20,9 +20,11 @@
 //! - [`wire`]: protobuf messages from `proto/coflow.proto`, the length-prefixed request-response
 //!   codec, tickets.
 //! - [`sync`]: the sans-IO sync engine (inputs in, [`sync::Io`] out): Automerge sync with signed
-//!   changes per (peer, flow), propagation, anti-entropy, joins.
+//!   changes per (peer, flow), head announcements and their verdicts, fetching announced heads,
+//!   which members to stay connected to, anti-entropy, joins, counters.
 //! - [`net`]: the libp2p swarm: TCP + Noise + Yamux, identify, ping, mDNS, Kademlia (coflow's
-//!   own DHT), the two request-response protocols, block list, connection limits.
+//!   own DHT), gossipsub (announcements), the two request-response protocols, block list,
+//!   connection limits.
 //! - [`config`]: `config.toml` in the data dir.
 //! - [`fuzz`]: entry points for the fuzz targets and their regression tests.
 //! - [`node`]: the runtime: one task owning the engine and swarm, the control API server.

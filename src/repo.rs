@@ -206,8 +206,7 @@ impl Repo {
 
     /// Whether this node holds the flow.
     pub fn holds(&self, flow: &str) -> Result<bool> {
-        Ok(self.docs.contains_key(flow)
-            || self.store.reader().flow_ids()?.iter().any(|f| f == flow))
+        Ok(self.docs.contains_key(flow) || self.store.reader().has_flow(flow)?)
     }
 
     /// The flow's document (loaded once, then kept).
@@ -539,11 +538,7 @@ impl Repo {
     }
 
     fn holds_in_store(&self, flow: &str) -> bool {
-        self.store
-            .reader()
-            .flow_ids()
-            .map(|ids| ids.iter().any(|f| f == flow))
-            .unwrap_or(false)
+        self.store.reader().has_flow(flow).unwrap_or(false)
     }
 
     /// Every stored change of a flow, with its signature, dependencies first.

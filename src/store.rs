@@ -248,6 +248,14 @@ impl Writer<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Whether the store holds this flow (one indexed lookup).
+    pub fn has_flow(&self, flow: &str) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM flows WHERE id = ?1")?;
+        Ok(stmt.exists([flow])?)
+    }
+
     pub fn flow_ids(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare("SELECT id FROM flows")?;
         let rows = stmt.query_map([], |r| r.get(0))?;

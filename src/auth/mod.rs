@@ -60,8 +60,7 @@ pub enum Rejection {
 
 /// Decodes a change and checks its signature.
 pub fn verify_one(sc: &SignedChange) -> Result<Verified, (Option<ChangeHash>, Rejection)> {
-    let (change, author, sig) = decode(sc)?;
-    let key = author.verifying_key();
+    let (change, author, key, sig) = decode(sc, &mut Authors::new())?;
     key.verify_strict(&change_message(&change.hash()), &sig)
         .map_err(|_| (Some(change.hash()), Rejection::BadSignature))?;
     Ok(Verified {
@@ -71,7 +70,7 @@ pub fn verify_one(sc: &SignedChange) -> Result<Verified, (Option<ChangeHash>, Re
     })
 }
 
-type Decoded = (Change, NodeId, Signature);
+type Decoded = (Change, NodeId, VerifyingKey, Signature);
 
 /// Parses change bytes from a peer. Automerge's parser can panic on crafted input; that is
 /// turned into an error like any other malformed change.
@@ -84,16 +83,31 @@ pub fn parse_change(bytes: &[u8]) -> Result<Change, String> {
     }
 }
 
-fn decode(sc: &SignedChange) -> Result<Decoded, (Option<ChangeHash>, Rejection)> {
+/// Authors already decoded in this batch (a key decodes by point decompression, several times
+/// over through `NodeId`: once per author, not once per change). `None`: not a usable key.
+type Authors = std::collections::HashMap<Vec<u8>, Option<(NodeId, VerifyingKey)>>;
+
+fn decode(
+    sc: &SignedChange,
+    authors: &mut Authors,
+) -> Result<Decoded, (Option<ChangeHash>, Rejection)> {
     let change = parse_change(&sc.bytes).map_err(|e| (None, Rejection::Malformed(e)))?;
     let hash = change.hash();
-    let author = NodeId::from_public_key(change.actor_id().to_bytes())
-        .filter(|n| !n.verifying_key().is_weak())
+    let actor = change.actor_id().to_bytes();
+    let author = authors
+        .entry(actor.to_vec())
+        .or_insert_with(|| {
+            NodeId::from_public_key(actor)
+                .map(|n| (n.verifying_key(), n))
+                .filter(|(k, _)| !k.is_weak())
+                .map(|(k, n)| (n, k))
+        })
+        .clone()
         .ok_or((Some(hash), Rejection::BadActor))?;
     let sig = <[u8; 64]>::try_from(sc.signature.as_slice())
         .map(|b| Signature::from_bytes(&b))
         .map_err(|_| (Some(hash), Rejection::BadSignature))?;
-    Ok((change, author, sig))
+    Ok((change, author.0, author.1, sig))
 }
 
 /// Checks many signatures at once (batch verification), falling back to one by one to find the
@@ -101,23 +115,24 @@ fn decode(sc: &SignedChange) -> Result<Decoded, (Option<ChangeHash>, Rejection)>
 pub fn verify_all(batch: &[SignedChange]) -> (Vec<Verified>, Vec<(Option<ChangeHash>, Rejection)>) {
     let mut decoded = Vec::with_capacity(batch.len());
     let mut rejected = Vec::new();
+    let mut authors = Authors::new();
     for sc in batch {
-        match decode(sc) {
+        match decode(sc, &mut authors) {
             Ok(d) => decoded.push(d),
             Err(r) => rejected.push(r),
         }
     }
     let messages: Vec<Vec<u8>> = decoded
         .iter()
-        .map(|(c, _, _)| change_message(&c.hash()))
+        .map(|(c, _, _, _)| change_message(&c.hash()))
         .collect();
     let msg_refs: Vec<&[u8]> = messages.iter().map(|m| m.as_slice()).collect();
-    let sigs: Vec<Signature> = decoded.iter().map(|(_, _, s)| *s).collect();
-    let keys: Vec<VerifyingKey> = decoded.iter().map(|(_, a, _)| a.verifying_key()).collect();
+    let sigs: Vec<Signature> = decoded.iter().map(|(_, _, _, s)| *s).collect();
+    let keys: Vec<VerifyingKey> = decoded.iter().map(|(_, _, k, _)| *k).collect();
     let all_good =
         !decoded.is_empty() && ed25519_dalek::verify_batch(&msg_refs, &sigs, &keys).is_ok();
     let mut verified = Vec::with_capacity(decoded.len());
-    for (i, (change, author, sig)) in decoded.into_iter().enumerate() {
+    for (i, (change, author, _, sig)) in decoded.into_iter().enumerate() {
         if all_good || keys[i].verify_strict(&messages[i], &sig).is_ok() {
             verified.push(Verified {
                 change,
