@@ -382,9 +382,14 @@ impl Runtime {
     fn refresh_topics(&mut self) {
         let topics: HashSet<String> = self.engine.member_topics().into_iter().collect();
         let gossip = &mut self.swarm.behaviour_mut().gossip;
+        let mut seen = Vec::new();
         for t in topics.difference(&self.member_topics) {
             if let Err(e) = gossip.subscribe(&gossipsub::IdentTopic::new(t.clone())) {
                 tracing::warn!(target: "node", topic = %t, "cannot subscribe: {e}");
+            }
+            // Peers that subscribed before this node held the flow.
+            for p in self.topic_peers.get(t).into_iter().flatten() {
+                seen.push((*p, t.clone()));
             }
         }
         for t in self.member_topics.difference(&topics) {
@@ -394,6 +399,11 @@ impl Runtime {
         }
         self.relayed.retain(|t| !topics.contains(t));
         self.member_topics = topics;
+        for (peer, topic) in seen {
+            if let Some(node) = node_of(&peer) {
+                self.engine.peer_subscribed(&node, &topic);
+            }
+        }
         let mut shared: Vec<(&String, usize)> = self
             .topic_peers
             .iter()
@@ -445,6 +455,9 @@ impl Runtime {
                 }
             }
             gossipsub::Event::Unsubscribed { peer_id, topic } => {
+                if let Some(node) = node_of(&peer_id) {
+                    self.engine.peer_unsubscribed(&node, topic.as_str());
+                }
                 if let Some(peers) = self.topic_peers.get_mut(topic.as_str()) {
                     peers.remove(&peer_id);
                     if peers.is_empty() {

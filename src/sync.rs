@@ -25,6 +25,10 @@ use crate::wire::{self, join_response, sync_response, JoinRequest, JoinResponse,
 /// lost message or a missed change is repaired (anti-entropy).
 pub const ANTI_ENTROPY_MS: u64 = 5_000;
 
+/// Most announced heads queued per announcer behind a fetch (the fetch that follows brings
+/// everything the announcer has anyway).
+pub const MAX_QUEUED_HEADS: usize = 256;
+
 /// How many conversations per flow anti-entropy restarts on one tick.
 pub const ANTI_ENTROPY_PEERS: usize = 2;
 
@@ -230,6 +234,10 @@ pub struct Engine {
     waiting: VecDeque<Waiting>,
     /// Per flow, the members known to hold it (they sent its heads, announced, or subscribed).
     holders: HashMap<String, HashSet<NodeId>>,
+    /// Per flow, the connected members seen subscribed to its topic (gossip reaches them).
+    subscribers: HashMap<String, HashSet<NodeId>>,
+    /// Node ids parsed from member lists (parsing decodes a curve point).
+    parsed: HashMap<String, Option<NodeId>>,
     /// Per flow, the peer this node is fetching announced heads from (one at a time, so the
     /// same changes do not arrive over many conversations at once), and the announcements
     /// queued behind it: who announced which heads.
@@ -255,6 +263,8 @@ impl Engine {
             topic_of: HashMap::new(),
             waiting: VecDeque::new(),
             holders: HashMap::new(),
+            subscribers: HashMap::new(),
+            parsed: HashMap::new(),
             pulling: HashMap::new(),
             queued: HashMap::new(),
             stats: Stats::default(),
@@ -316,18 +326,22 @@ impl Engine {
         self.connected.remove(peer);
         self.clients.retain(|(p, _), _| p != peer);
         self.servers.retain(|(p, _), _| p != peer);
+        for s in self.subscribers.values_mut() {
+            s.remove(peer);
+        }
         self.pulls_from_ended(peer);
     }
 
     /// A change was made here: announce the new heads on the flow's gossip topic (members
     /// fetch them from whoever announced or passed the announcement on), and push it at once to
-    /// connected members not known to hold the flow yet (gossip does not reach them).
+    /// connected members not seen subscribed to that topic (gossip does not reach them: they do
+    /// not hold the flow yet, or their subscription has not arrived).
     pub fn local_change(&mut self, flow: &str) {
-        let holders = self.holders.get(flow).cloned().unwrap_or_default();
+        let subscribed = self.subscribers.get(flow).cloned().unwrap_or_default();
         let peers: Vec<NodeId> = self
             .connected
             .keys()
-            .filter(|p| !holders.contains(*p))
+            .filter(|p| !subscribed.contains(*p))
             .cloned()
             .collect();
         for peer in peers {
@@ -385,11 +399,27 @@ impl Engine {
         out
     }
 
-    /// A member was seen subscribed to a flow's topic: it holds the flow.
+    /// A member was seen subscribed to a flow's topic: it holds the flow, and gossip reaches it.
     pub fn peer_subscribed(&mut self, peer: &NodeId, topic: &str) {
         if let Some(flow) = self.flow_of_topic(topic) {
             if self.is_member(&flow, peer) {
-                self.holders.entry(flow).or_default().insert(peer.clone());
+                self.holders
+                    .entry(flow.clone())
+                    .or_default()
+                    .insert(peer.clone());
+                self.subscribers
+                    .entry(flow)
+                    .or_default()
+                    .insert(peer.clone());
+            }
+        }
+    }
+
+    /// A peer left a flow's topic.
+    pub fn peer_unsubscribed(&mut self, peer: &NodeId, topic: &str) {
+        if let Some(flow) = self.topics.get(topic) {
+            if let Some(s) = self.subscribers.get_mut(flow) {
+                s.remove(peer);
             }
         }
     }
@@ -429,6 +459,10 @@ impl Engine {
             Some(f) if matches!(self.repo.holds(&f), Ok(true)) && self.is_member(&f, &me) => f,
             // A topic this node relays without being a member: content-free, pass it on.
             _ => {
+                if let Err(why) = wire::decode_announce(data) {
+                    tracing::debug!(target: "sync", %via, "rejecting an announcement: {why}");
+                    return Some(Verdict::Reject);
+                }
                 self.stats.announcements_relayed += 1;
                 return Some(Verdict::Accept);
             }
@@ -523,7 +557,7 @@ impl Engine {
                 match queue.iter_mut().find(|(q, _)| q == peer) {
                     Some((_, hs)) => {
                         for h in heads {
-                            if !hs.contains(h) {
+                            if !hs.contains(h) && hs.len() < MAX_QUEUED_HEADS {
                                 hs.push(*h);
                             }
                         }
@@ -621,12 +655,15 @@ impl Engine {
         let mut must = Vec::new();
         let mut more = Vec::new();
         for flow in self.repo.flow_ids().unwrap_or_default() {
-            let members: Vec<NodeId> = self
-                .repo
-                .members(&flow)
-                .unwrap_or_default()
+            let names = self.repo.members(&flow).unwrap_or_default();
+            let members: Vec<NodeId> = names
                 .into_iter()
-                .filter_map(|(n, _)| n.parse().ok())
+                .filter_map(|(n, _)| {
+                    self.parsed
+                        .entry(n)
+                        .or_insert_with_key(|n| n.parse().ok())
+                        .clone()
+                })
                 .collect();
             if !members.contains(&me) {
                 continue;

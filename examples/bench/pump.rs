@@ -43,6 +43,16 @@ impl Net {
 
     /// Delivers messages until every node is quiet.
     pub fn run(&mut self) {
+        // Every node hears of every other node's topic subscriptions, as gossipsub would tell
+        // connected peers: gossip reaches them, so changes are announced rather than pushed.
+        for a in 0..self.nodes.len() {
+            for topic in self.nodes[a].member_topics() {
+                for b in (0..self.nodes.len()).filter(|b| *b != a) {
+                    let id = self.ids[a].clone();
+                    self.nodes[b].peer_subscribed(&id, &topic);
+                }
+            }
+        }
         loop {
             let mut moved = false;
             for from in 0..self.nodes.len() {
