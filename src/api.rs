@@ -26,6 +26,10 @@ use crate::store::FlowRow;
 /// File names in the data dir.
 pub const SOCKET_FILE: &str = "node.sock";
 pub const LOCK_FILE: &str = "node.lock";
+/// Taken for a moment before [`LOCK_FILE`]: shared by a command on its way in, exclusively by a
+/// starting node. Without it, commands whose shared locks overlap could keep a starting node
+/// out for good (seen under six concurrent CLI writers).
+pub const GATE_FILE: &str = "node.gate";
 
 /// Largest request or response body on the control socket.
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -241,7 +245,16 @@ impl Handle for Remote {
 
 /// The data dir's lock file (a node holds it exclusively, a local command shared).
 pub fn lock_file(home: &Path) -> Result<File> {
-    let path = home.join(LOCK_FILE);
+    open_lock(home, LOCK_FILE)
+}
+
+/// The gate in front of [`lock_file`] (see [`GATE_FILE`]).
+pub fn gate_file(home: &Path) -> Result<File> {
+    open_lock(home, GATE_FILE)
+}
+
+fn open_lock(home: &Path, name: &str) -> Result<File> {
+    let path = home.join(name);
     File::options()
         .create(true)
         .truncate(false)
@@ -255,10 +268,16 @@ pub fn open(home: &Path) -> Result<Box<dyn Handle>> {
     let socket = home.join(SOCKET_FILE);
     for attempt in 0..50 {
         if home.join(crate::identity::KEY_FILE).exists() {
-            let lock = lock_file(home)?;
-            if lock.try_lock_shared().is_ok() {
-                let repo = Repo::open(home)?;
-                return Ok(Box::new(Local { repo, _lock: lock }));
+            // Through the gate: a starting node closes it, so commands arriving meanwhile wait
+            // and then find the node; commands already through finish first.
+            let gate = gate_file(home)?;
+            if gate.try_lock_shared().is_ok() {
+                let lock = lock_file(home)?;
+                if lock.try_lock_shared().is_ok() {
+                    drop(gate);
+                    let repo = Repo::open(home)?;
+                    return Ok(Box::new(Local { repo, _lock: lock }));
+                }
             }
         } else {
             // No key: let Repo::open give the clear "run coflow init" error.

@@ -143,10 +143,20 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         source,
     })?;
     let lock = api::lock_file(&opts.home)?;
-    // A command working on the store holds the lock shared for a moment: wait for it. A node
-    // that answers on the socket holds it for good: refuse.
+    // A command working on the store holds the lock shared for a moment: close the gate to new
+    // ones, and wait for those already in. A node that answers on the socket holds the lock for
+    // good: refuse.
     let socket_path = opts.home.join(api::SOCKET_FILE);
     let deadline = Instant::now() + Duration::from_secs(30);
+    let gate = api::gate_file(&opts.home)?;
+    while gate.try_lock().is_err() {
+        if Instant::now() > deadline {
+            return Err(Error::Invalid(
+                "another coflow process keeps this data dir locked".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     while lock.try_lock().is_err() {
         if std::os::unix::net::UnixStream::connect(&socket_path).is_ok() {
             return Err(Error::Invalid(
@@ -160,6 +170,8 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Commands that now get through the gate find the lock held, and talk to this node.
+    drop(gate);
     let repo = Repo::open(&opts.home)?;
     let keypair = repo.identity().libp2p_keypair();
     let mut swarm =
