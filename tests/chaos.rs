@@ -99,6 +99,15 @@ fn run(nodes: usize, writers: usize, duration: Duration, seed: u64) {
         }
         let (parts, ids, stop, kills, partitions) = (&parts, &ids, &stop, &kills, &partitions);
         s.spawn(move || {
+            // Whatever happens here (a node that will not restart panics), the writers stop, so
+            // the test fails instead of hanging.
+            struct StopWriters<'a>(&'a AtomicBool);
+            impl Drop for StopWriters<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let _stop_writers = StopWriters(stop);
             let mut rng = Rng(seed);
             let end = Instant::now() + duration;
             while Instant::now() < end {
