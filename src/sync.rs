@@ -232,9 +232,10 @@ pub struct Engine {
     topic_of: HashMap<String, String>,
     /// Announcements held back until their changes arrive.
     waiting: VecDeque<Waiting>,
-    /// Per flow, the members known to hold it (they sent its heads, announced, or subscribed).
+    /// Per flow, the members known to hold it (they sent its heads in a sync message, or
+    /// announced changes of it).
     holders: HashMap<String, HashSet<NodeId>>,
-    /// Per flow, the connected members seen subscribed to its topic (gossip reaches them).
+    /// Per flow, the connected peers seen subscribed to its topic (gossip reaches them).
     subscribers: HashMap<String, HashSet<NodeId>>,
     /// Node ids parsed from member lists (parsing decodes a curve point).
     parsed: HashMap<String, Option<NodeId>>,
@@ -334,14 +335,15 @@ impl Engine {
 
     /// A change was made here: announce the new heads on the flow's gossip topic (members
     /// fetch them from whoever announced or passed the announcement on), and push it at once to
-    /// connected members not seen subscribed to that topic (gossip does not reach them: they do
-    /// not hold the flow yet, or their subscription has not arrived).
+    /// connected members the announcement may not bring it to: those not seen subscribed, and
+    /// those not known to hold the flow (they would only relay the announcement).
     pub fn local_change(&mut self, flow: &str) {
         let subscribed = self.subscribers.get(flow).cloned().unwrap_or_default();
+        let holders = self.holders.get(flow).cloned().unwrap_or_default();
         let peers: Vec<NodeId> = self
             .connected
             .keys()
-            .filter(|p| !subscribed.contains(*p))
+            .filter(|p| !(subscribed.contains(*p) && holders.contains(*p)))
             .cloned()
             .collect();
         for peer in peers {
@@ -399,19 +401,15 @@ impl Engine {
         out
     }
 
-    /// A member was seen subscribed to a flow's topic: it holds the flow, and gossip reaches it.
+    /// A peer was seen subscribed to a flow's topic: gossip reaches it.
     pub fn peer_subscribed(&mut self, peer: &NodeId, topic: &str) {
+        // Not proof that it holds the flow: a node relays topics it is not a member of (a member
+        // added a moment ago relays before it has the flow).
         if let Some(flow) = self.flow_of_topic(topic) {
-            if self.is_member(&flow, peer) {
-                self.holders
-                    .entry(flow.clone())
-                    .or_default()
-                    .insert(peer.clone());
-                self.subscribers
-                    .entry(flow)
-                    .or_default()
-                    .insert(peer.clone());
-            }
+            self.subscribers
+                .entry(flow)
+                .or_default()
+                .insert(peer.clone());
         }
     }
 
@@ -484,14 +482,9 @@ impl Engine {
             .entry(flow.clone())
             .or_default()
             .insert(source.clone());
-        // A member passes an announcement on only once it holds what it names.
-        let via_serves = via == source || self.is_member(&flow, via);
-        if via_serves {
-            self.holders
-                .entry(flow.clone())
-                .or_default()
-                .insert(via.clone());
-        }
+        // A member that holds the flow passes an announcement on only once it holds what it
+        // names (one that does not hold the flow yet relays it, like a non-member).
+        let via_serves = via == source || self.holders.get(&flow).is_some_and(|h| h.contains(via));
         let missing = self.missing(&flow, &heads);
         if missing.is_empty() {
             return Some(Verdict::Accept);
