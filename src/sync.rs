@@ -498,14 +498,15 @@ impl Engine {
             self.io.push_back(Io::Dial {
                 peer: source.clone(),
             });
-            let member = self
+            // Meanwhile ask a connected member (any other than `via` first).
+            let candidates: Vec<NodeId> = self
                 .connected
                 .keys()
-                .find(|p| *p != via)
+                .filter(|p| *p != via)
                 .cloned()
-                .into_iter()
                 .chain(std::iter::once(via.clone()))
-                .find(|p| self.is_member(&flow, p));
+                .collect();
+            let member = candidates.into_iter().find(|p| self.is_member(&flow, p));
             if let Some(p) = member {
                 self.want(&p, &flow, &missing);
             }
