@@ -378,15 +378,18 @@ impl Runtime {
             wanted.extend(usable.take(count));
         }
         self.wanted = wanted;
-        let missing: Vec<PeerId> = self
-            .wanted
+        for peer in self.wanted_unconnected() {
+            self.dial(peer);
+        }
+    }
+
+    /// Wanted members this node is not connected to.
+    fn wanted_unconnected(&self) -> Vec<PeerId> {
+        self.wanted
             .iter()
             .filter(|p| !self.swarm.is_connected(p))
             .copied()
-            .collect();
-        for peer in missing {
-            self.dial(peer);
-        }
+            .collect()
     }
 
     /// Subscribes to the gossip topics of the flows held here as a member, and relays topics
@@ -677,13 +680,7 @@ impl Runtime {
                 let _ = self.swarm.behaviour_mut().kad.start_providing(key);
             }
         }
-        let missing: Vec<PeerId> = self
-            .wanted
-            .iter()
-            .filter(|p| !self.swarm.is_connected(p))
-            .copied()
-            .collect();
-        for peer in missing {
+        for peer in self.wanted_unconnected() {
             let due = self
                 .lookups
                 .get(&peer)

@@ -365,16 +365,11 @@ impl Engine {
         t
     }
 
-    /// The flow held here whose topic this is, if any.
-    fn flow_of_topic(&mut self, topic: &str) -> Option<String> {
-        if let Some(f) = self.topics.get(topic) {
-            return Some(f.clone());
-        }
-        for flow in self.repo.flow_ids().unwrap_or_default() {
-            if !self.topic_of.contains_key(&flow) {
-                self.topic(&flow);
-            }
-        }
+    /// The flow held here as a member whose topic this is, if any. The map is filled as flows
+    /// arrive ([`Engine::absorb`]), are announced, and by [`Engine::member_topics`] (the runtime
+    /// calls it at start, on every tick and when a flow is created), so a relayed message costs
+    /// one lookup, not a scan of the store.
+    fn flow_of_topic(&self, topic: &str) -> Option<String> {
         self.topics.get(topic).cloned()
     }
 
@@ -1003,10 +998,7 @@ impl Engine {
     ) -> Result<(), String> {
         self.last_heard.insert(peer.clone(), self.repo.now());
         let mut am = decode_sync_message(&message.automerge)?;
-        if !am.heads.is_empty()
-            && matches!(self.repo.holds(flow), Ok(true))
-            && self.is_member(flow, peer)
-        {
+        if !am.heads.is_empty() && self.is_member(flow, peer) {
             self.holders
                 .entry(flow.to_string())
                 .or_default()
@@ -1049,6 +1041,7 @@ impl Engine {
                     from: peer.clone(),
                 }));
                 self.finish_join(flow);
+                self.topic(flow);
                 // Pass on the announcements these changes complete. News no announcement named
                 // (pushed by its author, or carried over from a partition or an offline edit)
                 // is announced by this node, so it spreads by gossip rather than by waiting
