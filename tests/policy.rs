@@ -518,6 +518,78 @@ fn comments() {
     assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("author"));
 }
 
+/// `change` with its dependencies replaced by `deps`, re-signed by `who`: a change that names
+/// objects its (claimed) past does not have.
+fn with_deps(
+    change: &SignedChange,
+    deps: &[automerge::ChangeHash],
+    who: &Identity,
+) -> SignedChange {
+    let mut expanded = automerge::Change::from_bytes(change.bytes.clone())
+        .unwrap()
+        .decode();
+    expanded.deps = deps.to_vec();
+    expanded.hash = None;
+    let mut forged = automerge::Change::from(expanded);
+    SignedChange {
+        bytes: forged.bytes().into_owned(),
+        signature: who.sign_change(&forged.hash()).to_vec(),
+    }
+}
+
+#[test]
+fn objects_are_judged_as_of_the_changes_past() {
+    let mut sim = Sim::tailor();
+    let before_comment = sim.heads();
+    sim.edit(
+        &alice(),
+        Edit::Comment {
+            text: "Lapels: notch".into(),
+            step: None,
+        },
+    )
+    .unwrap();
+    let retype = |sim: &Sim, who: &Identity| {
+        sim.make(who, |tx, _| {
+            let cs = tx.get(ROOT, "comments").unwrap().unwrap().1;
+            let c = tx.get(&cs, 0).unwrap().unwrap().1;
+            tx.put(&c, "text", "Lapels: peak").unwrap();
+        })
+    };
+    // An edit of the comment whose past does not hold the comment.
+    let forged = with_deps(&retype(&sim, &alice()), &before_comment, &alice());
+    let heads = sim.heads();
+    let msg = forbidden(sim.receive(&[forged]).unwrap_err());
+    assert!(msg.contains("does not exist in its past"), "{msg}");
+    assert_eq!(sim.heads(), heads);
+    // The same edit with its true past is the author's to make.
+    sim.receive(&[retype(&sim, &alice())]).unwrap();
+    assert_eq!(sim.flow().comments[0].text, "Lapels: peak");
+
+    // A deleted step cannot be edited after its deletion; an edit concurrent with it can.
+    sim.edit(&olga(), add_step("Press", Some(&carl()))).unwrap();
+    let press = sim.step_id("Press");
+    let before_delete = sim.heads();
+    let delete = sim.make(&olga(), |tx, _| {
+        let steps = tx.get(ROOT, "steps").unwrap().unwrap().1;
+        tx.delete(&steps, 0).unwrap();
+    });
+    sim.receive(&[delete]).unwrap();
+    let done = Edit::SetStepStatus {
+        step: press.clone(),
+        status: StepStatus::Done,
+    };
+    let concurrent = sim.edit_change_at(&carl(), &before_delete, done);
+    let after = sim.make(&carl(), |tx, _| {
+        let steps = tx.get(ROOT, "steps").unwrap().unwrap().1;
+        let deleted = tx.get_at(&steps, 0, &before_delete).unwrap().unwrap().1;
+        tx.put(&deleted, "status", "done").unwrap();
+    });
+    let msg = forbidden(sim.receive(&[after]).unwrap_err());
+    assert!(msg.contains("does not exist in its past"), "{msg}");
+    sim.receive(&[concurrent]).unwrap();
+}
+
 // --- signatures, strangers, genesis, schema ---
 
 #[test]

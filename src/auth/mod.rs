@@ -238,7 +238,13 @@ pub fn accept<E>(
         if v.change.deps().iter().any(|d| refused.contains(d)) {
             Err(Rejection::DependsOnRejected)
         } else {
-            authorize(doc, &v.change, &v.author).map_err(Rejection::from)
+            // The policy reads the document through Automerge at the change's past; a panic
+            // there, on whatever a peer sent, refuses the change instead of ending the node.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                authorize(doc, &v.change, &v.author)
+            }))
+            .unwrap_or_else(|_| Err(Forbidden("the change cannot be judged".into())))
+            .map_err(Rejection::from)
         }
     };
     if apply_guarded(doc, ready.iter().map(|v| v.change.clone()).collect()).is_ok() {

@@ -259,15 +259,17 @@ impl<'a> Judge<'a> {
 
     /// The place of an existing object, from its path as of the change's dependencies. An object
     /// that is not visible there (deleted, overwritten, or not in the causal past) has no place.
+    ///
+    /// An object's parent and key never change, so the keys of its path are read from the
+    /// current document, where Automerge finds a list element's index from its index columns.
+    /// Only visibility depends on the past, and that is checked step by step
+    /// ([`Judge::visible_in_past`]), not through Automerge's path in the past: that one counts a
+    /// list element's index by scanning the list, so every edit of a comment cost a scan of all
+    /// comments, and it panics for a list element deleted or absent there.
     fn place_in_past(&self, obj: &ObjId) -> Result<Place, Forbidden> {
         let gone =
             || Forbidden("the change edits an object that does not exist in its past".into());
-        let path = self
-            .doc
-            .parents_at(obj, self.deps)
-            .map_err(|_| gone())?
-            .visible_path()
-            .ok_or_else(gone)?;
+        let path = self.doc.parents(obj).map_err(|_| gone())?.path();
         let key = |i: usize| match path.get(i) {
             Some((_, Prop::Map(k))) => Some(k.as_str()),
             _ => None,
@@ -296,7 +298,44 @@ impl<'a> Judge<'a> {
             (2, Some(field::COMMENTS)) => Place::Comment,
             _ => return deny("the change edits an object outside the flow schema"),
         };
-        Ok(place)
+        if self.visible_in_past(&path, obj, &place) {
+            Ok(place)
+        } else {
+            Err(gone())
+        }
+    }
+
+    /// Whether every step of `path` (root first, ending at `obj`) is visible as of the change's
+    /// dependencies.
+    ///
+    /// A map entry is visible when it is the value its key holds there. A comment (an element of
+    /// the comments list) is never deleted or replaced, since the policy refuses both, so it is
+    /// visible wherever it exists; and it exists as of the dependencies when one of its fields
+    /// does, since every accepted operation on an object comes causally after the object's
+    /// creation. (A comment with no field there is taken as absent: honest edits create comments
+    /// with their fields, and an edit of it would be refused anyway, for want of an author.) A
+    /// step can be deleted: it is looked for among the steps listed as of the dependencies.
+    fn visible_in_past(&self, path: &[(ObjId, Prop)], obj: &ObjId, place: &Place) -> bool {
+        let children = path
+            .iter()
+            .skip(1)
+            .map(|(o, _)| o)
+            .chain(std::iter::once(obj));
+        path.iter()
+            .zip(children)
+            .all(|((parent, prop), child)| match prop {
+                Prop::Map(k) => matches!(
+                    self.doc.get_at(parent, k.as_str(), self.deps),
+                    Ok(Some((_, id))) if id == *child
+                ),
+                Prop::Seq(_) if *place == Place::Comment => {
+                    self.doc.keys_at(child, self.deps).next().is_some()
+                }
+                Prop::Seq(_) => self
+                    .doc
+                    .list_range_at(parent, .., self.deps)
+                    .any(|item| item.id() == *child),
+            })
     }
 
     fn needs(&self, ok: bool, msg: &str) -> Result<(), Forbidden> {
