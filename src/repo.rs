@@ -163,7 +163,7 @@ fn persist(
     let status = r.string(&automerge::ROOT, flow::field::STATUS);
     w.update_flow(flow, &title, &status, now)?;
     let last = w.last_seq(flow)?;
-    let upto = w.snapshot(flow)?.map(|(u, _)| u).unwrap_or(0);
+    let upto = w.snapshot_seq(flow)?.unwrap_or(0);
     if last - upto >= SNAPSHOT_EVERY {
         w.put_snapshot(flow, last, &doc.save())?;
     }
@@ -229,6 +229,15 @@ impl Repo {
     /// The signature stored with a change of `flow`.
     pub fn signature(&self, flow: &str, hash: &automerge::ChangeHash) -> Result<Option<Vec<u8>>> {
         Ok(self.store.reader().signature(flow, &hash.0)?)
+    }
+
+    /// A stored change of `flow` with its signature.
+    pub fn signed_change(
+        &self,
+        flow: &str,
+        hash: &automerge::ChangeHash,
+    ) -> Result<Option<SignedChange>> {
+        Ok(self.store.reader().signed_change(flow, &hash.0)?)
     }
 
     /// The flow's current (not removed) members.
@@ -475,7 +484,7 @@ impl Repo {
         let me = self.identity.node_id().to_string();
         let Repo { store, docs, .. } = self;
         let result = store.write(|w| {
-            let known = w.flow_ids()?.iter().any(|f| f == flow_id);
+            let known = w.has_flow(flow_id)?;
             let doc = match docs.entry(flow_id.to_string()) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(if known {

@@ -325,6 +325,14 @@ impl Writer<'_> {
             .optional()?)
     }
 
+    /// The sequence number the flow's snapshot covers, without reading the snapshot.
+    pub fn snapshot_seq(&self, flow: &str) -> Result<Option<i64>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT upto_seq FROM snapshots WHERE flow = ?1")?;
+        Ok(stmt.query_row(params![flow], |r| r.get(0)).optional()?)
+    }
+
     /// The signature stored with a change.
     pub fn signature(&self, flow: &str, hash: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let mut stmt = self
@@ -332,6 +340,25 @@ impl Writer<'_> {
             .prepare_cached("SELECT signature FROM changes WHERE flow = ?1 AND hash = ?2")?;
         Ok(stmt
             .query_row(params![flow, hash], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// A stored change with its signature, by hash.
+    pub fn signed_change(
+        &self,
+        flow: &str,
+        hash: &[u8],
+    ) -> Result<Option<SignedChange>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT bytes, signature FROM changes WHERE flow = ?1 AND hash = ?2")?;
+        Ok(stmt
+            .query_row(params![flow, hash], |r| {
+                Ok(SignedChange {
+                    bytes: r.get(0)?,
+                    signature: r.get(1)?,
+                })
+            })
             .optional()?)
     }
 

@@ -773,9 +773,22 @@ impl Engine {
     /// Our next sync message for `flow`, from the given state (an empty document's if the flow
     /// is not held here).
     fn generate(&mut self, flow: &str, state: &mut sync::State) -> Option<SyncMessage> {
+        let mut lacking = Vec::new();
         let message = match self.repo.holds(flow) {
             Ok(true) => match self.repo.doc(flow) {
-                Ok(doc) => guarded(|| doc.generate_sync_message(state)),
+                Ok(doc) => {
+                    lacking = lacking_changes(doc, state);
+                    // Automerge would build every change the peer lacks, on every round, to
+                    // send them all at once; they are read from the store instead, as many as
+                    // a message carries. Marking them sent keeps Automerge from building them.
+                    let saved = (!lacking.is_empty()).then(|| state.sent_hashes.clone());
+                    state.sent_hashes.extend(lacking.iter().copied());
+                    let message = guarded(|| doc.generate_sync_message(state));
+                    if let Some(saved) = saved {
+                        state.sent_hashes = saved;
+                    }
+                    message
+                }
                 Err(e) => {
                     tracing::warn!(target: "sync", %flow, "cannot load flow: {e}");
                     return None;
@@ -789,7 +802,12 @@ impl Engine {
             return None;
         };
         let message = message?;
-        match to_wire(&self.repo, flow, message, state) {
+        let built = if lacking.is_empty() {
+            to_wire(&self.repo, flow, message, state)
+        } else {
+            from_store(&self.repo, flow, message, &lacking, state)
+        };
+        match built {
             Ok(w) => {
                 self.stats.changes_sent += w.changes.len() as u64;
                 Some(w)
@@ -1279,6 +1297,64 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
 /// The flow id a wire message names (16 bytes), as hex.
 fn flow_id(bytes: &[u8]) -> Option<String> {
     (bytes.len() == 16).then(|| hex(bytes))
+}
+
+/// The changes a peer lacks, oldest first, when every head it last told us of is held here (so
+/// its history is exactly those heads' ancestry), leaving out those already sent in this
+/// session; empty otherwise (Automerge's sync then works out what to send from the peer's
+/// summary of what it has).
+fn lacking_changes(doc: &Automerge, state: &sync::State) -> Vec<ChangeHash> {
+    let Some(theirs) = &state.their_heads else {
+        return Vec::new();
+    };
+    if !theirs
+        .iter()
+        .all(|h| doc.get_change_meta_by_hash(h).is_some())
+    {
+        return Vec::new();
+    }
+    doc.get_changes_meta(theirs)
+        .into_iter()
+        .map(|m| m.hash)
+        .filter(|h| !state.sent_hashes.contains(h))
+        .collect()
+}
+
+/// A sync message carrying the first of `lacking` (oldest first) that fit in one message, read
+/// with their signatures from the store; they are recorded as sent, so the next message goes on
+/// from there.
+fn from_store(
+    repo: &Repo,
+    flow: &str,
+    mut message: sync::Message,
+    lacking: &[ChangeHash],
+    state: &mut sync::State,
+) -> Result<SyncMessage> {
+    let mut changes = Vec::new();
+    let mut size = 0usize;
+    for hash in lacking {
+        let Some(signed) = repo.signed_change(flow, hash)? else {
+            continue;
+        };
+        if size + signed.bytes.len() + 100 > wire::MAX_SYNC_MESSAGE / 2
+            || changes.len() >= wire::MAX_CHANGES_PER_MESSAGE
+        {
+            break;
+        }
+        size += signed.bytes.len() + signed.signature.len();
+        state.sent_hashes.insert(*hash);
+        changes.push(wire::SignedChange {
+            change: signed.bytes,
+            signature: signed.signature,
+        });
+    }
+    message.changes = sync::ChunkList::empty();
+    Ok(SyncMessage {
+        flow: unhex(flow).unwrap_or_default(),
+        automerge: message.encode(),
+        changes,
+        session: 0,
+    })
 }
 
 /// Moves the changes out of an Automerge sync message, pairs each with its stored signature,
