@@ -1,13 +1,17 @@
 //! The node runtime: wires the store, the sync engine and the libp2p swarm, and serves the
 //! control API. One task owns everything and `select!`s over swarm events, API calls and a
-//! timer; it executes the engine's [`Io`] after every input.
+//! timer. Each turn handles the input that woke it and whatever else is ready (up to
+//! [`MAX_INPUTS_PER_TURN`]) inside one store transaction, commits it (one fsync for all of
+//! them), and only then sends what those inputs produced: sync and join responses, API replies
+//! and the engine's [`Io`]. Nothing that tells of a change (a reply, advertised heads) leaves
+//! before the change is durable.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
@@ -59,6 +63,9 @@ pub const MAX_RELAYED_TOPICS: usize = 64;
 /// How often to ask the DHT again about the same peer or flow.
 pub const DHT_RETRY: Duration = Duration::from_secs(10);
 
+/// Most inputs (swarm events, API calls) handled in one turn, under one commit.
+pub const MAX_INPUTS_PER_TURN: usize = 64;
+
 /// Longest a penalized peer stays blocked.
 pub const MAX_BAN: Duration = Duration::from_secs(3600);
 
@@ -72,6 +79,27 @@ pub struct NodeOptions {
 }
 
 type Pending = oneshot::Sender<Result<Reply>>;
+
+/// What woke the event loop.
+enum Input {
+    Swarm(Box<SwarmEvent<BehaviourEvent>>),
+    Call(Call, Pending),
+    Tick,
+}
+
+/// Responses and replies that wait for the turn's commit.
+#[derive(Default)]
+struct Held {
+    sync: Vec<(
+        request_response::ResponseChannel<crate::wire::SyncResponse>,
+        crate::wire::SyncResponse,
+    )>,
+    join: Vec<(
+        request_response::ResponseChannel<crate::wire::JoinResponse>,
+        crate::wire::JoinResponse,
+    )>,
+    replies: Vec<(Pending, Result<Reply>)>,
+}
 
 struct Runtime {
     engine: Engine,
@@ -108,6 +136,8 @@ struct Runtime {
     /// Peers cut off by test fault injection (only with `COFLOW_TEST_FAULTS=1`).
     partitioned: HashSet<PeerId>,
     test_faults: bool,
+    /// What this turn's inputs produced that must wait for its commit.
+    held: Held,
 }
 
 fn now_secs() -> i64 {
@@ -240,6 +270,7 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         last_bootstrap: None,
         partitioned: HashSet::new(),
         test_faults: std::env::var("COFLOW_TEST_FAULTS").as_deref() == Ok("1"),
+        held: Held::default(),
     };
     rt.load_address_book();
     for addr in rt.bootstrap.clone() {
@@ -255,13 +286,32 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            event = rt.swarm.select_next_some() => rt.on_swarm_event(event),
-            Some((call, reply)) = calls_rx.recv() => rt.on_call(call, reply),
-            _ = tick.tick() => rt.on_tick(),
+        let first = tokio::select! {
+            event = rt.swarm.select_next_some() => Input::Swarm(Box::new(event)),
+            Some((call, reply)) = calls_rx.recv() => Input::Call(call, reply),
+            _ = tick.tick() => Input::Tick,
             _ = &mut shutdown => break,
+        };
+        let grouped = match rt.engine.repo().begin_group() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(target: "node", "cannot open a store transaction: {e}");
+                false
+            }
+        };
+        rt.on_input(first);
+        // Whatever else is ready now shares the turn's commit.
+        for _ in 1..MAX_INPUTS_PER_TURN {
+            let next = if let Some(Some(event)) = rt.swarm.next().now_or_never() {
+                Input::Swarm(Box::new(event))
+            } else if let Ok((call, reply)) = calls_rx.try_recv() {
+                Input::Call(call, reply)
+            } else {
+                break;
+            };
+            rt.on_input(next);
         }
-        rt.drain();
+        rt.end_turn(grouped);
     }
     api_task.abort();
     let _ = std::fs::remove_file(&socket_path);
@@ -741,11 +791,7 @@ impl Runtime {
                                 self.engine.handle_sync_request(&node, request)
                             }
                         };
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .sync
-                            .send_response(channel, response);
+                        self.held.sync.push((channel, response));
                     }
                     request_response::Message::Response {
                         request_id,
@@ -794,11 +840,7 @@ impl Runtime {
                             }
                         };
                         let response = self.engine.handle_join_request(&node, request);
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .join
-                            .send_response(channel, response);
+                        self.held.join.push((channel, response));
                         self.refresh_members();
                     }
                     request_response::Message::Response {
@@ -975,7 +1017,7 @@ impl Runtime {
                 result
             }
         };
-        let _ = reply.send(result);
+        self.held.replies.push((reply, result));
     }
 
     fn start_join(&mut self, ticket: &str, reply: Pending) {
@@ -1068,6 +1110,72 @@ impl Runtime {
     }
 
     /// Executes what the engine asked for.
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Swarm(event) => self.on_swarm_event(*event),
+            Input::Call(call, reply) => self.on_call(call, reply),
+            Input::Tick => self.on_tick(),
+        }
+    }
+
+    /// Ends a turn: commits what its inputs wrote, then sends what they produced. If the commit
+    /// fails nothing of the turn was stored, so nothing that tells of it is sent: sync
+    /// responses say the flow is unavailable, join responses are dropped, API calls get the
+    /// error, and the engine forgets its unsent messages (see [`Engine::commit`]).
+    fn end_turn(&mut self, grouped: bool) {
+        let committed = if !grouped {
+            Ok(())
+        } else if self.engine.repo().group_wrote()
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            // The fsync blocks this thread: let the runtime move other tasks off it.
+            tokio::task::block_in_place(|| self.engine.commit())
+        } else {
+            self.engine.commit()
+        };
+        let held = std::mem::take(&mut self.held);
+        match committed {
+            Ok(()) => {
+                for (channel, response) in held.sync {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, response);
+                }
+                for (channel, response) in held.join {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .join
+                        .send_response(channel, response);
+                }
+                for (reply, result) in held.replies {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let unavailable = crate::wire::SyncResponse {
+                    result: Some(crate::wire::sync_response::Result::Unavailable(true)),
+                };
+                for (channel, _) in held.sync {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, unavailable.clone());
+                }
+                for (reply, _) in held.replies {
+                    let _ = reply.send(Err(Error::Invalid(format!(
+                        "the store could not commit: {e}"
+                    ))));
+                }
+            }
+        }
+        self.drain();
+    }
+
     fn drain(&mut self) {
         while let Some(io) = self.engine.next_io() {
             match io {

@@ -104,6 +104,11 @@ pub struct Repo {
     docs: HashMap<String, Automerge>,
     /// Each flow's current members, as of the heads they were read at.
     members_at: HashMap<String, MembersAt>,
+    /// Per flow, roles known from changes judged earlier (see [`auth::RoleMemo`]).
+    roles: HashMap<String, auth::RoleMemo>,
+    /// Whether received changes were stored in the open group (for the crash point that
+    /// follows their commit).
+    group_received: bool,
 }
 
 /// A flow's current members (node id, role), and the heads they were read at.
@@ -162,10 +167,10 @@ fn persist(
     let title = r.string(&automerge::ROOT, flow::field::TITLE);
     let status = r.string(&automerge::ROOT, flow::field::STATUS);
     w.update_flow(flow, &title, &status, now)?;
-    let last = w.last_seq(flow)?;
+    // Sequence numbers count the changes of every flow: count this flow's own.
     let upto = w.snapshot_seq(flow)?.unwrap_or(0);
-    if last - upto >= SNAPSHOT_EVERY {
-        w.put_snapshot(flow, last, &doc.save())?;
+    if w.count_after(flow, upto)? >= SNAPSHOT_EVERY {
+        w.put_snapshot(flow, w.last_seq(flow)?, &doc.save())?;
     }
     Ok(())
 }
@@ -193,11 +198,44 @@ impl Repo {
             clock: system_clock,
             docs: HashMap::new(),
             members_at: HashMap::new(),
+            roles: HashMap::new(),
+            group_received: false,
         }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Opens a group commit: every write until [`Repo::commit_group`] shares one durable commit.
+    /// Whatever is written meanwhile is not durable yet: its effects must not be made known
+    /// (replies, acknowledged heads) before the commit.
+    pub fn begin_group(&mut self) -> Result<()> {
+        Ok(self.store.begin_group()?)
+    }
+
+    /// Whether the open group has written anything (its commit will cost an fsync).
+    pub fn group_wrote(&self) -> bool {
+        self.store.group_wrote()
+    }
+
+    /// Commits the open group. If that fails nothing in it was stored, and every document in
+    /// memory, which may hold its changes, is dropped (loaded again from the store when needed).
+    pub fn commit_group(&mut self) -> Result<()> {
+        let received = std::mem::take(&mut self.group_received);
+        match self.store.commit_group() {
+            Ok(()) => {
+                if received {
+                    crash_point("committed");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.docs.clear();
+                self.members_at.clear();
+                Err(e.into())
+            }
+        }
     }
 
     pub fn now(&self) -> i64 {
@@ -482,7 +520,10 @@ impl Repo {
         crash_point("receive");
         let now = (self.clock)();
         let me = self.identity.node_id().to_string();
-        let Repo { store, docs, .. } = self;
+        let Repo {
+            store, docs, roles, ..
+        } = self;
+        let memo = roles.entry(flow_id.to_string()).or_default();
         let result = store.write(|w| {
             let known = w.has_flow(flow_id)?;
             let doc = match docs.entry(flow_id.to_string()) {
@@ -493,13 +534,19 @@ impl Repo {
                     Automerge::new()
                 }),
             };
-            let out = auth::accept(doc, flow_id, batch, || {
-                if known {
-                    load_doc(w, flow_id)
-                } else {
-                    Ok(Automerge::new())
-                }
-            })?;
+            let out = auth::accept_with(
+                doc,
+                flow_id,
+                batch,
+                || {
+                    if known {
+                        load_doc(w, flow_id)
+                    } else {
+                        Ok(Automerge::new())
+                    }
+                },
+                memo,
+            )?;
             if out.accepted.is_empty() {
                 return Ok(out);
             }
@@ -521,17 +568,18 @@ impl Repo {
             let rows: Vec<_> = out
                 .accepted
                 .iter()
-                .map(|v| {
-                    let mut c = v.change.clone();
-                    row(&mut c, &v.signature)
-                })
+                .map(|v| (v.hash().0.to_vec(), v.bytes.clone(), v.signature.to_vec()))
                 .collect();
             persist(w, flow_id, doc, &rows, now)?;
             crash_point("stored");
             Ok(out)
         });
         if matches!(&result, Ok(out) if !out.accepted.is_empty()) {
-            crash_point("committed");
+            if self.store.in_group() {
+                self.group_received = true;
+            } else {
+                crash_point("committed");
+            }
         }
         match &result {
             Ok(out) if !out.accepted.is_empty() || self.holds_in_store(flow_id) => {}

@@ -16,7 +16,7 @@ use crate::auth::SignedChange;
 pub const DB_FILE: &str = "coflow.db";
 
 /// The schema version this code reads and writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a writer waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,6 +71,8 @@ pub struct StoredChange {
 
 pub struct Store {
     conn: Connection,
+    /// Set while a group transaction is open: `total_changes` at its start.
+    group: Option<u64>,
 }
 
 const MIGRATION_1: &str = "
@@ -105,6 +107,12 @@ CREATE TABLE peers (
     last_seen   INTEGER NOT NULL,
     failures    INTEGER NOT NULL DEFAULT 0
 );
+";
+
+/// A flow's changes in the order they were stored: the newest, and those after a snapshot, are
+/// found without reading the flow's other changes.
+const MIGRATION_2: &str = "
+CREATE INDEX changes_by_flow_seq ON changes (flow, seq);
 ";
 
 /// One row of the address book.
@@ -143,7 +151,7 @@ impl Store {
                 conn.pragma_update(None, "max_page_count", pages)?;
             }
         }
-        let mut store = Store { conn };
+        let mut store = Store { conn, group: None };
         store.migrate(&path)?;
         Ok(store)
     }
@@ -152,6 +160,7 @@ impl Store {
     pub fn in_memory() -> Result<Store, StoreError> {
         let mut store = Store {
             conn: Connection::open_in_memory()?,
+            group: None,
         };
         store.migrate(Path::new(":memory:"))?;
         Ok(store)
@@ -172,16 +181,27 @@ impl Store {
             tx.execute_batch(MIGRATION_1)?;
             tx.pragma_update(None, "user_version", 1)?;
         }
+        if version < 2 {
+            tx.execute_batch(MIGRATION_2)?;
+            tx.pragma_update(None, "user_version", 2)?;
+        }
         tx.commit()?;
         Ok(())
     }
 
     /// Runs `f` inside a write transaction (taking the write lock first) and commits it durably.
-    /// Nothing `f` wrote is kept if it fails.
+    /// Nothing `f` wrote is kept if it fails. Inside a group ([`Store::begin_group`]) it runs
+    /// in a savepoint of the group's transaction instead, and is durable when the group commits.
     pub fn write<T, E: From<StoreError>>(
         &mut self,
         f: impl FnOnce(&Writer<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
+        if self.group.is_some() {
+            let sp = self.conn.savepoint().map_err(StoreError::from)?;
+            let out = f(&Writer { conn: &sp })?;
+            sp.commit().map_err(StoreError::from)?;
+            return Ok(out);
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -189,6 +209,40 @@ impl Store {
         let out = f(&Writer { conn: &tx })?;
         tx.commit().map_err(StoreError::from)?;
         Ok(out)
+    }
+
+    /// Opens a group: one transaction that every write joins until [`Store::commit_group`], so
+    /// that many writes cost one commit (one fsync). Does nothing if a group is open.
+    pub fn begin_group(&mut self) -> Result<(), StoreError> {
+        if self.group.is_none() {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.group = Some(self.conn.total_changes());
+        }
+        Ok(())
+    }
+
+    /// Whether a group is open.
+    pub fn in_group(&self) -> bool {
+        self.group.is_some()
+    }
+
+    /// Whether the open group has written anything.
+    pub fn group_wrote(&self) -> bool {
+        self.group
+            .is_some_and(|start| self.conn.total_changes() != start)
+    }
+
+    /// Commits the open group durably; if that fails, nothing written in it is kept.
+    pub fn commit_group(&mut self) -> Result<(), StoreError> {
+        if self.group.take().is_some() {
+            if let Err(e) = self.conn.execute_batch("COMMIT") {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     /// Read access outside a write transaction.
@@ -306,11 +360,18 @@ impl Writer<'_> {
     }
 
     pub fn last_seq(&self, flow: &str) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT coalesce(max(seq), 0) FROM changes WHERE flow = ?1",
-            params![flow],
-            |r| r.get(0),
-        )?)
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT coalesce(max(seq), 0) FROM changes WHERE flow = ?1")?;
+        Ok(stmt.query_row(params![flow], |r| r.get(0))?)
+    }
+
+    /// How many of the flow's changes were stored after `seq`.
+    pub fn count_after(&self, flow: &str, seq: i64) -> Result<i64, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM changes WHERE flow = ?1 AND seq > ?2")?;
+        Ok(stmt.query_row(params![flow, seq], |r| r.get(0))?)
     }
 
     /// The latest snapshot: `(seq of the last change it includes, saved document)`.

@@ -244,6 +244,8 @@ pub struct Engine {
     /// queued behind it: who announced which heads.
     pulling: HashMap<String, NodeId>,
     queued: HashMap<String, Vec<(NodeId, Vec<ChangeHash>)>>,
+    /// Changes accepted since the last [`Engine::commit`], to be stamped as arrivals then.
+    uncommitted: Vec<String>,
     pub stats: Stats,
 }
 
@@ -268,8 +270,42 @@ impl Engine {
             parsed: HashMap::new(),
             pulling: HashMap::new(),
             queued: HashMap::new(),
+            uncommitted: Vec::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// Records changes as arrived (durable) now.
+    fn arrived(&mut self, hashes: Vec<String>) {
+        let at_ms = crate::repo::system_clock_ms();
+        for hash in hashes {
+            if self.stats.arrivals.len() >= MAX_ARRIVALS {
+                self.stats.arrivals.pop_front();
+            }
+            self.stats.arrivals.push_back(Arrival { hash, at_ms });
+        }
+    }
+
+    /// Commits what the repository wrote since the last commit (the runtime groups the writes of
+    /// several inputs into one commit, with [`Repo::begin_group`]). If the commit fails, nothing
+    /// since the last commit was stored: every message not yet sent is dropped and every sync
+    /// conversation starts again, so no peer is told of heads that were not stored.
+    pub fn commit(&mut self) -> Result<()> {
+        let result = self.repo.commit_group();
+        let accepted = std::mem::take(&mut self.uncommitted);
+        match &result {
+            Ok(()) => self.arrived(accepted),
+            Err(e) => {
+                tracing::error!(target: "sync", "cannot commit: {e}; what was received since the last commit will be fetched again");
+                self.io.clear();
+                self.clients.clear();
+                self.servers.clear();
+                self.waiting.clear();
+                self.pulling.clear();
+                self.queued.clear();
+            }
+        }
+        result
     }
 
     pub fn repo(&mut self) -> &mut Repo {
@@ -1042,15 +1078,11 @@ impl Engine {
             };
             tracing::debug!(target: "sync", %peer, %flow, accepted = out.accepted.len(), pending = out.pending.len(), rejected = out.rejected.len(), known = out.known, "received changes");
             self.stats.changes_accepted += out.accepted.len() as u64;
-            let at_ms = crate::repo::system_clock_ms();
-            for change in &out.accepted {
-                if self.stats.arrivals.len() >= MAX_ARRIVALS {
-                    self.stats.arrivals.pop_front();
-                }
-                self.stats.arrivals.push_back(Arrival {
-                    hash: change.hash().to_string(),
-                    at_ms,
-                });
+            let hashes = out.accepted.iter().map(|c| c.hash().to_string());
+            if self.repo.store().in_group() {
+                self.uncommitted.extend(hashes);
+            } else {
+                self.arrived(hashes.collect());
             }
             self.stats.changes_rejected += out.rejected.len() as u64;
             if !out.accepted.is_empty() {

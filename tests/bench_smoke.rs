@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const METRICS: [&str; 10] = [
+const METRICS: [&str; 11] = [
     "live_p50",
     "live_p99",
     "catchup_10k",
@@ -13,6 +13,7 @@ const METRICS: [&str; 10] = [
     "catchup_bytes",
     "propagation_p99",
     "ingest",
+    "ingest_commit_each",
     "memory_per_flow",
     "cold_start",
     "wire_bytes",

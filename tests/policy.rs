@@ -922,3 +922,110 @@ fn bad_redemptions_are_refused() {
         forbidden(sim.refused(&oscar(), Edit::RevokeInvite { invite: inv2 })).contains("invites")
     );
 }
+
+#[test]
+fn roles_remembered_from_earlier_changes_follow_removals() {
+    // Carl writes a chain of comments while Alice removes him. The changes reach a node in two
+    // batches that share a role memo: after his first comment his role is remembered, but a
+    // change made after his removal must still be refused, and one concurrent with it accepted.
+    let mut judge = Sim::tailor();
+    let mut view = Sim {
+        doc: judge.doc.clone(),
+        flow_id: judge.flow_id.clone(),
+        log: judge.log.clone(),
+    };
+    let comment = |text: &str| Edit::Comment {
+        text: text.into(),
+        step: None,
+    };
+    let c1 = view.edit_change(&carl(), comment("One"));
+    view.receive(std::slice::from_ref(&c1)).unwrap();
+    let after_c1 = view.heads();
+    let c2 = view.edit_change_at(
+        &carl(),
+        &after_c1,
+        comment("Two, concurrent with my removal"),
+    );
+    let remove = view.edit_change_at(
+        &alice(),
+        &after_c1,
+        Edit::RemoveMember {
+            member: carl().node_id().to_string(),
+        },
+    );
+    view.receive(&[c2.clone(), remove.clone()]).unwrap();
+    let c3 = view.edit_change(&carl(), comment("Three, after my removal"));
+
+    let mut memo = coflow::auth::RoleMemo::default();
+    let mut run = |batch: &[SignedChange]| {
+        let before = judge.doc.clone();
+        coflow::auth::accept_with(
+            &mut judge.doc,
+            &judge.flow_id,
+            batch,
+            || Ok::<_, ()>(before.clone()),
+            &mut memo,
+        )
+        .unwrap()
+    };
+    let out = run(&[c1]);
+    assert_eq!(out.accepted.len(), 1);
+    let out = run(&[c2.clone(), remove, c3.clone()]);
+    assert_eq!(out.accepted.len(), 2, "{:?}", out.rejected);
+    let refused: Vec<_> = out.rejected.iter().filter_map(|(h, _)| *h).collect();
+    let c3_hash = automerge::Change::from_bytes(c3.bytes).unwrap().hash();
+    assert_eq!(refused, vec![c3_hash]);
+    assert!(
+        matches!(&out.rejected[0].1, Rejection::Forbidden(f) if f.0.contains("not a member")),
+        "{:?}",
+        out.rejected
+    );
+    let texts: Vec<String> = judge
+        .flow()
+        .comments
+        .iter()
+        .map(|c| c.text.clone())
+        .collect();
+    assert_eq!(texts.len(), 2);
+    assert!(texts.contains(&"Two, concurrent with my removal".to_string()));
+}
+
+#[test]
+fn a_role_an_author_gives_up_is_not_remembered() {
+    // Carl steps down to observer, then (on top of that) adds a step: refused, even when both
+    // arrive in one batch with a role memo that knew him as a contributor a change earlier.
+    let mut judge = Sim::tailor();
+    let mut view = Sim {
+        doc: judge.doc.clone(),
+        flow_id: judge.flow_id.clone(),
+        log: judge.log.clone(),
+    };
+    let hello = view.edit_change(
+        &carl(),
+        Edit::Comment {
+            text: "Hello".into(),
+            step: None,
+        },
+    );
+    view.receive(std::slice::from_ref(&hello)).unwrap();
+    let step_down = put_member_field(&view, &carl(), &carl(), "role", "observer".into());
+    view.receive(std::slice::from_ref(&step_down)).unwrap();
+    let step = view.edit_change(&carl(), add_step("Hem", None));
+
+    let mut memo = coflow::auth::RoleMemo::default();
+    let before = judge.doc.clone();
+    let out = coflow::auth::accept_with(
+        &mut judge.doc,
+        &judge.flow_id,
+        &[hello, step_down, step],
+        || Ok::<_, ()>(before.clone()),
+        &mut memo,
+    )
+    .unwrap();
+    assert_eq!(out.accepted.len(), 2, "{:?}", out.rejected);
+    assert!(
+        matches!(&out.rejected[..], [(_, Rejection::Forbidden(f))] if f.0.contains("cannot add steps")),
+        "{:?}",
+        out.rejected
+    );
+}

@@ -147,3 +147,77 @@ fn files_digest(home: &std::path::Path) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+fn stored_count(home: &std::path::Path, flow: &str) -> i64 {
+    let db = rusqlite::Connection::open_with_flags(
+        home.join("coflow.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row(
+        "SELECT count(*) FROM changes WHERE flow = ?1",
+        [flow],
+        |r| r.get(0),
+    )
+    .unwrap_or(0)
+}
+
+#[test]
+fn grouped_writes_are_durable_together_at_the_commit_and_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = repo(&dir.path().join("alice"), "alice", "Alice");
+    let tom_home = dir.path().join("tom");
+    let mut tom = repo(&tom_home, "tom", "Tom");
+    let f = alice.create_flow("Suit", "A suit", Role::Customer).unwrap();
+    let tom_id = tom.identity().node_id().to_string();
+    alice
+        .edit(
+            &f,
+            &Edit::AddMember {
+                node_id: tom_id,
+                role: Role::Owner,
+                name: Some("Tom".into()),
+            },
+        )
+        .unwrap();
+    let g = alice.create_flow("Coat", "A coat", Role::Customer).unwrap();
+
+    // Two received flows and a local edit share one transaction: another connection sees
+    // none of it until the commit, then all of it.
+    tom.begin_group().unwrap();
+    assert!(!tom.group_wrote());
+    let out = tom.receive(&f, &alice.signed_changes(&f).unwrap()).unwrap();
+    assert_eq!(out.accepted.len(), 2);
+    tom.edit(&f, &step("Measure")).unwrap();
+    assert!(tom.group_wrote());
+    assert_eq!(tom.show(&f).unwrap().flow.steps.len(), 1);
+    assert_eq!(stored_count(&tom_home, &f), 0);
+    tom.commit_group().unwrap();
+    assert_eq!(stored_count(&tom_home, &f), 3);
+
+    // A change received in a group that never commits (the process dies) is not stored, and
+    // the store still loads.
+    alice.edit(&f, &step("Cut")).unwrap();
+    tom.begin_group().unwrap();
+    let out = tom.receive(&f, &alice.signed_changes(&f).unwrap()).unwrap();
+    assert_eq!(out.accepted.len(), 1);
+    // A refused change inside the group leaves what the group already wrote alone.
+    let mut forged = alice.signed_changes(&g).unwrap().pop().unwrap();
+    forged.signature[3] ^= 1;
+    assert!(tom.receive(&g, &[forged]).unwrap().accepted.is_empty());
+    drop(tom);
+    assert_eq!(stored_count(&tom_home, &f), 3);
+    let mut tom = repo(&tom_home, "tom", "Tom");
+    assert_eq!(tom.show(&f).unwrap().flow.steps.len(), 1);
+    tom.begin_group().unwrap();
+    assert_eq!(
+        tom.receive(&f, &alice.signed_changes(&f).unwrap())
+            .unwrap()
+            .accepted
+            .len(),
+        1
+    );
+    tom.commit_group().unwrap();
+    assert_eq!(stored_count(&tom_home, &f), 4);
+    assert_eq!(tom.show(&f).unwrap().flow.steps.len(), 2);
+}

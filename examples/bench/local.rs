@@ -140,8 +140,11 @@ pub struct Ingest {
 }
 
 /// Changes from `flows` flows arrive `batch` at a time, round-robin over the flows, and go
-/// through `Repo::receive` (verify, authorize, apply, durable commit) on one on-disk store.
-pub fn ingest(root: &Path, flows: usize, per_flow: usize, batch: usize) -> Ingest {
+/// through `Repo::receive` (verify, authorize, apply) on one on-disk store; every `group`
+/// receive calls share one durable commit, as the inputs of one turn of a node's event loop do
+/// (a node that cannot keep up finds [`coflow::node::MAX_INPUTS_PER_TURN`] inputs ready each
+/// turn). `group` 1 commits each call.
+pub fn ingest(root: &Path, flows: usize, per_flow: usize, batch: usize, group: usize) -> Ingest {
     let writer = Identity::from_seed("bench-ingest-writer", "Writer");
     let receiver = Identity::from_seed("bench-ingest-receiver", "Receiver");
     let gens: Vec<FlowGen> = (0..flows)
@@ -164,14 +167,20 @@ pub fn ingest(root: &Path, flows: usize, per_flow: usize, batch: usize) -> Inges
         .step_by(batch)
         .map(|s| s..(s + batch).min(SETUP + per_flow))
         .collect();
+    let calls: Vec<(&FlowGen, &std::ops::Range<usize>)> = rounds
+        .iter()
+        .flat_map(|r| gens.iter().map(move |g| (g, r)))
+        .collect();
     let start = Instant::now();
-    for r in &rounds {
-        for g in &gens {
+    for turn in calls.chunks(group.max(1)) {
+        repo.begin_group().expect("a transaction");
+        for (g, r) in turn {
             let out = repo
-                .receive(&g.id, &g.changes[r.clone()])
+                .receive(&g.id, &g.changes[(*r).clone()])
                 .expect("received");
             assert_eq!(out.accepted.len(), r.len(), "{:?}", out.rejected.first());
         }
+        repo.commit_group().expect("committed");
     }
     let secs = start.elapsed().as_secs_f64();
     let total = flows * per_flow;

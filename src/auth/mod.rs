@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use automerge::{Automerge, Change, ChangeHash};
 use ed25519_dalek::{Signature, VerifyingKey};
 
-pub use policy::{authorize, Forbidden};
+pub use policy::{authorize, authorize_with, Forbidden, RoleMemo};
 
 use crate::flow::flow_id_of_genesis;
 use crate::identity::{change_message, NodeId};
@@ -29,6 +29,9 @@ pub struct SignedChange {
 #[derive(Clone, Debug)]
 pub struct Verified {
     pub change: Change,
+    /// The change's bytes as received (stored as they are: re-encoding a parsed change would
+    /// compress it again).
+    pub bytes: Vec<u8>,
     pub signature: [u8; 64],
     pub author: NodeId,
 }
@@ -65,6 +68,7 @@ pub fn verify_one(sc: &SignedChange) -> Result<Verified, (Option<ChangeHash>, Re
         .map_err(|_| (Some(change.hash()), Rejection::BadSignature))?;
     Ok(Verified {
         change,
+        bytes: sc.bytes.clone(),
         signature: sig.to_bytes(),
         author,
     })
@@ -114,11 +118,15 @@ fn decode(
 /// bad ones when the batch fails.
 pub fn verify_all(batch: &[SignedChange]) -> (Vec<Verified>, Vec<(Option<ChangeHash>, Rejection)>) {
     let mut decoded = Vec::with_capacity(batch.len());
+    let mut indexes = Vec::with_capacity(batch.len());
     let mut rejected = Vec::new();
     let mut authors = Authors::new();
-    for sc in batch {
+    for (i, sc) in batch.iter().enumerate() {
         match decode(sc, &mut authors) {
-            Ok(d) => decoded.push(d),
+            Ok(d) => {
+                decoded.push(d);
+                indexes.push(i);
+            }
             Err(r) => rejected.push(r),
         }
     }
@@ -136,6 +144,7 @@ pub fn verify_all(batch: &[SignedChange]) -> (Vec<Verified>, Vec<(Option<ChangeH
         if all_good || keys[i].verify_strict(&messages[i], &sig).is_ok() {
             verified.push(Verified {
                 change,
+                bytes: batch[indexes[i]].bytes.clone(),
                 signature: sig.to_bytes(),
                 author,
             });
@@ -182,7 +191,18 @@ pub fn accept<E>(
     doc: &mut Automerge,
     flow_id: &str,
     batch: &[SignedChange],
+    reload: impl FnMut() -> Result<Automerge, E>,
+) -> Result<Outcome, E> {
+    accept_with(doc, flow_id, batch, reload, &mut RoleMemo::default())
+}
+
+/// [`accept`], with a memo of roles kept across batches of the same flow (see [`RoleMemo`]).
+pub fn accept_with<E>(
+    doc: &mut Automerge,
+    flow_id: &str,
+    batch: &[SignedChange],
     mut reload: impl FnMut() -> Result<Automerge, E>,
+    memo: &mut RoleMemo,
 ) -> Result<Outcome, E> {
     let (verified, rejected) = verify_all(batch);
     let mut out = Outcome {
@@ -234,14 +254,14 @@ pub fn accept<E>(
     let mut refused: HashSet<ChangeHash> = HashSet::new();
     let mut accepted: Vec<Verified> = Vec::new();
     let mut tainted = false;
-    let judge = |doc: &Automerge, v: &Verified, refused: &HashSet<ChangeHash>| {
+    let mut judge = |doc: &Automerge, v: &Verified, refused: &HashSet<ChangeHash>| {
         if v.change.deps().iter().any(|d| refused.contains(d)) {
             Err(Rejection::DependsOnRejected)
         } else {
             // The policy reads the document through Automerge at the change's past; a panic
             // there, on whatever a peer sent, refuses the change instead of ending the node.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                authorize(doc, &v.change, &v.author)
+                authorize_with(doc, &v.change, &v.author, memo)
             }))
             .unwrap_or_else(|_| Err(Forbidden("the change cannot be judged".into())))
             .map_err(Rejection::from)

@@ -56,11 +56,53 @@ struct Target {
     new: bool,
 }
 
+/// Roles already known from judging earlier changes: for a change that touched no member, its
+/// author's role right after it is the role it was judged with. A chain of changes by one author
+/// (each depending on the one before) then reads the members in the past once, not once per
+/// change. Every entry is a fact about a change and its history, so it never goes stale.
+#[derive(Default)]
+pub struct RoleMemo {
+    after: HashMap<ChangeHash, (NodeId, Role)>,
+}
+
+impl RoleMemo {
+    /// Entries kept before the memo starts afresh (a chain needs only its latest one).
+    const MAX: usize = 64;
+
+    fn role(&self, deps: &[ChangeHash], author: &NodeId) -> Option<Role> {
+        match deps {
+            [d] => self
+                .after
+                .get(d)
+                .filter(|(a, _)| a == author)
+                .map(|(_, r)| *r),
+            _ => None,
+        }
+    }
+
+    fn record(&mut self, hash: ChangeHash, author: &NodeId, role: Role) {
+        if self.after.len() >= Self::MAX {
+            self.after.clear();
+        }
+        self.after.insert(hash, (author.clone(), role));
+    }
+}
+
 /// Judges `change`, which must already be applied to `doc`, against the policy.
 pub fn authorize(
     doc: &Automerge,
     change: &automerge::Change,
     author: &NodeId,
+) -> Result<(), Forbidden> {
+    authorize_with(doc, change, author, &mut RoleMemo::default())
+}
+
+/// [`authorize`], reading the author's role from `memo` where it can, and adding to it.
+pub fn authorize_with(
+    doc: &Automerge,
+    change: &automerge::Change,
+    author: &NodeId,
+    memo: &mut RoleMemo,
 ) -> Result<(), Forbidden> {
     if change.author().is_some() {
         return deny("changes must not carry an Automerge author record");
@@ -71,6 +113,8 @@ pub fn authorize(
     let genesis = deps.is_empty();
     let role = if genesis {
         genesis_role(&expanded, author)?
+    } else if let Some(r) = memo.role(&deps, author) {
+        r
     } else {
         match Reader::at(doc, &deps).role_of(author.as_str()) {
             Some(r) => r,
@@ -92,11 +136,17 @@ pub fn authorize(
         time: change.timestamp(),
         my_choices: HashMap::new(),
         choice_outcomes: Vec::new(),
+        touched_members: false,
     };
     for (i, op) in expanded.operations.iter().enumerate() {
         judge.op(judge.start_op + i as u64, op)?;
     }
-    judge.finish()
+    let touched_members = judge.touched_members;
+    judge.finish()?;
+    if !touched_members {
+        memo.record(change.hash(), author, role);
+    }
+    Ok(())
 }
 
 /// The role a genesis change gives its author (it must make its author the only member).
@@ -153,6 +203,8 @@ struct Judge<'a> {
     my_choices: HashMap<ObjId, String>,
     /// (decision object, outcome) set on choice-mode decisions in this change
     choice_outcomes: Vec<(ObjId, String)>,
+    /// Whether an operation targets the members map or a member.
+    touched_members: bool,
 }
 
 fn str_value(op: &legacy::Op) -> Option<&str> {
@@ -354,6 +406,7 @@ impl<'a> Judge<'a> {
             return deny("counters and marks have no place in a flow");
         }
         let t = self.target(&op.obj)?;
+        self.touched_members |= matches!(t.place, Place::Members | Place::Member { .. });
         if let OpType::Make(typ) = op.action {
             let place = self.create(&t, op, typ)?;
             let obj = self.exid(&legacy::OpId(counter, self.actor.clone()))?;

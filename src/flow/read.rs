@@ -132,7 +132,14 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
 
     /// The role of `node_id` if it is a current (not removed) member.
     pub fn role_of(&self, node_id: &str) -> Option<Role> {
-        self.member(node_id).filter(|m| !m.removed).map(|m| m.role)
+        // Two fields, not the whole member: the policy asks this for every change it judges,
+        // and each read in the past makes Automerge work out that past again.
+        let members = self.container(field::MEMBERS)?;
+        let m = self.obj(&members, node_id, ObjType::Map)?;
+        if self.bool(&m, "removed") {
+            return None;
+        }
+        Some(self.parse(&m, "role").unwrap_or(Role::Observer))
     }
 
     fn read_member(&self, node_id: &str, m: &ObjId) -> Member {
