@@ -246,6 +246,9 @@ pub struct Engine {
     queued: HashMap<String, Vec<(NodeId, Vec<ChangeHash>)>>,
     /// Changes accepted since the last [`Engine::commit`], to be stamped as arrivals then.
     uncommitted: Vec<String>,
+    /// Flows whose latest local change was pushed to every other member (see
+    /// [`Engine::local_change`]); messages about them say so, and receivers do not announce.
+    told_all: HashSet<String>,
     pub stats: Stats,
 }
 
@@ -271,6 +274,7 @@ impl Engine {
             pulling: HashMap::new(),
             queued: HashMap::new(),
             uncommitted: Vec::new(),
+            told_all: HashSet::new(),
             stats: Stats::default(),
         }
     }
@@ -369,11 +373,29 @@ impl Engine {
         self.pulls_from_ended(peer);
     }
 
-    /// A change was made here: announce the new heads on the flow's gossip topic (members
-    /// fetch them from whoever announced or passed the announcement on), and push it at once to
-    /// connected members the announcement may not bring it to: those not seen subscribed, and
-    /// those not known to hold the flow (they would only relay the announcement).
+    /// A change was made here. When every other member is connected, it is pushed to each of
+    /// them and not announced. Otherwise the new heads are announced on the flow's gossip topic
+    /// (members fetch them from whoever announced or passed the announcement on), and the change
+    /// is pushed at once to connected members the announcement may not bring it to: those not
+    /// seen subscribed, and those not known to hold the flow (they would only relay it).
     pub fn local_change(&mut self, flow: &str) {
+        let me = self.me.clone();
+        let others: Vec<NodeId> = self
+            .member_ids(flow)
+            .into_iter()
+            .filter(|m| *m != me)
+            .collect();
+        if !others.is_empty() && others.iter().all(|m| self.connected.contains_key(m)) {
+            // Every other member is a direct peer: the change is pushed to each, and nothing
+            // is announced (an announcement would have them fetch what the push brings). This
+            // is the common case of a small flow, and costs one exchange per member.
+            self.told_all.insert(flow.to_string());
+            for m in others {
+                self.sync_with(&m, flow);
+            }
+            return;
+        }
+        self.told_all.remove(flow);
         let subscribed = self.subscribers.get(flow).cloned().unwrap_or_default();
         let holders = self.holders.get(flow).cloned().unwrap_or_default();
         let peers: Vec<NodeId> = self
@@ -670,6 +692,20 @@ impl Engine {
         settled
     }
 
+    /// The node ids of the flow's current members (this node's included, if it is one).
+    fn member_ids(&mut self, flow: &str) -> Vec<NodeId> {
+        let names = self.repo.members(flow).unwrap_or_default();
+        names
+            .into_iter()
+            .filter_map(|(n, _)| {
+                self.parsed
+                    .entry(n)
+                    .or_insert_with_key(|n| n.parse().ok())
+                    .clone()
+            })
+            .collect()
+    }
+
     /// Members this node should connect to, for the runtime to dial: `must` are members not
     /// known to hold a flow whose delivery falls to this node (it is among the [`DELIVERERS`]
     /// holders a deterministic order picks for them); `more` are, per flow with fewer than
@@ -680,16 +716,7 @@ impl Engine {
         let mut must = Vec::new();
         let mut more = Vec::new();
         for flow in self.repo.flow_ids().unwrap_or_default() {
-            let names = self.repo.members(&flow).unwrap_or_default();
-            let members: Vec<NodeId> = names
-                .into_iter()
-                .filter_map(|(n, _)| {
-                    self.parsed
-                        .entry(n)
-                        .or_insert_with_key(|n| n.parse().ok())
-                        .clone()
-                })
-                .collect();
+            let members = self.member_ids(&flow);
             if !members.contains(&me) {
                 continue;
             }
@@ -893,6 +920,7 @@ impl Engine {
             tracing::debug!(target: "sync", %peer, %flow, sends = generated.is_some(), changes = generated.as_ref().map_or(0, |w| w.changes.len()), "client turn");
             if let Some(mut wire) = generated {
                 wire.session = client.session;
+                wire.everyone_told = self.told_all.contains(flow) && !wire.changes.is_empty();
                 client.awaiting = true;
                 client.last_activity = now;
                 let request = wire::SyncRequest {
@@ -981,6 +1009,7 @@ impl Engine {
                 automerge: m.encode(),
                 changes: Vec::new(),
                 session: 0,
+                everyone_told: false,
             });
         wire::SyncResponse {
             result: reply.map(sync_response::Result::Message),
@@ -1051,6 +1080,7 @@ impl Engine {
         state: &mut sync::State,
     ) -> Result<(), String> {
         self.last_heard.insert(peer.clone(), self.repo.now());
+        let everyone_told = message.everyone_told;
         let mut am = decode_sync_message(&message.automerge)?;
         if !am.heads.is_empty() && self.is_member(flow, peer) {
             self.holders
@@ -1096,7 +1126,7 @@ impl Engine {
                 // (pushed by its author, or carried over from a partition or an offline edit)
                 // is announced by this node, so it spreads by gossip rather than by waiting
                 // for anti-entropy.
-                if !self.settle_waiting(flow) {
+                if !self.settle_waiting(flow) && !everyone_told {
                     self.announce(flow);
                 }
             }
@@ -1386,6 +1416,7 @@ fn from_store(
         automerge: message.encode(),
         changes,
         session: 0,
+        everyone_told: false,
     })
 }
 
@@ -1433,6 +1464,7 @@ fn to_wire(
         automerge: message.encode(),
         changes,
         session: 0,
+        everyone_told: false,
     })
 }
 

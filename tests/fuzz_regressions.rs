@@ -119,6 +119,7 @@ fn sync_messages() {
                 signature: vec![0; 64],
             }],
             session: 3,
+            everyone_told: false,
         }),
     }
     .encode_to_vec();

@@ -53,6 +53,7 @@ fn request(flow: &str, change: wire::SignedChange) -> wire::SyncRequest {
             automerge: am.encode(),
             changes: vec![change],
             session: 1,
+            everyone_told: false,
         }),
     }
 }

@@ -88,6 +88,7 @@ impl Node {
                 automerge: am.encode(),
                 changes,
                 session: 1,
+                everyone_told: false,
             }),
         }
     }

@@ -431,6 +431,7 @@ fn a_non_member_learns_nothing() {
             },
             changes: vec![],
             session: 1,
+            everyone_told: false,
         }),
     };
     let held = net.nodes[0].handle_sync_request(&outsider, ask(&flow));
@@ -582,4 +583,33 @@ fn announcements_are_judged_before_they_are_passed_on() {
     let theirs = net.nodes[1].repo().doc(&flow).unwrap().get_heads();
     assert_eq!(theirs, news, "the fetch brought the change");
     assert!(net.penalties.is_empty(), "{:?}", net.penalties);
+}
+
+/// A change in a flow whose members are all connected to its author is pushed to each of them
+/// and announced by no one; when a member is out of reach, the author announces it too.
+#[test]
+fn a_small_connected_flow_is_told_by_push_alone() {
+    let mut net = Net::new(3, 11);
+    let flow = flow_with_members(&mut net, 2);
+    net.connect_all();
+    while net.step() {}
+    assert!(net.converged(&flow));
+    let before = net.announcements;
+    let ann_before: u64 = net.nodes.iter().map(|n| n.stats.announcements_sent).sum();
+    edit(&mut net, 0, &flow, common::add_step("Pushed", None));
+    while net.step() {}
+    assert!(net.converged(&flow), "the push reached both members");
+    let ann_after: u64 = net.nodes.iter().map(|n| n.stats.announcements_sent).sum();
+    assert_eq!(
+        ann_after, ann_before,
+        "nobody announced a change everyone was told of"
+    );
+    assert_eq!(net.announcements, before);
+
+    // Node 2 drops off: node 0's next change is announced (and still pushed to node 1).
+    let gone = net.ids[2].clone();
+    net.nodes[0].peer_disconnected(&gone);
+    let sent = net.nodes[0].stats.announcements_sent;
+    edit(&mut net, 0, &flow, common::add_step("Announced", None));
+    assert_eq!(net.nodes[0].stats.announcements_sent, sent + 1);
 }
