@@ -327,12 +327,18 @@ fn run(tier: &Tier, rt: &tokio::runtime::Runtime, root: &Path, only: Option<&str
             "ms",
             format!(
                 "{} nodes, {} writers x {WRITE_RATE}/s for {} s: {} changes, {} not everywhere \
-             within 60 s",
+                 within 60 s; p50 {:.1} ms; {}-{} peers per node; per change {:.1} \
+                 announcements, {:.1} sync requests",
                 tier.prop_nodes,
                 tier.prop_writers,
                 tier.prop_secs,
                 p.ms.len() + p.lost,
-                p.lost
+                p.lost,
+                quantile(&p.ms, 0.5),
+                p.peers.0,
+                p.peers.1,
+                p.announcements,
+                p.requests,
             ),
         ));
     }

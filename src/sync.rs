@@ -380,12 +380,12 @@ impl Engine {
     /// seen subscribed, and those not known to hold the flow (they would only relay it).
     pub fn local_change(&mut self, flow: &str) {
         let me = self.me.clone();
-        let others: Vec<NodeId> = self
-            .member_ids(flow)
-            .into_iter()
-            .filter(|m| *m != me)
-            .collect();
-        if !others.is_empty() && others.iter().all(|m| self.connected.contains_key(m)) {
+        if self.connected_to_all(flow) {
+            let others: Vec<NodeId> = self
+                .member_ids(flow)
+                .into_iter()
+                .filter(|m| *m != me)
+                .collect();
             // Every other member is a direct peer: the change is pushed to each, and nothing
             // is announced (an announcement would have them fetch what the push brings). This
             // is the common case of a small flow, and costs one exchange per member.
@@ -690,6 +690,18 @@ impl Engine {
             }
         }
         settled
+    }
+
+    /// Whether every other current member of the flow is connected to this node. Then news
+    /// needs no announcing from here: authors connected to all push to all, the others
+    /// announce, and anti-entropy with each connected member repairs the rest.
+    fn connected_to_all(&mut self, flow: &str) -> bool {
+        let me = self.me.clone();
+        let members = self.member_ids(flow);
+        members.len() > 1
+            && members
+                .iter()
+                .all(|m| *m == me || self.connected.contains_key(m))
     }
 
     /// The node ids of the flow's current members (this node's included, if it is one).
@@ -1126,7 +1138,7 @@ impl Engine {
                 // (pushed by its author, or carried over from a partition or an offline edit)
                 // is announced by this node, so it spreads by gossip rather than by waiting
                 // for anti-entropy.
-                if !self.settle_waiting(flow) && !everyone_told {
+                if !self.settle_waiting(flow) && !everyone_told && !self.connected_to_all(flow) {
                     self.announce(flow);
                 }
             }

@@ -78,7 +78,11 @@ fn a_chain_of_ten_nodes_finds_its_members_through_the_dht() {
         nodes[outsider].json(&["flow", "list"]),
         serde_json::json!([])
     );
-    // It passed the members' announcements on (heads only, no content).
+    // With one member gone, the others are no longer all connected to each other, so a new
+    // change is announced on the flow's topic rather than only pushed; the outsider passes such
+    // announcements on (heads only, no content).
+    nodes[n - 1].stop();
+    nodes[1].json(&["comment", &flow, "hello from Link1 again"]);
     eventually(
         "the outsider relays announcements",
         &[&nodes[outsider]],

@@ -142,6 +142,11 @@ pub fn live(rt: &tokio::runtime::Runtime, root: &Path, history: usize, samples: 
 pub struct Propagation {
     pub ms: Vec<f64>,
     pub lost: usize,
+    /// Connected peers per node at the end (fewest, most).
+    pub peers: (usize, usize),
+    /// Over all nodes, per change written: announcements published, sync requests sent.
+    pub announcements: f64,
+    pub requests: f64,
 }
 
 /// `nodes` nodes hold one flow; `writers` of them comment `rate` times a second for `secs`;
@@ -251,9 +256,27 @@ pub fn propagation(
             std::thread::sleep(Duration::from_millis(2));
         }
     });
+    let counts: Vec<usize> = running.iter().map(|n| peers(n)).collect();
+    let (mut announcements, mut requests) = (0u64, 0u64);
+    for n in &running {
+        if let Ok(s) = coflow::cluster::stats(n) {
+            announcements += s.announcements_sent;
+            requests += s.requests_sent;
+        }
+    }
     drop(running);
     ms.sort_by(f64::total_cmp);
-    Propagation { ms, lost }
+    let written = (ms.len() + lost).max(1) as f64;
+    Propagation {
+        ms,
+        lost,
+        peers: (
+            counts.iter().copied().min().unwrap_or(0),
+            counts.iter().copied().max().unwrap_or(0),
+        ),
+        announcements: announcements as f64 / written,
+        requests: requests as f64 / written,
+    }
 }
 
 /// The `q` quantile (0..=1) of sorted values.

@@ -117,12 +117,24 @@ fn decode(
 /// Checks many signatures at once (batch verification), falling back to one by one to find the
 /// bad ones when the batch fails.
 pub fn verify_all(batch: &[SignedChange]) -> (Vec<Verified>, Vec<(Option<ChangeHash>, Rejection)>) {
+    let (verified, rejected, _) = verify_new(batch, |_| false);
+    (verified, rejected)
+}
+
+/// Verified changes, rejected ones, and how many were already held.
+type VerifiedNew = (Vec<Verified>, Vec<(Option<ChangeHash>, Rejection)>, usize);
+
+/// [`verify_all`] for the changes `held` does not already know; those are counted, not
+/// checked (the same change often arrives over several conversations).
+fn verify_new(batch: &[SignedChange], held: impl Fn(&ChangeHash) -> bool) -> VerifiedNew {
     let mut decoded = Vec::with_capacity(batch.len());
     let mut indexes = Vec::with_capacity(batch.len());
     let mut rejected = Vec::new();
+    let mut known = 0;
     let mut authors = Authors::new();
     for (i, sc) in batch.iter().enumerate() {
         match decode(sc, &mut authors) {
+            Ok(d) if held(&d.0.hash()) => known += 1,
             Ok(d) => {
                 decoded.push(d);
                 indexes.push(i);
@@ -152,7 +164,7 @@ pub fn verify_all(batch: &[SignedChange]) -> (Vec<Verified>, Vec<(Option<ChangeH
             rejected.push((Some(change.hash()), Rejection::BadSignature));
         }
     }
-    (verified, rejected)
+    (verified, rejected, known)
 }
 
 /// What became of a batch of received changes.
@@ -204,9 +216,10 @@ pub fn accept_with<E>(
     mut reload: impl FnMut() -> Result<Automerge, E>,
     memo: &mut RoleMemo,
 ) -> Result<Outcome, E> {
-    let (verified, rejected) = verify_all(batch);
+    let (verified, rejected, known) = verify_new(batch, |h| holds(doc, h));
     let mut out = Outcome {
         rejected,
+        known,
         ..Outcome::default()
     };
     let mut seen = HashSet::new();
