@@ -328,7 +328,7 @@ fn run(tier: &Tier, rt: &tokio::runtime::Runtime, root: &Path, only: Option<&str
             format!(
                 "{} nodes, {} writers x {WRITE_RATE}/s for {} s: {} changes, {} not everywhere \
                  within 60 s; p50 {:.1} ms; {}-{} peers per node; per change {:.1} \
-                 announcements, {:.1} sync requests",
+                 announcements, {:.1} sync requests, {:.0} sync bytes",
                 tier.prop_nodes,
                 tier.prop_writers,
                 tier.prop_secs,
@@ -339,6 +339,7 @@ fn run(tier: &Tier, rt: &tokio::runtime::Runtime, root: &Path, only: Option<&str
                 p.peers.1,
                 p.announcements,
                 p.requests,
+                p.bytes,
             ),
         ));
     }

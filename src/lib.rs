@@ -12,22 +12,25 @@
 //! - [`flow`]: the flow document schema: typed reads (`Reader`, at any heads) and edits (`Edit`).
 //! - [`auth`]: signed changes and the accept path: batch signature verification, dependency
 //!   ordering, batch apply, and [`auth::policy`], the role policy evaluated in each change's
-//!   causal past.
-//! - [`store`]: the SQLite store (WAL, `synchronous=FULL`): flows, signed changes, snapshots.
+//!   causal past (with a memo of authors' roles along chains of their changes).
+//! - [`store`]: the SQLite store (WAL, `synchronous=FULL`): flows, signed changes, snapshots;
+//!   group transactions whose writes share one commit.
 //! - [`repo`]: identity + store + accept path: local edits and received changes go through the
 //!   same verify → authorize → apply → persist path; show, log, verify.
 //! - [`export`]: process diagrams of a flow (Graphviz dot, Mermaid).
 //! - [`wire`]: protobuf messages from `proto/coflow.proto`, the length-prefixed request-response
 //!   codec, tickets.
 //! - [`sync`]: the sans-IO sync engine (inputs in, [`sync::Io`] out): Automerge sync with signed
-//!   changes per (peer, flow), head announcements and their verdicts, fetching announced heads,
-//!   which members to stay connected to, anti-entropy, joins, counters.
+//!   changes per (peer, flow) (changes a peer lacks read from the store), pushes to every member
+//!   of small connected flows, head announcements and their verdicts, fetching announced heads,
+//!   which members to stay connected to, anti-entropy, joins, counters, the commit of a turn.
 //! - [`net`]: the libp2p swarm: TCP + Noise + Yamux, identify, ping, mDNS, Kademlia (coflow's
 //!   own DHT), gossipsub (announcements), the two request-response protocols, block list,
 //!   connection limits.
 //! - [`config`]: `config.toml` in the data dir.
 //! - [`fuzz`]: entry points for the fuzz targets and their regression tests.
-//! - [`node`]: the runtime: one task owning the engine and swarm, the control API server.
+//! - [`node`]: the runtime: one task owning the engine and swarm, handling the inputs ready in a
+//!   turn under one commit and sending what they produced after it; the control API server.
 //! - [`api`]: the control API: `Call`/`Reply`, the `Handle` trait with a local (store) and a
 //!   remote (Unix socket) transport.
 //! - [`cluster`]: several nodes on one machine (as processes or as tasks), driven through the

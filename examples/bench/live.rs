@@ -147,6 +147,8 @@ pub struct Propagation {
     /// Over all nodes, per change written: announcements published, sync requests sent.
     pub announcements: f64,
     pub requests: f64,
+    /// Over all nodes, per change written: sync request and response bytes.
+    pub bytes: f64,
 }
 
 /// `nodes` nodes hold one flow; `writers` of them comment `rate` times a second for `secs`;
@@ -257,11 +259,12 @@ pub fn propagation(
         }
     });
     let counts: Vec<usize> = running.iter().map(|n| peers(n)).collect();
-    let (mut announcements, mut requests) = (0u64, 0u64);
+    let (mut announcements, mut requests, mut bytes) = (0u64, 0u64, 0u64);
     for n in &running {
         if let Ok(s) = coflow::cluster::stats(n) {
             announcements += s.announcements_sent;
             requests += s.requests_sent;
+            bytes += s.request_bytes + s.response_bytes;
         }
     }
     drop(running);
@@ -276,6 +279,7 @@ pub fn propagation(
         ),
         announcements: announcements as f64 / written,
         requests: requests as f64 / written,
+        bytes: bytes as f64 / written,
     }
 }
 
