@@ -863,11 +863,14 @@ impl Engine {
                     // Automerge would build every change the peer lacks, on every round, to
                     // send them all at once; they are read from the store instead, as many as
                     // a message carries. Marking them sent keeps Automerge from building them.
-                    let saved = (!lacking.is_empty()).then(|| state.sent_hashes.clone());
-                    state.sent_hashes.extend(lacking.iter().copied());
+                    let hidden: Vec<ChangeHash> = lacking
+                        .iter()
+                        .filter(|h| state.sent_hashes.insert(**h))
+                        .copied()
+                        .collect();
                     let message = guarded(|| doc.generate_sync_message(state));
-                    if let Some(saved) = saved {
-                        state.sent_hashes = saved;
+                    for h in &hidden {
+                        state.sent_hashes.remove(h);
                     }
                     message
                 }
