@@ -1029,3 +1029,44 @@ fn a_role_an_author_gives_up_is_not_remembered() {
         out.rejected
     );
 }
+
+#[test]
+fn a_large_batch_is_checked_whole_whichever_thread_checks_each_half() {
+    // Large batches are parsed and verified on two threads: a bad signature in the second half
+    // is still caught, the changes that depend on it are refused, and the rest are accepted.
+    let judge_start = Sim::tailor();
+    let carl_id = carl().node_id().to_string();
+    let mut doc = judge_start.doc.fork().with_actor(carl().actor());
+    let mut batch = Vec::new();
+    for i in 0..600 {
+        let mut tx = doc.transaction();
+        let cs = tx.get(ROOT, "comments").unwrap().unwrap().1;
+        let n = tx.length(&cs);
+        let c = tx.insert_object(&cs, n, ObjType::Map).unwrap();
+        tx.put(&c, "id", format!("n{i}")).unwrap();
+        tx.put(&c, "author", carl_id.as_str()).unwrap();
+        tx.put(&c, "at", NOW).unwrap();
+        tx.put(&c, "text", format!("note {i}")).unwrap();
+        let hash = tx
+            .commit_with(automerge::transaction::CommitOptions::default().with_time(NOW))
+            .0
+            .unwrap();
+        batch.push(sign(&carl(), &doc, hash));
+    }
+    batch[450].signature[7] ^= 1;
+    let bad = automerge::Change::from_bytes(batch[450].bytes.clone())
+        .unwrap()
+        .hash();
+    let mut judge = judge_start;
+    let before = judge.doc.clone();
+    let out = coflow::auth::accept(&mut judge.doc, &judge.flow_id, &batch, || {
+        Ok::<_, ()>(before.clone())
+    })
+    .unwrap();
+    assert_eq!(out.accepted.len(), 450);
+    assert!(out
+        .rejected
+        .iter()
+        .any(|(h, r)| *h == Some(bad) && *r == Rejection::BadSignature));
+    assert_eq!(judge.flow().comments.len(), 450);
+}

@@ -126,7 +126,43 @@ type VerifiedNew = (Vec<Verified>, Vec<(Option<ChangeHash>, Rejection)>, usize);
 
 /// [`verify_all`] for the changes `held` does not already know; those are counted, not
 /// checked (the same change often arrives over several conversations).
-fn verify_new(batch: &[SignedChange], held: impl Fn(&ChangeHash) -> bool) -> VerifiedNew {
+fn verify_new(batch: &[SignedChange], held: impl Fn(&ChangeHash) -> bool + Sync) -> VerifiedNew {
+    // A large batch (a catch-up) is split in two, parsed and checked on two threads.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if batch.len() < PARALLEL_VERIFY_MIN || threads < 2 {
+        return verify_serial(batch, &held);
+    }
+    let (a, b) = batch.split_at(batch.len() / 2);
+    let (mut first, second) = std::thread::scope(|s| {
+        let other = s.spawn(|| verify_serial(b, &held));
+        let first = verify_serial(a, &held);
+        (first, other.join())
+    });
+    match second {
+        Ok((verified, rejected, known)) => {
+            first.0.extend(verified);
+            first.1.extend(rejected);
+            first.2 += known;
+            first
+        }
+        // Parsing is guarded against panics; should the other thread panic anyway, its half
+        // is refused, not trusted.
+        Err(_) => {
+            first.1.extend(b.iter().map(|_| {
+                (
+                    None,
+                    Rejection::Malformed("the change could not be checked".into()),
+                )
+            }));
+            first
+        }
+    }
+}
+
+/// Batches at least this large are verified on two threads.
+const PARALLEL_VERIFY_MIN: usize = 512;
+
+fn verify_serial(batch: &[SignedChange], held: &impl Fn(&ChangeHash) -> bool) -> VerifiedNew {
     let mut decoded = Vec::with_capacity(batch.len());
     let mut indexes = Vec::with_capacity(batch.len());
     let mut rejected = Vec::new();
