@@ -699,9 +699,7 @@ impl Engine {
         settled
     }
 
-    /// Whether every other current member of the flow is connected to this node. Then news
-    /// needs no announcing from here: authors connected to all push to all, the others
-    /// announce, and anti-entropy with each connected member repairs the rest.
+    /// Whether every other current member of the flow is connected to this node.
     fn connected_to_all(&mut self, flow: &str) -> bool {
         let me = self.me.clone();
         let members = self.member_ids(flow);
@@ -1148,7 +1146,7 @@ impl Engine {
                 // (pushed by its author, or carried over from a partition or an offline edit)
                 // is announced by this node, so it spreads by gossip rather than by waiting
                 // for anti-entropy.
-                if !self.settle_waiting(flow) && !everyone_told && !self.connected_to_all(flow) {
+                if !self.settle_waiting(flow) && !everyone_told {
                     self.announce(flow);
                 }
             }
