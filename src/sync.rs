@@ -186,7 +186,8 @@ pub struct MemberSync {
 /// each of them instead of being announced: the common small flow (a customer, a business, a
 /// few suppliers). Measured (BENCHMARKS.md): with 19 others pushing cost the same sync bytes per
 /// change as gossip and cut p99 from 633 to 152 ms, but with 24 others voting at once it cost
-/// ten times gossip's bytes (297 KB per vote against 31 KB), and with 49 others 1.5 times.
+/// seven to ten times gossip's bytes (297 KB per vote against 31-43 KB), and with 49 others
+/// more again.
 pub const PUSH_TO_ALL_MAX: usize = 8;
 
 /// Most recent arrivals kept in [`Stats::arrivals`].
