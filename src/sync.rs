@@ -381,8 +381,8 @@ impl Engine {
         self.pulls_from_ended(peer);
     }
 
-    /// A change was made here. When every other member is connected, it is pushed to each of
-    /// them and not announced. Otherwise the new heads are announced on the flow's gossip topic
+    /// A change was made here. When every other member is connected and there are at most
+    /// [`PUSH_TO_ALL_MAX`] of them, it is pushed to each of them and not announced. Otherwise the new heads are announced on the flow's gossip topic
     /// (members fetch them from whoever announced or passed the announcement on), and the change
     /// is pushed at once to connected members the announcement may not bring it to: those not
     /// seen subscribed, and those not known to hold the flow (they would only relay it).
@@ -393,7 +393,10 @@ impl Engine {
             .into_iter()
             .filter(|m| *m != me)
             .collect();
-        if others.len() <= PUSH_TO_ALL_MAX && self.connected_to_all(flow) {
+        if !others.is_empty()
+            && others.len() <= PUSH_TO_ALL_MAX
+            && others.iter().all(|m| self.connected.contains_key(m))
+        {
             // Every other member is a direct peer: the change is pushed to each, and nothing
             // is announced (an announcement would have them fetch what the push brings). This
             // is the common case of a small flow, and costs one exchange per member.
@@ -698,16 +701,6 @@ impl Engine {
             }
         }
         settled
-    }
-
-    /// Whether every other current member of the flow is connected to this node.
-    fn connected_to_all(&mut self, flow: &str) -> bool {
-        let me = self.me.clone();
-        let members = self.member_ids(flow);
-        members.len() > 1
-            && members
-                .iter()
-                .all(|m| *m == me || self.connected.contains_key(m))
     }
 
     /// The node ids of the flow's current members (this node's included, if it is one).
