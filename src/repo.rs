@@ -583,9 +583,11 @@ impl Repo {
         }
         match &result {
             Ok(out) if !out.accepted.is_empty() || self.holds_in_store(flow_id) => {}
-            // Nothing stored for a flow this node does not hold: keep no empty document.
+            // Nothing stored for a flow this node does not hold: keep no empty document (nor
+            // a memo, so peers naming flows at random cannot grow this node's memory).
             Ok(_) => {
                 self.docs.remove(flow_id);
+                self.roles.remove(flow_id);
             }
             Err(_) => {
                 self.docs.remove(flow_id);
