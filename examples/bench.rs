@@ -345,45 +345,36 @@ fn run(tier: &Tier, rt: &tokio::runtime::Runtime, root: &Path, only: Option<&str
     }
 
     if wanted("ingest") {
-        step("ingest through Repo::receive, commits grouped as a node groups them");
+        // As a node commits (the inputs of a turn together), and with a commit per receive.
         let group = coflow::node::MAX_INPUTS_PER_TURN;
-        let i = local::ingest(
-            &root.join("ingest"),
-            tier.ingest_flows,
-            tier.ingest_per_flow,
-            INGEST_BATCH,
-            group,
-        );
-        out.push(Metric::rate(
-            "ingest",
-            i.rate,
-            i.verify_rate.min(i.apply_rate),
-            "changes/s",
-            format!(
-                "{} changes over {} flows, {INGEST_BATCH} per receive, {group} receives per commit; \
-                 verify {:.0}/s, apply {:.0}/s",
-                i.changes, tier.ingest_flows, i.verify_rate, i.apply_rate
+        for (name, group, how) in [
+            ("ingest", group, format!("{group} receives per commit")),
+            (
+                "ingest_commit_each",
+                1,
+                "a commit (fsync) per receive".to_string(),
             ),
-        ));
-        step("ingest with one commit per receive");
-        let one = local::ingest(
-            &root.join("ingest-each"),
-            tier.ingest_flows,
-            tier.ingest_per_flow,
-            INGEST_BATCH,
-            1,
-        );
-        out.push(Metric::rate(
-            "ingest_commit_each",
-            one.rate,
-            one.verify_rate.min(one.apply_rate),
-            "changes/s",
-            format!(
-                "the same with a commit (fsync) per receive of {INGEST_BATCH} changes; \
-                 verify {:.0}/s, apply {:.0}/s",
-                one.verify_rate, one.apply_rate
-            ),
-        ));
+        ] {
+            step(&format!("{name}: Repo::receive, {how}"));
+            let i = local::ingest(
+                &root.join(name),
+                tier.ingest_flows,
+                tier.ingest_per_flow,
+                INGEST_BATCH,
+                group,
+            );
+            out.push(Metric::rate(
+                name,
+                i.rate,
+                i.verify_rate.min(i.apply_rate),
+                "changes/s",
+                format!(
+                    "{} changes over {} flows, {INGEST_BATCH} per receive, {how}; \
+                     verify {:.0}/s, apply {:.0}/s",
+                    i.changes, tier.ingest_flows, i.verify_rate, i.apply_rate
+                ),
+            ));
+        }
     }
 
     if wanted("idle") {

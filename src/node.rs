@@ -1134,44 +1134,35 @@ impl Runtime {
         } else {
             self.engine.commit()
         };
-        let held = std::mem::take(&mut self.held);
-        match committed {
-            Ok(()) => {
-                for (channel, response) in held.sync {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_response(channel, response);
-                }
-                for (channel, response) in held.join {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .join
-                        .send_response(channel, response);
-                }
-                for (reply, result) in held.replies {
-                    let _ = reply.send(result);
-                }
+        let mut held = std::mem::take(&mut self.held);
+        if let Err(e) = committed {
+            let unavailable = crate::wire::SyncResponse {
+                result: Some(crate::wire::sync_response::Result::Unavailable(true)),
+            };
+            for (_, response) in &mut held.sync {
+                *response = unavailable.clone();
             }
-            Err(e) => {
-                let unavailable = crate::wire::SyncResponse {
-                    result: Some(crate::wire::sync_response::Result::Unavailable(true)),
-                };
-                for (channel, _) in held.sync {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_response(channel, unavailable.clone());
-                }
-                for (reply, _) in held.replies {
-                    let _ = reply.send(Err(Error::Invalid(format!(
-                        "the store could not commit: {e}"
-                    ))));
-                }
+            held.join.clear();
+            for (_, result) in &mut held.replies {
+                *result = Err(Error::Invalid(format!("the store could not commit: {e}")));
             }
+        }
+        for (channel, response) in held.sync {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, response);
+        }
+        for (channel, response) in held.join {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .join
+                .send_response(channel, response);
+        }
+        for (reply, result) in held.replies {
+            let _ = reply.send(result);
         }
         self.drain();
     }

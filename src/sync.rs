@@ -1018,13 +1018,7 @@ impl Engine {
     fn empty_answer(&mut self, flow: &str) -> wire::SyncResponse {
         let reply = Automerge::new()
             .generate_sync_message(&mut sync::State::new())
-            .map(|m| SyncMessage {
-                flow: unhex(flow).unwrap_or_default(),
-                automerge: m.encode(),
-                changes: Vec::new(),
-                session: 0,
-                everyone_told: false,
-            });
+            .map(|m| carrying(flow, m, Vec::new()));
         wire::SyncResponse {
             result: reply.map(sync_response::Result::Message),
         }
@@ -1402,7 +1396,7 @@ fn lacking_changes(doc: &Automerge, state: &sync::State) -> Vec<ChangeHash> {
 fn from_store(
     repo: &Repo,
     flow: &str,
-    mut message: sync::Message,
+    message: sync::Message,
     lacking: &[ChangeHash],
     state: &mut sync::State,
 ) -> Result<SyncMessage> {
@@ -1412,9 +1406,7 @@ fn from_store(
         let Some(signed) = repo.signed_change(flow, hash)? else {
             continue;
         };
-        if size + signed.bytes.len() + 100 > wire::MAX_SYNC_MESSAGE / 2
-            || changes.len() >= wire::MAX_CHANGES_PER_MESSAGE
-        {
+        if !fits(size, signed.bytes.len(), changes.len()) {
             break;
         }
         size += signed.bytes.len() + signed.signature.len();
@@ -1424,14 +1416,7 @@ fn from_store(
             signature: signed.signature,
         });
     }
-    message.changes = sync::ChunkList::empty();
-    Ok(SyncMessage {
-        flow: unhex(flow).unwrap_or_default(),
-        automerge: message.encode(),
-        changes,
-        session: 0,
-        everyone_told: false,
-    })
+    Ok(carrying(flow, message, changes))
 }
 
 /// Moves the changes out of an Automerge sync message, pairs each with its stored signature,
@@ -1440,7 +1425,7 @@ fn from_store(
 fn to_wire(
     repo: &Repo,
     flow: &str,
-    mut message: sync::Message,
+    message: sync::Message,
     state: &mut sync::State,
 ) -> Result<SyncMessage> {
     let mut changes = Vec::new();
@@ -1456,8 +1441,7 @@ fn to_wire(
         for mut change in decoded {
             let hash = change.hash();
             let bytes = change.bytes().into_owned();
-            let full = size + bytes.len() + 100 > wire::MAX_SYNC_MESSAGE / 2
-                || changes.len() >= wire::MAX_CHANGES_PER_MESSAGE;
+            let full = !fits(size, bytes.len(), changes.len());
             match repo.signature(flow, &hash)? {
                 Some(signature) if !full => {
                     size += bytes.len() + signature.len();
@@ -1472,14 +1456,30 @@ fn to_wire(
             }
         }
     }
+    Ok(carrying(flow, message, changes))
+}
+
+/// Whether a change of `bytes` bytes still fits in a message holding `count` changes of `size`
+/// bytes (half the message cap: headroom for the heads, bloom filter and framing).
+fn fits(size: usize, bytes: usize, count: usize) -> bool {
+    size + bytes + 100 <= wire::MAX_SYNC_MESSAGE / 2 && count < wire::MAX_CHANGES_PER_MESSAGE
+}
+
+/// Our wire message: Automerge's sync message with its change list emptied, and `changes`
+/// (each with its signature) beside it.
+fn carrying(
+    flow: &str,
+    mut message: sync::Message,
+    changes: Vec<wire::SignedChange>,
+) -> SyncMessage {
     message.changes = sync::ChunkList::empty();
-    Ok(SyncMessage {
+    SyncMessage {
         flow: unhex(flow).unwrap_or_default(),
         automerge: message.encode(),
         changes,
         session: 0,
         everyone_told: false,
-    })
+    }
 }
 
 fn sorted(mut heads: Vec<automerge::ChangeHash>) -> Vec<automerge::ChangeHash> {

@@ -929,11 +929,7 @@ fn roles_remembered_from_earlier_changes_follow_removals() {
     // batches that share a role memo: after his first comment his role is remembered, but a
     // change made after his removal must still be refused, and one concurrent with it accepted.
     let mut judge = Sim::tailor();
-    let mut view = Sim {
-        doc: judge.doc.clone(),
-        flow_id: judge.flow_id.clone(),
-        log: judge.log.clone(),
-    };
+    let mut view = judge.clone();
     let comment = |text: &str| Edit::Comment {
         text: text.into(),
         step: None,
@@ -995,11 +991,7 @@ fn a_role_an_author_gives_up_is_not_remembered() {
     // Carl steps down to observer, then (on top of that) adds a step: refused, even when both
     // arrive in one batch with a role memo that knew him as a contributor a change earlier.
     let mut judge = Sim::tailor();
-    let mut view = Sim {
-        doc: judge.doc.clone(),
-        flow_id: judge.flow_id.clone(),
-        log: judge.log.clone(),
-    };
+    let mut view = judge.clone();
     let hello = view.edit_change(
         &carl(),
         Edit::Comment {

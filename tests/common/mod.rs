@@ -45,6 +45,7 @@ pub fn sign(who: &Identity, doc: &Automerge, hash: ChangeHash) -> SignedChange {
 }
 
 /// A flow held in memory: `doc` holds exactly the accepted changes.
+#[derive(Clone)]
 pub struct Sim {
     pub doc: Automerge,
     pub flow_id: String,
