@@ -147,7 +147,7 @@ pub fn execute(repo: &mut Repo, call: Call) -> Result<Reply> {
                     v.push(b'\n');
                     v
                 }
-                "automerge" => repo.doc(&view.flow.id)?.save(),
+                "automerge" => repo.save_standing(&view.flow.id)?,
                 "dot" => crate::export::dot(&view.flow).into_bytes(),
                 "mermaid" => crate::export::mermaid(&view.flow).into_bytes(),
                 other => return Err(Error::Invalid(format!("unknown export format '{other}'"))),

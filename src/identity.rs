@@ -166,9 +166,32 @@ impl Identity {
         &self.name
     }
 
-    /// The Automerge actor id of this node's changes: its public key.
+    /// The node's base Automerge actor id: its public key alone. Changes made before
+    /// incarnations existed use it; it is still a valid actor for this node.
     pub fn actor(&self) -> automerge::ActorId {
         automerge::ActorId::from(self.node_id.public_key().as_slice())
+    }
+
+    /// A fresh actor id for one incarnation of this node: its public key followed by
+    /// [`INCARNATION_LEN`] random bytes. Automerge wants each actor to write one linear
+    /// sequence of changes; a node restored from a backup, or one key running on two machines,
+    /// would reuse sequence numbers under one actor and split the flow. Each process that writes
+    /// takes its own incarnation, so none of them can collide, and the author is still read
+    /// from the actor id itself ([`actor_key`]) and checked against the change's signature.
+    pub fn new_incarnation(&self) -> automerge::ActorId {
+        let mut actor = Vec::with_capacity(32 + INCARNATION_LEN);
+        actor.extend_from_slice(self.node_id.public_key());
+        let mut suffix = [0u8; INCARNATION_LEN];
+        if getrandom::fill(&mut suffix).is_err() {
+            // No randomness: the time in nanoseconds still differs between two processes.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            suffix = nanos.to_le_bytes();
+        }
+        actor.extend_from_slice(&suffix);
+        automerge::ActorId::from(actor)
     }
 
     /// Signs a change hash (with the change domain prefix).
@@ -254,6 +277,24 @@ impl Identity {
             .ok_or_else(|| corrupt("the secret key is not 32 bytes of hex"))?;
         Ok(Identity::from_secret(secret, &file.name))
     }
+}
+
+/// Bytes an incarnation adds after the node key in an actor id.
+pub const INCARNATION_LEN: usize = 8;
+
+/// The node key an actor id names: the 32-byte key alone (a base actor), or followed by an
+/// incarnation of [`INCARNATION_LEN`] bytes. Any other length names no node.
+pub fn actor_key(actor: &[u8]) -> Option<&[u8]> {
+    match actor.len() {
+        32 => Some(actor),
+        n if n == 32 + INCARNATION_LEN => Some(&actor[..32]),
+        _ => None,
+    }
+}
+
+/// The node that an actor id names, if it names one.
+pub fn actor_node(actor: &automerge::ActorId) -> Option<NodeId> {
+    actor_key(actor.to_bytes()).and_then(NodeId::from_public_key)
 }
 
 /// The exact bytes a change signature covers.

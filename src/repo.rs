@@ -4,13 +4,14 @@
 //! make or receive changes, run them through [`auth`] (verify → authorize → apply), persist the
 //! accepted ones with their signatures, commit. A command returns only after that commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use automerge::transaction::CommitOptions;
 use automerge::{Automerge, Change, ReadDoc};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::removal::{self, Removal};
 use crate::auth::{self, Outcome, SignedChange};
 use crate::error::{Error, Result};
 use crate::flow::{self, flow_id_of_genesis, new_flow_ops, Edit, Flow, Reader, Role};
@@ -72,6 +73,10 @@ pub struct FlowView {
     /// Per other member: connected, in sync with this node, last heard from.
     #[serde(default)]
     pub sync: Vec<crate::sync::MemberSync>,
+    /// Changes this node holds that fell by the removal rule (their author was removed
+    /// concurrently, or they build on such a change): kept, never read as part of the flow.
+    #[serde(default)]
+    pub fallen: Vec<String>,
 }
 
 /// One entry of `flow log`.
@@ -98,6 +103,10 @@ pub struct VerifyReport {
 pub struct Repo {
     store: Store,
     identity: Identity,
+    /// The actor id of this process's changes: the node key and an incarnation of its own
+    /// ([`Identity::new_incarnation`]), so that a restored copy of this data dir, or the same
+    /// key on another machine, never writes under the same (actor, seq) as this one.
+    actor: automerge::ActorId,
     clock: fn() -> i64,
     /// Documents loaded so far. Each is exactly what the store holds for its flow: any write
     /// that fails drops the cached copy, which is then loaded again.
@@ -106,6 +115,9 @@ pub struct Repo {
     members_at: HashMap<String, MembersAt>,
     /// Per flow, roles known from changes judged earlier (see [`auth::RoleMemo`]).
     roles: HashMap<String, auth::RoleMemo>,
+    /// Per flow, what fell by the removal rule and where the rest stands, as of the document's
+    /// heads it was worked out at.
+    standing: HashMap<String, Standing>,
     /// Whether received changes were stored in the open group (for the crash point that
     /// follows their commit).
     group_received: bool,
@@ -113,6 +125,66 @@ pub struct Repo {
 
 /// A flow's current members (node id, role), and the heads they were read at.
 type MembersAt = (Vec<automerge::ChangeHash>, Vec<(String, Role)>);
+
+/// How a flow stands under the removal rule ([`auth::removal`]).
+#[derive(Clone, Debug, Default)]
+pub struct Standing {
+    /// The document's heads this was worked out at.
+    at: Vec<automerge::ChangeHash>,
+    /// Accepted changes that fell: by a member removed concurrently, or built on such a change.
+    pub fallen: HashSet<automerge::ChangeHash>,
+    /// The heads of what stands; `None` when nothing fell (the document's own heads).
+    pub heads: Option<Vec<automerge::ChangeHash>>,
+    /// The effective removals standing, by target key (for answering removed members).
+    removals: Vec<Removal>,
+}
+
+/// Works out how `doc` stands given the removals among its changes.
+fn standing_of(doc: &Automerge, removals: Vec<Removal>) -> Standing {
+    let at = doc.get_heads();
+    if removals.is_empty() {
+        return Standing {
+            at,
+            ..Standing::default()
+        };
+    }
+    let graph = removal::graph_of(doc);
+    let fallen = removal::fallen(&graph, &removals);
+    let heads = (!fallen.is_empty()).then(|| removal::standing_heads(&graph, &fallen));
+    let removals = removals
+        .into_iter()
+        .filter(|r| !fallen.contains(&r.change))
+        .collect();
+    Standing {
+        at,
+        fallen,
+        heads,
+        removals,
+    }
+}
+
+/// Reads `doc` as it stands.
+fn stands<'a>(doc: &'a Automerge, standing: &'a Standing) -> Reader<'a, Automerge> {
+    match &standing.heads {
+        Some(h) => Reader::at(doc, h),
+        None => Reader::now(doc),
+    }
+}
+
+/// Finds the removals `accepted` make and records them; returns every removal of the flow.
+fn record_removals(
+    w: &Writer<'_>,
+    flow: &str,
+    doc: &Automerge,
+    accepted: &[(&Change, &NodeId)],
+) -> Result<Vec<Removal>> {
+    let new: Vec<Removal> = accepted
+        .iter()
+        .flat_map(|(c, a)| removal::removals_in(doc, c, a))
+        .collect();
+    w.insert_removals(flow, &new)?;
+    Ok(w.removals(flow)?)
+}
 
 /// An invite just made: the change, and the ticket to hand to the invitee.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -154,6 +226,7 @@ fn persist(
     w: &Writer<'_>,
     flow: &str,
     doc: &Automerge,
+    standing: &Standing,
     changes: &[(Vec<u8>, Vec<u8>, Vec<u8>)],
     now: i64,
 ) -> Result<()> {
@@ -163,7 +236,7 @@ fn persist(
             .iter()
             .map(|(h, b, s)| (h.as_slice(), b.as_slice(), s.as_slice())),
     )?;
-    let r = Reader::now(doc);
+    let r = stands(doc, standing);
     let title = r.string(&automerge::ROOT, flow::field::TITLE);
     let status = r.string(&automerge::ROOT, flow::field::STATUS);
     w.update_flow(flow, &title, &status, now)?;
@@ -188,17 +261,51 @@ impl Repo {
     pub fn open(home: &Path) -> Result<Repo> {
         let identity = Identity::load(home)?;
         let store = Store::open(home)?;
-        Ok(Repo::new(store, identity))
+        let mut repo = Repo::new(store, identity);
+        repo.index_removals()?;
+        Ok(repo)
+    }
+
+    /// Records the removals in every flow of a store made before removals were recorded
+    /// (schema 2), once.
+    fn index_removals(&mut self) -> Result<()> {
+        if self
+            .store
+            .reader()
+            .meta(crate::store::META_REMOVALS_INDEXED)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        self.store.write(|w| {
+            for flow in w.flow_ids()? {
+                let doc = load_doc(w, &flow)?;
+                let mut found = Vec::new();
+                for node in removal::graph_of(&doc) {
+                    let Some(change) = doc.get_change_by_hash(&node.hash) else {
+                        continue;
+                    };
+                    if let Some(author) = crate::identity::actor_node(change.actor_id()) {
+                        found.extend(removal::removals_in(&doc, &change, &author));
+                    }
+                }
+                w.insert_removals(&flow, &found)?;
+            }
+            w.set_meta(crate::store::META_REMOVALS_INDEXED, "1")?;
+            Ok::<_, Error>(())
+        })
     }
 
     pub fn new(store: Store, identity: Identity) -> Repo {
         Repo {
             store,
+            actor: identity.new_incarnation(),
             identity,
             clock: system_clock,
             docs: HashMap::new(),
             members_at: HashMap::new(),
             roles: HashMap::new(),
+            standing: HashMap::new(),
             group_received: false,
         }
     }
@@ -264,6 +371,53 @@ impl Repo {
         Ok(self.docs.get_mut(flow).expect("just loaded"))
     }
 
+    /// How the flow stands under the removal rule: what fell, and the heads of the rest.
+    pub fn standing(&mut self, flow: &str) -> Result<&Standing> {
+        let heads = self.doc(flow)?.get_heads();
+        if self.standing.get(flow).is_none_or(|s| s.at != heads) {
+            let removals = self.store.reader().removals(flow)?;
+            let st = standing_of(&self.docs[flow], removals);
+            self.standing.insert(flow.to_string(), st);
+        }
+        Ok(&self.standing[flow])
+    }
+
+    /// The heads of the effective removals of `node` from `flow`, if it was removed: what a
+    /// removed member is still told of the flow (its history up to its removal).
+    pub fn removal_of(
+        &mut self,
+        flow: &str,
+        node: &NodeId,
+    ) -> Result<Option<Vec<automerge::ChangeHash>>> {
+        if !self.holds(flow)? {
+            return Ok(None);
+        }
+        let st = self.standing(flow)?;
+        let mut heads: Vec<_> = st
+            .removals
+            .iter()
+            .filter(|r| &r.target == node.public_key())
+            .map(|r| r.change)
+            .collect();
+        heads.sort();
+        heads.dedup();
+        Ok((!heads.is_empty()).then_some(heads))
+    }
+
+    /// The document as it stands (without fallen changes), saved: what `flow export
+    /// --format automerge` writes, loadable by any Automerge with the flow's standing heads.
+    pub fn save_standing(&mut self, flow: &str) -> Result<Vec<u8>> {
+        let heads = self.standing(flow)?.heads.clone();
+        let doc = self.doc(flow)?;
+        Ok(match heads {
+            Some(h) => doc
+                .fork_at(&h)
+                .map_err(|e| Error::Invalid(e.to_string()))?
+                .save(),
+            None => doc.save(),
+        })
+    }
+
     /// The signature stored with a change of `flow`.
     pub fn signature(&self, flow: &str, hash: &automerge::ChangeHash) -> Result<Option<Vec<u8>>> {
         Ok(self.store.reader().signature(flow, &hash.0)?)
@@ -302,7 +456,8 @@ impl Repo {
         // only when the document has changed since the last answer (same heads, same members).
         let heads = self.doc(flow)?.get_heads();
         if self.members_at.get(flow).is_none_or(|(at, _)| *at != heads) {
-            let members: Vec<(String, Role)> = Reader::now(&self.docs[flow])
+            self.standing(flow)?;
+            let members: Vec<(String, Role)> = stands(&self.docs[flow], &self.standing[flow])
                 .members()
                 .into_iter()
                 .filter(|m| !m.removed)
@@ -375,7 +530,8 @@ impl Repo {
     ) -> Result<EditOutcome> {
         use sha2::Digest;
         let now = self.now();
-        let current = Reader::now(self.doc(flow)?).flow_without_comments(flow);
+        self.standing(flow)?;
+        let current = stands(&self.docs[flow], &self.standing[flow]).flow_without_comments(flow);
         let inv = current
             .invites
             .iter()
@@ -438,10 +594,11 @@ impl Repo {
     /// Starts a flow with the caller as its only member.
     pub fn create_flow(&mut self, title: &str, need: &str, role: Role) -> Result<String> {
         let me = self.identity.clone();
+        let actor = self.actor.clone();
         let now = (self.clock)();
         self.store
             .write(|w| {
-                let mut doc = Automerge::new().with_actor(me.actor());
+                let mut doc = Automerge::new().with_actor(actor);
                 let mut tx = doc.transaction();
                 new_flow_ops(&mut tx, me.node_id(), me.name(), title, need, role, now)?;
                 let (hash, _) = tx.commit_with(
@@ -455,7 +612,14 @@ impl Repo {
                 let id = flow_id_of_genesis(&hash);
                 w.insert_flow(&id, &hash.0, title.trim(), "open", now)?;
                 let sig = me.sign_change(&hash);
-                persist(w, &id, &doc, &[row(&mut change, &sig)], now)?;
+                persist(
+                    w,
+                    &id,
+                    &doc,
+                    &Standing::default(),
+                    &[row(&mut change, &sig)],
+                    now,
+                )?;
                 Ok((id, doc))
             })
             .map(|(id, doc)| {
@@ -469,38 +633,97 @@ impl Repo {
         let id = self.resolve(flow_prefix)?;
         let me = self.identity.clone();
         let now = (self.clock)();
-        let Repo { store, docs, .. } = self;
+        let standing = self.standing(&id)?.clone();
+        if let Some(fallen_mine) = standing.fallen.iter().find(|h| {
+            self.docs[&id]
+                .get_change_meta_by_hash(h)
+                .is_some_and(|m| *m.actor == self.actor)
+        }) {
+            // A change of this incarnation fell: the flow as it stands lacks it, so writing on
+            // from there under the same actor would reuse its sequence number and op ids.
+            tracing::info!(target: "repo", flow = %id, fallen = %fallen_mine, "a change of ours fell; writing under a new incarnation");
+            self.actor = self.identity.new_incarnation();
+        }
+        let Repo {
+            store,
+            docs,
+            actor,
+            standing: cache,
+            ..
+        } = self;
         let result = store.write(|w| {
             let doc = match docs.entry(id.clone()) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(load_doc(w, &id)?),
             };
-            doc.set_actor(me.actor());
-            // Not the comments: a flow's comments grow without bound, and no edit reads them.
-            let current = Reader::now(&*doc).flow_without_comments(&id);
-            let mut tx = doc.transaction();
-            let applied = edit.apply(&mut tx, &current, me.node_id(), now)?;
-            let (hash, _) = tx.commit_with(
-                CommitOptions::default()
-                    .with_message(applied.summary.clone())
-                    .with_time(now),
-            );
-            let hash = hash.ok_or_else(|| Error::Invalid("the edit changes nothing".into()))?;
-            let mut change = doc.get_change_by_hash(&hash).expect("just committed");
+            let (hash, change, summary, created) = match &standing.heads {
+                // Nothing fell: edit the document itself.
+                None => {
+                    doc.set_actor(actor.clone());
+                    // Not the comments: a flow's comments grow without bound, and no edit
+                    // reads them.
+                    let current = Reader::now(&*doc).flow_without_comments(&id);
+                    let mut tx = doc.transaction();
+                    let applied = edit.apply(&mut tx, &current, me.node_id(), now)?;
+                    let (hash, _) = tx.commit_with(
+                        CommitOptions::default()
+                            .with_message(applied.summary.clone())
+                            .with_time(now),
+                    );
+                    let hash =
+                        hash.ok_or_else(|| Error::Invalid("the edit changes nothing".into()))?;
+                    let change = doc.get_change_by_hash(&hash).expect("just committed");
+                    (hash, change, applied.summary, applied.created)
+                }
+                // Something fell: the edit builds on the flow as it stands, made on a copy at
+                // those heads and then added to the document.
+                Some(heads) => {
+                    let mut fork = doc
+                        .fork_at(heads)
+                        .map_err(|e| Error::Invalid(e.to_string()))?
+                        .with_actor(actor.clone());
+                    let current = Reader::now(&fork).flow_without_comments(&id);
+                    let mut tx = fork.transaction();
+                    let applied = edit.apply(&mut tx, &current, me.node_id(), now)?;
+                    let (hash, _) = tx.commit_with(
+                        CommitOptions::default()
+                            .with_message(applied.summary.clone())
+                            .with_time(now),
+                    );
+                    let hash =
+                        hash.ok_or_else(|| Error::Invalid("the edit changes nothing".into()))?;
+                    let change = fork.get_change_by_hash(&hash).expect("just committed");
+                    auth::apply_guarded(doc, vec![change.clone()])
+                        .map_err(|r| Error::Invalid(r.to_string()))?;
+                    (hash, change, applied.summary, applied.created)
+                }
+            };
+            let mut change = change;
             auth::authorize(doc, &change, me.node_id())?;
+            let removals = record_removals(w, &id, doc, &[(&change, me.node_id())])?;
+            let st = standing_of(doc, removals);
             let sig = me.sign_change(&hash);
-            persist(w, &id, doc, &[row(&mut change, &sig)], now)?;
-            Ok(EditOutcome {
-                flow: id.clone(),
-                change: hex(&hash.0),
-                summary: applied.summary,
-                id: applied.created,
-            })
+            persist(w, &id, doc, &st, &[row(&mut change, &sig)], now)?;
+            Ok((
+                EditOutcome {
+                    flow: id.clone(),
+                    change: hex(&hash.0),
+                    summary,
+                    id: created,
+                },
+                st,
+            ))
         });
-        if result.is_err() {
-            docs.remove(&id);
+        match result {
+            Ok((outcome, st)) => {
+                cache.insert(id, st);
+                Ok(outcome)
+            }
+            Err(e) => {
+                docs.remove(&id);
+                Err(e)
+            }
         }
-        result
     }
 
     /// Runs changes received from elsewhere through verify → authorize → apply and stores the
@@ -521,7 +744,11 @@ impl Repo {
         let now = (self.clock)();
         let me = self.identity.node_id().to_string();
         let Repo {
-            store, docs, roles, ..
+            store,
+            docs,
+            roles,
+            standing,
+            ..
         } = self;
         let memo = roles.entry(flow_id.to_string()).or_default();
         let result = store.write(|w| {
@@ -570,8 +797,16 @@ impl Repo {
                 .iter()
                 .map(|v| (v.hash().0.to_vec(), v.bytes.clone(), v.signature.to_vec()))
                 .collect();
-            persist(w, flow_id, doc, &rows, now)?;
+            let accepted: Vec<_> = out
+                .accepted
+                .iter()
+                .map(|v| (&v.change, &v.author))
+                .collect();
+            let removals = record_removals(w, flow_id, doc, &accepted)?;
+            let st = standing_of(doc, removals);
+            persist(w, flow_id, doc, &st, &rows, now)?;
             crash_point("stored");
+            standing.insert(flow_id.to_string(), st);
             Ok(out)
         });
         if matches!(&result, Ok(out) if !out.accepted.is_empty()) {
@@ -613,9 +848,18 @@ impl Repo {
 
     pub fn show(&mut self, prefix: &str) -> Result<FlowView> {
         let id = self.resolve(prefix)?;
-        let doc = self.doc(&id)?;
-        let flow = Reader::now(doc).flow(&id);
-        let heads = doc.get_heads().iter().map(|h| hex(&h.0)).collect();
+        self.standing(&id)?;
+        let (doc, standing) = (&self.docs[&id], &self.standing[&id]);
+        let flow = stands(doc, standing).flow(&id);
+        let heads = standing
+            .heads
+            .clone()
+            .unwrap_or_else(|| doc.get_heads())
+            .iter()
+            .map(|h| hex(&h.0))
+            .collect();
+        let mut fallen: Vec<String> = standing.fallen.iter().map(|h| hex(&h.0)).collect();
+        fallen.sort();
         // Offline: what the address book remembers of each member.
         let seen: HashMap<String, i64> = self
             .store
@@ -636,7 +880,12 @@ impl Repo {
                 last_heard: seen.get(&m.node_id).copied(),
             })
             .collect();
-        Ok(FlowView { flow, heads, sync })
+        Ok(FlowView {
+            flow,
+            heads,
+            sync,
+            fallen,
+        })
     }
 
     pub fn log(&mut self, prefix: &str) -> Result<Vec<LogEntry>> {
@@ -647,7 +896,7 @@ impl Repo {
             .get_changes(&[])
             .iter()
             .map(|c| {
-                let author = NodeId::from_public_key(c.actor_id().to_bytes())
+                let author = crate::identity::actor_node(c.actor_id())
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| c.actor_id().to_hex_string());
                 LogEntry {

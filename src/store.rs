@@ -16,7 +16,7 @@ use crate::auth::SignedChange;
 pub const DB_FILE: &str = "coflow.db";
 
 /// The schema version this code reads and writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long a writer waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,6 +115,22 @@ const MIGRATION_2: &str = "
 CREATE INDEX changes_by_flow_seq ON changes (flow, seq);
 ";
 
+/// The removals among a flow's accepted changes (the removal rule reads them for every batch;
+/// decoding every change to find them again would cost a pass over the history). Stores from
+/// schema 2 are indexed once, by the repository, when first opened.
+const MIGRATION_3: &str = "
+CREATE TABLE removals (
+    flow        TEXT NOT NULL REFERENCES flows(id),
+    change      BLOB NOT NULL,
+    target      BLOB NOT NULL,
+    rank        INTEGER NOT NULL,
+    PRIMARY KEY (flow, change, target)
+);
+";
+
+/// Meta key set once every flow's removals are in the `removals` table.
+pub const META_REMOVALS_INDEXED: &str = "removals_indexed";
+
 /// One row of the address book.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PeerRow {
@@ -184,6 +200,17 @@ impl Store {
         if version < 2 {
             tx.execute_batch(MIGRATION_2)?;
             tx.pragma_update(None, "user_version", 2)?;
+        }
+        if version < 3 {
+            tx.execute_batch(MIGRATION_3)?;
+            if version < 1 {
+                // A new store has no flows, so nothing to index.
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, '1')",
+                    params![META_REMOVALS_INDEXED],
+                )?;
+            }
+            tx.pragma_update(None, "user_version", 3)?;
         }
         tx.commit()?;
         Ok(())
@@ -331,6 +358,55 @@ impl Writer<'_> {
             n += stmt.execute(params![flow, hash, bytes, sig])?;
         }
         Ok(n)
+    }
+
+    /// Records removals made by accepted changes of `flow`.
+    pub fn insert_removals(
+        &self,
+        flow: &str,
+        removals: &[crate::auth::removal::Removal],
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO removals (flow, change, target, rank) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for r in removals {
+            stmt.execute(params![flow, &r.change.0[..], &r.target[..], r.rank])?;
+        }
+        Ok(())
+    }
+
+    /// The removals among `flow`'s accepted changes.
+    pub fn removals(&self, flow: &str) -> Result<Vec<crate::auth::removal::Removal>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT change, target, rank FROM removals WHERE flow = ?1")?;
+        let rows = stmt.query_map(params![flow], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, u8>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (change, target, rank) = row?;
+            let (Ok(change), Ok(target)) = (
+                <[u8; 32]>::try_from(change.as_slice()),
+                <[u8; 32]>::try_from(target.as_slice()),
+            ) else {
+                return Err(StoreError::from(rusqlite::Error::InvalidColumnType(
+                    0,
+                    "removal".into(),
+                    rusqlite::types::Type::Blob,
+                )));
+            };
+            out.push(crate::auth::removal::Removal {
+                change: automerge::ChangeHash(change),
+                target,
+                rank,
+            });
+        }
+        Ok(out)
     }
 
     /// The flow's changes stored after `seq`, in insertion order (dependencies first).

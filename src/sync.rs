@@ -981,6 +981,9 @@ impl Engine {
         };
         let talk = self.talk(&flow, peer);
         if talk == Talk::Outsider {
+            if let Ok(Some(upto)) = self.repo.removal_of(&flow, peer) {
+                return self.removal_answer(&flow, message, &upto);
+            }
             // Take what is valid (a member removed concurrently may still push changes made
             // before it knew), penalize what is not, and answer as if the flow were unknown.
             if let Err(reason) = self.absorb(peer, &flow, message, &mut sync::State::new()) {
@@ -1010,6 +1013,42 @@ impl Engine {
         self.servers.insert(key, server);
         wire::SyncResponse {
             result: reply.map(sync_response::Result::Message),
+        }
+    }
+
+    /// The answer to a member removed from `flow`: the flow's history up to its removal
+    /// (`upto`), so that its node learns of the removal even though no member sends it content
+    /// any more. Nothing it sends is taken: it is no longer a member, and what it wrote
+    /// concurrently with its removal falls anyway (an honest member that did not know is not
+    /// penalized for sending it).
+    fn removal_answer(
+        &mut self,
+        flow: &str,
+        message: SyncMessage,
+        upto: &[ChangeHash],
+    ) -> wire::SyncResponse {
+        let unavailable = wire::SyncResponse {
+            result: Some(sync_response::Result::Unavailable(true)),
+        };
+        let Ok(mut am) = decode_sync_message(&message.automerge) else {
+            return unavailable;
+        };
+        am.changes = sync::ChunkList::empty();
+        let Ok(mut past) = self.repo.doc(flow).map(|d| d.fork_at(upto)) else {
+            return unavailable;
+        };
+        let Ok(past) = past.as_mut() else {
+            return unavailable;
+        };
+        let mut state = sync::State::new();
+        let reply = match guarded(|| past.receive_sync_message(&mut state, am)) {
+            Some(Ok(())) => guarded(|| past.generate_sync_message(&mut state)).flatten(),
+            _ => None,
+        };
+        let wire = reply.and_then(|m| to_wire(&self.repo, flow, m, &mut state).ok());
+        tracing::debug!(target: "sync", %flow, changes = wire.as_ref().map_or(0, |w| w.changes.len()), "told a removed member of its removal");
+        wire::SyncResponse {
+            result: wire.map(sync_response::Result::Message),
         }
     }
 
@@ -1138,8 +1177,13 @@ impl Engine {
                     self.announce(flow);
                 }
             }
-            if let Some((_, why)) = out.rejected.first() {
-                return Err(format!("sent a change that was rejected: {why}"));
+            // Penalize only what proves the sender malicious: an honest relay may well pass
+            // on the other version of an equivocating member's change.
+            for (hash, why) in &out.rejected {
+                if why.proves_malice(peer) {
+                    return Err(format!("sent a change that was rejected: {why}"));
+                }
+                tracing::warn!(target: "sync", %peer, %flow, change = ?hash, "refused a change without blaming its sender: {why}");
             }
         }
         am.changes = sync::ChunkList::empty();

@@ -7,6 +7,7 @@
 //! only member. Rejected changes never enter the document.
 
 pub mod policy;
+pub mod removal;
 
 use std::collections::HashSet;
 
@@ -57,8 +58,32 @@ pub enum Rejection {
     DependsOnRejected,
     #[error("the document refused it: {0}")]
     Refused(String),
+    /// Another change with the same author incarnation and sequence number is held: its author
+    /// signed two different changes in one place of its history. A relay passing on the other
+    /// version did nothing wrong.
+    #[error(
+        "{0} signed another change with the same incarnation and sequence number (equivocation)"
+    )]
+    Equivocation(NodeId),
     #[error("{0}")]
     Forbidden(#[from] Forbidden),
+}
+
+impl Rejection {
+    /// Whether `sender`, by sending this change, proves itself malicious. An honest node only
+    /// passes on changes it accepted, and every honest node reaches the same verdict on a
+    /// change from its history alone, so a forged, undecodable or forbidden change can only
+    /// come from a liar. Not so for an equivocation, unless its author sends it: a relay may
+    /// hold the other version, accepted first (an honest node never equivocates, since every
+    /// process writes under an incarnation of its own). Nor for a change that builds on a
+    /// rejected one: the rejected one is judged by itself.
+    pub fn proves_malice(&self, sender: &NodeId) -> bool {
+        match self {
+            Rejection::Equivocation(author) => author == sender,
+            Rejection::DependsOnRejected => false,
+            _ => true,
+        }
+    }
 }
 
 /// Decodes a change and checks its signature.
@@ -101,7 +126,8 @@ fn decode(
     let author = authors
         .entry(actor.to_vec())
         .or_insert_with(|| {
-            NodeId::from_public_key(actor)
+            crate::identity::actor_key(actor)
+                .and_then(NodeId::from_public_key)
                 .map(|n| (n.verifying_key(), n))
                 .filter(|(k, _)| !k.is_weak())
                 .map(|(k, n)| (n, k))
@@ -218,11 +244,19 @@ pub struct Outcome {
 /// Applies changes, turning a panic inside Automerge into an error. Automerge trusts its input
 /// more than a node can: a well-signed but malformed change can make it panic, and one peer must
 /// not be able to bring a node down that way. After an error the document must be reloaded.
-pub fn apply_guarded(doc: &mut Automerge, changes: Vec<Change>) -> Result<(), String> {
+pub fn apply_guarded(doc: &mut Automerge, changes: Vec<Change>) -> Result<(), Rejection> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.apply_changes(changes))) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the document cannot take this change (Automerge panicked)".into()),
+        Ok(Err(automerge::AutomergeError::DuplicateSeqNumber(_, actor))) => {
+            match crate::identity::actor_node(&actor) {
+                Some(author) => Err(Rejection::Equivocation(author)),
+                None => Err(Rejection::BadActor),
+            }
+        }
+        Ok(Err(e)) => Err(Rejection::Refused(e.to_string())),
+        Err(_) => Err(Rejection::Refused(
+            "the document cannot take this change (Automerge panicked)".into(),
+        )),
     }
 }
 
@@ -329,7 +363,7 @@ pub fn accept_with<E>(
         }
         if tainted {
             *doc = reload()?;
-            reapply(doc, &accepted);
+            reapply(doc, &mut accepted, &mut out, &mut reload)?;
         }
     } else {
         // The document refused the batch as a whole: find the culprits one change at a time.
@@ -337,7 +371,7 @@ pub fn accept_with<E>(
         for v in ready {
             let verdict = match apply_guarded(doc, vec![v.change.clone()]) {
                 Ok(()) => judge(doc, &v, &refused),
-                Err(e) => Err(Rejection::Refused(e)),
+                Err(r) => Err(r),
             };
             match verdict {
                 Ok(()) => accepted.push(v),
@@ -345,7 +379,7 @@ pub fn accept_with<E>(
                     refused.insert(v.hash());
                     out.rejected.push((Some(v.hash()), r));
                     *doc = reload()?;
-                    reapply(doc, &accepted);
+                    reapply(doc, &mut accepted, &mut out, &mut reload)?;
                 }
             }
         }
@@ -356,14 +390,22 @@ pub fn accept_with<E>(
 }
 
 /// Applies again, to a document reloaded from before the batch, the changes already accepted.
-fn reapply(doc: &mut Automerge, accepted: &[Verified]) {
-    doc.apply_changes(
-        accepted
-            .iter()
-            .map(|v| v.change.clone())
-            .collect::<Vec<_>>(),
-    )
-    .expect("changes accepted once apply again to the document they were accepted on");
+/// Guarded like every Automerge call on a peer's bytes. These changes applied to this very
+/// document a moment ago, so a failure would be Automerge's; should it happen, the document is
+/// reloaded and the whole batch refused rather than trusted (nothing of it is stored).
+fn reapply<E>(
+    doc: &mut Automerge,
+    accepted: &mut Vec<Verified>,
+    out: &mut Outcome,
+    reload: &mut impl FnMut() -> Result<Automerge, E>,
+) -> Result<(), E> {
+    if let Err(r) = apply_guarded(doc, accepted.iter().map(|v| v.change.clone()).collect()) {
+        tracing::error!(target: "auth", "changes accepted once do not apply again: {r}");
+        *doc = reload()?;
+        out.rejected
+            .extend(accepted.drain(..).map(|v| (Some(v.hash()), r.clone())));
+    }
+    Ok(())
 }
 
 /// A waiting change that builds on a rejected one can never be accepted: reject it now rather
