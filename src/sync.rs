@@ -257,8 +257,16 @@ pub struct Engine {
     /// Flows whose latest local change was pushed to every other member (see
     /// [`Engine::local_change`]); messages about them say so, and receivers do not announce.
     told_all: HashSet<String>,
+    /// Changes refused without blaming their sender (the other version of an equivocation,
+    /// and what builds on it), with their dependencies: a peer's heads naming one are read as
+    /// its dependencies, so it is not asked for again (two honest nodes holding different
+    /// versions would otherwise ask each other for them forever).
+    refused: HashMap<ChangeHash, Vec<ChangeHash>>,
     pub stats: Stats,
 }
+
+/// How many refused changes [`Engine`] remembers before it starts afresh.
+const MAX_REFUSED: usize = 4096;
 
 impl Engine {
     pub fn new(repo: Repo) -> Engine {
@@ -283,6 +291,7 @@ impl Engine {
             queued: HashMap::new(),
             uncommitted: Vec::new(),
             told_all: HashSet::new(),
+            refused: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -345,6 +354,10 @@ impl Engine {
         ids.into_iter()
             .filter(|f| self.is_member(f, peer))
             .collect()
+    }
+
+    fn holds(&mut self, flow: &str) -> bool {
+        matches!(self.repo.holds(flow), Ok(true))
     }
 
     fn is_member(&mut self, flow: &str, peer: &NodeId) -> bool {
@@ -904,6 +917,14 @@ impl Engine {
             .clients
             .remove(&key)
             .unwrap_or_else(|| Conversation::fresh(1, now, None));
+        let me = self.me.clone();
+        if !self.joining.contains_key(flow) && self.holds(flow) && !self.is_member(flow, &me) {
+            // This node was removed (it learned so from a member): it has nothing to ask for.
+            tracing::debug!(target: "sync", %peer, %flow, "not a member any more: nothing to sync");
+            self.clients.insert(key, client);
+            self.pull_ended(peer, flow);
+            return;
+        }
         if client.awaiting {
             tracing::debug!(target: "sync", %peer, %flow, "request in flight; news waits for its answer");
         } else {
@@ -926,10 +947,21 @@ impl Engine {
             // still send our new heads once more after we received changes.)
             let in_sync = client.state.their_heads.as_ref().map(|h| sorted(h.clone()))
                 == Some(self.heads(flow));
+            let ours = self.heads(flow);
+            let told = sorted(client.state.last_sent_heads.clone()) == ours;
+            let lacking = client
+                .state
+                .their_heads
+                .clone()
+                .map(|theirs| self.missing(flow, &theirs));
             let generated = if in_sync {
                 None
             } else {
                 self.generate(flow, &mut client.state)
+                    // Nothing to send, nothing to ask for, and the peer was told our heads: the
+                    // heads differ only by changes one side refuses (an equivocation), and
+                    // saying so again would go on for ever.
+                    .filter(|w| !(w.changes.is_empty() && told && lacking == Some(Vec::new())))
             };
             tracing::debug!(target: "sync", %peer, %flow, sends = generated.is_some(), changes = generated.as_ref().map_or(0, |w| w.changes.len()), "client turn");
             if let Some(mut wire) = generated {
@@ -1184,6 +1216,17 @@ impl Engine {
                     return Err(format!("sent a change that was rejected: {why}"));
                 }
                 tracing::warn!(target: "sync", %peer, %flow, change = ?hash, "refused a change without blaming its sender: {why}");
+                let deps = batch
+                    .iter()
+                    .filter_map(|c| crate::auth::parse_change(&c.bytes).ok())
+                    .find(|c| Some(c.hash()) == *hash)
+                    .map(|c| c.deps().to_vec());
+                if let (Some(h), Some(deps)) = (hash, deps) {
+                    if self.refused.len() >= MAX_REFUSED {
+                        self.refused.clear();
+                    }
+                    self.refused.insert(*h, deps);
+                }
             }
         }
         am.changes = sync::ChunkList::empty();
@@ -1201,6 +1244,9 @@ impl Engine {
         };
         // Never switch to whole-document messages: every change must carry its signature.
         state.their_capabilities = None;
+        if let Some(theirs) = state.their_heads.as_mut() {
+            unrefused(theirs, &self.refused);
+        }
         result.map_err(|e| format!("bad sync message: {e}"))
     }
 
@@ -1524,6 +1570,28 @@ fn carrying(
         session: 0,
         everyone_told: false,
     }
+}
+
+/// Replaces every refused change among `heads` by its dependencies (transitively), keeping
+/// the list free of repeats.
+fn unrefused(heads: &mut Vec<ChangeHash>, refused: &HashMap<ChangeHash, Vec<ChangeHash>>) {
+    if !heads.iter().any(|h| refused.contains_key(h)) {
+        return;
+    }
+    let mut out: Vec<ChangeHash> = Vec::new();
+    let mut todo = std::mem::take(heads);
+    let mut seen = HashSet::new();
+    while let Some(h) = todo.pop() {
+        if !seen.insert(h) {
+            continue;
+        }
+        match refused.get(&h) {
+            Some(deps) => todo.extend(deps.iter().copied()),
+            None => out.push(h),
+        }
+    }
+    out.sort();
+    *heads = out;
 }
 
 fn sorted(mut heads: Vec<automerge::ChangeHash>) -> Vec<automerge::ChangeHash> {

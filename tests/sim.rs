@@ -216,6 +216,15 @@ impl Net {
         true
     }
 
+    /// Delivers until nothing is in flight; a conversation that never rests fails the test.
+    fn drain(&mut self) {
+        let mut steps = 0;
+        while self.step() {
+            steps += 1;
+            assert!(steps < 10_000, "a conversation that never rests");
+        }
+    }
+
     fn tick(&mut self) {
         self.now += coflow::sync::ANTI_ENTROPY_MS;
         for n in &mut self.nodes {
@@ -612,4 +621,108 @@ fn a_small_connected_flow_is_told_by_push_alone() {
     let sent = net.nodes[0].stats.announcements_sent;
     edit(&mut net, 0, &flow, common::add_step("Announced", None));
     assert_eq!(net.nodes[0].stats.announcements_sent, sent + 1);
+}
+
+/// A member removed while its node is up never receives its removal as content; whatever it
+/// writes afterwards falls on every node, no honest node is penalized, and its own node learns
+/// of the removal from the members it keeps talking to.
+#[test]
+fn a_removed_member_learns_of_its_removal_and_writes_nothing_that_stands() {
+    let mut net = Net::new(3, 17);
+    let flow = flow_with_members(&mut net, 2);
+    net.connect_all();
+    while net.step() {}
+    assert!(net.converged(&flow));
+    let removed = net.ids[2].to_string();
+    edit(
+        &mut net,
+        0,
+        &flow,
+        Edit::RemoveMember {
+            member: removed.clone(),
+        },
+    );
+    while net.step() {}
+    edit(
+        &mut net,
+        2,
+        &flow,
+        Edit::Comment {
+            text: "written after my removal".into(),
+            step: None,
+        },
+    );
+    for _ in 0..5 {
+        net.drain();
+        net.tick();
+    }
+    for i in 0..3 {
+        let view = net.nodes[i].repo().show(&flow).unwrap();
+        assert!(
+            view.flow.comments.is_empty(),
+            "node {i} shows the removed member's comment"
+        );
+        let me = view.flow.members.iter().find(|m| m.node_id == removed);
+        assert!(
+            me.is_some_and(|m| m.removed),
+            "node {i} knows of the removal"
+        );
+    }
+    let shown: Vec<Vec<String>> = (0..3)
+        .map(|i| net.nodes[i].repo().show(&flow).unwrap().heads)
+        .collect();
+    assert_eq!(shown[0], shown[1]);
+    assert_eq!(
+        shown[0], shown[2],
+        "the removed node stands where the others do"
+    );
+    assert!(net.penalties.is_empty(), "{:?}", net.penalties);
+    let err = net.nodes[2]
+        .repo()
+        .edit(&flow, &common::add_step("more", None))
+        .unwrap_err();
+    assert!(err.to_string().contains("not a member"), "{err}");
+}
+
+/// A member signs two changes with the same actor and sequence number and gives one to each
+/// of two nodes. When those two sync, neither blames the other: the relay did nothing wrong.
+#[test]
+fn an_equivocation_passed_on_by_an_honest_relay_blames_nobody() {
+    let mut net = Net::new(3, 23);
+    let flow = flow_with_members(&mut net, 2);
+    net.connect_all();
+    while net.step() {}
+    assert!(net.converged(&flow));
+    // Node 2 is the equivocator: two changes on the same heads under one actor.
+    let liar = Identity::from_seed("sim-node-2", "Node 2");
+    let doc = net.nodes[0].repo().doc(&flow).unwrap().clone();
+    let current = Reader::now(&doc).flow(&flow);
+    let mut versions = Vec::new();
+    for title in ["one", "another"] {
+        let mut fork = doc.fork().with_actor(liar.actor());
+        let mut tx = fork.transaction();
+        common::add_step(title, None)
+            .apply(&mut tx, &current, liar.node_id(), common::NOW)
+            .unwrap();
+        let hash = tx.commit().0.unwrap();
+        versions.push(common::sign(&liar, &fork, hash));
+    }
+    for (node, version) in [(0, &versions[0]), (1, &versions[1])] {
+        let out = net.nodes[node]
+            .repo()
+            .receive(&flow, std::slice::from_ref(version))
+            .unwrap();
+        assert_eq!(out.accepted.len(), 1);
+        net.nodes[node].local_change(&flow);
+    }
+    net.collect();
+    for _ in 0..3 {
+        net.drain();
+        net.tick();
+    }
+    let honest: Vec<_> = net.penalties.iter().filter(|(p, _)| *p != 2).collect();
+    assert!(
+        honest.is_empty(),
+        "an honest relay was penalized: {honest:?}"
+    );
 }
