@@ -1188,6 +1188,40 @@ fn a_proof_is_bound_to_its_flow_and_invite() {
     a.receive(&[c]).unwrap();
 }
 
+/// The known limit (SECURITY.md): two redemptions of a single-use invite made at the same heads,
+/// on two member nodes that have not seen each other's, are each valid in their causal past, so
+/// both are accepted. Each admits only the ticket holder its proof names; one joiner asking two
+/// nodes at once is admitted once.
+#[test]
+fn concurrent_redemptions_of_one_use_are_each_valid() {
+    let mut sim = Sim::tailor();
+    let inv = create_invite(&mut sim, &alice(), Role::Observer, NOW + 3600, 1);
+    let heads = sim.doc.get_heads();
+    let by_carl = sim.edit_change_at(&carl(), &heads, redeem(&sim, &inv, &eve()));
+    let by_dana = sim.edit_change_at(&dana(), &heads, redeem(&sim, &inv, &bea()));
+    let mut other = sim.clone();
+    sim.receive(&[by_carl.clone(), by_dana.clone()]).unwrap();
+    other.receive(&[by_dana, by_carl]).unwrap();
+    assert_eq!(sim.heads(), other.heads());
+    let flow = sim.flow();
+    assert_eq!(flow.role_of(eve().node_id().as_str()), Some(Role::Observer));
+    assert_eq!(flow.role_of(bea().node_id().as_str()), Some(Role::Observer));
+    assert_eq!(flow.invites[0].uses_left, 0);
+    // Once both are known, no third redemption passes.
+    let zed = Identity::from_seed("zed", "Zed");
+    assert!(forbidden(sim.refused(&oscar(), redeem(&sim, &inv, &zed))).contains("used up"));
+    // The same joiner through two nodes at once: one member.
+    let mut sim = Sim::tailor();
+    let inv = create_invite(&mut sim, &alice(), Role::Observer, NOW + 3600, 2);
+    let heads = sim.doc.get_heads();
+    let members = sim.flow().members.len();
+    let a = sim.edit_change_at(&carl(), &heads, redeem(&sim, &inv, &eve()));
+    let b = sim.edit_change_at(&dana(), &heads, redeem(&sim, &inv, &eve()));
+    sim.receive(&[a, b]).unwrap();
+    assert_eq!(sim.flow().members.len(), members + 1);
+    assert_eq!(sim.flow().invites[0].uses_left, 1);
+}
+
 #[test]
 fn bad_redemptions_are_refused() {
     let mut sim = Sim::tailor();
