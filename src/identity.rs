@@ -305,6 +305,82 @@ pub fn change_message(hash: &automerge::ChangeHash) -> Vec<u8> {
     msg
 }
 
+/// Domain separation for deriving an invite's key from its ticket secret.
+pub const INVITE_KEY_DOMAIN: &[u8] = b"coflow/invite-key/v1\0";
+
+/// Domain separation for a joiner's proof that it holds an invite's ticket.
+pub const INVITE_PROOF_DOMAIN: &[u8] = b"coflow/invite-proof/v1\0";
+
+/// The key of an invite, derived from the secret its ticket carries. The document records only
+/// the public half; the ticket holder signs with the secret half to prove it holds the ticket,
+/// without the secret ever leaving its node.
+pub struct InviteKey(SigningKey);
+
+impl InviteKey {
+    pub fn from_secret(secret: &[u8]) -> InviteKey {
+        let mut h = Sha256::new();
+        h.update(INVITE_KEY_DOMAIN);
+        h.update(secret);
+        InviteKey(SigningKey::from_bytes(&h.finalize().into()))
+    }
+
+    /// The 32-byte public key the document records for the invite.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.0.verifying_key().to_bytes()
+    }
+
+    /// The proof that admits `joiner`, and only `joiner`, to `flow` by this invite.
+    pub fn prove(&self, flow: &[u8], invite: &[u8], joiner: &NodeId) -> [u8; 64] {
+        self.0
+            .sign(&invite_proof_message(flow, invite, joiner))
+            .to_bytes()
+    }
+}
+
+/// What a joiner signs with an invite's key: the flow id (16 bytes), the invite id (8 bytes) and
+/// the joiner's public key (32 bytes), after [`INVITE_PROOF_DOMAIN`].
+pub fn invite_proof_message(flow: &[u8], invite: &[u8], joiner: &NodeId) -> Vec<u8> {
+    let mut msg =
+        Vec::with_capacity(INVITE_PROOF_DOMAIN.len() + 2 + flow.len() + invite.len() + 32);
+    msg.extend_from_slice(INVITE_PROOF_DOMAIN);
+    // Lengths first, so no two (flow, invite) pairs give the same message.
+    msg.push(flow.len() as u8);
+    msg.extend_from_slice(flow);
+    msg.push(invite.len() as u8);
+    msg.extend_from_slice(invite);
+    msg.extend_from_slice(joiner.public_key());
+    msg
+}
+
+/// Whether `proof` shows that whoever asked for `joiner` to be admitted to `flow` by `invite`
+/// holds the secret behind `public_key`. Weak keys and non-canonical signatures are refused.
+pub fn verify_invite_proof(
+    public_key: &[u8],
+    flow: &[u8],
+    invite: &[u8],
+    joiner: &NodeId,
+    proof: &[u8],
+) -> bool {
+    let Ok(key) = <[u8; 32]>::try_from(public_key) else {
+        return false;
+    };
+    let Ok(key) = VerifyingKey::from_bytes(&key) else {
+        return false;
+    };
+    let Ok(sig) = <[u8; 64]>::try_from(proof) else {
+        return false;
+    };
+    !key.is_weak()
+        && flow.len() <= u8::MAX as usize
+        && invite.len() <= u8::MAX as usize
+        && key
+            .verify_strict(
+                &invite_proof_message(flow, invite, joiner),
+                &ed25519_dalek::Signature::from_bytes(&sig),
+            )
+            .is_ok()
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     data_encoding::HEXLOWER.encode(bytes)
 }
@@ -328,6 +404,61 @@ mod tests {
             alice.libp2p_keypair().public().to_peer_id().to_base58(),
             text
         );
+    }
+
+    #[test]
+    fn an_invite_proof_admits_only_the_joiner_it_names() {
+        let key = InviteKey::from_secret(&[5u8; 16]);
+        let public = key.public_key();
+        let (flow, invite) = ([1u8; 16], [2u8; 8]);
+        let bob = Identity::from_seed("bob", "Bob");
+        let eve = Identity::from_seed("eve", "Eve");
+        let proof = key.prove(&flow, &invite, bob.node_id());
+        assert!(verify_invite_proof(
+            &public,
+            &flow,
+            &invite,
+            bob.node_id(),
+            &proof
+        ));
+        assert!(!verify_invite_proof(
+            &public,
+            &flow,
+            &invite,
+            eve.node_id(),
+            &proof
+        ));
+        assert!(!verify_invite_proof(
+            &public,
+            &[9; 16],
+            &invite,
+            bob.node_id(),
+            &proof
+        ));
+        assert!(!verify_invite_proof(
+            &public,
+            &flow,
+            &[9; 8],
+            bob.node_id(),
+            &proof
+        ));
+        let other = InviteKey::from_secret(&[6u8; 16]).public_key();
+        assert!(!verify_invite_proof(
+            &other,
+            &flow,
+            &invite,
+            bob.node_id(),
+            &proof
+        ));
+        assert!(!verify_invite_proof(
+            &public,
+            &flow,
+            &invite,
+            bob.node_id(),
+            &proof[..63]
+        ));
+        // The key is not the secret, nor its plain hash.
+        assert_ne!(public.as_slice(), Sha256::digest([5u8; 16]).as_slice());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The libp2p side: transport (TCP + Noise + Yamux), and the protocols composed into one
 //! behaviour — identify, ping, mDNS, Kademlia, gossipsub (head announcements),
-//! `/coflow/sync/1`, `/coflow/join/1`, a block list for penalized peers and connection limits.
+//! `/coflow/sync/1`, `/coflow/join/2`, a block list for penalized peers and connection limits.
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@ use crate::auth::removal::{self, Removal};
 use crate::auth::{self, Outcome, SignedChange};
 use crate::error::{Error, Result};
 use crate::flow::{self, flow_id_of_genesis, new_flow_ops, Edit, Flow, Reader, Role};
-use crate::identity::{hex, Identity, NodeId};
+use crate::identity::{hex, unhex, verify_invite_proof, Identity, InviteKey, NodeId};
 use crate::store::{FlowRow, Store, Writer};
 
 /// Write a snapshot once this many changes have accumulated since the last one.
@@ -193,6 +193,30 @@ pub struct Invitation {
     pub edit: EditOutcome,
     pub ticket: String,
     pub expires_at: i64,
+}
+
+/// Why a member node does not admit a joiner. Everything short of a valid proof of the ticket is
+/// [`RedeemError::Unknown`], so a stranger learns nothing from a refusal: not whether this node
+/// holds the flow, nor whether the invite exists, nor what state it is in.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    /// No such flow here (or this node is not a member of it), no such invite, an invite made
+    /// by an earlier version, or a proof that does not verify.
+    #[error("unknown flow or invite")]
+    Unknown,
+    #[error("the invite was revoked")]
+    Revoked,
+    #[error("the invite has expired")]
+    Expired,
+    #[error("the invite has been used up")]
+    UsedUp,
+    #[error("the joining node is already a member of the flow")]
+    AlreadyMember,
+    #[error("the joining node was removed from the flow; only a manager can restore it")]
+    Removed,
+    /// The node could not record the admission.
+    #[error(transparent)]
+    Failed(#[from] Error),
 }
 
 /// Meta key under which the node records the addresses it listens on (for tickets).
@@ -473,7 +497,8 @@ impl Repo {
         Ok(self.store.reader().flow_ids()?)
     }
 
-    /// Records an invite in the flow and returns the ticket that redeems it.
+    /// Records an invite in the flow and returns the ticket that redeems it. The ticket holds
+    /// a fresh secret; the document holds only the public key derived from it.
     pub fn invite(
         &mut self,
         flow_prefix: &str,
@@ -481,7 +506,6 @@ impl Repo {
         expires_in: i64,
         uses: i64,
     ) -> Result<Invitation> {
-        use sha2::Digest;
         if expires_in <= 0 {
             return Err(Error::Invalid("an invite must expire in the future".into()));
         }
@@ -492,7 +516,7 @@ impl Repo {
             flow_prefix,
             &Edit::CreateInvite {
                 role,
-                secret_hash: hex(&sha2::Sha256::digest(secret)),
+                public_key: hex(&InviteKey::from_secret(&secret).public_key()),
                 expires_at,
                 uses,
             },
@@ -519,48 +543,70 @@ impl Repo {
         })
     }
 
-    /// Admits `joiner` to a flow with an invite, after checking the ticket's secret.
+    /// Admits `joiner` to a flow with an invite, if `proof` is the joiner's proof that it
+    /// holds the ticket ([`InviteKey::prove`]). The proof is checked before anything about the
+    /// invite is looked at: without it, every refusal is [`RedeemError::Unknown`], the same as
+    /// for a flow this node does not hold.
     pub fn redeem(
         &mut self,
         flow: &str,
         invite: &str,
-        secret: &[u8],
+        proof: &[u8],
         joiner: &NodeId,
         name: &str,
-    ) -> Result<EditOutcome> {
-        use sha2::Digest;
+    ) -> std::result::Result<EditOutcome, RedeemError> {
+        let (Some(flow_bytes), Some(invite_bytes)) = (unhex(flow), unhex(invite)) else {
+            return Err(RedeemError::Unknown);
+        };
+        // Until the proof verifies, even this node's own trouble reading the flow answers as
+        // an unknown flow would: a stranger must not tell a held flow from any other.
+        if !matches!(self.holds(flow), Ok(true)) {
+            return Err(RedeemError::Unknown);
+        }
         let now = self.now();
-        self.standing(flow)?;
-        let current = stands(&self.docs[flow], &self.standing[flow]).flow_without_comments(flow);
+        let me = self.identity.node_id().clone();
+        let current = match self.standing(flow) {
+            Ok(_) => stands(&self.docs[flow], &self.standing[flow]).flow_without_comments(flow),
+            Err(e) => {
+                tracing::warn!(target: "repo", %flow, "cannot read the flow to judge a join: {e}");
+                return Err(RedeemError::Unknown);
+            }
+        };
+        if current.role_of(me.as_str()).is_none() {
+            return Err(RedeemError::Unknown);
+        }
         let inv = current
             .invites
             .iter()
             .find(|i| i.id == invite)
-            .ok_or_else(|| Error::Invalid("unknown invite".into()))?;
+            .filter(|i| {
+                verify_invite_proof(&i.public_key, &flow_bytes, &invite_bytes, joiner, proof)
+            })
+            .ok_or(RedeemError::Unknown)?;
+        // The joiner holds the ticket: it may know why it cannot get in.
         if inv.revoked {
-            return Err(Error::Invalid("the invite was revoked".into()));
+            return Err(RedeemError::Revoked);
         }
         if inv.uses_left <= 0 {
-            return Err(Error::Invalid("the invite has been used up".into()));
+            return Err(RedeemError::UsedUp);
         }
         if inv.expires_at > 0 && now >= inv.expires_at {
-            return Err(Error::Invalid("the invite has expired".into()));
+            return Err(RedeemError::Expired);
         }
-        if sha2::Sha256::digest(secret).as_slice() != inv.secret_hash.as_slice() {
-            return Err(Error::Invalid("the invite's secret does not match".into()));
+        match current.member(joiner.as_str()) {
+            Some(m) if m.removed => return Err(RedeemError::Removed),
+            Some(_) => return Err(RedeemError::AlreadyMember),
+            None => {}
         }
-        if current.role_of(joiner.as_str()).is_some() {
-            return Err(Error::Invalid("already a member".into()));
-        }
-        self.edit(
+        Ok(self.edit(
             flow,
             &Edit::Redeem {
                 invite: invite.to_string(),
-                secret: hex(secret),
+                proof: hex(proof),
                 joiner: joiner.to_string(),
                 name: name.to_string(),
             },
-        )
+        )?)
     }
 
     /// Replaces the clock (tests).

@@ -17,8 +17,8 @@ use automerge::{Automerge, Change, ChangeHash};
 
 use crate::auth::SignedChange;
 use crate::error::{Error, Result};
-use crate::identity::{hex, unhex, NodeId};
-use crate::repo::Repo;
+use crate::identity::{hex, unhex, InviteKey, NodeId};
+use crate::repo::{RedeemError, Repo};
 use crate::wire::{self, join_response, sync_response, JoinRequest, JoinResponse, SyncMessage};
 
 /// A (peer, flow) session with no message for this long is refreshed on the next tick, so a
@@ -68,7 +68,7 @@ pub enum Io {
         flow: String,
         request: wire::SyncRequest,
     },
-    /// Send a `/coflow/join/1` request to a peer named in a ticket.
+    /// Send a `/coflow/join/2` request to a peer named in a ticket.
     Join {
         peer: NodeId,
         flow: String,
@@ -1291,10 +1291,16 @@ impl Engine {
                 "the ticket names no member node to ask (it has no addresses)".into(),
             ));
         }
+        let (flow, invite) = (
+            unhex(&ticket.flow).unwrap_or_default(),
+            unhex(&ticket.invite).unwrap_or_default(),
+        );
+        // The secret never leaves this node: the request carries a proof that admits only us.
+        let proof = InviteKey::from_secret(&ticket.secret).prove(&flow, &invite, &self.me);
         let request = JoinRequest {
-            flow: unhex(&ticket.flow).unwrap_or_default(),
-            invite: unhex(&ticket.invite).unwrap_or_default(),
-            secret: ticket.secret.to_vec(),
+            flow,
+            invite,
+            proof: proof.to_vec(),
             name: name.to_string(),
         };
         for peer in &via {
@@ -1364,23 +1370,20 @@ impl Engine {
         self.joining.contains_key(flow)
     }
 
-    /// A peer asks to redeem an invite: check it and admit the peer.
+    /// A peer asks to redeem an invite: check its proof and admit the peer. Until the proof
+    /// verifies, every refusal is the same bytes (see [`RedeemError::Unknown`]): a flow not held
+    /// here, one this node is not a member of, an unknown invite and a bad proof look alike.
     pub fn handle_join_request(&mut self, peer: &NodeId, request: JoinRequest) -> JoinResponse {
-        let refuse = |why: &str| JoinResponse {
+        let refuse = |why: &RedeemError| JoinResponse {
             result: Some(join_response::Result::Refused(why.to_string())),
         };
         let Some(flow) = flow_id(&request.flow) else {
-            return refuse("unknown flow or invite");
+            return refuse(&RedeemError::Unknown);
         };
-        // Only a member can redeem; a node that does not hold the flow says the same as one
-        // whose invite is unknown.
-        if !matches!(self.repo.holds(&flow), Ok(true)) || !self.is_member(&flow, &self.me.clone()) {
-            return refuse("unknown flow or invite");
-        }
         let name: String = request.name.chars().take(64).collect();
         match self
             .repo
-            .redeem(&flow, &hex(&request.invite), &request.secret, peer, &name)
+            .redeem(&flow, &hex(&request.invite), &request.proof, peer, &name)
         {
             Ok(_) => {
                 self.local_change(&flow);
@@ -1388,12 +1391,15 @@ impl Engine {
                     result: Some(join_response::Result::Joined(true)),
                 }
             }
-            Err(Error::Invalid(why)) if why == "unknown invite" => refuse("unknown flow or invite"),
-            Err(Error::Invalid(why)) => refuse(&why),
-            Err(e) => {
+            Err(RedeemError::Failed(e)) => {
                 tracing::warn!(target: "sync", %flow, "cannot admit {peer}: {e}");
-                refuse("the member node could not record the join")
+                JoinResponse {
+                    result: Some(join_response::Result::Refused(
+                        "the member node could not record the join".into(),
+                    )),
+                }
             }
+            Err(why) => refuse(&why),
         }
     }
 

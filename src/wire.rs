@@ -1,5 +1,5 @@
 //! Wire messages (generated from `proto/coflow.proto`), their size limits, the request-response
-//! codec of `/coflow/sync/1` and `/coflow/join/1`, and tickets.
+//! codec of `/coflow/sync/1` and `/coflow/join/2`, and tickets.
 
 use std::io;
 
@@ -21,7 +21,7 @@ pub use pb::{
 /// The sync protocol's name.
 pub const SYNC_PROTOCOL: &str = "/coflow/sync/1";
 /// The join protocol's name.
-pub const JOIN_PROTOCOL: &str = "/coflow/join/1";
+pub const JOIN_PROTOCOL: &str = "/coflow/join/2";
 
 /// Largest sync message accepted or sent (a sync message may carry many changes).
 pub const MAX_SYNC_MESSAGE: usize = 8 * 1024 * 1024;
@@ -249,7 +249,9 @@ pub fn decode_announce(bytes: &[u8]) -> Result<Vec<automerge::ChangeHash>, Strin
 
 /// The prefix of every ticket.
 pub const TICKET_PREFIX: &str = "coflow1";
-const TICKET_VERSION: u32 = 1;
+const TICKET_VERSION: u32 = 2;
+/// Tickets of invites whose secret's hash, not a public key, is in the document.
+const LEGACY_TICKET_VERSION: u32 = 1;
 /// Longest ticket accepted (characters).
 pub const MAX_TICKET: usize = 4096;
 
@@ -265,6 +267,10 @@ pub enum TicketError {
     Decode,
     #[error("the ticket has version {0}; this coflow reads version {TICKET_VERSION}")]
     Version(u32),
+    #[error(
+        "the ticket is from an older coflow, whose invites can no longer be redeemed: ask for a new invite"
+    )]
+    Legacy,
     #[error("the ticket is damaged: {0}")]
     Field(&'static str),
 }
@@ -305,6 +311,9 @@ impl InviteTicket {
             .decode(body.to_uppercase().as_bytes())
             .map_err(|_| TicketError::Base32)?;
         let t = Ticket::decode(bytes.as_slice()).map_err(|_| TicketError::Decode)?;
+        if t.version == LEGACY_TICKET_VERSION {
+            return Err(TicketError::Legacy);
+        }
         if t.version != TICKET_VERSION {
             return Err(TicketError::Version(t.version));
         }
@@ -355,6 +364,33 @@ mod tests {
         assert_eq!(
             InviteTicket::decode(&"coflow1a".repeat(1000)),
             Err(TicketError::TooLong)
+        );
+        // Tickets of other versions are refused by version; version 1 (invites checked against
+        // a hash of the secret, which this version no longer redeems) with its own message.
+        let versioned = |version: u32| {
+            let mut pb = Ticket::decode(
+                data_encoding::BASE32_NOPAD
+                    .decode(s[TICKET_PREFIX.len()..].to_uppercase().as_bytes())
+                    .unwrap()
+                    .as_slice(),
+            )
+            .unwrap();
+            pb.version = version;
+            format!(
+                "{TICKET_PREFIX}{}",
+                data_encoding::BASE32_NOPAD
+                    .encode(&pb.encode_to_vec())
+                    .to_lowercase()
+            )
+        };
+        assert_eq!(InviteTicket::decode(&versioned(2)).unwrap(), t);
+        assert_eq!(
+            InviteTicket::decode(&versioned(1)),
+            Err(TicketError::Legacy)
+        );
+        assert_eq!(
+            InviteTicket::decode(&versioned(3)),
+            Err(TicketError::Version(3))
         );
     }
 

@@ -8,7 +8,7 @@ use automerge::transaction::Transactable;
 use automerge::{ObjType, ReadDoc, ScalarValue, ROOT};
 use coflow::auth::{Rejection, SignedChange};
 use coflow::flow::{Edit, FlowStatus, Mode, Role, StepStatus, Who};
-use coflow::identity::Identity;
+use coflow::identity::{hex, unhex, Identity, InviteKey};
 use common::*;
 
 fn forbidden(r: Rejection) -> String {
@@ -40,7 +40,7 @@ fn new_invite(sim: &Sim, who: &Identity, role: Role) -> SignedChange {
         let invites = tx.get(ROOT, "invites").unwrap().unwrap().1;
         let i = tx.put_object(&invites, "inv1", ObjType::Map).unwrap();
         tx.put(&i, "role", role.as_str()).unwrap();
-        tx.put(&i, "secret_hash", ScalarValue::Bytes(vec![7; 32]))
+        tx.put(&i, "public_key", ScalarValue::Bytes(invite_public_key()))
             .unwrap();
         tx.put(&i, "expires_at", NOW + 3600).unwrap();
         tx.put(&i, "uses_left", 1).unwrap();
@@ -801,55 +801,134 @@ fn a_change_waiting_on_a_forged_one_is_refused_not_kept() {
         .contains(&(Some(h), Rejection::DependsOnRejected)));
 }
 
-// --- invites: any member may redeem a valid one; the secret in the change proves it ---
+// --- invites: any member may redeem a valid one for the joiner whose proof the change carries ---
 
-fn create_invite(
-    sim: &mut Sim,
-    who: &Identity,
-    role: Role,
-    expires_at: i64,
-    uses: i64,
-) -> (String, String) {
-    use sha2::Digest;
-    let secret = [42u8; 16];
-    let hash = coflow::identity::hex(&sha2::Sha256::digest(secret));
+/// The secret of every ticket in these tests (the joiner's; never in the document).
+const SECRET: [u8; 16] = [42; 16];
+
+fn invite_public_key() -> Vec<u8> {
+    InviteKey::from_secret(&SECRET).public_key().to_vec()
+}
+
+fn create_invite(sim: &mut Sim, who: &Identity, role: Role, expires_at: i64, uses: i64) -> String {
     let known: Vec<String> = sim.flow().invites.into_iter().map(|i| i.id).collect();
     sim.edit(
         who,
         Edit::CreateInvite {
             role,
-            secret_hash: hash,
+            public_key: hex(&invite_public_key()),
             expires_at,
             uses,
         },
     )
     .unwrap();
-    let id = sim
-        .flow()
+    sim.flow()
         .invites
         .into_iter()
         .find(|i| !known.contains(&i.id))
         .unwrap()
-        .id;
-    (id, coflow::identity::hex(&secret))
+        .id
 }
 
-fn redeem(invite: &str, secret: &str, joiner: &Identity) -> Edit {
+/// What the holder of the ticket sends to admit `joiner`: its proof, made with the secret.
+fn proof_with(secret: &[u8], flow: &str, invite: &str, joiner: &Identity) -> Vec<u8> {
+    InviteKey::from_secret(secret)
+        .prove(
+            &unhex(flow).unwrap(),
+            &unhex(invite).unwrap(),
+            joiner.node_id(),
+        )
+        .to_vec()
+}
+
+fn proof(sim: &Sim, invite: &str, joiner: &Identity) -> Vec<u8> {
+    proof_with(&SECRET, &sim.flow_id, invite, joiner)
+}
+
+fn redeem(sim: &Sim, invite: &str, joiner: &Identity) -> Edit {
     Edit::Redeem {
         invite: invite.into(),
-        secret: secret.into(),
+        proof: hex(&proof(sim, invite, joiner)),
         joiner: joiner.node_id().to_string(),
         name: joiner.name().into(),
     }
 }
 
+/// A redemption written by hand, as a lying member would: adds each `(joiner, proof field,
+/// proof value)` as `role`, naming `invite`, then writes each of `uses_left` to the invite in
+/// turn.
+fn raw_redemption(
+    sim: &Sim,
+    who: &Identity,
+    invite: &str,
+    role: &str,
+    joiners: &[(&Identity, &'static str, ScalarValue)],
+    uses_left: &[i64],
+) -> SignedChange {
+    let joiners: Vec<(String, &'static str, ScalarValue)> = joiners
+        .iter()
+        .map(|(j, k, v)| (j.node_id().to_string(), *k, v.clone()))
+        .collect();
+    let me = who.node_id().to_string();
+    sim.make(who, |tx, _| {
+        let members = tx.get(ROOT, "members").unwrap().unwrap().1;
+        let invites = tx.get(ROOT, "invites").unwrap().unwrap().1;
+        let i = tx.get(&invites, invite).unwrap().unwrap().1;
+        for (node, key, value) in joiners {
+            let m = tx
+                .put_object(&members, node.as_str(), ObjType::Map)
+                .unwrap();
+            tx.put(&m, "name", "Joiner").unwrap();
+            tx.put(&m, "role", role).unwrap();
+            tx.put(&m, "added_by", me.as_str()).unwrap();
+            tx.put(&m, "added_at", NOW).unwrap();
+            tx.put(&m, "removed", false).unwrap();
+            tx.put(&m, "invite", invite).unwrap();
+            tx.put(&m, key, value).unwrap();
+        }
+        for left in uses_left {
+            tx.put(&i, "uses_left", *left).unwrap();
+        }
+    })
+}
+
+fn proof_value(sim: &Sim, invite: &str, joiner: &Identity) -> ScalarValue {
+    ScalarValue::Bytes(proof(sim, invite, joiner))
+}
+
+/// Receives `change`, which must be refused, and checks that nothing moved: heads, members,
+/// invites. Returns the refusal's text.
+fn refused_whole(sim: &mut Sim, change: SignedChange) -> String {
+    let (heads, flow) = (sim.heads(), sim.flow());
+    let msg = forbidden(sim.receive(&[change]).unwrap_err());
+    assert_eq!(sim.heads(), heads, "{msg}");
+    assert_eq!(sim.flow().members, flow.members, "{msg}");
+    assert_eq!(sim.flow().invites, flow.invites, "{msg}");
+    msg
+}
+
+/// Every scalar any accepted change ever wrote, as bytes (strings as their UTF-8).
+fn every_value_written(sim: &Sim) -> Vec<Vec<u8>> {
+    sim.doc
+        .get_changes(&[])
+        .iter()
+        .flat_map(|c| c.decode().operations)
+        .filter_map(|op| match op.action {
+            automerge::legacy::OpType::Put(ScalarValue::Bytes(b)) => Some(b),
+            automerge::legacy::OpType::Put(ScalarValue::Str(s)) => Some(s.as_bytes().to_vec()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn any_member_redeems_a_valid_invite() {
+fn any_member_redeems_a_valid_invite_and_the_document_never_holds_the_secret() {
     let mut sim = Sim::tailor();
-    let (inv, secret) = create_invite(&mut sim, &olga(), Role::Contributor, NOW + 3600, 2);
-    // Oscar (an observer) admits Eve and Bea: both consume a use.
-    sim.edit(&oscar(), redeem(&inv, &secret, &eve())).unwrap();
-    sim.edit(&carl(), redeem(&inv, &secret, &bea())).unwrap();
+    let inv = create_invite(&mut sim, &olga(), Role::Contributor, NOW + 3600, 2);
+    // Oscar (an observer) admits Eve and Carl admits Bea: each uses one use.
+    sim.edit(&oscar(), redeem(&sim, &inv, &eve())).unwrap();
+    assert_eq!(sim.flow().invites[0].uses_left, 1);
+    sim.edit(&carl(), redeem(&sim, &inv, &bea())).unwrap();
     let flow = sim.flow();
     assert_eq!(
         flow.role_of(eve().node_id().as_str()),
@@ -861,51 +940,319 @@ fn any_member_redeems_a_valid_invite() {
     );
     assert_eq!(flow.invites[0].uses_left, 0);
     // Used up now.
-    let joiner = Identity::from_seed("zed", "Zed");
-    let msg = forbidden(sim.refused(&alice(), redeem(&inv, &secret, &joiner)));
+    let zed = Identity::from_seed("zed", "Zed");
+    let msg = forbidden(sim.refused(&alice(), redeem(&sim, &inv, &zed)));
     assert!(msg.contains("used up"), "{msg}");
+    // Nothing anyone wrote is the secret, in bytes or in hex, nor its plain hash.
+    use sha2::Digest;
+    let written = every_value_written(&sim);
+    // (The scan sees what the redemptions wrote: the joiners' proofs.)
+    assert!(written.contains(&proof(&sim, &inv, &eve())));
+    assert!(written.contains(&proof(&sim, &inv, &bea())));
+    for bad in [
+        SECRET.to_vec(),
+        hex(&SECRET).into_bytes(),
+        sha2::Sha256::digest(SECRET).to_vec(),
+    ] {
+        assert!(!written.contains(&bad));
+    }
 }
 
+/// Review A.4, first finding: one change redeemed a single-use invite for several members.
 #[test]
-fn bad_redemptions_are_refused() {
+fn one_use_admits_one_member_even_in_one_change() {
     let mut sim = Sim::tailor();
-    let (inv, secret) = create_invite(&mut sim, &alice(), Role::Observer, NOW + 10, 1);
-    let wrong = coflow::identity::hex(&[1u8; 16]);
-    assert!(forbidden(sim.refused(&carl(), redeem(&inv, &wrong, &eve()))).contains("secret"));
-    // Not using the invite up: Carl writes the member but leaves uses_left alone.
+    let inv = create_invite(&mut sim, &alice(), Role::Observer, NOW + 3600, 1);
+    // Both joiners hold the ticket (their proofs are valid): the count alone is wrong.
+    let joiners = [
+        (&eve(), "invite_proof", proof_value(&sim, &inv, &eve())),
+        (&bea(), "invite_proof", proof_value(&sim, &inv, &bea())),
+    ];
+    let c = raw_redemption(&sim, &carl(), &inv, "observer", &joiners, &[0]);
+    let msg = refused_whole(&mut sim, c);
+    assert!(msg.contains("one member"), "{msg}");
+    // Not with a two-use invite and one write of 1 (one use spent, two members), nor by a
+    // manager.
+    let inv2 = create_invite(&mut sim, &alice(), Role::Observer, NOW + 3600, 2);
+    let joiners = [
+        (&eve(), "invite_proof", proof_value(&sim, &inv2, &eve())),
+        (&bea(), "invite_proof", proof_value(&sim, &inv2, &bea())),
+    ];
+    let c = raw_redemption(&sim, &alice(), &inv2, "observer", &joiners, &[1]);
+    let msg = refused_whole(&mut sim, c);
+    assert!(msg.contains("one member"), "{msg}");
+    // One of them, alone, is admitted.
+    let c = raw_redemption(&sim, &carl(), &inv2, "observer", &joiners[..1], &[1]);
+    sim.receive(&[c]).unwrap();
+    assert_eq!(
+        sim.flow().role_of(eve().node_id().as_str()),
+        Some(Role::Observer)
+    );
+}
+
+/// Review A.4, second finding: a redemption that wrote `uses_left` twice (0, then 50) passed, and
+/// the spent single-use ticket then admitted a stranger.
+#[test]
+fn a_redemption_writes_uses_left_once_and_exactly_one_less() {
+    let mut sim = Sim::tailor();
+    let inv = create_invite(&mut sim, &alice(), Role::Observer, NOW + 3600, 1);
+    let eve_proof = [(&eve(), "invite_proof", proof_value(&sim, &inv, &eve()))];
+    for writes in [&[0, 50][..], &[50, 0], &[], &[5], &[1], &[-1]] {
+        let c = raw_redemption(&sim, &carl(), &inv, "observer", &eve_proof, writes);
+        let msg = refused_whole(&mut sim, c);
+        assert!(msg.contains("use it up by one"), "{writes:?}: {msg}");
+    }
+    // Automerge's transaction drops a second write of the same value, so that one is crafted
+    // from the honest change's operations.
+    let honest = raw_redemption(&sim, &carl(), &inv, "observer", &eve_proof, &[0]);
+    let mut expanded = automerge::Change::from_bytes(honest.bytes.clone())
+        .unwrap()
+        .decode();
+    let last = expanded.operations.last().unwrap().clone();
+    assert!(matches!(&last.key, automerge::legacy::Key::Map(k) if k.as_str() == "uses_left"));
+    expanded.operations.push(last);
+    expanded.hash = None;
+    let mut twice = automerge::Change::from(expanded);
+    let twice = SignedChange {
+        bytes: twice.bytes().into_owned(),
+        signature: carl().sign_change(&twice.hash()).to_vec(),
+    };
+    let msg = refused_whole(&mut sim, twice);
+    assert!(msg.contains("use it up by one"), "{msg}");
+    // Nothing else about the invite may change in the redeeming change, even by a manager.
     let eve_id = eve().node_id().to_string();
-    let c = sim.make(&carl(), |tx, _| {
-        let members = tx.get(ROOT, "members").unwrap().unwrap().1;
-        let m = tx
-            .put_object(&members, eve_id.as_str(), ObjType::Map)
-            .unwrap();
-        tx.put(&m, "role", "observer").unwrap();
-        tx.put(&m, "invite", inv.as_str()).unwrap();
-        tx.put(&m, "invite_secret", secret.as_str()).unwrap();
-    });
-    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("use it up"));
-    // A role other than the invite's.
-    let c = sim.make(&carl(), |tx, flow| {
+    let p = proof(&sim, &inv, &eve());
+    let c = sim.make(&alice(), |tx, _| {
         let members = tx.get(ROOT, "members").unwrap().unwrap().1;
         let invites = tx.get(ROOT, "invites").unwrap().unwrap().1;
         let i = tx.get(&invites, inv.as_str()).unwrap().unwrap().1;
         let m = tx
             .put_object(&members, eve_id.as_str(), ObjType::Map)
             .unwrap();
-        tx.put(&m, "role", "owner").unwrap();
+        tx.put(&m, "role", "observer").unwrap();
         tx.put(&m, "invite", inv.as_str()).unwrap();
-        tx.put(&m, "invite_secret", secret.as_str()).unwrap();
-        tx.put(&i, "uses_left", flow.invites[0].uses_left - 1)
-            .unwrap();
+        tx.put(&m, "invite_proof", ScalarValue::Bytes(p)).unwrap();
+        tx.put(&i, "uses_left", 0).unwrap();
+        tx.put(&i, "revoked", true).unwrap();
     });
-    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("invite's role"));
+    let msg = refused_whole(&mut sim, c);
+    assert!(msg.contains("changes nothing else"), "{msg}");
+    assert_eq!(sim.flow().invites[0].uses_left, 1);
+    // The honest redemption: one write, 1 → 0. Then the spent ticket admits nobody.
+    sim.edit(&carl(), redeem(&sim, &inv, &eve())).unwrap();
+    assert_eq!(sim.flow().invites[0].uses_left, 0);
+    let zed = Identity::from_seed("zed", "Zed");
+    let zed_proof = [(&zed, "invite_proof", proof_value(&sim, &inv, &zed))];
+    for writes in [&[-1][..], &[0], &[50]] {
+        let c = raw_redemption(&sim, &carl(), &inv, "observer", &zed_proof, writes);
+        let msg = refused_whole(&mut sim, c);
+        assert!(msg.contains("used up"), "{writes:?}: {msg}");
+    }
+}
+
+/// Review A.4, third finding: the redeeming change stored the ticket's secret, and an observer
+/// used it to redeem the remaining use of an owner invite for its own key.
+#[test]
+fn nothing_in_the_document_lets_a_member_redeem_for_someone_else() {
+    let mut sim = Sim::tailor();
+    let inv = create_invite(&mut sim, &alice(), Role::Owner, NOW + 3600, 3);
+    sim.edit(&carl(), redeem(&sim, &inv, &eve())).unwrap();
+    // Oscar reads Eve's proof from the document…
+    let members = sim.doc.get(ROOT, "members").unwrap().unwrap().1;
+    let m = sim
+        .doc
+        .get(&members, eve().node_id().as_str())
+        .unwrap()
+        .unwrap()
+        .1;
+    let leaked: ScalarValue = sim
+        .doc
+        .get(&m, "invite_proof")
+        .unwrap()
+        .unwrap()
+        .0
+        .into_scalar()
+        .unwrap();
+    assert!(sim.doc.get(&m, "invite_secret").unwrap().is_none());
+    // …and tries it for a second key of his, and for Bea.
+    let oscar2 = Identity::from_seed("oscar-2", "Oscar");
+    for who in [&oscar2, &bea()] {
+        let leaked = leaked.clone();
+        let c = raw_redemption(
+            &sim,
+            &oscar(),
+            &inv,
+            "owner",
+            &[(who, "invite_proof", leaked)],
+            &[1],
+        );
+        let msg = refused_whole(&mut sim, c);
+        assert!(msg.contains("proof does not match"), "{msg}");
+    }
+    // A proof made with any other secret fails the same way.
+    let wrong = ScalarValue::Bytes(proof_with(&[1; 16], &sim.flow_id, &inv, &oscar2));
+    let c = raw_redemption(
+        &sim,
+        &oscar(),
+        &inv,
+        "owner",
+        &[(&oscar2, "invite_proof", wrong)],
+        &[1],
+    );
+    assert!(refused_whole(&mut sim, c).contains("proof does not match"));
+    // A secret-style redemption of a proof-style invite is refused whatever the secret.
+    let c = raw_redemption(
+        &sim,
+        &oscar(),
+        &inv,
+        "owner",
+        &[(&oscar2, "invite_secret", hex(&SECRET).into())],
+        &[1],
+    );
+    assert!(refused_whole(&mut sim, c).contains("never its secret"));
+    // Eve's own proof cannot bring her back once she is removed (it is in the document).
+    sim.edit(
+        &alice(),
+        Edit::RemoveMember {
+            member: eve().node_id().to_string(),
+        },
+    )
+    .unwrap();
+    let c = raw_redemption(
+        &sim,
+        &oscar(),
+        &inv,
+        "owner",
+        &[(&eve(), "invite_proof", leaked.clone())],
+        &[1],
+    );
+    assert!(refused_whole(&mut sim, c).contains("never been a member"));
+    assert_eq!(sim.flow().role_of(oscar2.node_id().as_str()), None);
+    assert_eq!(sim.flow().invites[0].uses_left, 2);
+}
+
+/// A proof names its flow and invite too: the same key and invite id in another flow (a
+/// manager there can copy both) does not make it valid there.
+#[test]
+fn a_proof_is_bound_to_its_flow_and_invite() {
+    let mut a = Sim::tailor();
+    let mut b = Sim::new(&olga(), Role::Owner);
+    b.edit(&olga(), add_member(&carl(), Role::Contributor))
+        .unwrap();
+    let id = "0102030405060708";
+    for (sim, manager) in [(&mut a, alice()), (&mut b, olga())] {
+        let me = manager.node_id().to_string();
+        let c = sim.make(&manager, |tx, _| {
+            let invites = tx.get(ROOT, "invites").unwrap().unwrap().1;
+            for id in [id, "1111111111111111"] {
+                let i = tx.put_object(&invites, id, ObjType::Map).unwrap();
+                tx.put(&i, "role", "observer").unwrap();
+                tx.put(&i, "public_key", ScalarValue::Bytes(invite_public_key()))
+                    .unwrap();
+                tx.put(&i, "expires_at", NOW + 3600).unwrap();
+                tx.put(&i, "uses_left", 1).unwrap();
+                tx.put(&i, "created_by", me.as_str()).unwrap();
+                tx.put(&i, "revoked", false).unwrap();
+            }
+        });
+        sim.receive(&[c]).unwrap();
+    }
+    assert_ne!(a.flow_id, b.flow_id);
+    let for_a = ScalarValue::Bytes(proof(&a, id, &eve()));
+    let c = raw_redemption(
+        &b,
+        &carl(),
+        id,
+        "observer",
+        &[(&eve(), "invite_proof", for_a.clone())],
+        &[0],
+    );
+    assert!(refused_whole(&mut b, c).contains("proof does not match"));
+    let c = raw_redemption(
+        &a,
+        &carl(),
+        "1111111111111111",
+        "observer",
+        &[(&eve(), "invite_proof", for_a.clone())],
+        &[0],
+    );
+    assert!(refused_whole(&mut a, c).contains("proof does not match"));
+    let c = raw_redemption(
+        &a,
+        &carl(),
+        id,
+        "observer",
+        &[(&eve(), "invite_proof", for_a)],
+        &[0],
+    );
+    a.receive(&[c]).unwrap();
+}
+
+/// The known limit (SECURITY.md): two redemptions of a single-use invite made at the same heads,
+/// on two member nodes that have not seen each other's, are each valid in their causal past, so
+/// both are accepted. Each admits only the ticket holder its proof names; one joiner asking two
+/// nodes at once is admitted once.
+#[test]
+fn concurrent_redemptions_of_one_use_are_each_valid() {
+    let mut sim = Sim::tailor();
+    let inv = create_invite(&mut sim, &alice(), Role::Observer, NOW + 3600, 1);
+    let heads = sim.doc.get_heads();
+    let by_carl = sim.edit_change_at(&carl(), &heads, redeem(&sim, &inv, &eve()));
+    let by_dana = sim.edit_change_at(&dana(), &heads, redeem(&sim, &inv, &bea()));
+    let mut other = sim.clone();
+    sim.receive(&[by_carl.clone(), by_dana.clone()]).unwrap();
+    other.receive(&[by_dana, by_carl]).unwrap();
+    assert_eq!(sim.heads(), other.heads());
+    let flow = sim.flow();
+    assert_eq!(flow.role_of(eve().node_id().as_str()), Some(Role::Observer));
+    assert_eq!(flow.role_of(bea().node_id().as_str()), Some(Role::Observer));
+    assert_eq!(flow.invites[0].uses_left, 0);
+    // Once both are known, no third redemption passes.
+    let zed = Identity::from_seed("zed", "Zed");
+    assert!(forbidden(sim.refused(&oscar(), redeem(&sim, &inv, &zed))).contains("used up"));
+    // The same joiner through two nodes at once: one member.
+    let mut sim = Sim::tailor();
+    let inv = create_invite(&mut sim, &alice(), Role::Observer, NOW + 3600, 2);
+    let heads = sim.doc.get_heads();
+    let members = sim.flow().members.len();
+    let a = sim.edit_change_at(&carl(), &heads, redeem(&sim, &inv, &eve()));
+    let b = sim.edit_change_at(&dana(), &heads, redeem(&sim, &inv, &eve()));
+    sim.receive(&[a, b]).unwrap();
+    assert_eq!(sim.flow().members.len(), members + 1);
+    assert_eq!(sim.flow().invites[0].uses_left, 1);
+}
+
+#[test]
+fn bad_redemptions_are_refused() {
+    let mut sim = Sim::tailor();
+    let inv = create_invite(&mut sim, &alice(), Role::Observer, NOW + 10, 1);
+    // Not using the invite up: Carl writes the member but leaves uses_left alone.
+    let eve_proof = [(&eve(), "invite_proof", proof_value(&sim, &inv, &eve()))];
+    let c = raw_redemption(&sim, &carl(), &inv, "observer", &eve_proof, &[]);
+    assert!(refused_whole(&mut sim, c).contains("use it up"));
+    // A role other than the invite's.
+    let c = raw_redemption(&sim, &carl(), &inv, "owner", &eve_proof, &[0]);
+    assert!(refused_whole(&mut sim, c).contains("invite's role"));
+    // The invite without a proof, or with a malformed one.
+    let c = raw_redemption(
+        &sim,
+        &carl(),
+        &inv,
+        "observer",
+        &[(&eve(), "name", "Eve".into())],
+        &[0],
+    );
+    assert!(refused_whole(&mut sim, c).contains("proof"));
+    let short = [(&eve(), "invite_proof", ScalarValue::Bytes(vec![1; 63]))];
+    let c = raw_redemption(&sim, &carl(), &inv, "observer", &short, &[0]);
+    assert!(refused_whole(&mut sim, c).contains("64 bytes"));
     // A contributor may not touch uses_left otherwise.
     let c = sim.make(&carl(), |tx, _| {
         let invites = tx.get(ROOT, "invites").unwrap().unwrap().1;
         let i = tx.get(&invites, inv.as_str()).unwrap().unwrap().1;
         tx.put(&i, "uses_left", 100).unwrap();
     });
-    assert!(forbidden(sim.receive(&[c]).unwrap_err()).contains("invites"));
+    assert!(refused_whole(&mut sim, c).contains("invites"));
     // Revoked, then expired.
     sim.edit(
         &alice(),
@@ -914,13 +1261,84 @@ fn bad_redemptions_are_refused() {
         },
     )
     .unwrap();
-    assert!(forbidden(sim.refused(&carl(), redeem(&inv, &secret, &eve()))).contains("revoked"));
-    let (inv2, secret2) = create_invite(&mut sim, &alice(), Role::Observer, NOW - 1, 1);
-    assert!(forbidden(sim.refused(&carl(), redeem(&inv2, &secret2, &eve()))).contains("expired"));
+    assert!(forbidden(sim.refused(&carl(), redeem(&sim, &inv, &eve()))).contains("revoked"));
+    let inv2 = create_invite(&mut sim, &alice(), Role::Observer, NOW - 1, 1);
+    assert!(forbidden(sim.refused(&carl(), redeem(&sim, &inv2, &eve()))).contains("expired"));
     // Observers cannot create or revoke invites.
     assert!(
         forbidden(sim.refused(&oscar(), Edit::RevokeInvite { invite: inv2 })).contains("invites")
     );
+}
+
+// --- invites made by earlier versions: their history verifies; nothing new redeems them ---
+
+/// An invite as earlier versions made it (the SHA-256 of the secret), and a redemption as they
+/// made it (the secret itself in the new member).
+fn legacy_invite(sim: &mut Sim, uses: i64) -> String {
+    use sha2::Digest;
+    let me = alice().node_id().to_string();
+    let c = sim.make(&alice(), |tx, _| {
+        let invites = tx.get(ROOT, "invites").unwrap().unwrap().1;
+        let i = tx
+            .put_object(&invites, "0a0b0c0d0e0f0001", ObjType::Map)
+            .unwrap();
+        tx.put(&i, "role", "observer").unwrap();
+        tx.put(
+            &i,
+            "secret_hash",
+            ScalarValue::Bytes(sha2::Sha256::digest(SECRET).to_vec()),
+        )
+        .unwrap();
+        tx.put(&i, "expires_at", NOW + 3600).unwrap();
+        tx.put(&i, "uses_left", uses).unwrap();
+        tx.put(&i, "created_by", me.as_str()).unwrap();
+        tx.put(&i, "revoked", false).unwrap();
+    });
+    sim.receive(&[c]).unwrap();
+    "0a0b0c0d0e0f0001".into()
+}
+
+#[test]
+fn redemptions_made_by_earlier_versions_still_verify_under_the_new_counting() {
+    let mut sim = Sim::tailor();
+    let inv = legacy_invite(&mut sim, 2);
+    let secret = ScalarValue::from(hex(&SECRET));
+    // Two members in one change, or two writes of uses_left: refused for these invites too.
+    let both = [
+        (&eve(), "invite_secret", secret.clone()),
+        (&bea(), "invite_secret", secret.clone()),
+    ];
+    let c = raw_redemption(&sim, &carl(), &inv, "observer", &both, &[1]);
+    assert!(refused_whole(&mut sim, c).contains("one member"));
+    let c = raw_redemption(&sim, &carl(), &inv, "observer", &both[..1], &[1, 50]);
+    assert!(refused_whole(&mut sim, c).contains("use it up by one"));
+    let wrong = [(&eve(), "invite_secret", ScalarValue::from(hex(&[1; 16])))];
+    let c = raw_redemption(&sim, &carl(), &inv, "observer", &wrong, &[1]);
+    assert!(refused_whole(&mut sim, c).contains("secret does not match"));
+    // A proof cannot redeem it (there is no key to check it against).
+    let p = [(&eve(), "invite_proof", proof_value(&sim, &inv, &eve()))];
+    let c = raw_redemption(&sim, &carl(), &inv, "observer", &p, &[1]);
+    assert!(refused_whole(&mut sim, c).contains("older version"));
+    // What an earlier version wrote, one member and one write, is accepted as before.
+    let c = raw_redemption(&sim, &carl(), &inv, "observer", &both[..1], &[1]);
+    sim.receive(&[c]).unwrap();
+    assert_eq!(
+        sim.flow().role_of(eve().node_id().as_str()),
+        Some(Role::Observer)
+    );
+    // This version never writes such a redemption.
+    let edit = Edit::Redeem {
+        invite: inv,
+        proof: hex(&proof(&sim, "0a0b0c0d0e0f0001", &bea())),
+        joiner: bea().node_id().to_string(),
+        name: "Bea".into(),
+    };
+    let mut doc = sim.doc.fork();
+    let mut tx = doc.transaction();
+    let err = edit
+        .apply(&mut tx, &sim.flow(), alice().node_id(), NOW)
+        .unwrap_err();
+    assert!(err.to_string().contains("older coflow"), "{err}");
 }
 
 #[test]

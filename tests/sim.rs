@@ -726,3 +726,207 @@ fn an_equivocation_passed_on_by_an_honest_relay_blames_nobody() {
         "an honest relay was penalized: {honest:?}"
     );
 }
+
+static JOIN_CLOCK: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(common::NOW);
+
+fn join_clock() -> i64 {
+    JOIN_CLOCK.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A stranger (here without the ticket) asking a member node to redeem an invite gets the same
+/// bytes back whatever the invite's state, and the same as for a flow the node does not hold;
+/// the holder of the ticket, whose proof verifies, is told why it cannot get in.
+#[test]
+fn a_stranger_learns_nothing_from_a_join_refusal() {
+    use coflow::identity::{unhex, InviteKey};
+    use prost::Message;
+    use wire::{InviteTicket, JoinRequest};
+    let alice = Identity::from_seed("join-alice", "Alice");
+    let alice_id = alice.node_id().clone();
+    let mut node =
+        Engine::new(Repo::new(Store::in_memory().unwrap(), alice).with_clock(join_clock));
+    let flow = node.repo().create_flow("T", "N", Role::Customer).unwrap();
+    let invite = |node: &mut Engine, expires_in: i64| {
+        let i = node
+            .repo()
+            .invite(&flow, Role::Observer, expires_in, 1)
+            .unwrap();
+        let mut t = InviteTicket::decode(&i.ticket).unwrap();
+        t.addrs.push(
+            format!("/ip4/127.0.0.1/tcp/9/p2p/{alice_id}")
+                .parse()
+                .unwrap(),
+        );
+        t
+    };
+    let live = invite(&mut node, 3600);
+    let revoked = invite(&mut node, 3600);
+    node.repo()
+        .edit(
+            &flow,
+            &Edit::RevokeInvite {
+                invite: revoked.invite.clone(),
+            },
+        )
+        .unwrap();
+    let expiring = invite(&mut node, 10);
+    // Bob holds a ticket and joins the honest way: his node sends a proof, never the secret.
+    let used = invite(&mut node, 3600);
+    let bob = Identity::from_seed("join-bob", "Bob");
+    let mut bob_node = Engine::new(Repo::new(Store::in_memory().unwrap(), bob.clone()));
+    bob_node.start_join(&used, "Bob").unwrap();
+    let request = std::iter::from_fn(|| bob_node.next_io())
+        .find_map(|io| match io {
+            Io::Join { request, .. } => Some(request),
+            _ => None,
+        })
+        .expect("Bob's node asks Alice's");
+    let sent = request.encode_to_vec();
+    assert!(
+        !sent.windows(16).any(|w| w == used.secret),
+        "the secret stays home"
+    );
+    let answer = node.handle_join_request(bob.node_id(), request);
+    assert_eq!(
+        answer.result,
+        Some(wire::join_response::Result::Joined(true))
+    );
+    assert_eq!(
+        node.repo().role_of(&flow, bob.node_id().as_str()).unwrap(),
+        Some(Role::Observer)
+    );
+    JOIN_CLOCK.store(common::NOW + 100, std::sync::atomic::Ordering::SeqCst);
+
+    let eve = Identity::from_seed("join-eve", "Eve");
+    let heads = node.repo().doc(&flow).unwrap().get_heads();
+    // What Eve can send: a proof with a secret of her guessing (or none at all).
+    let ask = |node: &mut Engine, flow: &str, invite: &str, proof: Vec<u8>| {
+        node.handle_join_request(
+            eve.node_id(),
+            JoinRequest {
+                flow: unhex(flow).unwrap(),
+                invite: unhex(invite).unwrap(),
+                proof,
+                name: "Eve".into(),
+            },
+        )
+        .encode_to_vec()
+    };
+    let guess = |flow: &str, invite: &str| {
+        InviteKey::from_secret(&[0; 16])
+            .prove(
+                &unhex(flow).unwrap(),
+                &unhex(invite).unwrap(),
+                eve.node_id(),
+            )
+            .to_vec()
+    };
+    let unknown_flow = "00000000000000000000000000000000";
+    let answers = [
+        (
+            "a flow not held",
+            ask(
+                &mut node,
+                unknown_flow,
+                &live.invite,
+                guess(unknown_flow, &live.invite),
+            ),
+        ),
+        (
+            "an unknown invite",
+            ask(
+                &mut node,
+                &flow,
+                "0000000000000000",
+                guess(&flow, "0000000000000000"),
+            ),
+        ),
+        (
+            "a revoked invite",
+            ask(
+                &mut node,
+                &flow,
+                &revoked.invite,
+                guess(&flow, &revoked.invite),
+            ),
+        ),
+        (
+            "an expired invite",
+            ask(
+                &mut node,
+                &flow,
+                &expiring.invite,
+                guess(&flow, &expiring.invite),
+            ),
+        ),
+        (
+            "a used-up invite",
+            ask(&mut node, &flow, &used.invite, guess(&flow, &used.invite)),
+        ),
+        (
+            "a live invite, bad proof",
+            ask(&mut node, &flow, &live.invite, guess(&flow, &live.invite)),
+        ),
+        (
+            "a live invite, no proof",
+            ask(&mut node, &flow, &live.invite, vec![]),
+        ),
+        // Bob's own proof does not admit Eve.
+        (
+            "a live invite, another's proof",
+            ask(&mut node, &flow, &used.invite, {
+                InviteKey::from_secret(&used.secret)
+                    .prove(
+                        &unhex(&flow).unwrap(),
+                        &unhex(&used.invite).unwrap(),
+                        bob.node_id(),
+                    )
+                    .to_vec()
+            }),
+        ),
+    ];
+    let expected = wire::JoinResponse {
+        result: Some(wire::join_response::Result::Refused(
+            "unknown flow or invite".into(),
+        )),
+    }
+    .encode_to_vec();
+    for (state, answer) in &answers {
+        assert_eq!(answer, &expected, "{state}");
+    }
+    assert_eq!(
+        node.repo().doc(&flow).unwrap().get_heads(),
+        heads,
+        "nothing was written"
+    );
+
+    // Whoever holds a ticket proves it, and learns why the invite no longer admits anyone.
+    let holder = |node: &mut Engine, t: &InviteTicket| {
+        let proof = InviteKey::from_secret(&t.secret)
+            .prove(
+                &unhex(&flow).unwrap(),
+                &unhex(&t.invite).unwrap(),
+                eve.node_id(),
+            )
+            .to_vec();
+        match node
+            .handle_join_request(
+                eve.node_id(),
+                JoinRequest {
+                    flow: unhex(&flow).unwrap(),
+                    invite: unhex(&t.invite).unwrap(),
+                    proof,
+                    name: "Eve".into(),
+                },
+            )
+            .result
+        {
+            Some(wire::join_response::Result::Refused(why)) => why,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(holder(&mut node, &revoked), "the invite was revoked");
+    assert_eq!(holder(&mut node, &expiring), "the invite has expired");
+    assert_eq!(holder(&mut node, &used), "the invite has been used up");
+    assert_eq!(node.repo().doc(&flow).unwrap().get_heads(), heads);
+}

@@ -133,6 +133,7 @@ pub fn authorize_with(
         members_created: Vec::new(),
         new_members: HashMap::new(),
         uses_left_puts: Vec::new(),
+        invite_edits: Vec::new(),
         time: change.timestamp(),
         my_choices: HashMap::new(),
         choice_outcomes: Vec::new(),
@@ -181,7 +182,10 @@ fn genesis_role(change: &legacy::Change, author: &NodeId) -> Result<Role, Forbid
 struct NewMember {
     role: Option<Role>,
     invite: Option<String>,
-    secret: Option<String>,
+    /// The joiner's signature with the invite's key (see [`crate::identity::InviteKey`]).
+    proof: Option<Vec<u8>>,
+    /// The ticket's secret itself: how invites made by earlier versions were redeemed.
+    legacy_secret: Option<String>,
 }
 
 struct Judge<'a> {
@@ -198,6 +202,8 @@ struct Judge<'a> {
     new_members: HashMap<String, NewMember>,
     /// (invite id, new uses_left) written by this change
     uses_left_puts: Vec<(String, i64)>,
+    /// The invite of every operation on an invite that existed before this change.
+    invite_edits: Vec<String>,
     time: i64,
     /// decision object → option chosen by the author in this change
     my_choices: HashMap<ObjId, String>,
@@ -468,6 +474,8 @@ impl<'a> Judge<'a> {
                     }
                 } else if self.before().role_of(&node).is_some() {
                     return deny(format!("{node} is already a member"));
+                } else if self.members_created.contains(&node) {
+                    return deny(format!("the change adds {node} twice"));
                 }
                 // Who may add this member (a manager, or anyone redeeming an invite) is decided
                 // in `finish`, once the member's fields are known.
@@ -553,8 +561,15 @@ impl<'a> Judge<'a> {
                     entry.invite = Some(expect_str(op, key)?.to_string());
                     Ok(())
                 }
+                "invite_proof" => match &op.action {
+                    OpType::Put(ScalarValue::Bytes(b)) if b.len() == 64 => {
+                        entry.proof = Some(b.clone());
+                        Ok(())
+                    }
+                    _ => deny("an invite proof must be 64 bytes"),
+                },
                 "invite_secret" => {
-                    entry.secret = Some(expect_str(op, key)?.to_string());
+                    entry.legacy_secret = Some(expect_str(op, key)?.to_string());
                     Ok(())
                 }
                 "added_by" => match expect_str(op, key)? {
@@ -628,11 +643,14 @@ impl<'a> Judge<'a> {
 
     fn invite(&mut self, t: &Target, id: &str, op: &legacy::Op) -> Result<(), Forbidden> {
         let key = map_key(op)?;
-        if !t.new && key == "uses_left" {
-            // Managers set it freely; anyone else only as part of redeeming the invite.
-            let left = expect_int(op, key)?;
-            self.uses_left_puts.push((id.to_string(), left));
-            return Ok(());
+        if !t.new {
+            self.invite_edits.push(id.to_string());
+            if key == "uses_left" {
+                // Managers set it; anyone else only by redeeming the invite (`finish` decides).
+                let left = expect_int(op, key)?;
+                self.uses_left_puts.push((id.to_string(), left));
+                return Ok(());
+            }
         }
         self.needs(self.role.manages(), "cannot manage invites")?;
         if t.new {
@@ -644,6 +662,11 @@ impl<'a> Judge<'a> {
                         "cannot invite a customer: only a customer can",
                     )
                 }
+                "public_key" => match &op.action {
+                    OpType::Put(ScalarValue::Bytes(b)) if b.len() == 32 => Ok(()),
+                    _ => deny("an invite's public key must be 32 bytes"),
+                },
+                // Invites made by earlier versions; kept so their history still verifies.
                 "secret_hash" => match &op.action {
                     OpType::Put(ScalarValue::Bytes(b)) if b.len() == 32 => Ok(()),
                     _ => deny("secret_hash must be 32 bytes"),
@@ -880,33 +903,44 @@ impl<'a> Judge<'a> {
 
 impl Judge<'_> {
     /// Each member this change adds is added by a manager, or by any member redeeming a valid
-    /// invite (whose secret the change reveals, so every node can check it).
+    /// invite for exactly that member (the joiner's proof, in the change, lets every node check
+    /// it). A change redeems at most one invite, for one member, using up exactly one use.
     fn check_new_members(&self) -> Result<(), Forbidden> {
-        let mut redeemed: Vec<&str> = Vec::new();
+        let mut redeemed: Option<&str> = None;
         for node in &self.members_created {
             let m = self.new_members.get(node);
             let role = m
                 .and_then(|m| m.role)
                 .ok_or_else(|| Forbidden("a new member must have a role".into()))?;
-            match m.map(|m| (&m.invite, &m.secret)) {
-                Some((Some(invite), Some(secret))) => {
-                    self.check_redemption(invite, secret, role)?;
-                    redeemed.push(invite);
+            match m.map(|m| (&m.invite, &m.proof, &m.legacy_secret)) {
+                Some((Some(invite), proof, secret)) if proof.is_some() || secret.is_some() => {
+                    if redeemed.is_some() {
+                        return deny("one change redeems one invite for one member");
+                    }
+                    let proof = match (proof, secret) {
+                        (Some(p), None) => Proof::Signature(p),
+                        (None, Some(s)) => Proof::LegacySecret(s),
+                        _ => return deny("an invite is redeemed with one proof"),
+                    };
+                    self.check_redemption(node, invite, proof, role)?;
+                    redeemed = Some(invite);
                 }
-                Some((None, None)) | None => {
+                Some((None, None, None)) | None => {
                     self.needs(self.role.manages(), "cannot add members")?;
                     self.needs(
                         role != Role::Customer || self.may_bring_a_customer(),
                         "cannot make anyone a customer: only a customer can",
                     )?;
                 }
-                _ => return deny("an invite redemption needs the invite and its secret"),
+                _ => return deny("an invite redemption needs the invite and the joiner's proof"),
             }
         }
-        if !self.role.manages() {
-            for (invite, _) in &self.uses_left_puts {
-                if !redeemed.contains(&invite.as_str()) {
-                    return deny(format!("{} cannot manage invites", article(self.role)));
+        for (invite, left) in &self.uses_left_puts {
+            // The redeemed invite's count was checked with the redemption.
+            if redeemed != Some(invite.as_str()) {
+                self.needs(self.role.manages(), "cannot manage invites")?;
+                if *left < 0 {
+                    return deny("an invite's uses cannot be negative");
                 }
             }
         }
@@ -933,13 +967,26 @@ impl Judge<'_> {
         }
     }
 
-    fn check_redemption(&self, invite: &str, secret: &str, role: Role) -> Result<(), Forbidden> {
+    /// Checks the redemption of `invite` for `node`, all of it as of the change's dependencies:
+    /// the invite is live, the proof admits this node, the role is the invite's, and the change
+    /// moves `uses_left` from n to n − 1 with one put and does nothing else to the invite.
+    fn check_redemption(
+        &self,
+        node: &str,
+        invite: &str,
+        proof: Proof<'_>,
+        role: Role,
+    ) -> Result<(), Forbidden> {
         let before = self.before();
         let inv = before
             .container(field::INVITES)
             .and_then(|m| before.obj(&m, invite, ObjType::Map))
             .map(|o| before.read_invite(invite, &o))
             .ok_or_else(|| Forbidden(format!("there is no invite {invite}")))?;
+        if before.member(node).is_some() {
+            // Not even a removed member: its old proof is in the document for anyone to copy.
+            return deny("an invite admits only someone who has never been a member");
+        }
         if inv.revoked {
             return deny("the invite was revoked");
         }
@@ -949,24 +996,76 @@ impl Judge<'_> {
         if inv.expires_at > 0 && self.time >= inv.expires_at {
             return deny("the invite has expired");
         }
-        let secret = crate::identity::unhex(secret).unwrap_or_default();
-        if <[u8; 32]>::from(sha2::Sha256::digest(&secret)).as_slice() != inv.secret_hash.as_slice()
-        {
-            return deny("the invite's secret does not match");
+        match proof {
+            Proof::Signature(sig) if !inv.public_key.is_empty() => {
+                let joiner: NodeId = node.parse().map_err(Forbidden)?;
+                let invite_bytes = crate::identity::unhex(invite)
+                    .filter(|b| crate::identity::hex(b) == invite)
+                    .ok_or_else(|| {
+                        Forbidden("the invite's id is not one a ticket can name".into())
+                    })?;
+                let flow = self.flow_id_in_past()?;
+                if !crate::identity::verify_invite_proof(
+                    &inv.public_key,
+                    &flow,
+                    &invite_bytes,
+                    &joiner,
+                    sig,
+                ) {
+                    return deny("the joiner's proof does not match the invite");
+                }
+            }
+            Proof::Signature(_) => {
+                return deny("this invite was made by an older version and takes its secret");
+            }
+            Proof::LegacySecret(_) if !inv.public_key.is_empty() => {
+                return deny("this invite is redeemed with the joiner's proof, never its secret");
+            }
+            Proof::LegacySecret(secret) => {
+                let secret = crate::identity::unhex(secret).unwrap_or_default();
+                if <[u8; 32]>::from(sha2::Sha256::digest(&secret)).as_slice()
+                    != inv.secret_hash.as_slice()
+                {
+                    return deny("the invite's secret does not match");
+                }
+            }
         }
         if role != inv.role {
             return deny("a redeemed invite gives exactly the invite's role");
         }
-        let expected = inv.uses_left - 1;
-        if !self
+        let puts: Vec<i64> = self
             .uses_left_puts
             .iter()
-            .any(|(i, left)| i == invite && *left == expected)
-        {
-            return deny("redeeming an invite must use it up by one");
+            .filter(|(i, _)| i == invite)
+            .map(|(_, left)| *left)
+            .collect();
+        if puts != [inv.uses_left - 1] {
+            return deny("redeeming an invite must use it up by one, with one write");
+        }
+        if self.invite_edits.iter().filter(|i| *i == invite).count() != 1 {
+            return deny("a change that redeems an invite changes nothing else about it");
         }
         Ok(())
     }
+
+    /// The flow's id, from its genesis: the change that made the members map (only a genesis
+    /// can make it), found from the map's id in the change's past.
+    fn flow_id_in_past(&self) -> Result<Vec<u8>, Forbidden> {
+        let before = self.before();
+        before
+            .container(field::MEMBERS)
+            .and_then(|m| self.doc.hash_for_opid(&m))
+            .and_then(|genesis| crate::identity::unhex(&crate::flow::flow_id_of_genesis(&genesis)))
+            .ok_or_else(|| Forbidden("the flow's beginning is not in the change's past".into()))
+    }
+}
+
+/// How a redemption shows it holds the ticket.
+enum Proof<'a> {
+    /// The joiner's signature with the invite's key.
+    Signature(&'a [u8]),
+    /// The ticket's secret, hex (invites made by earlier versions).
+    LegacySecret(&'a str),
 }
 
 fn place_name(p: &Place) -> Option<&'static str> {

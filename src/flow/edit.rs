@@ -88,20 +88,24 @@ pub enum Edit {
     CloseDecision {
         decision: String,
     },
-    /// Records an invite; the caller keeps the secret (only its hash is in the document).
+    /// Records an invite; the caller keeps the secret (only the public key derived from it is
+    /// in the document).
     CreateInvite {
         role: Role,
-        secret_hash: String,
+        /// hex of the invite's 32-byte public key ([`crate::identity::InviteKey`])
+        public_key: String,
         expires_at: i64,
         uses: i64,
     },
     RevokeInvite {
         invite: String,
     },
-    /// Adds `joiner` with the invite's role, revealing the secret so every node can check it.
+    /// Adds `joiner` with the invite's role, using up one use. `proof` (hex of 64 bytes) is the
+    /// joiner's signature with the invite's key over (flow, invite, joiner): every node checks
+    /// it against the invite's public key, and it admits nobody but `joiner`.
     Redeem {
         invite: String,
-        secret: String,
+        proof: String,
         joiner: String,
         name: String,
     },
@@ -522,13 +526,15 @@ impl Edit {
             }
             Edit::CreateInvite {
                 role,
-                secret_hash,
+                public_key,
                 expires_at,
                 uses,
             } => {
-                let hash = crate::identity::unhex(secret_hash)
-                    .filter(|h| h.len() == 32)
-                    .ok_or_else(|| EditError::Invalid("the secret hash must be 32 bytes".into()))?;
+                let key = crate::identity::unhex(public_key)
+                    .filter(|k| k.len() == 32)
+                    .ok_or_else(|| {
+                        EditError::Invalid("the invite's public key must be 32 bytes".into())
+                    })?;
                 if *uses < 1 {
                     return Err(EditError::Invalid(
                         "an invite needs at least one use".into(),
@@ -538,7 +544,7 @@ impl Edit {
                 let id = new_id();
                 let i = tx.put_object(&invites, id.as_str(), ObjType::Map)?;
                 tx.put(&i, "role", role.as_str())?;
-                tx.put(&i, "secret_hash", ScalarValue::Bytes(hash))?;
+                tx.put(&i, "public_key", ScalarValue::Bytes(key))?;
                 tx.put(&i, "expires_at", *expires_at)?;
                 tx.put(&i, "uses_left", *uses)?;
                 tx.put(&i, "created_by", author.as_str())?;
@@ -565,10 +571,13 @@ impl Edit {
             }
             Edit::Redeem {
                 invite,
-                secret,
+                proof,
                 joiner,
                 name,
             } => {
+                let proof = crate::identity::unhex(proof)
+                    .filter(|p| p.len() == 64)
+                    .ok_or_else(|| EditError::Invalid("an invite proof must be 64 bytes".into()))?;
                 let inv = flow
                     .invites
                     .iter()
@@ -578,11 +587,26 @@ impl Edit {
                         prefix: invite.clone(),
                     })?
                     .clone();
-                let node: NodeId = joiner.parse().map_err(EditError::Invalid)?;
-                if flow.role_of(node.as_str()).is_some() {
+                if inv.public_key.is_empty() {
                     return Err(EditError::Invalid(format!(
-                        "{node} is already a member of this flow"
+                        "invite {} was made by an older coflow and can no longer be redeemed; \
+                         make a new one",
+                        inv.id
                     )));
+                }
+                let node: NodeId = joiner.parse().map_err(EditError::Invalid)?;
+                match flow.member(node.as_str()) {
+                    Some(m) if m.removed => {
+                        return Err(EditError::Invalid(format!(
+                            "{node} was removed from this flow; only a manager can restore them"
+                        )))
+                    }
+                    Some(_) => {
+                        return Err(EditError::Invalid(format!(
+                            "{node} is already a member of this flow"
+                        )))
+                    }
+                    None => {}
                 }
                 let members = container(field::MEMBERS)?;
                 let invites = container(field::INVITES)?;
@@ -596,7 +620,7 @@ impl Edit {
                 tx.put(&m, "added_at", now)?;
                 tx.put(&m, "removed", false)?;
                 tx.put(&m, "invite", inv.id.as_str())?;
-                tx.put(&m, "invite_secret", secret.as_str())?;
+                tx.put(&m, "invite_proof", ScalarValue::Bytes(proof))?;
                 tx.put(&obj, "uses_left", inv.uses_left - 1)?;
                 let who = if name.trim().is_empty() {
                     short_id(node.as_str())

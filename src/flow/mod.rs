@@ -126,6 +126,13 @@ pub struct Member {
 pub struct Invite {
     pub id: String,
     pub role: Role,
+    /// The public key derived from the ticket's secret: a joiner proves it holds the ticket
+    /// by signing with the secret half ([`crate::identity::InviteKey`]).
+    #[serde(skip)]
+    pub public_key: Vec<u8>,
+    /// Invites made by earlier versions hold the SHA-256 of the ticket's secret instead (and no
+    /// public key); they were redeemed by writing the secret itself into the document. Such
+    /// redemptions in history still verify; this node makes none.
     #[serde(skip)]
     pub secret_hash: Vec<u8>,
     pub expires_at: i64,

@@ -198,6 +198,10 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
         Invite {
             id: id.to_string(),
             role: self.parse(i, "role").unwrap_or(Role::Observer),
+            public_key: match self.scalar(i, "public_key") {
+                Some(ScalarValue::Bytes(b)) => b,
+                _ => Vec::new(),
+            },
             secret_hash: match self.scalar(i, "secret_hash") {
                 Some(ScalarValue::Bytes(b)) => b,
                 _ => Vec::new(),
