@@ -745,6 +745,13 @@ impl Repo {
                 }
             };
             let mut change = change;
+            let size = change.bytes().len();
+            if size > flow::limit::CHANGE_BYTES {
+                return Err(Error::Invalid(format!(
+                    "the edit is too large: {size} bytes, and a change may have at most {}",
+                    flow::limit::CHANGE_BYTES
+                )));
+            }
             auth::authorize(doc, &change, me.node_id())?;
             let removals = record_removals(w, &id, doc, &[(&change, me.node_id())])?;
             let st = standing_of(doc, removals);

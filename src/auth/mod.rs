@@ -56,6 +56,8 @@ pub enum Rejection {
     WrongGenesis,
     #[error("it depends on a rejected change")]
     DependsOnRejected,
+    #[error("the change is {0} bytes; a change may have at most {max}", max = crate::flow::limit::CHANGE_BYTES)]
+    TooLarge(usize),
     #[error("the document refused it: {0}")]
     Refused(String),
     /// Another change with the same author incarnation and sequence number is held: its author
@@ -120,6 +122,9 @@ fn decode(
     sc: &SignedChange,
     authors: &mut Authors,
 ) -> Result<Decoded, (Option<ChangeHash>, Rejection)> {
+    if sc.bytes.len() > crate::flow::limit::CHANGE_BYTES {
+        return Err((None, Rejection::TooLarge(sc.bytes.len())));
+    }
     let change = parse_change(&sc.bytes).map_err(|e| (None, Rejection::Malformed(e)))?;
     let hash = change.hash();
     let actor = change.actor_id().to_bytes();

@@ -411,6 +411,24 @@ impl<'a> Judge<'a> {
         ) {
             return deny("counters and marks have no place in a flow");
         }
+        if let OpType::Put(ScalarValue::Str(text)) = &op.action {
+            let key = match &op.key {
+                Key::Map(k) => k.as_str(),
+                Key::Seq(_) => "",
+            };
+            let max = crate::flow::limit::text_for(key);
+            let len = text.chars().count();
+            if len > max {
+                let what = if key.is_empty() {
+                    "a list element"
+                } else {
+                    key
+                };
+                return deny(format!(
+                    "{what} of {len} characters is over the limit of {max}"
+                ));
+            }
+        }
         let t = self.target(&op.obj)?;
         self.touched_members |= matches!(t.place, Place::Members | Place::Member { .. });
         if let OpType::Make(typ) = op.action {

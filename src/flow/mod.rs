@@ -37,6 +37,26 @@ pub mod field {
     pub const COMMENTS: &str = "comments";
 }
 
+/// Limits on what a flow holds, enforced by the policy when a change is made here (one clear
+/// error) and when one is received (refused).
+pub mod limit {
+    /// Characters in a long text: the need, a comment, a step's detail.
+    pub const LONG_TEXT: usize = 10_000;
+    /// Characters in any other text: titles, names, questions, options, dates, ids.
+    pub const SHORT_TEXT: usize = 500;
+    /// Bytes in one change as Automerge encodes it. A sync message carries up to 8 MiB, so any
+    /// change fits in one, and a catch-up of many spans several messages.
+    pub const CHANGE_BYTES: usize = 256 * 1024;
+
+    /// The longest text a field (or, for list elements, `""`) may hold.
+    pub fn text_for(key: &str) -> usize {
+        match key {
+            super::field::NEED | "text" | "detail" => LONG_TEXT,
+            _ => SHORT_TEXT,
+        }
+    }
+}
+
 /// The flow id: the first 16 bytes of the genesis change hash, in hex.
 pub fn flow_id_of_genesis(hash: &automerge::ChangeHash) -> String {
     crate::identity::hex(&hash.0[..16])
