@@ -9,7 +9,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     allow_block_list, connection_limits, gossipsub, identify, kad, mdns, noise, ping, tcp, yamux,
-    StreamProtocol, Swarm,
+    Multiaddr, StreamProtocol, Swarm,
 };
 
 use crate::wire::{self, Codec, JoinRequest, JoinResponse, SyncRequest, SyncResponse};
@@ -57,6 +57,81 @@ pub struct Behaviour {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start the network: {0}")]
 pub struct NetError(pub String);
+
+/// Why the node cannot listen on an address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {reason}")]
+pub struct ListenError {
+    pub addr: Multiaddr,
+    pub reason: String,
+}
+
+/// Starts listening on `addr`; refuses an address and port another socket already listens on.
+///
+/// libp2p-tcp sets `SO_REUSEPORT` on every listening socket (its `do_listen` always creates the
+/// socket for `PortUse::Reuse`, and its `Config` has no switch): an outbound dial with
+/// `PortUse::Reuse` (hole punching needs it) binds to the listen port, which the kernel allows
+/// only if the listener shares its port too. Linux then also lets any other process of the same
+/// user bind that address and port with `SO_REUSEPORT`, and spreads inbound connections over
+/// both, so a second node on an occupied port would start and quietly take some of the first
+/// one's connections. Before handing the address to libp2p, it is bound once without
+/// `SO_REUSEPORT` (std sets only `SO_REUSEADDR`, which still conflicts with any listener on the
+/// port but not with old connections in TIME_WAIT): if that fails, another socket listens
+/// there. Port 0 asks the kernel for a free port and needs no check. Two nodes starting in the
+/// same instant can both pass the check; one started after another cannot.
+pub fn listen(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> Result<(), ListenError> {
+    let refuse = |reason: String| ListenError {
+        addr: addr.clone(),
+        reason,
+    };
+    if let Some(socket) = tcp_socket_addr(addr).filter(|s| s.port() != 0) {
+        std::net::TcpListener::bind(socket).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => refuse(format!(
+                "{e}: another process listens on port {}",
+                socket.port()
+            )),
+            _ => refuse(e.to_string()),
+        })?;
+    }
+    swarm
+        .listen_on(addr.clone())
+        .map(|_| ())
+        .map_err(|e| refuse(error_chain(&e)))
+}
+
+/// The IP address and TCP port of a `/ip4|ip6/…/tcp/…` address (`/p2p/…` may follow).
+fn tcp_socket_addr(addr: &Multiaddr) -> Option<std::net::SocketAddr> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    match (parts.next()?, parts.next()) {
+        (Protocol::Tcp(port), None | Some(Protocol::P2p(_))) => Some((ip, port).into()),
+        _ => None,
+    }
+}
+
+/// An error and its sources as one line: libp2p's `TransportError::Other` prints nothing of
+/// its own and keeps the reason (such as the OS error) in its source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p: &String| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    if parts.is_empty() {
+        "the transport gave no reason".into()
+    } else {
+        parts.join(": ")
+    }
+}
 
 /// Gossipsub for head announcements: signed by their author (so a member checks the author is
 /// a member), validated by the application before they are passed on (a member passes one on

@@ -216,17 +216,13 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
                 .expect("valid multiaddr")
         });
         let fresh: Multiaddr = "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr");
-        let listening = preferred.is_some_and(|a| swarm.listen_on(a).is_ok());
+        let listening = preferred.is_some_and(|a| net::listen(&mut swarm, &a).is_ok());
         if !listening {
-            swarm
-                .listen_on(fresh.clone())
-                .map_err(|e| Error::Invalid(format!("cannot listen on {fresh}: {e}")))?;
+            net::listen(&mut swarm, &fresh).map_err(|e| Error::Invalid(e.to_string()))?;
         }
     } else {
         for addr in &opts.listen {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
+            net::listen(&mut swarm, addr).map_err(|e| Error::Invalid(e.to_string()))?;
         }
     }
 

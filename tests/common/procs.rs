@@ -150,6 +150,47 @@ impl Participant {
         }
     }
 
+    /// Runs `coflow node` with `args`, which must make it exit with an error at start; returns
+    /// its stderr. A node still running after `PATIENCE` fails the test.
+    pub fn node_refuses(&self, args: &[&str]) -> String {
+        let err_path = self.home.join("refused-node.stderr");
+        let err_file = std::fs::File::create(&err_path).unwrap();
+        let mut child = self
+            .command()
+            .arg("node")
+            .args(args)
+            .env("COFLOW_LOG", "info,libp2p=warn")
+            .stdout(Stdio::null())
+            .stderr(err_file)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{}'s node {args:?} kept running; it printed:\n{}",
+                    self.name,
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = std::fs::read_to_string(&err_path).unwrap();
+        std::fs::remove_file(&err_path).unwrap();
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{}'s node {args:?}: {err}",
+            self.name
+        );
+        err
+    }
+
     /// The node's first listen address (with /p2p/).
     pub fn addr(&self) -> String {
         self.json(&["status"])["listen"][0]
