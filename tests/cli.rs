@@ -447,3 +447,43 @@ fn a_full_disk_stops_writes_with_a_clear_message_and_loses_nothing() {
         "room again"
     );
 }
+
+/// One changed digit of the secret key in `identity.key` is refused (it would otherwise be a
+/// new node with the same name), and so is a key file group or others may read.
+#[test]
+fn a_damaged_or_readable_key_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let alice = Node::init("alice", "Alice");
+    let id = alice.id();
+    let path = alice.home.join("identity.key");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let key: Value = serde_json::from_str(&text).unwrap();
+    let secret = key["secret_key"].as_str().unwrap();
+    let digit = if secret.as_bytes()[20] == b'7' {
+        "8"
+    } else {
+        "7"
+    };
+    let mut changed = secret.to_string();
+    changed.replace_range(20..21, digit);
+    std::fs::write(&path, text.replace(secret, &changed)).unwrap();
+    let err = alice.fails(&["id"]);
+    assert!(
+        err.contains(&format!("the key file {} is corrupt", path.display())),
+        "{err}"
+    );
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(alice.id(), id);
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = alice.fails(&["id"]);
+    assert!(
+        err.contains(&format!(
+            "permissions 0644 for {} are too open",
+            path.display()
+        )),
+        "{err}"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(alice.id(), id);
+}
