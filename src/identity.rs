@@ -255,16 +255,21 @@ impl Identity {
             .expect("32 bytes are a valid ed25519 secret")
     }
 
-    /// Writes a new key file into `home`; refuses to overwrite an existing one.
-    pub fn create(home: &Path, name: &str) -> Result<Identity, IdentityError> {
+    /// A new identity for `coflow init` (from [`TEST_SEED_ENV`] when that is set), not saved.
+    pub fn fresh(name: &str) -> Result<Identity, IdentityError> {
         let name = name.trim();
         if name.is_empty() {
             return Err(IdentityError::EmptyName);
         }
-        let identity = match std::env::var(TEST_SEED_ENV) {
-            Ok(seed) if !seed.is_empty() => Identity::from_seed(&seed, name),
-            _ => Identity::generate(name)?,
-        };
+        match std::env::var(TEST_SEED_ENV) {
+            Ok(seed) if !seed.is_empty() => Ok(Identity::from_seed(&seed, name)),
+            _ => Identity::generate(name),
+        }
+    }
+
+    /// Writes a new key file into `home`; refuses to overwrite an existing one.
+    pub fn create(home: &Path, name: &str) -> Result<Identity, IdentityError> {
+        let identity = Identity::fresh(name)?;
         identity.save(home)?;
         Ok(identity)
     }

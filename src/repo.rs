@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{self, Outcome, SignedChange};
 use crate::error::{Error, Result};
 use crate::flow::{self, flow_id_of_genesis, new_flow_ops, Edit, Flow, Reader, Role};
-use crate::identity::{hex, Identity, NodeId};
+use crate::identity::{hex, Identity, IdentityError, NodeId, KEY_FILE};
 use crate::store::{FlowRow, Store, Writer};
 
 /// Write a snapshot once this many changes have accumulated since the last one.
@@ -123,6 +123,11 @@ pub struct Invitation {
     pub expires_at: i64,
 }
 
+/// Meta key holding the node id of the key the store belongs to: a key file replaced by another
+/// (or damaged into another, as a version 1 file without checksum can be) is refused instead of
+/// making this node's store someone else's.
+pub const META_NODE_ID: &str = "node_id";
+
 /// Meta key under which the node records the addresses it listens on (for tickets).
 pub const META_LISTEN_ADDRS: &str = "listen_addrs";
 
@@ -184,10 +189,49 @@ fn row(change: &mut Change, signature: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 }
 
 impl Repo {
-    /// Opens the repository in `home` (the identity must exist).
+    /// Opens the repository in `home`: the key and the store must both exist, and the store
+    /// must be this key's (see [`META_NODE_ID`]).
     pub fn open(home: &Path) -> Result<Repo> {
         let identity = Identity::load(home)?;
         let store = Store::open(home)?;
+        Repo::bound(store, identity, home)
+    }
+
+    /// Creates a node's data dir (`coflow init`): an empty store, then the key file. Refuses a
+    /// data dir that has a key, or a database but no key (restore the key instead).
+    pub fn init(home: &Path, identity: Identity) -> Result<Repo> {
+        if home.join(KEY_FILE).exists() {
+            return Err(IdentityError::Exists(home.to_path_buf()).into());
+        }
+        let store = Store::create(home)?;
+        identity.save(home)?;
+        Repo::bound(store, identity, home)
+    }
+
+    /// An empty store next to an existing key (`coflow init --new-store`), for a node whose
+    /// database was lost and will not be restored. Refuses to replace a store.
+    pub fn new_store(home: &Path) -> Result<Repo> {
+        let identity = Identity::load(home)?;
+        let store = Store::create(home)?;
+        Repo::bound(store, identity, home)
+    }
+
+    /// The repository of `store` and `identity`, once the store is known to be this key's. A
+    /// store from before the binding is bound now.
+    fn bound(store: Store, identity: Identity, home: &Path) -> Result<Repo> {
+        let me = identity.node_id().as_str();
+        match store.reader().meta(META_NODE_ID)? {
+            Some(owner) if owner != me => {
+                return Err(Error::Invalid(format!(
+                    "the key in {} is node {me}, but the database in {} belongs to node {owner}: \
+                     the key file was replaced or damaged; restore it from a backup",
+                    home.join(KEY_FILE).display(),
+                    home.display()
+                )))
+            }
+            Some(_) => {}
+            None => store.reader().set_meta(META_NODE_ID, me)?,
+        }
         Ok(Repo::new(store, identity))
     }
 

@@ -487,3 +487,134 @@ fn a_damaged_or_readable_key_file_is_refused() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(alice.id(), id);
 }
+
+/// A data dir whose database was deleted, or truncated to nothing, next to its key: every
+/// command and the node refuse with one line saying so and how to go on, and nothing is
+/// created; `init --new-store` is the explicit way to start over with an empty store.
+#[test]
+fn a_lost_database_is_refused_not_replaced() {
+    let alice = Node::init("alice", "Alice");
+    let id = alice.id();
+    let f = alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let db = alice.home.join("coflow.db");
+    std::fs::remove_file(&db).unwrap();
+    for args in [vec!["flow", "list"], vec!["id"], vec!["flow", "show", &f]] {
+        let err = alice.fails(&args);
+        assert!(
+            err.contains(&format!("this node's database {} is missing", db.display()))
+                && err.contains("restore it from a backup")
+                && err.contains("coflow init --new-store"),
+            "{args:?}: {err}"
+        );
+    }
+    let node = alice
+        .cmd()
+        .env("COFLOW_LOG", "warn")
+        .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .timeout(std::time::Duration::from_secs(30))
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&node.get_output().stderr).to_string();
+    assert!(err.contains("is missing"), "{err}");
+    assert!(!db.exists(), "nothing created");
+
+    std::fs::write(&db, b"").unwrap();
+    let err = alice.fails(&["flow", "list"]);
+    assert!(
+        err.contains(&format!("this node's database {} is empty", db.display())),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "nothing written");
+
+    // Starting over is explicit, keeps the key, and never replaces a store.
+    let out = alice
+        .cmd()
+        .args(["--json", "init", "--new-store"])
+        .assert()
+        .success();
+    let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["node_id"], id.as_str());
+    assert_eq!(alice.json(&["flow", "list"]), serde_json::json!([]));
+    let err = alice.fails(&["init", "--new-store"]);
+    assert!(err.contains("already holds a coflow store"), "{err}");
+    alice
+        .cmd()
+        .args(["init", "--name", "A", "--new-store"])
+        .assert()
+        .code(2);
+}
+
+/// A data dir the user may not write is reported as such, not as a damaged store.
+#[test]
+fn a_read_only_data_dir_names_the_real_reason() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let alice = Node::init("alice", "Alice");
+    alice.json(&["flow", "new", "Suit", "--need", "A suit"]);
+    alice.json(&["flow", "list"]);
+    let home = &alice.home;
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("coflow"));
+    cmd.env_remove("COFLOW_HOME")
+        .arg("--home")
+        .arg(home)
+        .args(["flow", "list"]);
+    // Permissions do not bind root: run the command as an ordinary user who owns the dir.
+    if std::fs::metadata(home).unwrap().uid() == 0 {
+        const NOBODY: u32 = 65534;
+        let parent = home.parent().unwrap();
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(home, Some(NOBODY), Some(NOBODY)).unwrap();
+        for entry in std::fs::read_dir(home).unwrap() {
+            std::os::unix::fs::chown(entry.unwrap().path(), Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let before = std::fs::read(home.join("coflow.db")).unwrap();
+    let out = cmd.output().unwrap();
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot write to {}", home.display()))
+            && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert!(!err.contains("damaged"), "{err}");
+    assert_eq!(std::fs::read(home.join("coflow.db")).unwrap(), before);
+}
+
+/// A version 1 key file (no checksum; still loadable) with one changed digit is another key:
+/// the store knows whose it is and refuses it.
+#[test]
+fn a_store_refuses_a_key_that_is_not_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let alice = Node::init("alice", "Alice");
+    let id = alice.id();
+    let path = alice.home.join("identity.key");
+    let key: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let secret = key["secret_key"].as_str().unwrap().to_string();
+    let v1 = |secret: &str| {
+        format!("{{\n  \"version\": 1,\n  \"secret_key\": \"{secret}\",\n  \"name\": \"Alice\"\n}}")
+    };
+    std::fs::write(&path, v1(&secret)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(alice.id(), id, "a version 1 key file loads");
+    let digit = if secret.as_bytes()[5] == b'3' {
+        "4"
+    } else {
+        "3"
+    };
+    let mut changed = secret.clone();
+    changed.replace_range(5..6, digit);
+    std::fs::write(&path, v1(&changed)).unwrap();
+    let err = alice.fails(&["flow", "list"]);
+    assert!(
+        err.contains(&format!("belongs to node {id}")) && err.contains("replaced or damaged"),
+        "{err}"
+    );
+}

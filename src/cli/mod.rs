@@ -32,10 +32,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create this node's key (refuses to overwrite one).
+    /// Create this node's key and its empty store (refuses to overwrite either).
     Init {
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "new_store")]
+        name: Option<String>,
+        /// Keep the existing key and create an empty store next to it: for a node whose
+        /// database was lost and will not be restored from a backup (its flows are gone from
+        /// this node; members can invite it again). Refuses to replace a store.
+        #[arg(long, conflicts_with = "name")]
+        new_store: bool,
     },
     /// Print this node's id and name.
     Id,
@@ -303,8 +308,22 @@ pub fn run(cli: Cli) -> Result<()> {
     let home = home_dir(&cli)?;
     let out = print::Out { json: cli.json };
     match cli.command {
-        Command::Init { name } => {
-            let id = Identity::create(&home, &name)?;
+        Command::Init {
+            new_store: true, ..
+        } => {
+            let repo = crate::repo::Repo::new_store(&home)?;
+            let id = repo.identity();
+            eprintln!(
+                "created an empty store for '{}' in {}",
+                id.name(),
+                home.display()
+            );
+            out.id(id.node_id().as_str(), id.name())
+        }
+        Command::Init { name, .. } => {
+            let identity = Identity::fresh(name.as_deref().unwrap_or_default())?;
+            let repo = crate::repo::Repo::init(&home, identity)?;
+            let id = repo.identity();
             eprintln!("created identity '{}' in {}", id.name(), home.display());
             out.id(id.node_id().as_str(), id.name())
         }
