@@ -93,6 +93,10 @@ pub struct VerifyReport {
     /// Whether the re-verified history ends at the same heads as the stored document.
     pub heads_match: bool,
     pub problems: Vec<String>,
+    /// Whether SQLite's integrity check found the whole database file sound.
+    pub store_ok: bool,
+    /// What the integrity check found wrong (empty when `store_ok`).
+    pub integrity: Vec<String>,
 }
 
 pub struct Repo {
@@ -708,6 +712,8 @@ impl Repo {
     /// Re-checks every stored change from scratch: signature, dependencies, and policy.
     pub fn verify(&self, prefix: &str) -> Result<VerifyReport> {
         let id = self.resolve(prefix)?;
+        // Damage in pages the flow's rows do not touch (another table, an index) is damage too.
+        let integrity = self.store.integrity_check()?;
         let stored = self.signed_changes(&id)?;
         let mut fresh = Automerge::new();
         let out = auth::accept(
@@ -739,6 +745,8 @@ impl Repo {
             invalid: stored.len() - out.accepted.len(),
             heads_match: stored_heads == fresh_heads,
             problems,
+            store_ok: integrity.is_empty(),
+            integrity,
         })
     }
 }

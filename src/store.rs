@@ -313,6 +313,25 @@ impl Store {
         Ok(())
     }
 
+    /// SQLite's `PRAGMA integrity_check` over the whole database file (every table and index,
+    /// not only the rows a flow's verification reads): the problems it found, none if the file
+    /// is sound. A database too damaged to run the check is one problem.
+    pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        let run = || -> rusqlite::Result<Vec<String>> {
+            let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect()
+        };
+        match run() {
+            Ok(rows) if rows == ["ok"] => Ok(Vec::new()),
+            Ok(rows) => Ok(rows),
+            Err(e) => match StoreError::from(e) {
+                StoreError::Sql(e) => Ok(vec![e.to_string()]),
+                other => Err(other),
+            },
+        }
+    }
+
     /// Read access outside a write transaction.
     pub fn reader(&self) -> Writer<'_> {
         Writer { conn: &self.conn }

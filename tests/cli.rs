@@ -618,3 +618,135 @@ fn a_store_refuses_a_key_that_is_not_its_own() {
         "{err}"
     );
 }
+
+/// 4 KiB of random bytes over a page no flow reads (the address book's) used to pass `flow
+/// verify`: it now runs SQLite's integrity check too and fails, and so does `coflow doctor`.
+#[test]
+fn random_bytes_in_the_database_fail_verify_and_doctor() {
+    use std::io::{Seek, SeekFrom, Write};
+    let alice = Node::init("alice", "Alice");
+    let f = alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..5 {
+        alice.json(&["comment", &f, &format!("note {i}")]);
+    }
+    let v = alice.json(&["flow", "verify", &f]);
+    assert_eq!(
+        (v["store_ok"].clone(), v["invalid"].clone()),
+        (true.into(), 0.into())
+    );
+    assert_eq!(v["integrity"], serde_json::json!([]));
+    let d = alice.json(&["doctor"]);
+    assert_eq!(d["ok"], true, "{d}");
+
+    let db = alice.home.join("coflow.db");
+    let (page, page_size): (i64, i64) = {
+        // Move every page into the main file (the last connection to close removes the WAL).
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        let page = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'peers'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let size = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        (page, size)
+    };
+    assert!(
+        !alice.home.join("coflow.db-wal").exists(),
+        "all pages are in the main file"
+    );
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let garbage: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    file.seek(SeekFrom::Start(((page - 1) * page_size) as u64))
+        .unwrap();
+    file.write_all(&garbage).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+
+    let out = alice
+        .cmd()
+        .args(["--json", "flow", "verify", &f])
+        .assert()
+        .code(1);
+    let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["invalid"], 0, "every change still verifies: {v}");
+    assert_eq!(v["store_ok"], false, "{v}");
+    assert!(!v["integrity"].as_array().unwrap().is_empty(), "{v}");
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("failed SQLite's integrity check"), "{err}");
+
+    let out = alice.cmd().args(["--json", "doctor"]).assert().code(1);
+    let d: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(d["ok"], false, "{d}");
+    let by_name = |name: &str| {
+        d["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {d}"))
+            .clone()
+    };
+    assert_eq!(by_name("store")["ok"], false, "{d}");
+    assert_eq!(by_name("key")["ok"], true, "{d}");
+    assert_eq!(by_name("config")["ok"], true, "{d}");
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("1 of 3 checks"), "{err}");
+}
+
+/// `coflow doctor` reports each broken part: a readable key and a bad config at once.
+#[test]
+fn doctor_reports_the_key_and_the_config() {
+    use std::os::unix::fs::PermissionsExt;
+    let alice = Node::init("alice", "Alice");
+    let key = alice.home.join("identity.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(alice.home.join("config.toml"), "listen = [\"nonsense\"]\n").unwrap();
+    let out = alice.cmd().args(["--json", "doctor"]).assert().code(1);
+    let d: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let checks = d["checks"].as_array().unwrap();
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["key", "config"], "{d}");
+    assert!(
+        checks[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("permissions 0644"),
+        "{d}"
+    );
+    assert!(
+        checks[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is not a multiaddr"),
+        "{d}"
+    );
+    assert_eq!(checks[2]["check"], "store");
+    assert_eq!(checks[2]["ok"], true, "{d}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(alice.home.join("config.toml")).unwrap();
+    let d = alice.json(&["doctor"]);
+    assert_eq!(d["ok"], true, "{d}");
+    assert_eq!(d["checks"].as_array().unwrap().len(), 4, "{d}");
+}

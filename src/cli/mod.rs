@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. Data goes to stdout (human text, or JSON
 //! with `--json`), messages to stderr. Exit 0 ok, 1 error, 2 usage.
 
+mod doctor;
 mod print;
 
 use std::io::Write;
@@ -59,6 +60,10 @@ pub enum Command {
     /// The running node's sync counters (messages, bytes, announcements) and, with `--json`,
     /// when each recently received change arrived.
     Stats,
+    /// Check the data dir: the key file (permissions, format, checksum), the configuration,
+    /// the database (SQLite's integrity check) and that the database is this key's. Exit 1 if
+    /// anything is wrong.
+    Doctor,
     /// The node's configuration (`config.toml` in the data dir).
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -328,6 +333,19 @@ pub fn run(cli: Cli) -> Result<()> {
             out.id(id.node_id().as_str(), id.name())
         }
         Command::Node(args) => run_node(home, args),
+        Command::Doctor => {
+            let report = doctor::run(&home);
+            out.doctor(&report);
+            let failed = report.checks.iter().filter(|c| !c.ok).count();
+            if failed > 0 {
+                return Err(Error::Invalid(format!(
+                    "{failed} of {} checks of {} failed",
+                    report.checks.len(),
+                    home.display()
+                )));
+            }
+            Ok(())
+        }
         Command::Config(ConfigCmd::Show) => out.config(&crate::config::Config::load(&home)?),
         Command::Flow(FlowCmd::Export(args)) => export(&mut *api::open(&home)?, args),
         Command::Flow(FlowCmd::Edit { flow, title, need }) => {
@@ -356,6 +374,13 @@ pub fn run(cli: Cli) -> Result<()> {
                     return Err(Error::Invalid(format!(
                         "{} of {} stored changes failed verification",
                         report.invalid, report.changes
+                    )));
+                }
+                if !report.store_ok {
+                    return Err(Error::Invalid(format!(
+                        "the database in {} failed SQLite's integrity check: restore it from a \
+                         backup (`coflow doctor` checks the whole data dir)",
+                        home.display()
                     )));
                 }
             }
@@ -502,7 +527,11 @@ fn to_call(command: Command) -> Result<Call> {
             } => edit(flow, Edit::Choose { decision, option }),
             DecisionCmd::Close { flow, decision } => edit(flow, Edit::CloseDecision { decision }),
         },
-        Command::Init { .. } | Command::Node(_) | Command::Demo { .. } | Command::Config(_) => {
+        Command::Init { .. }
+        | Command::Node(_)
+        | Command::Demo { .. }
+        | Command::Config(_)
+        | Command::Doctor => {
             unreachable!("handled in run")
         }
     })
