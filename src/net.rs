@@ -160,6 +160,49 @@ fn gossip(
     Ok(behaviour)
 }
 
+/// How much rejected announcements cost their forwarder: the count squared times this. With
+/// [`PeerScoreThresholds`]'s defaults and no credit, one brings the peer to -10 (the gossip
+/// threshold), two to -40 (no more gossip with it), three to -90 (past the graylist threshold
+/// of -80: its messages are ignored). The count decays to nothing over
+/// [`INVALID_DELIVERY_MEMORY`].
+///
+/// [`PeerScoreThresholds`]: gossipsub::PeerScoreThresholds
+pub const INVALID_DELIVERY_WEIGHT: f64 = -10.0;
+
+/// How long a rejected announcement counts against its forwarder.
+pub const INVALID_DELIVERY_MEMORY: Duration = Duration::from_secs(3600);
+
+/// Score parameters of a flow topic. rust-libp2p counts a `Reject` against the forwarder only
+/// for topics in `PeerScoreParams::topics`, so each topic gets these when subscribed.
+/// Announcements are rare (one per edit), so the mesh delivery-rate penalties are off: a mesh
+/// peer that delivers few messages is not failing. Time in the mesh and first deliveries earn a
+/// little credit (at most +3 and +10), less than three rejected messages cost.
+pub fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 300.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: gossipsub::score_parameter_decay(Duration::from_secs(600)),
+        first_message_deliveries_cap: 10.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: INVALID_DELIVERY_WEIGHT,
+        invalid_message_deliveries_decay: gossipsub::score_parameter_decay(INVALID_DELIVERY_MEMORY),
+        ..gossipsub::TopicScoreParams::default()
+    }
+}
+
+/// Subscribes to a flow topic with its score parameters (see [`topic_score_params`]).
+pub fn subscribe(gossip: &mut gossipsub::Behaviour, topic: &str) -> Result<bool, String> {
+    let topic = gossipsub::IdentTopic::new(topic);
+    gossip
+        .set_topic_params(topic.clone(), topic_score_params())
+        .map_err(str::to_string)?;
+    gossip.subscribe(&topic).map_err(|e| e.to_string())
+}
+
 /// Builds the swarm for a node key.
 pub fn build(
     keypair: libp2p::identity::Keypair,
@@ -237,4 +280,87 @@ pub fn build(
     // node could otherwise confirm it is reachable.
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
     Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+
+    fn node(seed: u8) -> Swarm<Behaviour> {
+        let key = libp2p::identity::Keypair::ed25519_from_bytes([seed; 32]).unwrap();
+        build(key, false, Limits::default()).unwrap()
+    }
+
+    /// A forwarder of an announcement the application rejects loses exactly the invalid
+    /// delivery penalty (less the time-in-mesh credit it earned meanwhile).
+    #[tokio::test]
+    async fn a_rejected_announcement_lowers_the_forwarders_score() {
+        let topic = "coflow-test-topic";
+        let mut alice = node(1);
+        let mut bob = node(2);
+        let bob_id = *bob.local_peer_id();
+        let alice_id = *alice.local_peer_id();
+        subscribe(&mut alice.behaviour_mut().gossip, topic).unwrap();
+        subscribe(&mut bob.behaviour_mut().gossip, topic).unwrap();
+        alice
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let run = async {
+            let mut dialed = false;
+            let mut published = false;
+            loop {
+                tokio::select! {
+                    event = alice.select_next_some() => match event {
+                        SwarmEvent::NewListenAddr { address, .. } if !dialed => {
+                            dialed = true;
+                            bob.dial(address).unwrap();
+                        }
+                        SwarmEvent::Behaviour(BehaviourEvent::Gossip(
+                            gossipsub::Event::Message { propagation_source, message_id, .. },
+                        )) => {
+                            assert_eq!(propagation_source, bob_id);
+                            let gossip = &mut alice.behaviour_mut().gossip;
+                            let started = std::time::Instant::now();
+                            let score = gossip.peer_score(&bob_id).unwrap();
+                            gossip.report_message_validation_result(
+                                &message_id,
+                                &propagation_source,
+                                gossipsub::MessageAcceptance::Reject,
+                            );
+                            let after = gossip.peer_score(&bob_id).unwrap();
+                            return (score, after, started.elapsed());
+                        }
+                        _ => {}
+                    },
+                    event = bob.select_next_some() => {
+                        if let SwarmEvent::Behaviour(BehaviourEvent::Gossip(
+                            gossipsub::Event::Subscribed { peer_id, .. },
+                        )) = event {
+                            if peer_id == alice_id && !published {
+                                published = true;
+                                bob.behaviour_mut()
+                                    .gossip
+                                    .publish(gossipsub::IdentTopic::new(topic), b"not an announcement".to_vec())
+                                    .unwrap();
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let (before, after, elapsed) = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the announcement arrives");
+        let drop = before - after;
+        // Between the two readings only the invalid delivery changed, and the time-in-mesh
+        // credit grew by at most its rate times the time between them.
+        let credit = 0.01 * elapsed.as_secs_f64();
+        assert!(
+            drop <= -INVALID_DELIVERY_WEIGHT + 1e-9
+                && drop >= -INVALID_DELIVERY_WEIGHT - credit - 1e-9,
+            "score {before} -> {after}"
+        );
+    }
 }

@@ -445,7 +445,7 @@ impl Runtime {
         let gossip = &mut self.swarm.behaviour_mut().gossip;
         let mut seen = Vec::new();
         for t in topics.difference(&self.member_topics) {
-            if let Err(e) = gossip.subscribe(&gossipsub::IdentTopic::new(t.clone())) {
+            if let Err(e) = net::subscribe(gossip, t) {
                 tracing::warn!(target: "node", topic = %t, "cannot subscribe: {e}");
             }
             // Peers that subscribed before this node held the flow.
@@ -479,7 +479,7 @@ impl Runtime {
             .collect();
         for t in relay.difference(&self.relayed) {
             tracing::debug!(target: "node", topic = %t, "relaying a topic");
-            let _ = gossip.subscribe(&gossipsub::IdentTopic::new(t.clone()));
+            let _ = net::subscribe(gossip, t);
         }
         for t in self.relayed.difference(&relay) {
             gossip.unsubscribe(&gossipsub::IdentTopic::new(t.clone()));
