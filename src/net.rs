@@ -75,9 +75,8 @@ pub struct ListenError {
 /// user bind that address and port with `SO_REUSEPORT`, and spreads inbound connections over
 /// both, so a second node on an occupied port would start and quietly take some of the first
 /// one's connections. Before handing the address to libp2p, it is bound once without
-/// `SO_REUSEPORT` (std sets only `SO_REUSEADDR`, which still conflicts with any listener on the
-/// port but not with old connections in TIME_WAIT): if that fails, another socket listens
-/// there. Port 0 asks the kernel for a free port and needs no check. Two nodes starting in the
+/// `SO_REUSEPORT` (only `SO_REUSEADDR`, which still conflicts with any listener on the port but
+/// not with old connections in TIME_WAIT): if that fails, another socket listens there. Port 0 asks the kernel for a free port and needs no check. Two nodes starting in the
 /// same instant can both pass the check; one started after another cannot.
 pub fn listen(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> Result<(), ListenError> {
     let refuse = |reason: String| ListenError {
@@ -85,7 +84,7 @@ pub fn listen(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> Result<(), List
         reason,
     };
     if let Some(socket) = tcp_socket_addr(addr).filter(|s| s.port() != 0) {
-        std::net::TcpListener::bind(socket).map_err(|e| match e.kind() {
+        probe(socket).map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => refuse(format!(
                 "{e}: another process listens on port {}",
                 socket.port()
@@ -97,6 +96,19 @@ pub fn listen(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> Result<(), List
         .listen_on(addr.clone())
         .map(|_| ())
         .map_err(|e| refuse(error_chain(&e)))
+}
+
+/// Binds and listens on `addr` as libp2p-tcp does (`SO_REUSEADDR`, IPv6 only for an IPv6
+/// address) but without `SO_REUSEPORT`, then closes the socket.
+fn probe(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1)
 }
 
 /// The IP address and TCP port of a `/ip4|ip6/…/tcp/…` address (`/p2p/…` may follow).

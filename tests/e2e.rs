@@ -309,4 +309,27 @@ fn an_occupied_listen_port_is_refused() {
         err.starts_with(&format!("error: cannot listen on {taken}: ")) && err.contains("in use"),
         "{err}"
     );
+    drop(other);
+
+    // One node on the same port on all IPv4 and all IPv6 interfaces is no conflict with itself
+    // (the check binds IPv6 as IPv6 only, as libp2p does).
+    let free = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let mut bob = bob;
+    bob.start_on(&[
+        format!("/ip4/0.0.0.0/tcp/{port}"),
+        format!("/ip6/::/tcp/{port}"),
+    ]);
+    let listen = bob.json(&["status"])["listen"].clone();
+    let addrs: Vec<&str> = listen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let on_port = format!("/tcp/{port}/");
+    assert!(addrs.iter().all(|a| a.contains(&on_port)), "{listen}");
+    assert!(addrs.iter().any(|a| a.starts_with("/ip4/")), "{listen}");
+    assert!(addrs.iter().any(|a| a.starts_with("/ip6/")), "{listen}");
 }

@@ -30,7 +30,7 @@ pub struct Participant {
     node: Option<Child>,
     starts: u32,
     port: Option<u16>,
-    listen: String,
+    listen: Vec<String>,
 }
 
 impl Participant {
@@ -43,7 +43,7 @@ impl Participant {
             node: None,
             starts: 0,
             port: None,
-            listen: "/ip4/127.0.0.1/tcp/0".into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
         };
         let out = p
             .command()
@@ -111,8 +111,14 @@ impl Participant {
     /// Restarts the node on the loopback port it had, so peers that remember it find it.
     pub fn restart_same_port(&mut self, env: &[(&str, &str)]) {
         let port = self.port.expect("started before");
-        self.listen = format!("/ip4/127.0.0.1/tcp/{port}");
+        self.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}")];
         self.start_with(&[], env);
+    }
+
+    /// Starts the node listening on `addrs` instead of one loopback port.
+    pub fn start_on(&mut self, addrs: &[String]) {
+        self.listen = addrs.to_vec();
+        self.start_with(&[], &[]);
     }
 
     /// Like `start`, with extra environment variables for the node process.
@@ -122,7 +128,10 @@ impl Participant {
         let log =
             std::fs::File::create(self.home.join(format!("node-{}.log", self.starts))).unwrap();
         let mut c = self.command();
-        c.args(["node", "--listen", &self.listen, "--no-mdns"]);
+        c.args(["node", "--no-mdns"]);
+        for l in &self.listen {
+            c.args(["--listen", l]);
+        }
         for b in bootstrap {
             c.args(["--bootstrap", b]);
         }
