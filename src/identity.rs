@@ -281,15 +281,7 @@ impl Identity {
             path: path.clone(),
             source,
         };
-        let mut dir = fs::DirBuilder::new();
-        dir.recursive(true);
-        #[cfg(unix)]
-        {
-            // The data dir holds the key and every flow: a new one is its owner's alone.
-            use std::os::unix::fs::DirBuilderExt;
-            dir.mode(0o700);
-        }
-        dir.create(home).map_err(io)?;
+        create_data_dir(home).map_err(io)?;
         let node_id = self.node_id.to_string();
         let secret_key = hex(&self.signing.to_bytes());
         let body = serde_json::to_vec_pretty(&KeyFile {
@@ -375,6 +367,19 @@ impl Identity {
             .ok()
             .map(|f| f.version)
     }
+}
+
+/// Creates the data dir `home` (and missing parents) if it does not exist. It holds the key and
+/// every flow, so a new one is its owner's alone (0700); an existing one keeps its mode.
+pub fn create_data_dir(home: &Path) -> std::io::Result<()> {
+    let mut dir = fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        dir.mode(0o700);
+    }
+    dir.create(home)
 }
 
 /// The exact bytes a change signature covers.

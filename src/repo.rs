@@ -207,6 +207,10 @@ impl Repo {
         if home.join(KEY_FILE).exists() {
             return Err(IdentityError::Exists(home.to_path_buf()).into());
         }
+        crate::identity::create_data_dir(home).map_err(|source| Error::Io {
+            path: home.to_path_buf(),
+            source,
+        })?;
         let store = Store::create(home)?;
         identity.save(home)?;
         Repo::bound(store, identity, home)

@@ -159,11 +159,8 @@ impl Store {
         Store::open_with(home, true)
     }
 
+    /// Both need the data dir to exist (`Repo::init` creates it).
     fn open_with(home: &Path, create: bool) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(home).map_err(|e| StoreError::Damaged {
-            path: home.to_path_buf(),
-            reason: e.to_string(),
-        })?;
         let path = home.join(DB_FILE);
         let found = match std::fs::metadata(&path) {
             Ok(_) => true,

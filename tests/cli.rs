@@ -455,6 +455,9 @@ fn a_damaged_or_readable_key_file_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let alice = Node::init("alice", "Alice");
     let id = alice.id();
+    // `coflow init` made the data dir its owner's alone.
+    let mode = std::fs::metadata(&alice.home).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
     let path = alice.home.join("identity.key");
     let text = std::fs::read_to_string(&path).unwrap();
     let key: Value = serde_json::from_str(&text).unwrap();
