@@ -15,7 +15,7 @@ use crate::auth::{self, Outcome, SignedChange};
 use crate::error::{Error, Result};
 use crate::flow::{self, flow_id_of_genesis, new_flow_ops, Edit, Flow, Reader, Role};
 use crate::identity::{hex, Identity, IdentityError, NodeId, KEY_FILE};
-use crate::store::{FlowRow, Store, Writer};
+use crate::store::{FlowRow, Store, StoreError, Writer};
 
 /// Write a snapshot once this many changes have accumulated since the last one.
 pub const SNAPSHOT_EVERY: i64 = 256;
@@ -211,7 +211,14 @@ impl Repo {
             path: home.to_path_buf(),
             source,
         })?;
-        let store = Store::create(home)?;
+        let store = Store::create(home).map_err(|e| match e {
+            StoreError::Exists { path } => Error::Invalid(format!(
+                "{} holds a coflow store but there is no key next to it: restore {KEY_FILE} \
+                 from a backup (a new key would not be this node)",
+                path.display()
+            )),
+            e => e.into(),
+        })?;
         identity.save(home)?;
         Repo::bound(store, identity, home)
     }

@@ -620,6 +620,14 @@ fn a_store_refuses_a_key_that_is_not_its_own() {
         err.contains(&format!("belongs to node {id}")) && err.contains("replaced or damaged"),
         "{err}"
     );
+    // A store with no key at all: init will not make a new key for it.
+    std::fs::remove_file(&path).unwrap();
+    let err = alice.fails(&["init", "--name", "Alice"]);
+    assert!(
+        err.contains("holds a coflow store but there is no key"),
+        "{err}"
+    );
+    assert!(!path.exists(), "no key was made");
 }
 
 /// 4 KiB of random bytes over a page no flow reads (the address book's) used to pass `flow
