@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::error::{Error, Result};
 use crate::identity::{Identity, KEY_FILE};
 use crate::repo::Repo;
 use crate::store::Store;
@@ -22,6 +23,21 @@ pub struct Check {
 pub struct Report {
     pub ok: bool,
     pub checks: Vec<Check>,
+}
+
+/// `coflow doctor`: prints the report; an error (exit 1) if any check failed.
+pub fn command(home: &Path, out: &super::print::Out) -> Result<()> {
+    let report = run(home);
+    out.doctor(&report);
+    let failed = report.checks.iter().filter(|c| !c.ok).count();
+    if failed > 0 {
+        return Err(Error::Invalid(format!(
+            "{failed} of {} checks of {} failed",
+            report.checks.len(),
+            home.display()
+        )));
+    }
+    Ok(())
 }
 
 fn check(check: &'static str, result: Result<String, String>) -> Check {

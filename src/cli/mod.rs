@@ -333,19 +333,7 @@ pub fn run(cli: Cli) -> Result<()> {
             out.id(id.node_id().as_str(), id.name())
         }
         Command::Node(args) => run_node(home, args),
-        Command::Doctor => {
-            let report = doctor::run(&home);
-            out.doctor(&report);
-            let failed = report.checks.iter().filter(|c| !c.ok).count();
-            if failed > 0 {
-                return Err(Error::Invalid(format!(
-                    "{failed} of {} checks of {} failed",
-                    report.checks.len(),
-                    home.display()
-                )));
-            }
-            Ok(())
-        }
+        Command::Doctor => doctor::command(&home, &out),
         Command::Config(ConfigCmd::Show) => out.config(&crate::config::Config::load(&home)?),
         Command::Flow(FlowCmd::Export(args)) => export(&mut *api::open(&home)?, args),
         Command::Flow(FlowCmd::Edit { flow, title, need }) => {
