@@ -8,8 +8,8 @@
 //! the secret key (hex), the node's display name, the node id the key gives and a checksum over
 //! all three, so a damaged file is refused instead of silently becoming another node (version 2;
 //! version 1 files, without node id or checksum, still load). Like ssh, a key file that group or
-//! others may read or write is refused, and so is a data dir others may write to (they could
-//! replace the key).
+//! others may read or write is refused, and so is a data dir group or others may write to
+//! (they could replace the key).
 
 use std::fmt;
 use std::fs;
