@@ -187,7 +187,9 @@ fn wait_until_up(member: &dyn Member) -> Result<()> {
 fn create_identity(home: &Path, name: &str) -> Result<String> {
     let id = match Identity::load(home) {
         Ok(id) => id,
-        Err(_) => Identity::create(home, name)?,
+        Err(_) => crate::repo::Repo::init(home, Identity::fresh(name)?)?
+            .identity()
+            .clone(),
     };
     Ok(id.node_id().to_string())
 }

@@ -5,7 +5,11 @@
 //! names the key that must have signed it.
 //!
 //! The key lives in `identity.key` in the data dir, mode 0600, as a small JSON document holding
-//! the secret key (hex) and the node's display name.
+//! the secret key (hex), the node's display name, the node id the key gives and a checksum over
+//! all three, so a damaged file is refused instead of silently becoming another node (version 2;
+//! version 1 files, without node id or checksum, still load). Like ssh, a key file that group or
+//! others may read or write is refused, and so is a data dir group or others may write to
+//! (they could replace the key).
 
 use std::fmt;
 use std::fs;
@@ -38,6 +42,16 @@ pub enum IdentityError {
     Exists(PathBuf),
     #[error("the key file {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "permissions {mode:04o} for {path} are too open: the key must be readable and writable by \
+         its owner only (chmod 600 {path})"
+    )]
+    KeyTooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "permissions {mode:04o} for the data dir {path} are too open: others could replace the \
+         key (chmod go-w {path})"
+    )]
+    DirTooOpen { path: PathBuf, mode: u32 },
     #[error("cannot access the key file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -125,11 +139,69 @@ pub struct Identity {
     name: String,
 }
 
+/// The key file's current version: with `node_id` and `checksum`.
+const KEY_FILE_VERSION: u32 = 2;
+
+/// Domain separation for the key file checksum.
+const KEY_CHECKSUM_DOMAIN: &[u8] = b"coflow/key-file/v2\0";
+
 #[derive(Serialize, Deserialize)]
 struct KeyFile {
     version: u32,
+    /// Version 2 on: the node id of `secret_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node_id: Option<String>,
     secret_key: String,
     name: String,
+    /// Version 2 on: see [`key_checksum`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum: Option<String>,
+}
+
+/// SHA-256 (hex) over the domain, the node id, the secret key and the name, each
+/// length-prefixed: any changed character of the file's fields changes it.
+fn key_checksum(node_id: &str, secret_key: &str, name: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(KEY_CHECKSUM_DOMAIN);
+    for field in [node_id, secret_key, name] {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field.as_bytes());
+    }
+    hex(&h.finalize())
+}
+
+/// Refuses a key file group or others may read or write, and a data dir others may write.
+#[cfg(unix)]
+fn check_permissions(
+    home: &Path,
+    key: &Path,
+    key_meta: &fs::Metadata,
+) -> Result<(), IdentityError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = key_meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(IdentityError::KeyTooOpen {
+            path: key.to_path_buf(),
+            mode,
+        });
+    }
+    let dir = fs::metadata(home).map_err(|source| IdentityError::Io {
+        path: home.to_path_buf(),
+        source,
+    })?;
+    let mode = dir.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(IdentityError::DirTooOpen {
+            path: home.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_permissions(_: &Path, _: &Path, _: &fs::Metadata) -> Result<(), IdentityError> {
+    Ok(())
 }
 
 impl Identity {
@@ -206,16 +278,21 @@ impl Identity {
             .expect("32 bytes are a valid ed25519 secret")
     }
 
-    /// Writes a new key file into `home`; refuses to overwrite an existing one.
-    pub fn create(home: &Path, name: &str) -> Result<Identity, IdentityError> {
+    /// A new identity for `coflow init` (from [`TEST_SEED_ENV`] when that is set), not saved.
+    pub fn fresh(name: &str) -> Result<Identity, IdentityError> {
         let name = name.trim();
         if name.is_empty() {
             return Err(IdentityError::EmptyName);
         }
-        let identity = match std::env::var(TEST_SEED_ENV) {
-            Ok(seed) if !seed.is_empty() => Identity::from_seed(&seed, name),
-            _ => Identity::generate(name)?,
-        };
+        match std::env::var(TEST_SEED_ENV) {
+            Ok(seed) if !seed.is_empty() => Ok(Identity::from_seed(&seed, name)),
+            _ => Identity::generate(name),
+        }
+    }
+
+    /// Writes a new key file into `home`; refuses to overwrite an existing one.
+    pub fn create(home: &Path, name: &str) -> Result<Identity, IdentityError> {
+        let identity = Identity::fresh(name)?;
         identity.save(home)?;
         Ok(identity)
     }
@@ -227,10 +304,14 @@ impl Identity {
             path: path.clone(),
             source,
         };
-        fs::create_dir_all(home).map_err(io)?;
+        create_data_dir(home).map_err(io)?;
+        let node_id = self.node_id.to_string();
+        let secret_key = hex(&self.signing.to_bytes());
         let body = serde_json::to_vec_pretty(&KeyFile {
-            version: 1,
-            secret_key: hex(&self.signing.to_bytes()),
+            version: KEY_FILE_VERSION,
+            checksum: Some(key_checksum(&node_id, &secret_key, &self.name)),
+            node_id: Some(node_id),
+            secret_key,
             name: self.name.clone(),
         })
         .expect("key file serializes");
@@ -253,30 +334,75 @@ impl Identity {
         Ok(())
     }
 
-    /// Reads the key file from `home`.
+    /// Reads the key file from `home`, refusing one that is damaged or that others may read.
     pub fn load(home: &Path) -> Result<Identity, IdentityError> {
         let path = home.join(KEY_FILE);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
+        let io = |source| IdentityError::Io {
+            path: path.clone(),
+            source,
+        };
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(IdentityError::Missing(home.to_path_buf()))
             }
-            Err(source) => return Err(IdentityError::Io { path, source }),
+            Err(e) => return Err(io(e)),
         };
+        check_permissions(home, &path, &meta)?;
+        let bytes = fs::read(&path).map_err(io)?;
         let corrupt = |reason: &str| IdentityError::Corrupt {
             path: path.clone(),
             reason: reason.to_string(),
         };
         let file: KeyFile =
             serde_json::from_slice(&bytes).map_err(|_| corrupt("not a coflow key file"))?;
-        if file.version != 1 {
+        if file.version != 1 && file.version != KEY_FILE_VERSION {
             return Err(corrupt(&format!("unknown version {}", file.version)));
         }
         let secret = unhex(&file.secret_key)
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
             .ok_or_else(|| corrupt("the secret key is not 32 bytes of hex"))?;
-        Ok(Identity::from_secret(secret, &file.name))
+        let identity = Identity::from_secret(secret, &file.name);
+        if file.version == 1 {
+            return Ok(identity);
+        }
+        let (Some(node_id), Some(checksum)) = (&file.node_id, &file.checksum) else {
+            return Err(corrupt("its node id or checksum is missing"));
+        };
+        if *checksum != key_checksum(node_id, &file.secret_key, &file.name) {
+            return Err(corrupt(
+                "its checksum does not match its contents (the file was changed or damaged); \
+                 restore it from a backup",
+            ));
+        }
+        if identity.node_id.as_str() != node_id {
+            return Err(corrupt(&format!(
+                "its secret key does not belong to node {node_id}"
+            )));
+        }
+        Ok(identity)
     }
+
+    /// The key file's version in `home` (1: no checksum), for `coflow doctor`.
+    pub fn key_file_version(home: &Path) -> Option<u32> {
+        let bytes = fs::read(home.join(KEY_FILE)).ok()?;
+        serde_json::from_slice::<KeyFile>(&bytes)
+            .ok()
+            .map(|f| f.version)
+    }
+}
+
+/// Creates the data dir `home` (and missing parents) if it does not exist. It holds the key and
+/// every flow, so a new one is its owner's alone (0700); an existing one keeps its mode.
+pub fn create_data_dir(home: &Path) -> std::io::Result<()> {
+    let mut dir = fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        dir.mode(0o700);
+    }
+    dir.create(home)
 }
 
 /// Bytes an incarnation adds after the node key in an actor id.
@@ -497,9 +623,106 @@ mod tests {
     }
 
     #[test]
+    fn one_changed_character_of_the_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::from_seed("tailor", "Tailor");
+        id.save(dir.path()).unwrap();
+        let path = dir.path().join(KEY_FILE);
+        let text = fs::read_to_string(&path).unwrap();
+        let secret = hex(&id.signing.to_bytes());
+        // Change one digit of the secret key, then one letter of the name.
+        let digit = if secret.as_bytes()[10] == b'0' {
+            "1"
+        } else {
+            "0"
+        };
+        let mut bad_secret = secret.clone();
+        bad_secret.replace_range(10..11, digit);
+        for (from, to) in [(secret.as_str(), bad_secret.as_str()), ("Tailor", "Tailer")] {
+            fs::write(&path, text.replace(from, to)).unwrap();
+            let err = Identity::load(dir.path()).err().expect("refused");
+            assert!(
+                matches!(&err, IdentityError::Corrupt { reason, .. } if reason.contains("checksum")),
+                "{err}"
+            );
+        }
+        fs::write(&path, &text).unwrap();
+        assert_eq!(Identity::load(dir.path()).unwrap().node_id(), id.node_id());
+    }
+
+    #[test]
+    fn a_version_1_key_file_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity::from_seed("tailor", "Tailor");
+        // Exactly what the version 1 code wrote.
+        let v1 = format!(
+            "{{\n  \"version\": 1,\n  \"secret_key\": \"{}\",\n  \"name\": \"Tailor\"\n}}",
+            hex(&id.signing.to_bytes())
+        );
+        let path = dir.path().join(KEY_FILE);
+        fs::write(&path, v1).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let loaded = Identity::load(dir.path()).unwrap();
+        assert_eq!(loaded.node_id(), id.node_id());
+        assert_eq!(loaded.name(), "Tailor");
+        assert_eq!(Identity::key_file_version(dir.path()), Some(1));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_or_data_dir_others_may_touch_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        Identity::from_seed("tailor", "Tailor")
+            .save(dir.path())
+            .unwrap();
+        let path = dir.path().join(KEY_FILE);
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let err = Identity::load(dir.path())
+                .err()
+                .expect("refused")
+                .to_string();
+            let want = format!("permissions {mode:04o} for {} are too open", path.display());
+            assert!(err.contains(&want), "{err}");
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        Identity::load(dir.path()).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Identity::load(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("permissions 0777 for the data dir"), "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        Identity::load(dir.path()).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_data_dir_is_its_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("a").join("home");
+        Identity::from_seed("tailor", "Tailor").save(&home).unwrap();
+        let mode = fs::metadata(&home).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
     fn corrupt_key_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(KEY_FILE), b"garbage").unwrap();
+        let path = dir.path().join(KEY_FILE);
+        fs::write(&path, b"garbage").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let err = Identity::load(dir.path()).err().unwrap();
         assert!(err.to_string().contains("corrupt"), "{err}");
     }

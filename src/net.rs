@@ -9,7 +9,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     allow_block_list, connection_limits, gossipsub, identify, kad, mdns, noise, ping, tcp, yamux,
-    StreamProtocol, Swarm,
+    Multiaddr, StreamProtocol, Swarm,
 };
 
 use crate::wire::{self, Codec, JoinRequest, JoinResponse, SyncRequest, SyncResponse};
@@ -58,6 +58,93 @@ pub struct Behaviour {
 #[error("cannot start the network: {0}")]
 pub struct NetError(pub String);
 
+/// Why the node cannot listen on an address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {reason}")]
+pub struct ListenError {
+    pub addr: Multiaddr,
+    pub reason: String,
+}
+
+/// Starts listening on `addr`; refuses an address and port another socket already listens on.
+///
+/// libp2p-tcp sets `SO_REUSEPORT` on every listening socket (its `do_listen` always creates the
+/// socket for `PortUse::Reuse`, and its `Config` has no switch): an outbound dial with
+/// `PortUse::Reuse` (hole punching needs it) binds to the listen port, which the kernel allows
+/// only if the listener shares its port too. Linux then also lets any other process of the same
+/// user bind that address and port with `SO_REUSEPORT`, and spreads inbound connections over
+/// both, so a second node on an occupied port would start and quietly take some of the first
+/// one's connections. Before handing the address to libp2p, it is bound once without
+/// `SO_REUSEPORT` (only `SO_REUSEADDR`, which still conflicts with any listener on the port but
+/// not with old connections in TIME_WAIT): if that fails, another socket listens there. Port 0 asks the kernel for a free port and needs no check. Two nodes starting in the
+/// same instant can both pass the check; one started after another cannot.
+pub fn listen(swarm: &mut Swarm<Behaviour>, addr: &Multiaddr) -> Result<(), ListenError> {
+    let refuse = |reason: String| ListenError {
+        addr: addr.clone(),
+        reason,
+    };
+    if let Some(socket) = tcp_socket_addr(addr).filter(|s| s.port() != 0) {
+        probe(socket).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => refuse(format!(
+                "{e}: another process listens on port {}",
+                socket.port()
+            )),
+            _ => refuse(e.to_string()),
+        })?;
+    }
+    swarm
+        .listen_on(addr.clone())
+        .map(|_| ())
+        .map_err(|e| refuse(error_chain(&e)))
+}
+
+/// Binds and listens on `addr` as libp2p-tcp does (`SO_REUSEADDR`, IPv6 only for an IPv6
+/// address) but without `SO_REUSEPORT`, then closes the socket.
+fn probe(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1)
+}
+
+/// The IP address and TCP port of a `/ip4|ip6/…/tcp/…` address (`/p2p/…` may follow).
+fn tcp_socket_addr(addr: &Multiaddr) -> Option<std::net::SocketAddr> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    match (parts.next()?, parts.next()) {
+        (Protocol::Tcp(port), None | Some(Protocol::P2p(_))) => Some((ip, port).into()),
+        _ => None,
+    }
+}
+
+/// An error and its sources as one line: libp2p's `TransportError::Other` prints nothing of
+/// its own and keeps the reason (such as the OS error) in its source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p: &String| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    if parts.is_empty() {
+        "the transport gave no reason".into()
+    } else {
+        parts.join(": ")
+    }
+}
+
 /// Gossipsub for head announcements: signed by their author (so a member checks the author is
 /// a member), validated by the application before they are passed on (a member passes one on
 /// only once it holds the heads it names), small, and with peer scoring on.
@@ -83,6 +170,49 @@ fn gossip(
     ]);
     behaviour.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
     Ok(behaviour)
+}
+
+/// How much rejected announcements cost their forwarder: the count squared times this. With
+/// [`PeerScoreThresholds`]'s defaults and no credit, one brings the peer to -10 (the gossip
+/// threshold), two to -40 (no more gossip with it), three to -90 (past the graylist threshold
+/// of -80: its messages are ignored). The count decays to nothing over
+/// [`INVALID_DELIVERY_MEMORY`].
+///
+/// [`PeerScoreThresholds`]: gossipsub::PeerScoreThresholds
+pub const INVALID_DELIVERY_WEIGHT: f64 = -10.0;
+
+/// How long a rejected announcement counts against its forwarder.
+pub const INVALID_DELIVERY_MEMORY: Duration = Duration::from_secs(3600);
+
+/// Score parameters of a flow topic. rust-libp2p counts a `Reject` against the forwarder only
+/// for topics in `PeerScoreParams::topics`, so each topic gets these when subscribed.
+/// Announcements are rare (one per edit), so the mesh delivery-rate penalties are off: a mesh
+/// peer that delivers few messages is not failing. Time in the mesh and first deliveries earn a
+/// little credit (at most +3 and +10), less than three rejected messages cost.
+pub fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 300.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: gossipsub::score_parameter_decay(Duration::from_secs(600)),
+        first_message_deliveries_cap: 10.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: INVALID_DELIVERY_WEIGHT,
+        invalid_message_deliveries_decay: gossipsub::score_parameter_decay(INVALID_DELIVERY_MEMORY),
+        ..gossipsub::TopicScoreParams::default()
+    }
+}
+
+/// Subscribes to a flow topic with its score parameters (see [`topic_score_params`]).
+pub fn subscribe(gossip: &mut gossipsub::Behaviour, topic: &str) -> Result<bool, String> {
+    let topic = gossipsub::IdentTopic::new(topic);
+    gossip
+        .set_topic_params(topic.clone(), topic_score_params())
+        .map_err(str::to_string)?;
+    gossip.subscribe(&topic).map_err(|e| e.to_string())
 }
 
 /// Builds the swarm for a node key.
@@ -162,4 +292,87 @@ pub fn build(
     // node could otherwise confirm it is reachable.
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
     Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+
+    fn node(seed: u8) -> Swarm<Behaviour> {
+        let key = libp2p::identity::Keypair::ed25519_from_bytes([seed; 32]).unwrap();
+        build(key, false, Limits::default()).unwrap()
+    }
+
+    /// A forwarder of an announcement the application rejects loses exactly the invalid
+    /// delivery penalty (less the time-in-mesh credit it earned meanwhile).
+    #[tokio::test]
+    async fn a_rejected_announcement_lowers_the_forwarders_score() {
+        let topic = "coflow-test-topic";
+        let mut alice = node(1);
+        let mut bob = node(2);
+        let bob_id = *bob.local_peer_id();
+        let alice_id = *alice.local_peer_id();
+        subscribe(&mut alice.behaviour_mut().gossip, topic).unwrap();
+        subscribe(&mut bob.behaviour_mut().gossip, topic).unwrap();
+        alice
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let run = async {
+            let mut dialed = false;
+            let mut published = false;
+            loop {
+                tokio::select! {
+                    event = alice.select_next_some() => match event {
+                        SwarmEvent::NewListenAddr { address, .. } if !dialed => {
+                            dialed = true;
+                            bob.dial(address).unwrap();
+                        }
+                        SwarmEvent::Behaviour(BehaviourEvent::Gossip(
+                            gossipsub::Event::Message { propagation_source, message_id, .. },
+                        )) => {
+                            assert_eq!(propagation_source, bob_id);
+                            let gossip = &mut alice.behaviour_mut().gossip;
+                            let started = std::time::Instant::now();
+                            let score = gossip.peer_score(&bob_id).unwrap();
+                            gossip.report_message_validation_result(
+                                &message_id,
+                                &propagation_source,
+                                gossipsub::MessageAcceptance::Reject,
+                            );
+                            let after = gossip.peer_score(&bob_id).unwrap();
+                            return (score, after, started.elapsed());
+                        }
+                        _ => {}
+                    },
+                    event = bob.select_next_some() => {
+                        if let SwarmEvent::Behaviour(BehaviourEvent::Gossip(
+                            gossipsub::Event::Subscribed { peer_id, .. },
+                        )) = event {
+                            if peer_id == alice_id && !published {
+                                published = true;
+                                bob.behaviour_mut()
+                                    .gossip
+                                    .publish(gossipsub::IdentTopic::new(topic), b"not an announcement".to_vec())
+                                    .unwrap();
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let (before, after, elapsed) = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the announcement arrives");
+        let drop = before - after;
+        // Between the two readings only the invalid delivery changed, and the time-in-mesh
+        // credit grew by at most its rate times the time between them.
+        let credit = 0.01 * elapsed.as_secs_f64();
+        assert!(
+            drop <= -INVALID_DELIVERY_WEIGHT + 1e-9
+                && drop >= -INVALID_DELIVERY_WEIGHT - credit - 1e-9,
+            "score {before} -> {after}"
+        );
+    }
 }

@@ -216,17 +216,13 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
                 .expect("valid multiaddr")
         });
         let fresh: Multiaddr = "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr");
-        let listening = preferred.is_some_and(|a| swarm.listen_on(a).is_ok());
+        let listening = preferred.is_some_and(|a| net::listen(&mut swarm, &a).is_ok());
         if !listening {
-            swarm
-                .listen_on(fresh.clone())
-                .map_err(|e| Error::Invalid(format!("cannot listen on {fresh}: {e}")))?;
+            net::listen(&mut swarm, &fresh).map_err(|e| Error::Invalid(e.to_string()))?;
         }
     } else {
         for addr in &opts.listen {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| Error::Invalid(format!("cannot listen on {addr}: {e}")))?;
+            net::listen(&mut swarm, addr).map_err(|e| Error::Invalid(e.to_string()))?;
         }
     }
 
@@ -449,7 +445,7 @@ impl Runtime {
         let gossip = &mut self.swarm.behaviour_mut().gossip;
         let mut seen = Vec::new();
         for t in topics.difference(&self.member_topics) {
-            if let Err(e) = gossip.subscribe(&gossipsub::IdentTopic::new(t.clone())) {
+            if let Err(e) = net::subscribe(gossip, t) {
                 tracing::warn!(target: "node", topic = %t, "cannot subscribe: {e}");
             }
             // Peers that subscribed before this node held the flow.
@@ -483,7 +479,7 @@ impl Runtime {
             .collect();
         for t in relay.difference(&self.relayed) {
             tracing::debug!(target: "node", topic = %t, "relaying a topic");
-            let _ = gossip.subscribe(&gossipsub::IdentTopic::new(t.clone()));
+            let _ = net::subscribe(gossip, t);
         }
         for t in self.relayed.difference(&relay) {
             gossip.unsubscribe(&gossipsub::IdentTopic::new(t.clone()));

@@ -15,8 +15,10 @@ use crate::auth::removal::{self, Removal};
 use crate::auth::{self, Outcome, SignedChange};
 use crate::error::{Error, Result};
 use crate::flow::{self, flow_id_of_genesis, new_flow_ops, Edit, Flow, Reader, Role};
-use crate::identity::{hex, unhex, verify_invite_proof, Identity, InviteKey, NodeId};
-use crate::store::{FlowRow, Store, Writer};
+use crate::identity::{
+    hex, unhex, verify_invite_proof, Identity, IdentityError, InviteKey, NodeId, KEY_FILE,
+};
+use crate::store::{FlowRow, Store, StoreError, Writer};
 
 /// Write a snapshot once this many changes have accumulated since the last one.
 pub const SNAPSHOT_EVERY: i64 = 256;
@@ -98,6 +100,10 @@ pub struct VerifyReport {
     /// Whether the re-verified history ends at the same heads as the stored document.
     pub heads_match: bool,
     pub problems: Vec<String>,
+    /// Whether SQLite's integrity check found the whole database file sound.
+    pub store_ok: bool,
+    /// What the integrity check found wrong (empty when `store_ok`).
+    pub integrity: Vec<String>,
 }
 
 pub struct Repo {
@@ -219,6 +225,11 @@ pub enum RedeemError {
     Failed(#[from] Error),
 }
 
+/// Meta key holding the node id of the key the store belongs to: a key file replaced by another
+/// (or damaged into another, as a version 1 file without checksum can be) is refused instead of
+/// making this node's store someone else's.
+pub const META_NODE_ID: &str = "node_id";
+
 /// Meta key under which the node records the addresses it listens on (for tickets).
 pub const META_LISTEN_ADDRS: &str = "listen_addrs";
 
@@ -281,10 +292,60 @@ fn row(change: &mut Change, signature: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 }
 
 impl Repo {
-    /// Opens the repository in `home` (the identity must exist).
+    /// Opens the repository in `home`: the key and the store must both exist, and the store
+    /// must be this key's (see [`META_NODE_ID`]).
     pub fn open(home: &Path) -> Result<Repo> {
         let identity = Identity::load(home)?;
         let store = Store::open(home)?;
+        Repo::bound(store, identity, home)
+    }
+
+    /// Creates a node's data dir (`coflow init`): an empty store, then the key file. Refuses a
+    /// data dir that has a key, or a database but no key (restore the key instead).
+    pub fn init(home: &Path, identity: Identity) -> Result<Repo> {
+        if home.join(KEY_FILE).exists() {
+            return Err(IdentityError::Exists(home.to_path_buf()).into());
+        }
+        crate::identity::create_data_dir(home).map_err(|source| Error::Io {
+            path: home.to_path_buf(),
+            source,
+        })?;
+        let store = Store::create(home).map_err(|e| match e {
+            StoreError::Exists { path } => Error::Invalid(format!(
+                "{} holds a coflow store but there is no key next to it: restore {KEY_FILE} \
+                 from a backup (a new key would not be this node)",
+                path.display()
+            )),
+            e => e.into(),
+        })?;
+        identity.save(home)?;
+        Repo::bound(store, identity, home)
+    }
+
+    /// An empty store next to an existing key (`coflow init --new-store`), for a node whose
+    /// database was lost and will not be restored. Refuses to replace a store.
+    pub fn new_store(home: &Path) -> Result<Repo> {
+        let identity = Identity::load(home)?;
+        let store = Store::create(home)?;
+        Repo::bound(store, identity, home)
+    }
+
+    /// The repository of `store` and `identity`, once the store is known to be this key's. A
+    /// store from before the binding is bound now.
+    fn bound(store: Store, identity: Identity, home: &Path) -> Result<Repo> {
+        let me = identity.node_id().as_str();
+        match store.reader().meta(META_NODE_ID)? {
+            Some(owner) if owner != me => {
+                return Err(Error::Invalid(format!(
+                    "the key in {} is node {me}, but the database in {} belongs to node {owner}: \
+                     the key file was replaced or damaged; restore it from a backup",
+                    home.join(KEY_FILE).display(),
+                    home.display()
+                )))
+            }
+            Some(_) => {}
+            None => store.reader().set_meta(META_NODE_ID, me)?,
+        }
         let mut repo = Repo::new(store, identity);
         repo.index_removals()?;
         Ok(repo)
@@ -966,6 +1027,8 @@ impl Repo {
     /// Re-checks every stored change from scratch: signature, dependencies, and policy.
     pub fn verify(&self, prefix: &str) -> Result<VerifyReport> {
         let id = self.resolve(prefix)?;
+        // Damage in pages the flow's rows do not touch (another table, an index) is damage too.
+        let integrity = self.store.integrity_check()?;
         let stored = self.signed_changes(&id)?;
         let mut fresh = Automerge::new();
         let out = auth::accept(
@@ -997,6 +1060,8 @@ impl Repo {
             invalid: stored.len() - out.accepted.len(),
             heads_match: stored_heads == fresh_heads,
             problems,
+            store_ok: integrity.is_empty(),
+            integrity,
         })
     }
 }

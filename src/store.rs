@@ -21,10 +21,22 @@ pub const SCHEMA_VERSION: i64 = 3;
 /// How long a writer waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What to do when a node's database is gone: said by every error that finds none.
+const NO_STORE_HINT: &str = "if it was lost, restore it from a backup (with the data dir's \
+     other files); to start this node over with no flows, run `coflow init --new-store`";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the database {path} is damaged or is not a coflow store ({reason})")]
     Damaged { path: PathBuf, reason: String },
+    #[error("this node's database {path} is missing: {NO_STORE_HINT}")]
+    Missing { path: PathBuf },
+    #[error("this node's database {path} is empty: {NO_STORE_HINT}")]
+    Empty { path: PathBuf },
+    #[error("the database {path} already holds a coflow store; refusing to replace it")]
+    Exists { path: PathBuf },
+    #[error("cannot write to {path} ({reason}): coflow needs to write its data dir and database")]
+    ReadOnly { path: PathBuf, reason: String },
     #[error(
         "the database {path} has schema version {found}; this coflow knows up to {SCHEMA_VERSION}"
     )]
@@ -50,6 +62,15 @@ impl From<rusqlite::Error> for StoreError {
             _ => StoreError::Sql(e),
         }
     }
+}
+
+/// Refuses a path this process may not write (a read-only data dir or file system), with the
+/// operating system's reason, instead of SQLite's "unable to open database file".
+fn writable(path: &Path) -> Result<(), StoreError> {
+    rustix::fs::access(path, rustix::fs::Access::WRITE_OK).map_err(|e| StoreError::ReadOnly {
+        path: path.to_path_buf(),
+        reason: std::io::Error::from(e).to_string(),
+    })
 }
 
 /// One row of the `flows` table: what `flow list` shows without loading documents.
@@ -141,19 +162,63 @@ pub struct PeerRow {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `home`.
+    /// Opens the existing store in `home`. A database that is missing or empty (no coflow
+    /// schema) is refused, never silently replaced by an empty store: next to an existing key it
+    /// means the node's flows were lost, and starting empty would hide that.
     pub fn open(home: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(home).map_err(|e| StoreError::Damaged {
-            path: home.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        Store::open_with(home, false)
+    }
+
+    /// Creates an empty store in `home` (`coflow init`); refuses to replace one that holds a
+    /// coflow schema. A missing or zero-length database file counts as none.
+    pub fn create(home: &Path) -> Result<Store, StoreError> {
+        Store::open_with(home, true)
+    }
+
+    /// Both need the data dir to exist (`Repo::init` creates it).
+    fn open_with(home: &Path, create: bool) -> Result<Store, StoreError> {
         let path = home.join(DB_FILE);
+        let found = match std::fs::metadata(&path) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(StoreError::Damaged {
+                    path,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        // SQLite needs to write the data dir too (the WAL and its index), even to read.
+        writable(home)?;
+        if found {
+            writable(&path)?;
+        } else if !create {
+            return Err(StoreError::Missing { path });
+        }
         let damaged = |e: rusqlite::Error| StoreError::Damaged {
             path: path.clone(),
             reason: e.to_string(),
         };
-        let conn = Connection::open(&path).map_err(damaged)?;
+        let mut flags = rusqlite::OpenFlags::default();
+        if !create {
+            flags.remove(rusqlite::OpenFlags::SQLITE_OPEN_CREATE);
+        }
+        let conn = Connection::open_with_flags(&path, flags).map_err(damaged)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Before anything writes: is there a coflow store in the file?
+        let has_schema: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master) OR \
+                 (SELECT user_version FROM pragma_user_version) > 0",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(damaged)?;
+        match (create, has_schema) {
+            (false, false) => return Err(StoreError::Empty { path }),
+            (true, true) => return Err(StoreError::Exists { path }),
+            _ => {}
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| match StoreError::from(e) {
                 StoreError::Sql(e) => damaged(e),
@@ -270,6 +335,25 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// SQLite's `PRAGMA integrity_check` over the whole database file (every table and index,
+    /// not only the rows a flow's verification reads): the problems it found, none if the file
+    /// is sound. A database too damaged to run the check is one problem.
+    pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        let run = || -> rusqlite::Result<Vec<String>> {
+            let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect()
+        };
+        match run() {
+            Ok(rows) if rows == ["ok"] => Ok(Vec::new()),
+            Ok(rows) => Ok(rows),
+            Err(e) => match StoreError::from(e) {
+                StoreError::Sql(e) => Ok(vec![e.to_string()]),
+                other => Err(other),
+            },
+        }
     }
 
     /// Read access outside a write transaction.

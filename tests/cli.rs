@@ -447,3 +447,317 @@ fn a_full_disk_stops_writes_with_a_clear_message_and_loses_nothing() {
         "room again"
     );
 }
+
+/// One changed digit of the secret key in `identity.key` is refused (it would otherwise be a
+/// new node with the same name), and so is a key file group or others may read.
+#[test]
+fn a_damaged_or_readable_key_file_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let alice = Node::init("alice", "Alice");
+    let id = alice.id();
+    // `coflow init` made the data dir its owner's alone.
+    let mode = std::fs::metadata(&alice.home).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let path = alice.home.join("identity.key");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let key: Value = serde_json::from_str(&text).unwrap();
+    let secret = key["secret_key"].as_str().unwrap();
+    let digit = if secret.as_bytes()[20] == b'7' {
+        "8"
+    } else {
+        "7"
+    };
+    let mut changed = secret.to_string();
+    changed.replace_range(20..21, digit);
+    std::fs::write(&path, text.replace(secret, &changed)).unwrap();
+    let err = alice.fails(&["id"]);
+    assert!(
+        err.contains(&format!("the key file {} is corrupt", path.display())),
+        "{err}"
+    );
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(alice.id(), id);
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = alice.fails(&["id"]);
+    assert!(
+        err.contains(&format!(
+            "permissions 0644 for {} are too open",
+            path.display()
+        )),
+        "{err}"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(alice.id(), id);
+}
+
+/// A data dir whose database was deleted, or truncated to nothing, next to its key: every
+/// command and the node refuse with one line saying so and how to go on, and nothing is
+/// created; `init --new-store` is the explicit way to start over with an empty store.
+#[test]
+fn a_lost_database_is_refused_not_replaced() {
+    let alice = Node::init("alice", "Alice");
+    let id = alice.id();
+    let f = alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let db = alice.home.join("coflow.db");
+    std::fs::remove_file(&db).unwrap();
+    for args in [vec!["flow", "list"], vec!["id"], vec!["flow", "show", &f]] {
+        let err = alice.fails(&args);
+        assert!(
+            err.contains(&format!("this node's database {} is missing", db.display()))
+                && err.contains("restore it from a backup")
+                && err.contains("coflow init --new-store"),
+            "{args:?}: {err}"
+        );
+    }
+    let node = alice
+        .cmd()
+        .env("COFLOW_LOG", "warn")
+        .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .timeout(std::time::Duration::from_secs(30))
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&node.get_output().stderr).to_string();
+    assert!(err.contains("is missing"), "{err}");
+    assert!(!db.exists(), "nothing created");
+
+    std::fs::write(&db, b"").unwrap();
+    let err = alice.fails(&["flow", "list"]);
+    assert!(
+        err.contains(&format!("this node's database {} is empty", db.display())),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "nothing written");
+
+    // Starting over is explicit, keeps the key, and never replaces a store.
+    let out = alice
+        .cmd()
+        .args(["--json", "init", "--new-store"])
+        .assert()
+        .success();
+    let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["node_id"], id.as_str());
+    assert_eq!(alice.json(&["flow", "list"]), serde_json::json!([]));
+    let err = alice.fails(&["init", "--new-store"]);
+    assert!(err.contains("already holds a coflow store"), "{err}");
+    alice
+        .cmd()
+        .args(["init", "--name", "A", "--new-store"])
+        .assert()
+        .code(2);
+}
+
+/// A data dir the user may not write is reported as such, not as a damaged store.
+#[test]
+fn a_read_only_data_dir_names_the_real_reason() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let alice = Node::init("alice", "Alice");
+    alice.json(&["flow", "new", "Suit", "--need", "A suit"]);
+    alice.json(&["flow", "list"]);
+    let home = &alice.home;
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("coflow"));
+    cmd.env_remove("COFLOW_HOME")
+        .arg("--home")
+        .arg(home)
+        .args(["flow", "list"]);
+    // Permissions do not bind root: run the command as an ordinary user who owns the dir.
+    if std::fs::metadata(home).unwrap().uid() == 0 {
+        const NOBODY: u32 = 65534;
+        let parent = home.parent().unwrap();
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(home, Some(NOBODY), Some(NOBODY)).unwrap();
+        for entry in std::fs::read_dir(home).unwrap() {
+            std::os::unix::fs::chown(entry.unwrap().path(), Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let before = std::fs::read(home.join("coflow.db")).unwrap();
+    let out = cmd.output().unwrap();
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot write to {}", home.display()))
+            && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert!(!err.contains("damaged"), "{err}");
+    assert_eq!(std::fs::read(home.join("coflow.db")).unwrap(), before);
+}
+
+/// A version 1 key file (no checksum; still loadable) with one changed digit is another key:
+/// the store knows whose it is and refuses it.
+#[test]
+fn a_store_refuses_a_key_that_is_not_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let alice = Node::init("alice", "Alice");
+    let id = alice.id();
+    let path = alice.home.join("identity.key");
+    let key: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let secret = key["secret_key"].as_str().unwrap().to_string();
+    let v1 = |secret: &str| {
+        format!("{{\n  \"version\": 1,\n  \"secret_key\": \"{secret}\",\n  \"name\": \"Alice\"\n}}")
+    };
+    std::fs::write(&path, v1(&secret)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(alice.id(), id, "a version 1 key file loads");
+    let digit = if secret.as_bytes()[5] == b'3' {
+        "4"
+    } else {
+        "3"
+    };
+    let mut changed = secret.clone();
+    changed.replace_range(5..6, digit);
+    std::fs::write(&path, v1(&changed)).unwrap();
+    let err = alice.fails(&["flow", "list"]);
+    assert!(
+        err.contains(&format!("belongs to node {id}")) && err.contains("replaced or damaged"),
+        "{err}"
+    );
+    // A store with no key at all: init will not make a new key for it.
+    std::fs::remove_file(&path).unwrap();
+    let err = alice.fails(&["init", "--name", "Alice"]);
+    assert!(
+        err.contains("holds a coflow store but there is no key"),
+        "{err}"
+    );
+    assert!(!path.exists(), "no key was made");
+}
+
+/// 4 KiB of random bytes over a page no flow reads (the address book's) used to pass `flow
+/// verify`: it now runs SQLite's integrity check too and fails, and so does `coflow doctor`.
+#[test]
+fn random_bytes_in_the_database_fail_verify_and_doctor() {
+    use std::io::{Seek, SeekFrom, Write};
+    let alice = Node::init("alice", "Alice");
+    let f = alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..5 {
+        alice.json(&["comment", &f, &format!("note {i}")]);
+    }
+    let v = alice.json(&["flow", "verify", &f]);
+    assert_eq!(
+        (v["store_ok"].clone(), v["invalid"].clone()),
+        (true.into(), 0.into())
+    );
+    assert_eq!(v["integrity"], serde_json::json!([]));
+    let d = alice.json(&["doctor"]);
+    assert_eq!(d["ok"], true, "{d}");
+
+    let db = alice.home.join("coflow.db");
+    let (page, page_size): (i64, i64) = {
+        // Move every page into the main file (the last connection to close removes the WAL).
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        let page = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'peers'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let size = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        (page, size)
+    };
+    assert!(
+        !alice.home.join("coflow.db-wal").exists(),
+        "all pages are in the main file"
+    );
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let garbage: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    file.seek(SeekFrom::Start(((page - 1) * page_size) as u64))
+        .unwrap();
+    file.write_all(&garbage).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+
+    let out = alice
+        .cmd()
+        .args(["--json", "flow", "verify", &f])
+        .assert()
+        .code(1);
+    let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["invalid"], 0, "every change still verifies: {v}");
+    assert_eq!(v["store_ok"], false, "{v}");
+    assert!(!v["integrity"].as_array().unwrap().is_empty(), "{v}");
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("failed SQLite's integrity check"), "{err}");
+
+    let out = alice.cmd().args(["--json", "doctor"]).assert().code(1);
+    let d: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(d["ok"], false, "{d}");
+    let by_name = |name: &str| {
+        d["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {d}"))
+            .clone()
+    };
+    assert_eq!(by_name("store")["ok"], false, "{d}");
+    assert_eq!(by_name("key")["ok"], true, "{d}");
+    assert_eq!(by_name("config")["ok"], true, "{d}");
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("1 of 3 checks"), "{err}");
+}
+
+/// `coflow doctor` reports each broken part: a readable key and a bad config at once.
+#[test]
+fn doctor_reports_the_key_and_the_config() {
+    use std::os::unix::fs::PermissionsExt;
+    let alice = Node::init("alice", "Alice");
+    let key = alice.home.join("identity.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(alice.home.join("config.toml"), "listen = [\"nonsense\"]\n").unwrap();
+    let out = alice.cmd().args(["--json", "doctor"]).assert().code(1);
+    let d: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let checks = d["checks"].as_array().unwrap();
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["key", "config"], "{d}");
+    assert!(
+        checks[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("permissions 0644"),
+        "{d}"
+    );
+    assert!(
+        checks[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is not a multiaddr"),
+        "{d}"
+    );
+    assert_eq!(checks[2]["check"], "store");
+    assert_eq!(checks[2]["ok"], true, "{d}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(alice.home.join("config.toml")).unwrap();
+    let d = alice.json(&["doctor"]);
+    assert_eq!(d["ok"], true, "{d}");
+    assert_eq!(d["checks"].as_array().unwrap().len(), 4, "{d}");
+}

@@ -275,3 +275,65 @@ fn bad_tickets_are_refused_clearly() {
     let err = bob.fails(&["flow", "join", &s(&revoked["ticket"])]);
     assert!(err.contains("start the node"), "{err}");
 }
+
+/// A second node on a port another node listens on refuses to start, with the address and the
+/// reason on one line, and the first node keeps running. A port held by any
+/// other listener gives the operating system's reason too.
+#[test]
+fn an_occupied_listen_port_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Participant::new(root.path(), "Alice");
+    let bob = Participant::new(root.path(), "Bob");
+    alice.start(&[]);
+    let alice_addr = alice.addr();
+    let port: u16 = alice_addr.split('/').nth(4).unwrap().parse().unwrap();
+
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let err = bob.node_refuses(&["--listen", &listen, "--no-mdns"]);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(
+        lines[0].starts_with(&format!("error: cannot listen on {listen}: ")),
+        "{err}"
+    );
+    assert!(lines[0].contains("in use"), "{err}");
+    // The wildcard address overlaps the loopback one.
+    let err = bob.node_refuses(&["--listen", &format!("/ip4/0.0.0.0/tcp/{port}"), "--no-mdns"]);
+    assert!(err.contains("in use"), "{err}");
+    // Alice still answers on her address, and Bob's data dir holds no running node.
+    assert_eq!(alice.addr(), alice_addr);
+    assert_eq!(bob.json(&["status"])["running"], false);
+
+    // Any other listener: the reason is the operating system's.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = format!("/ip4/127.0.0.1/tcp/{}", other.local_addr().unwrap().port());
+    let err = bob.node_refuses(&["--listen", &taken, "--no-mdns"]);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("error: cannot listen on {taken}: ")) && err.contains("in use"),
+        "{err}"
+    );
+    drop(other);
+
+    // One node on the same port on all IPv4 and all IPv6 interfaces is no conflict with itself
+    // (the check binds IPv6 as IPv6 only, as libp2p does).
+    let free = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let mut bob = bob;
+    bob.start_on(&[
+        format!("/ip4/0.0.0.0/tcp/{port}"),
+        format!("/ip6/::/tcp/{port}"),
+    ]);
+    let listen = bob.json(&["status"])["listen"].clone();
+    let addrs: Vec<&str> = listen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let on_port = format!("/tcp/{port}/");
+    assert!(addrs.iter().all(|a| a.contains(&on_port)), "{listen}");
+    assert!(addrs.iter().any(|a| a.starts_with("/ip4/")), "{listen}");
+    assert!(addrs.iter().any(|a| a.starts_with("/ip6/")), "{listen}");
+}

@@ -39,8 +39,7 @@ fn alices_node() -> Node {
     let sim = Sim::tailor();
     // Alice's key is the one the Sim uses; her node receives the whole history.
     let key = alice();
-    key.save(&home).unwrap();
-    let mut repo = Repo::open(&home).unwrap();
+    let mut repo = Repo::init(&home, key.clone()).unwrap();
     assert_eq!(repo.identity().node_id(), key.node_id());
     let out = repo.receive(&sim.flow_id, &sim.log).unwrap();
     assert_eq!(out.accepted.len(), sim.log.len());

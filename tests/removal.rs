@@ -257,9 +257,9 @@ fn two_owners_removing_each_other_agree_everywhere_on_one() {
 fn a_restored_data_dir_rejoins_without_splitting_the_flow() {
     let home = tempfile::tempdir().unwrap();
     let backup = tempfile::tempdir().unwrap();
-    let id = Identity::create(home.path(), "Alice").unwrap();
+    let id = Identity::generate("Alice").unwrap();
     let flow = {
-        let mut a = Repo::open(home.path()).unwrap();
+        let mut a = Repo::init(home.path(), id.clone()).unwrap();
         let flow = a
             .create_flow("Navy suit", "A suit", Role::Customer)
             .unwrap();

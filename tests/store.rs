@@ -9,9 +9,8 @@ use coflow::repo::{load_doc, Repo, SNAPSHOT_EVERY};
 use coflow::store::Store;
 
 fn repo(dir: &std::path::Path, seed: &str, name: &str) -> Repo {
-    std::fs::create_dir_all(dir).unwrap();
     if Identity::load(dir).is_err() {
-        Identity::from_seed(seed, name).save(dir).unwrap();
+        return Repo::init(dir, Identity::from_seed(seed, name)).unwrap();
     }
     Repo::open(dir).unwrap()
 }

@@ -186,9 +186,7 @@ impl FlowGen {
 
 /// A data dir holding `identity`, with each flow received through the accept path.
 pub fn seed_home(home: &Path, identity: &Identity, flows: &[&FlowGen]) -> Repo {
-    std::fs::create_dir_all(home).expect("a data dir");
-    identity.save(home).expect("a key file");
-    let mut repo = Repo::open(home).expect("a repository");
+    let mut repo = Repo::init(home, identity.clone()).expect("a repository");
     for f in flows {
         let out = repo.receive(&f.id, &f.changes).expect("received");
         assert_eq!(
@@ -204,8 +202,7 @@ pub fn seed_home(home: &Path, identity: &Identity, flows: &[&FlowGen]) -> Repo {
 /// A data dir holding `identity` and many flows, written straight into the store in one
 /// transaction (the rows the accept path would write; used where seeding must be fast).
 pub fn seed_home_bulk(home: &Path, identity: &Identity, flows: &[FlowGen]) {
-    std::fs::create_dir_all(home).expect("a data dir");
-    identity.save(home).expect("a key file");
+    drop(Repo::init(home, identity.clone()).expect("a repository"));
     let mut store = Store::open(home).expect("a store");
     store
         .write(|w| {

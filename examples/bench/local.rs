@@ -38,9 +38,7 @@ pub fn catchup(
 ) -> Catchup {
     let a = seed_home(&root.join("holder"), holder, &[flow]);
     let home_c = root.join("newcomer");
-    std::fs::create_dir_all(&home_c).expect("a data dir");
-    newcomer.save(&home_c).expect("a key file");
-    let c = Repo::open(&home_c).expect("a repository");
+    let c = Repo::init(&home_c, newcomer.clone()).expect("a repository");
     let mut net = Net::new(vec![a, c]);
     let start = Instant::now();
     net.connect(0, 1);
@@ -157,9 +155,7 @@ pub fn ingest(root: &Path, flows: usize, per_flow: usize, batch: usize, group: u
         .collect();
     const SETUP: usize = 2; // genesis and the receiver's membership
     let home = root.join("receiver");
-    std::fs::create_dir_all(&home).expect("a data dir");
-    receiver.save(&home).expect("a key file");
-    let mut repo = Repo::open(&home).expect("a repository");
+    let mut repo = Repo::init(&home, receiver.clone()).expect("a repository");
     for g in &gens {
         repo.receive(&g.id, &g.changes[..SETUP]).expect("seeded");
     }

@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. Data goes to stdout (human text, or JSON
 //! with `--json`), messages to stderr. Exit 0 ok, 1 error, 2 usage.
 
+mod doctor;
 mod print;
 
 use std::io::Write;
@@ -32,10 +33,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create this node's key (refuses to overwrite one).
+    /// Create this node's key and its empty store (refuses to overwrite either).
     Init {
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "new_store")]
+        name: Option<String>,
+        /// Keep the existing key and create an empty store next to it: for a node whose
+        /// database was lost and will not be restored from a backup (its flows are gone from
+        /// this node; members can invite it again). Refuses to replace a store.
+        #[arg(long, conflicts_with = "name")]
+        new_store: bool,
     },
     /// Print this node's id and name.
     Id,
@@ -54,6 +60,10 @@ pub enum Command {
     /// The running node's sync counters (messages, bytes, announcements) and, with `--json`,
     /// when each recently received change arrived.
     Stats,
+    /// Check the data dir: the key file (permissions, format, checksum), the configuration,
+    /// the database (SQLite's integrity check) and that the database is this key's. Exit 1 if
+    /// anything is wrong.
+    Doctor,
     /// The node's configuration (`config.toml` in the data dir).
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -303,12 +313,27 @@ pub fn run(cli: Cli) -> Result<()> {
     let home = home_dir(&cli)?;
     let out = print::Out { json: cli.json };
     match cli.command {
-        Command::Init { name } => {
-            let id = Identity::create(&home, &name)?;
+        Command::Init {
+            new_store: true, ..
+        } => {
+            let repo = crate::repo::Repo::new_store(&home)?;
+            let id = repo.identity();
+            eprintln!(
+                "created an empty store for '{}' in {}",
+                id.name(),
+                home.display()
+            );
+            out.id(id.node_id().as_str(), id.name())
+        }
+        Command::Init { name, .. } => {
+            let identity = Identity::fresh(name.as_deref().unwrap_or_default())?;
+            let repo = crate::repo::Repo::init(&home, identity)?;
+            let id = repo.identity();
             eprintln!("created identity '{}' in {}", id.name(), home.display());
             out.id(id.node_id().as_str(), id.name())
         }
         Command::Node(args) => run_node(home, args),
+        Command::Doctor => doctor::command(&home, &out),
         Command::Config(ConfigCmd::Show) => out.config(&crate::config::Config::load(&home)?),
         Command::Flow(FlowCmd::Export(args)) => export(&mut *api::open(&home)?, args),
         Command::Flow(FlowCmd::Edit { flow, title, need }) => {
@@ -337,6 +362,13 @@ pub fn run(cli: Cli) -> Result<()> {
                     return Err(Error::Invalid(format!(
                         "{} of {} stored changes failed verification",
                         report.invalid, report.changes
+                    )));
+                }
+                if !report.store_ok {
+                    return Err(Error::Invalid(format!(
+                        "the database in {} failed SQLite's integrity check: restore it from a \
+                         backup (`coflow doctor` checks the whole data dir)",
+                        home.display()
                     )));
                 }
             }
@@ -483,7 +515,11 @@ fn to_call(command: Command) -> Result<Call> {
             } => edit(flow, Edit::Choose { decision, option }),
             DecisionCmd::Close { flow, decision } => edit(flow, Edit::CloseDecision { decision }),
         },
-        Command::Init { .. } | Command::Node(_) | Command::Demo { .. } | Command::Config(_) => {
+        Command::Init { .. }
+        | Command::Node(_)
+        | Command::Demo { .. }
+        | Command::Config(_)
+        | Command::Doctor => {
             unreachable!("handled in run")
         }
     })

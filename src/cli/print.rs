@@ -315,6 +315,19 @@ impl Out {
         Ok(())
     }
 
+    pub fn doctor(&self, r: &super::doctor::Report) {
+        if self.json {
+            emit_json(r);
+        } else {
+            let mut s = String::new();
+            for c in &r.checks {
+                let mark = if c.ok { "ok  " } else { "FAIL" };
+                s.push_str(&format!("{mark}  {:<6}  {}\n", c.check, c.detail));
+            }
+            emit(&s);
+        }
+    }
+
     pub fn verify(&self, r: &VerifyReport) -> Result<()> {
         if self.json {
             emit_json(r);
@@ -332,6 +345,14 @@ impl Out {
             );
             for p in &r.problems {
                 s.push_str(&format!("  {p}\n"));
+            }
+            if r.store_ok {
+                s.push_str("database integrity: ok\n");
+            } else {
+                s.push_str("database integrity: FAILED\n");
+                for p in &r.integrity {
+                    s.push_str(&format!("  {p}\n"));
+                }
             }
             emit(&s);
         }

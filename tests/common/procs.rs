@@ -30,7 +30,7 @@ pub struct Participant {
     node: Option<Child>,
     starts: u32,
     port: Option<u16>,
-    listen: String,
+    listen: Vec<String>,
 }
 
 impl Participant {
@@ -43,7 +43,7 @@ impl Participant {
             node: None,
             starts: 0,
             port: None,
-            listen: "/ip4/127.0.0.1/tcp/0".into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
         };
         let out = p
             .command()
@@ -111,8 +111,14 @@ impl Participant {
     /// Restarts the node on the loopback port it had, so peers that remember it find it.
     pub fn restart_same_port(&mut self, env: &[(&str, &str)]) {
         let port = self.port.expect("started before");
-        self.listen = format!("/ip4/127.0.0.1/tcp/{port}");
+        self.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}")];
         self.start_with(&[], env);
+    }
+
+    /// Starts the node listening on `addrs` instead of one loopback port.
+    pub fn start_on(&mut self, addrs: &[String]) {
+        self.listen = addrs.to_vec();
+        self.start_with(&[], &[]);
     }
 
     /// Like `start`, with extra environment variables for the node process.
@@ -122,7 +128,10 @@ impl Participant {
         let log =
             std::fs::File::create(self.home.join(format!("node-{}.log", self.starts))).unwrap();
         let mut c = self.command();
-        c.args(["node", "--listen", &self.listen, "--no-mdns"]);
+        c.args(["node", "--no-mdns"]);
+        for l in &self.listen {
+            c.args(["--listen", l]);
+        }
         for b in bootstrap {
             c.args(["--bootstrap", b]);
         }
@@ -148,6 +157,47 @@ impl Participant {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Runs `coflow node` with `args`, which must make it exit with an error at start; returns
+    /// its stderr. A node still running after `PATIENCE` fails the test.
+    pub fn node_refuses(&self, args: &[&str]) -> String {
+        let err_path = self.home.join("refused-node.stderr");
+        let err_file = std::fs::File::create(&err_path).unwrap();
+        let mut child = self
+            .command()
+            .arg("node")
+            .args(args)
+            .env("COFLOW_LOG", "info,libp2p=warn")
+            .stdout(Stdio::null())
+            .stderr(err_file)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{}'s node {args:?} kept running; it printed:\n{}",
+                    self.name,
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = std::fs::read_to_string(&err_path).unwrap();
+        std::fs::remove_file(&err_path).unwrap();
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{}'s node {args:?}: {err}",
+            self.name
+        );
+        err
     }
 
     /// The node's first listen address (with /p2p/).
