@@ -413,9 +413,10 @@ fn a_full_disk_stops_writes_with_a_clear_message_and_loses_nothing() {
         db.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap()
     };
     // The database may not grow: a large edit cannot be stored.
-    // Incompressible text (Automerge deflates large values), bigger than the free space.
+    // Incompressible text (Automerge deflates large values), bigger than the free space and
+    // as long as a comment may be.
     let mut x: u64 = 88172645463325252;
-    let big: String = (0..60_000)
+    let big: String = (0..coflow::flow::limit::LONG_TEXT)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
