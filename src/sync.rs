@@ -1016,9 +1016,11 @@ impl Engine {
             if let Ok(Some(upto)) = self.repo.removal_of(&flow, peer) {
                 return self.removal_answer(&flow, message, &upto);
             }
-            // Take what is valid (a member removed concurrently may still push changes made
-            // before it knew), penalize what is not, and answer as if the flow were unknown.
-            if let Err(reason) = self.absorb(peer, &flow, message, &mut sync::State::new()) {
+            // Treated exactly as a message about a flow this node does not hold: judged against
+            // an empty document, nothing kept, the same answer. Judging it against the flow
+            // held here would tell a stranger that knows a head of it (from gossip) that this
+            // node holds the flow ("not a member" instead of "waits for its dependencies").
+            if let Err(reason) = self.absorb_as_stranger(peer, &flow, message) {
                 self.penalize(peer, reason);
                 return unavailable;
             }
@@ -1248,6 +1250,43 @@ impl Engine {
             unrefused(theirs, &self.refused);
         }
         result.map_err(|e| format!("bad sync message: {e}"))
+    }
+
+    /// What [`Engine::absorb`] does with a message about a flow this node does not hold, for a
+    /// message from a non-member about a flow it does hold: the changes are verified and judged
+    /// as if nothing of the flow were held (so what depends on the flow's history waits, and is
+    /// dropped), nothing is stored, and the sync state is an empty document's. An `Err` is a
+    /// reason to penalize the sender, as it would be for an unknown flow.
+    fn absorb_as_stranger(
+        &mut self,
+        peer: &NodeId,
+        flow: &str,
+        message: SyncMessage,
+    ) -> Result<(), String> {
+        self.last_heard.insert(peer.clone(), self.repo.now());
+        let mut am = decode_sync_message(&message.automerge)?;
+        if !am.changes.is_empty() {
+            return Err("changes must travel with their signatures".into());
+        }
+        if message.changes.len() > wire::MAX_CHANGES_PER_MESSAGE {
+            return Err("too many changes in one message".into());
+        }
+        if !message.changes.is_empty() {
+            let batch: Vec<SignedChange> = message.changes.into_iter().map(Into::into).collect();
+            let out = crate::auth::accept(&mut Automerge::new(), flow, &batch, || {
+                Ok::<_, std::convert::Infallible>(Automerge::new())
+            })
+            .unwrap_or_else(|never| match never {});
+            self.stats.changes_rejected += out.rejected.len() as u64;
+            if let Some((_, why)) = out.rejected.iter().find(|(_, r)| r.proves_malice(peer)) {
+                return Err(format!("sent a change that was rejected: {why}"));
+            }
+        }
+        am.changes = sync::ChunkList::empty();
+        match guarded(|| Automerge::new().receive_sync_message(&mut sync::State::new(), am)) {
+            None => Err("a sync message that crashes the sync state machine".into()),
+            Some(r) => r.map_err(|e| format!("bad sync message: {e}")),
+        }
     }
 
     /// The runtime caught `peer` misbehaving below the protocol (flooding, unreadable bytes).
