@@ -12,7 +12,7 @@ mod edit;
 mod read;
 
 pub use edit::{new_flow_ops, new_id, one_line, resolve_prefix, Applied, Edit, EditError};
-pub use read::Reader;
+pub use read::{invisible, name_key, Reader};
 
 use std::collections::BTreeMap;
 use std::fmt;
