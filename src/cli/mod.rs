@@ -2,6 +2,7 @@
 //! with `--json`), messages to stderr. Exit 0 ok, 1 error, 2 usage.
 
 mod print;
+pub mod text;
 
 use std::io::Write;
 use std::path::PathBuf;
