@@ -658,6 +658,7 @@ impl Repo {
         let doc = self.doc(&id)?;
         let flow = Reader::now(doc).flow(&id);
         let mut history = flow::History::new(doc);
+        let clashing = flow.clashing_names();
         Ok(doc
             .get_changes(&[])
             .iter()
@@ -670,7 +671,7 @@ impl Repo {
                     hash: hex(&c.hash().0),
                     name: member.map(|m| m.name.clone()).unwrap_or_default(),
                     role: member.map(|m| m.role),
-                    name_clash: flow.name_clashes(&author),
+                    name_clash: clashing.contains(&author),
                     author,
                     at: c.timestamp(),
                     summary: crate::cli::text::summary(&flow, &history.describe(c)),

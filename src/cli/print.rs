@@ -215,6 +215,7 @@ impl Out {
             one_line(&f.id),
             lines(&f.need, "      ")
         );
+        let clashing = f.clashing_names();
         for m in f.members.iter().filter(|m| !m.removed) {
             let sync = v.sync.iter().find(|x| x.node_id == m.node_id).map(|x| {
                 let state = match (x.connected, x.in_sync) {
@@ -227,7 +228,7 @@ impl Out {
                     None => format!("  ({state})"),
                 }
             });
-            let clash = if f.name_clashes(&m.node_id) {
+            let clash = if clashing.contains(&m.node_id) {
                 format!("  {}", text::SAME_NAME)
             } else {
                 String::new()
@@ -248,7 +249,7 @@ impl Out {
             let who = st
                 .assignee
                 .as_deref()
-                .map(|a| text::person_marked(f, a))
+                .map(|a| text::person_marked(f, &clashing, a))
                 .unwrap_or_default();
             let customer = if st.customer_involved {
                 " (with the customer)"
@@ -293,9 +294,9 @@ impl Out {
             s.push_str("\nComments:\n");
             for c in &f.comments {
                 s.push_str(&format!(
-                    "  {} {}:\n      │ {}\n",
+                    "  {} {}: {}\n",
                     time(c.at),
-                    text::person_marked(f, &c.author),
+                    text::person_marked(f, &clashing, &c.author),
                     lines(&c.text, "      ")
                 ));
             }

@@ -21,6 +21,7 @@
 //! them from acting on a terminal.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use crate::flow::{short_id, Did, Flow, Member};
 
@@ -211,10 +212,11 @@ pub fn person(flow: &Flow, node_id: &str) -> String {
     }
 }
 
-/// [`person`], marked if another member's name could be taken for theirs.
-pub fn person_marked(flow: &Flow, node_id: &str) -> String {
+/// [`person`], marked if another member's name could be taken for theirs (`clashing`: from
+/// [`Flow::clashing_names`]).
+pub fn person_marked(flow: &Flow, clashing: &HashSet<String>, node_id: &str) -> String {
     let p = person(flow, node_id);
-    if flow.name_clashes(node_id) {
+    if clashing.contains(node_id) {
         format!("{p} {SAME_NAME}")
     } else {
         p

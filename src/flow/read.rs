@@ -353,6 +353,24 @@ impl Flow {
             .collect()
     }
 
+    /// The node ids of members (removed ones included) whose name a reader could take for
+    /// another member's: one pass over the members, for printers that ask about many.
+    pub fn clashing_names(&self) -> std::collections::HashSet<String> {
+        let mut by_key: std::collections::HashMap<String, Vec<&str>> = Default::default();
+        for m in &self.members {
+            let key = name_key(&m.name);
+            if !key.is_empty() {
+                by_key.entry(key).or_default().push(&m.node_id);
+            }
+        }
+        by_key
+            .into_values()
+            .filter(|ids| ids.len() > 1)
+            .flatten()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Whether another member of the flow (removed ones included) has a name a reader could
     /// take for this member's.
     pub fn name_clashes(&self, node_id: &str) -> bool {
