@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::api::{Call, Reply};
+use crate::cli::text;
 use crate::cluster::{spread, Member, ProcessNode};
 use crate::error::{Error, Result};
 use crate::flow::{Edit, FlowStatus, Mode, Role, StepStatus, Who};
@@ -200,7 +201,8 @@ pub fn tailor_story(alice: &dyn Member, tom: &dyn Member, mill: &dyn Member) -> 
         },
     ) {
         Err(e) => say(&format!(
-            "   Tom tries to choose for her; his own node refuses: {e}"
+            "   Tom tries to choose for her; his own node refuses: {}",
+            text::one_line(&e.to_string())
         )),
         Ok(_) => {
             return Err(Error::Invalid(
@@ -306,7 +308,10 @@ pub fn tailor_story(alice: &dyn Member, tom: &dyn Member, mill: &dyn Member) -> 
             status: FlowStatus::Fulfilled,
         },
     ) {
-        Err(e) => say(&format!("7. Tom cannot declare the need fulfilled: {e}")),
+        Err(e) => say(&format!(
+            "7. Tom cannot declare the need fulfilled: {}",
+            text::one_line(&e.to_string())
+        )),
         Ok(_) => return Err(Error::Invalid("the owner must not fulfil the flow".into())),
     }
     alice.edit(
@@ -342,11 +347,21 @@ pub fn tailor_story(alice: &dyn Member, tom: &dyn Member, mill: &dyn Member) -> 
     };
     say("\nThe history, as Alice's node holds it:");
     for e in &log {
+        // The author as the flow's member records know them; the summary is what the change's
+        // operations did.
+        let who = match e.role {
+            Some(role) => format!(
+                "{} ({role}, {})",
+                text::name(&e.name),
+                crate::flow::short_id(&e.author)
+            ),
+            None => format!("{} (not a member)", crate::flow::short_id(&e.author)),
+        };
         say(&format!(
-            "   {}  {:<6} {}",
-            &e.hash[..10],
-            e.name,
-            e.summary
+            "   {}  {:<30} {}",
+            text::one_line(e.hash.get(..10).unwrap_or(&e.hash)),
+            who,
+            text::one_line(&e.summary)
         ));
     }
     let Reply::Export { hex } = alice.call(Call::FlowExport {
@@ -357,9 +372,9 @@ pub fn tailor_story(alice: &dyn Member, tom: &dyn Member, mill: &dyn Member) -> 
         return Err(Error::Invalid("unexpected reply".into()));
     };
     say("\nThe process, as a Mermaid diagram:\n");
-    say(&String::from_utf8_lossy(
+    say(&text::block(&String::from_utf8_lossy(
         &crate::identity::unhex(&hex).unwrap_or_default(),
-    ));
+    )));
     Ok(())
 }
 
@@ -368,7 +383,7 @@ fn members(v: &FlowView) -> String {
         .members
         .iter()
         .filter(|m| !m.removed)
-        .map(|m| format!("{} ({})", m.name, m.role))
+        .map(text::member)
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -9,7 +9,8 @@
 //!
 //! - [`identity`]: the node key (ed25519), `NodeId` (= libp2p `PeerId`), change signing, the key
 //!   file.
-//! - [`flow`]: the flow document schema: typed reads (`Reader`, at any heads) and edits (`Edit`).
+//! - [`flow`]: the flow document schema: typed reads (`Reader`, at any heads), edits (`Edit`),
+//!   and what a change did, read from its operations (`History`).
 //! - [`auth`]: signed changes and the accept path: batch signature verification, dependency
 //!   ordering, batch apply, and [`auth::policy`], the role policy evaluated in each change's
 //!   causal past (with a memo of authors' roles along chains of their changes).
@@ -36,7 +37,8 @@
 //! - [`cluster`]: several nodes on one machine (as processes or as tasks), driven through the
 //!   control API: used by the demo, the examples and benchmarks.
 //! - [`demo`]: `coflow demo`, the tailor's story on three real nodes.
-//! - [`cli`]: clap commands and their human / `--json` output.
+//! - [`cli`]: clap commands and their human / `--json` output; `cli::text` makes peer text safe
+//!   to print (escapes, names with role and node id suffix, log sentences).
 //! - [`error`]: the crate's error type.
 
 pub mod api;

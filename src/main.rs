@@ -18,7 +18,8 @@ fn main() -> ExitCode {
     match coflow::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Errors quote what users and peers wrote (names, titles): escaped, on one line.
+            eprintln!("error: {}", coflow::cli::text::one_line(&e.to_string()));
             ExitCode::FAILURE
         }
     }

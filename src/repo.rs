@@ -85,9 +85,19 @@ pub struct FlowView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LogEntry {
     pub hash: String,
+    /// The node id whose key signed the change.
     pub author: String,
+    /// The author's name in the flow's member records (raw), empty if they have none.
     pub name: String,
+    /// The author's role in the flow's member records, if they have one.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// Whether another member's name could be taken for the author's.
+    #[serde(default)]
+    pub name_clash: bool,
     pub at: i64,
+    /// What the change's operations did (never the change's own message), with the peer text
+    /// in it escaped for display.
     pub summary: String,
 }
 
@@ -1002,10 +1012,16 @@ impl Repo {
         })
     }
 
+    /// The flow's history, one entry per change, dependencies first. Each summary is worked
+    /// out from the change's operations ([`flow::History`]); the message a change carries is
+    /// its author's free text and is not shown. Authors are named from the flow's member
+    /// records, never from anything in the change.
     pub fn log(&mut self, prefix: &str) -> Result<Vec<LogEntry>> {
         let id = self.resolve(prefix)?;
         let doc = self.doc(&id)?;
         let flow = Reader::now(doc).flow(&id);
+        let mut history = flow::History::new(doc);
+        let clashing = flow.clashing_names();
         Ok(doc
             .get_changes(&[])
             .iter()
@@ -1013,12 +1029,15 @@ impl Repo {
                 let author = crate::identity::actor_node(c.actor_id())
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| c.actor_id().to_hex_string());
+                let member = flow.member(&author);
                 LogEntry {
                     hash: hex(&c.hash().0),
-                    name: flow.name_of(&author),
+                    name: member.map(|m| m.name.clone()).unwrap_or_default(),
+                    role: member.map(|m| m.role),
+                    name_clash: clashing.contains(&author),
                     author,
                     at: c.timestamp(),
-                    summary: c.message().unwrap_or("").to_string(),
+                    summary: crate::cli::text::summary(&flow, &history.describe(c)),
                 }
             })
             .collect())

@@ -3,6 +3,7 @@
 
 mod doctor;
 mod print;
+pub mod text;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -5,6 +5,7 @@ use std::io::Write;
 use serde::Serialize;
 use serde_json::json;
 
+use super::text::{self, clip, lines, one_line};
 use crate::api::{PeerInfo, Reply, Status};
 use crate::error::Result;
 use crate::flow::{short_id, Mode};
@@ -51,7 +52,7 @@ impl Out {
         if self.json {
             emit_json(&json!({"node_id": node_id, "name": name}));
         } else {
-            emit(&format!("{node_id}\t{name}\n"));
+            emit(&format!("{}\t{}\n", one_line(node_id), one_line(name)));
         }
         Ok(())
     }
@@ -83,11 +84,11 @@ impl Out {
                 } else {
                     eprintln!(
                         "invite {} ({}) expires {}; give this ticket to the invitee:",
-                        i.edit.id.as_deref().unwrap_or(""),
-                        i.edit.summary,
+                        one_line(i.edit.id.as_deref().unwrap_or("")),
+                        one_line(&i.edit.summary),
                         time(i.expires_at)
                     );
-                    emit(&format!("{}\n", i.ticket));
+                    emit(&format!("{}\n", one_line(&i.ticket)));
                 }
                 Ok(())
             }
@@ -124,14 +125,14 @@ impl Out {
         } else {
             let mut t = format!(
                 "node {} ({})\n{}\npeers: {}\nflows: {}\n",
-                s.node_id,
-                s.name,
+                one_line(&s.node_id),
+                one_line(&s.name),
                 if s.running { "running" } else { "not running" },
                 s.peers,
                 s.flows
             );
             for a in &s.listen {
-                t.push_str(&format!("listening on {a}\n"));
+                t.push_str(&format!("listening on {}\n", one_line(a)));
             }
             emit(&t);
         }
@@ -144,12 +145,13 @@ impl Out {
         } else {
             let mut t = String::new();
             for p in peers {
+                // The name is what the peer calls itself: never more than a hint.
                 t.push_str(&format!(
                     "{}  {:<12} {:<12} {}\n",
-                    p.node_id,
-                    p.name,
+                    one_line(&p.node_id),
+                    text::name(&p.name),
                     if p.connected { "connected" } else { "" },
-                    p.addrs.first().map(|s| s.as_str()).unwrap_or("")
+                    one_line(p.addrs.first().map(|s| s.as_str()).unwrap_or(""))
                 ));
             }
             emit(&t);
@@ -171,8 +173,8 @@ impl Out {
             emit_json(e);
         } else {
             match &e.id {
-                Some(id) => emit(&format!("{id}\n")),
-                None => eprintln!("{}", e.summary),
+                Some(id) => emit(&format!("{}\n", one_line(id))),
+                None => eprintln!("{}", one_line(&e.summary)),
             }
         }
         Ok(())
@@ -188,7 +190,12 @@ impl Out {
         } else {
             let mut s = String::new();
             for r in rows {
-                s.push_str(&format!("{}  {:<9}  {}\n", r.id, r.status, r.title));
+                s.push_str(&format!(
+                    "{}  {:<9}  {}\n",
+                    one_line(&r.id),
+                    one_line(&r.status),
+                    clip(&r.title, 200)
+                ));
             }
             emit(&s);
         }
@@ -203,8 +210,12 @@ impl Out {
         let f = &v.flow;
         let mut s = format!(
             "{}  [{}]\n{}\nNeed: {}\n\nMembers:\n",
-            f.title, f.status, f.id, f.need
+            clip(&f.title, 200),
+            f.status,
+            one_line(&f.id),
+            lines(&f.need, "      ")
         );
+        let clashing = f.clashing_names();
         for m in f.members.iter().filter(|m| !m.removed) {
             let sync = v.sync.iter().find(|x| x.node_id == m.node_id).map(|x| {
                 let state = match (x.connected, x.in_sync) {
@@ -217,12 +228,17 @@ impl Out {
                     None => format!("  ({state})"),
                 }
             });
+            let clash = if clashing.contains(&m.node_id) {
+                format!("  {}", text::SAME_NAME)
+            } else {
+                String::new()
+            };
             s.push_str(&format!(
-                "  {:<11} {:<16} {}{}\n",
-                m.role,
-                m.name,
-                m.node_id,
-                sync.unwrap_or_default()
+                "  {:<32} {}{}{}\n",
+                text::member(m),
+                one_line(&m.node_id),
+                sync.unwrap_or_default(),
+                clash
             ));
         }
         s.push_str("\nSteps:\n");
@@ -233,7 +249,7 @@ impl Out {
             let who = st
                 .assignee
                 .as_deref()
-                .map(|a| f.name_of(a))
+                .map(|a| text::person_marked(f, &clashing, a))
                 .unwrap_or_default();
             let customer = if st.customer_involved {
                 " (with the customer)"
@@ -244,27 +260,33 @@ impl Out {
                 "  {}. [{:<7}] {}{}  {}  {}\n",
                 i + 1,
                 st.status,
-                st.title,
+                clip(&st.title, 200),
                 customer,
                 who,
-                &st.id
+                one_line(&st.id)
             ));
         }
         if !f.decisions.is_empty() {
             s.push_str("\nDecisions:\n");
             for d in &f.decisions {
                 let state = match (&d.outcome, d.closed) {
-                    (Some(o), _) => format!("→ {o}"),
+                    (Some(o), _) => format!("→ {}", clip(o, 200)),
                     (None, true) => "closed, no outcome".to_string(),
                     (None, false) => format!("open ({} decides)", d.who),
                 };
-                s.push_str(&format!("  {}  {}  {}\n", d.id, d.question, state));
+                s.push_str(&format!(
+                    "  {}  {}  {}\n",
+                    one_line(&d.id),
+                    clip(&d.question, 200),
+                    state
+                ));
                 if d.mode == Mode::Vote {
                     for (o, n) in d.tally() {
-                        s.push_str(&format!("      {n:>4}  {o}\n"));
+                        s.push_str(&format!("      {n:>4}  {}\n", clip(&o, 200)));
                     }
                 } else {
-                    s.push_str(&format!("      options: {}\n", d.options.join(" / ")));
+                    let options: Vec<String> = d.options.iter().map(|o| clip(o, 200)).collect();
+                    s.push_str(&format!("      options: {}\n", options.join(" / ")));
                 }
             }
         }
@@ -274,8 +296,8 @@ impl Out {
                 s.push_str(&format!(
                     "  {} {}: {}\n",
                     time(c.at),
-                    f.name_of(&c.author),
-                    c.text
+                    text::person_marked(f, &clashing, &c.author),
+                    lines(&c.text, "      ")
                 ));
             }
         }
@@ -298,17 +320,22 @@ impl Out {
         }
         let mut s = String::new();
         for e in entries {
-            let who = if e.name.starts_with('…') {
-                short_id(&e.author)
-            } else {
-                e.name.clone()
+            // Who signed it, as the flow's member records know them.
+            let who = match e.role {
+                Some(role) => format!(
+                    "{} ({role}, {}){}",
+                    text::name(&e.name),
+                    short_id(&e.author),
+                    if e.name_clash { " ⚠ same name" } else { "" }
+                ),
+                None => format!("{} (not a member)", short_id(&e.author)),
             };
             s.push_str(&format!(
-                "{}  {}  {:<12}  {}\n",
-                &e.hash[..12],
+                "{}  {}  {:<28}  {}\n",
+                one_line(e.hash.get(..12).unwrap_or(&e.hash)),
                 time(e.at),
                 who,
-                e.summary
+                one_line(&e.summary)
             ));
         }
         emit(&s);
@@ -344,7 +371,7 @@ impl Out {
                 }
             );
             for p in &r.problems {
-                s.push_str(&format!("  {p}\n"));
+                s.push_str(&format!("  {}\n", one_line(p)));
             }
             if r.store_ok {
                 s.push_str("database integrity: ok\n");

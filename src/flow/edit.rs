@@ -226,16 +226,36 @@ fn put_member<T: Transactable>(
     Ok(())
 }
 
-/// Finds a current member by node id prefix or exact name.
+/// Finds a current member by exact name, or by node id (or a unique prefix of one). A name that
+/// more than one current member could be taken for (the same, or a look-alike, see
+/// [`name_key`]) names none of them: the error lists them with their roles and node id
+/// suffixes, so the user can pick one by its id.
 fn resolve_member(flow: &Flow, who: &str) -> Result<String, EditError> {
-    let by_name: Vec<&Member> = flow
-        .members
-        .iter()
-        .filter(|m| !m.removed && m.name == who)
+    let current = |m: &&Member| !m.removed;
+    let alike: Vec<&Member> = flow
+        .members_named(who)
+        .into_iter()
+        .filter(current)
         .collect();
-    if by_name.len() == 1 {
-        return Ok(by_name[0].node_id.clone());
+    let exact: Vec<&Member> = alike.iter().copied().filter(|m| m.name == who).collect();
+    if alike.len() > 1 && (!exact.is_empty() || resolve_prefix_ids(flow, who).is_err()) {
+        let list: Vec<String> = alike
+            .iter()
+            .map(|m| format!("{} ({}, {})", m.name, m.role, short_id(&m.node_id)))
+            .collect();
+        return Err(EditError::Invalid(format!(
+            "'{who}' could be any of {} members: {}; give a node id (or its first characters) instead",
+            alike.len(),
+            list.join(", ")
+        )));
     }
+    if let [m] = exact.as_slice() {
+        return Ok(m.node_id.clone());
+    }
+    resolve_prefix_ids(flow, who)
+}
+
+fn resolve_prefix_ids(flow: &Flow, who: &str) -> Result<String, EditError> {
     resolve_prefix(
         "member",
         who,

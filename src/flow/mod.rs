@@ -9,10 +9,12 @@
 //! (see [`flow_id_of_genesis`]), so no one can forge a second genesis for an existing flow.
 
 mod edit;
+mod history;
 mod read;
 
 pub use edit::{new_flow_ops, new_id, one_line, resolve_prefix, Applied, Edit, EditError};
-pub use read::Reader;
+pub use history::{Did, History};
+pub use read::{invisible, name_key, Reader};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -284,3 +284,106 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
         }
     }
 }
+
+/// What two names must not share to be told apart by a reader: the name folded to lower case,
+/// with invisible characters and spacing dropped, common look-alike letters (Cyrillic and Greek
+/// forms of Latin ones, full-width forms) mapped to the Latin letter, and anything from the first
+/// bracket on cut off (so "Carol (customer, …x7Kq)" is "Carol" too).
+pub fn name_key(name: &str) -> String {
+    let cut = name.find(['(', '[', '{', '<']).unwrap_or(name.len());
+    let mut key = String::new();
+    for c in name[..cut].chars().flat_map(char::to_lowercase) {
+        if c.is_whitespace() || c.is_control() || invisible(c) {
+            continue;
+        }
+        let c = match c {
+            // Full-width ASCII.
+            '\u{ff01}'..='\u{ff5e}' => char::from_u32(c as u32 - 0xfee0).unwrap_or(c),
+            _ => c,
+        };
+        let latin = match c {
+            'А' | 'а' | 'Α' | 'α' => 'a',
+            'В' | 'в' | 'Β' | 'β' => 'b',
+            'С' | 'с' | 'Ϲ' | 'ϲ' => 'c',
+            'Ԁ' | 'ԁ' => 'd',
+            'Е' | 'е' | 'Ε' | 'ε' | 'Ё' | 'ё' => 'e',
+            'Һ' | 'һ' | 'Η' => 'h',
+            'І' | 'і' | 'Ι' | 'ι' | 'Ӏ' | 'ı' | 'ǀ' => 'i',
+            'Ј' | 'ј' => 'j',
+            'К' | 'к' | 'Κ' | 'κ' => 'k',
+            'М' | 'м' | 'Μ' => 'm',
+            'Н' | 'н' | 'Ν' => 'n',
+            'О' | 'о' | 'Ο' | 'ο' | 'Օ' | 'օ' => 'o',
+            'Р' | 'р' | 'Ρ' | 'ρ' => 'p',
+            'Ԛ' | 'ԛ' => 'q',
+            'Ѕ' | 'ѕ' => 's',
+            'Т' | 'т' | 'Τ' | 'τ' => 't',
+            'υ' | 'Υ' => 'y',
+            'Ѵ' | 'ѵ' | 'ν' => 'v',
+            'Ԝ' | 'ԝ' => 'w',
+            'Х' | 'х' | 'Χ' | 'χ' => 'x',
+            'У' | 'у' | 'Ү' | 'ү' => 'y',
+            'Ζ' => 'z',
+            '0' => 'o',
+            '1' | 'l' | '|' => 'i',
+            other => other,
+        };
+        key.push(latin);
+    }
+    key
+}
+
+/// Characters that show nothing (or nothing of their own): zero-width and joiner characters,
+/// bidi controls, variation selectors, tags, fillers.
+pub fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+        | '\u{ffa0}' | '\u{fff9}'..='\u{fffb}' | '\u{1d173}'..='\u{1d17a}'
+        | '\u{e0000}'..='\u{e0fff}')
+}
+
+impl Flow {
+    /// Members (removed ones included) whose names a reader could take for `name`.
+    pub fn members_named(&self, name: &str) -> Vec<&Member> {
+        let key = name_key(name);
+        if key.is_empty() {
+            return Vec::new();
+        }
+        self.members
+            .iter()
+            .filter(|m| name_key(&m.name) == key)
+            .collect()
+    }
+
+    /// The node ids of members (removed ones included) whose name a reader could take for
+    /// another member's: one pass over the members, for printers that ask about many.
+    pub fn clashing_names(&self) -> std::collections::HashSet<String> {
+        let mut by_key: std::collections::HashMap<String, Vec<&str>> = Default::default();
+        for m in &self.members {
+            let key = name_key(&m.name);
+            if !key.is_empty() {
+                by_key.entry(key).or_default().push(&m.node_id);
+            }
+        }
+        by_key
+            .into_values()
+            .filter(|ids| ids.len() > 1)
+            .flatten()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether another member of the flow (removed ones included) has a name a reader could
+    /// take for this member's.
+    pub fn name_clashes(&self, node_id: &str) -> bool {
+        match self.member(node_id) {
+            Some(m) => self
+                .members_named(&m.name)
+                .iter()
+                .any(|o| o.node_id != node_id),
+            None => false,
+        }
+    }
+}
