@@ -79,6 +79,9 @@ pub struct FlowView {
     /// concurrently, or they build on such a change): kept, never read as part of the flow.
     #[serde(default)]
     pub fallen: Vec<String>,
+    /// Whether this node was removed from the flow (it holds the history up to its removal).
+    #[serde(default)]
+    pub removed_here: bool,
 }
 
 /// One entry of `flow log`.
@@ -99,6 +102,9 @@ pub struct LogEntry {
     /// What the change's operations did (never the change's own message), with the peer text
     /// in it escaped for display.
     pub summary: String,
+    /// Whether the change fell by the removal rule: it is history, not part of the flow.
+    #[serde(default)]
+    pub fallen: bool,
 }
 
 /// The result of `flow verify`.
@@ -1004,11 +1010,13 @@ impl Repo {
                 last_heard: seen.get(&m.node_id).copied(),
             })
             .collect();
+        let removed_here = flow.member(&me).is_some_and(|m| m.removed);
         Ok(FlowView {
             flow,
             heads,
             sync,
             fallen,
+            removed_here,
         })
     }
 
@@ -1018,8 +1026,9 @@ impl Repo {
     /// records, never from anything in the change.
     pub fn log(&mut self, prefix: &str) -> Result<Vec<LogEntry>> {
         let id = self.resolve(prefix)?;
-        let doc = self.doc(&id)?;
-        let flow = Reader::now(doc).flow(&id);
+        self.standing(&id)?;
+        let (doc, standing) = (&self.docs[&id], &self.standing[&id]);
+        let flow = stands(doc, standing).flow(&id);
         let mut history = flow::History::new(doc);
         let clashing = flow.clashing_names();
         Ok(doc
@@ -1038,6 +1047,7 @@ impl Repo {
                     author,
                     at: c.timestamp(),
                     summary: crate::cli::text::summary(&flow, &history.describe(c)),
+                    fallen: standing.fallen.contains(&c.hash()),
                 }
             })
             .collect())

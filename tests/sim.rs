@@ -930,3 +930,70 @@ fn a_stranger_learns_nothing_from_a_join_refusal() {
     assert_eq!(holder(&mut node, &used), "the invite has been used up");
     assert_eq!(node.repo().doc(&flow).unwrap().get_heads(), heads);
 }
+
+/// A stranger that learned a head of a flow (gossip carries hashes) sends a change building on
+/// it: a node holding the flow treats it exactly as a node that does not — the same answer,
+/// nothing kept, no penalty — and a forged change costs the stranger the same either way.
+#[test]
+fn a_stranger_sending_changes_learns_nothing() {
+    let mut net = Net::new(3, 29);
+    let flow = flow_with_members(&mut net, 1);
+    net.connect_all();
+    net.settle_pairs(&flow);
+    let stranger = Identity::from_seed("sim-node-2", "Node 2");
+    let doc = net.nodes[0].repo().doc(&flow).unwrap().clone();
+    let heads = doc.get_heads();
+    let current = Reader::now(&doc).flow(&flow);
+    let mut fork = doc.fork().with_actor(stranger.actor());
+    let mut tx = fork.transaction();
+    common::add_step("mine now", None)
+        .apply(&mut tx, &current, stranger.node_id(), common::NOW)
+        .unwrap();
+    let hash = tx.commit().0.unwrap();
+    let change = common::sign(&stranger, &fork, hash);
+    let ask = |flow: &str, c: &coflow::auth::SignedChange| wire::SyncRequest {
+        message: Some(wire::SyncMessage {
+            flow: coflow::identity::unhex(flow).unwrap(),
+            automerge: {
+                use automerge::sync::SyncDoc;
+                automerge::Automerge::new()
+                    .generate_sync_message(&mut automerge::sync::State::new())
+                    .unwrap()
+                    .encode()
+            },
+            changes: vec![wire::SignedChange {
+                change: c.bytes.clone(),
+                signature: c.signature.clone(),
+            }],
+            session: 1,
+            everyone_told: false,
+        }),
+    };
+    let strip = |r: wire::SyncResponse| match r.result {
+        Some(wire::sync_response::Result::Message(mut m)) => {
+            m.flow.clear();
+            Some(m)
+        }
+        other => panic!("unexpected answer {other:?}"),
+    };
+    let who = net.ids[2].clone();
+    let unknown_flow = "00000000000000000000000000000000";
+    let held = net.nodes[0].handle_sync_request(&who, ask(&flow, &change));
+    net.collect();
+    let penalties_held = net.penalties.len();
+    let unknown = net.nodes[0].handle_sync_request(&who, ask(unknown_flow, &change));
+    net.collect();
+    assert_eq!(strip(held), strip(unknown));
+    assert_eq!(penalties_held, 0, "{:?}", net.penalties);
+    assert!(net.penalties.is_empty(), "{:?}", net.penalties);
+    assert_eq!(net.nodes[0].repo().doc(&flow).unwrap().get_heads(), heads);
+    // A forged signature is refused and penalized alike.
+    let mut forged = change.clone();
+    forged.signature[0] ^= 1;
+    let held = net.nodes[0].handle_sync_request(&who, ask(&flow, &forged));
+    let unknown = net.nodes[0].handle_sync_request(&who, ask(unknown_flow, &forged));
+    net.collect();
+    assert_eq!(held, unknown);
+    assert_eq!(net.penalties.len(), 2, "{:?}", net.penalties);
+    assert_eq!(net.nodes[0].repo().doc(&flow).unwrap().get_heads(), heads);
+}

@@ -215,6 +215,13 @@ impl Out {
             one_line(&f.id),
             lines(&f.need, "      ")
         );
+        if v.removed_here {
+            s.insert_str(
+                0,
+                "This node was removed from this flow: it keeps the history up to its removal \
+                 and can no longer change it.\n\n",
+            );
+        }
         let clashing = f.clashing_names();
         for m in f.members.iter().filter(|m| !m.removed) {
             let sync = v.sync.iter().find(|x| x.node_id == m.node_id).map(|x| {
@@ -301,6 +308,14 @@ impl Out {
                 ));
             }
         }
+        if !v.fallen.is_empty() {
+            s.push_str(&format!(
+                "\n{} change(s) fell with a member's removal (made by the removed member after its \
+                 removal, or built on such a change): they are kept, not part of the flow; \
+                 `flow log` marks them.\n",
+                v.fallen.len()
+            ));
+        }
         s.push_str(&format!(
             "\nHeads: {}\n",
             v.heads
@@ -331,11 +346,16 @@ impl Out {
                 None => format!("{} (not a member)", short_id(&e.author)),
             };
             s.push_str(&format!(
-                "{}  {}  {:<28}  {}\n",
+                "{}  {}  {:<28}  {}{}\n",
                 one_line(e.hash.get(..12).unwrap_or(&e.hash)),
                 time(e.at),
                 who,
-                one_line(&e.summary)
+                one_line(&e.summary),
+                if e.fallen {
+                    "  [fell: its author was removed, or it built on such a change]"
+                } else {
+                    ""
+                }
             ));
         }
         emit(&s);
