@@ -12,19 +12,25 @@
 //! - [`flow`]: the flow document schema: typed reads (`Reader`, at any heads), edits (`Edit`),
 //!   and what a change did, read from its operations (`History`).
 //! - [`auth`]: signed changes and the accept path: batch signature verification, dependency
-//!   ordering, batch apply, and [`auth::policy`], the role policy evaluated in each change's
-//!   causal past (with a memo of authors' roles along chains of their changes).
-//! - [`store`]: the SQLite store (WAL, `synchronous=FULL`): flows, signed changes, snapshots;
-//!   group transactions whose writes share one commit.
+//!   ordering, batch apply, [`auth::policy`], the role policy evaluated in each change's
+//!   causal past (with a memo of authors' roles along chains of their changes), and
+//!   [`auth::removal`], the removal rule: which valid changes fall because their author was
+//!   removed concurrently, settled by seniority, and the heads of what stands.
+//! - [`store`]: the SQLite store (WAL, `synchronous=FULL`): flows, signed changes, snapshots,
+//!   the removals among each flow's changes; group transactions whose writes share one commit.
 //! - [`repo`]: identity + store + accept path: local edits and received changes go through the
-//!   same verify → authorize → apply → persist path; show, log, verify.
+//!   same verify → authorize → apply → persist path; each process writes under its own
+//!   incarnation actor; flows are read as they stand (without fallen changes); show, log,
+//!   verify.
 //! - [`export`]: process diagrams of a flow (Graphviz dot, Mermaid).
 //! - [`wire`]: protobuf messages from `proto/coflow.proto`, the length-prefixed request-response
 //!   codec, tickets.
 //! - [`sync`]: the sans-IO sync engine (inputs in, [`sync::Io`] out): Automerge sync with signed
 //!   changes per (peer, flow) (changes a peer lacks read from the store), pushes to every member
 //!   of small connected flows, head announcements and their verdicts, fetching announced heads,
-//!   which members to stay connected to, anti-entropy, joins, counters, the commit of a turn.
+//!   which members to stay connected to, anti-entropy, joins, counters, the commit of a turn;
+//!   a removed member is answered with the flow up to its removal, a stranger's message about a
+//!   held flow as one about an unknown flow, and only what proves malice is penalized.
 //! - [`net`]: the libp2p swarm: TCP + Noise + Yamux, identify, ping, mDNS, Kademlia (coflow's
 //!   own DHT), gossipsub (announcements), the two request-response protocols, block list,
 //!   connection limits.
