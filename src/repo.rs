@@ -927,9 +927,11 @@ impl Repo {
                 .iter()
                 .map(|v| (v.hash().0.to_vec(), v.bytes.clone(), v.signature.to_vec()))
                 .collect();
+            // Only a change that touched the members map can remove a member.
             let accepted: Vec<_> = out
                 .accepted
                 .iter()
+                .filter(|v| out.touched_members.contains(&v.hash()))
                 .map(|v| (&v.change, &v.author))
                 .collect();
             let removals = record_removals(w, flow_id, doc, &accepted)?;

@@ -244,6 +244,8 @@ pub struct Outcome {
     pub pending: Vec<Verified>,
     /// Changes this node already held.
     pub known: usize,
+    /// The accepted changes that touched the members map (the only ones that can remove one).
+    pub touched_members: Vec<ChangeHash>,
 }
 
 /// Applies changes, turning a panic inside Automerge into an error. Automerge trusts its input
@@ -342,6 +344,7 @@ pub fn accept_with<E>(
     let mut refused: HashSet<ChangeHash> = HashSet::new();
     let mut accepted: Vec<Verified> = Vec::new();
     let mut tainted = false;
+    let mut touched = HashSet::new();
     let mut judge = |doc: &Automerge, v: &Verified, refused: &HashSet<ChangeHash>| {
         if v.change.deps().iter().any(|d| refused.contains(d)) {
             Err(Rejection::DependsOnRejected)
@@ -353,6 +356,11 @@ pub fn accept_with<E>(
             }))
             .unwrap_or_else(|_| Err(Forbidden("the change cannot be judged".into())))
             .map_err(Rejection::from)
+            .map(|judged| {
+                if judged.touched_members {
+                    touched.insert(v.hash());
+                }
+            })
         }
     };
     if apply_guarded(doc, ready.iter().map(|v| v.change.clone()).collect()).is_ok() {
@@ -389,6 +397,11 @@ pub fn accept_with<E>(
             }
         }
     }
+    out.touched_members = accepted
+        .iter()
+        .map(|v| v.hash())
+        .filter(|h| touched.contains(h))
+        .collect();
     out.accepted = accepted;
     reject_dependents_of_rejected(&mut out);
     Ok(out)

@@ -94,7 +94,7 @@ pub fn authorize(
     change: &automerge::Change,
     author: &NodeId,
 ) -> Result<(), Forbidden> {
-    authorize_with(doc, change, author, &mut RoleMemo::default())
+    authorize_with(doc, change, author, &mut RoleMemo::default()).map(|_| ())
 }
 
 /// [`authorize`], reading the author's role from `memo` where it can, and adding to it.
@@ -103,7 +103,7 @@ pub fn authorize_with(
     change: &automerge::Change,
     author: &NodeId,
     memo: &mut RoleMemo,
-) -> Result<(), Forbidden> {
+) -> Result<Judged, Forbidden> {
     if change.author().is_some() {
         return deny("changes must not carry an Automerge author record");
     }
@@ -147,7 +147,14 @@ pub fn authorize_with(
     if !touched_members {
         memo.record(change.hash(), author, role);
     }
-    Ok(())
+    Ok(Judged { touched_members })
+}
+
+/// What judging an accepted change found out about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Judged {
+    /// Whether the change touched the members map (only such a change can remove a member).
+    pub touched_members: bool,
 }
 
 /// The role a genesis change gives its author (it must make its author the only member).

@@ -182,7 +182,7 @@ pub fn fallen(changes: &[ChangeNode], removals: &[Removal]) -> HashSet<ChangeHas
         .iter()
         .filter_map(|r| g.index.get(&r.change).map(|&i| (r, i)))
         .collect();
-    order.sort_by(|(a, _), (b, _)| (a.rank, a.change).cmp(&(b.rank, b.change)));
+    order.sort_by_key(|(r, _)| (r.rank, r.change));
     // What each removal fells on its own: its target's changes concurrent with it, and their
     // descendants.
     let fells: Vec<Vec<bool>> = order
