@@ -66,6 +66,17 @@ enum Outcome {
 /// Connects as `who`, sends one sync request, and reports the answer and whether the node then
 /// closed the connection.
 async fn inject(who: &Identity, addr: &Multiaddr, req: wire::SyncRequest) -> (Outcome, bool) {
+    inject_then(who, addr, req, true).await
+}
+
+/// Like [`inject`]; with `wait_close` false it returns as soon as the answer is in (`closed`
+/// then says whether the node had already closed the connection).
+async fn inject_then(
+    who: &Identity,
+    addr: &Multiaddr,
+    req: wire::SyncRequest,
+    wait_close: bool,
+) -> (Outcome, bool) {
     let mut swarm: Swarm<Behaviour> =
         net::build(who.libp2p_keypair(), false, Limits::default()).unwrap();
     let target: PeerId = match addr.iter().last() {
@@ -108,7 +119,7 @@ async fn inject(who: &Identity, addr: &Multiaddr, req: wire::SyncRequest) -> (Ou
             }
             _ => {}
         }
-        if closed {
+        if closed || !wait_close {
             if let Some(outcome) = outcome.take() {
                 return (outcome, closed);
             }
@@ -169,19 +180,32 @@ fn forgeries_at_the_protocol_level_are_rejected_and_the_sender_penalised() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        // 1. A well-signed change by a non-member.
+        // 1. A well-signed change by a non-member, building on the flow's heads (a stranger
+        // can learn them from gossip): treated exactly as the same change about a flow the
+        // node does not hold — the same answer, nothing kept, no penalty — so it does not tell
+        // the stranger that the node holds the flow. (Until 2026-12-01 the node judged it
+        // against the flow and blocked the stranger only when it held the flow.)
         let by_stranger = hostile_change(&doc, &flow, &eve, &eve);
-        let (outcome, closed) = inject(&eve, &addr, request(&flow, by_stranger)).await;
-        assert!(closed, "the sender is disconnected");
-        match outcome {
-            Outcome::Answered(Some(sync_response::Result::Unavailable(true)))
-            | Outcome::Failed(_) => {}
+        let mut elsewhere = request(&flow, by_stranger.clone());
+        elsewhere.message.as_mut().unwrap().flow = vec![0x5a; 16];
+        let answer = |o: Outcome| match o {
+            Outcome::Answered(Some(sync_response::Result::Message(mut m))) => {
+                m.flow.clear();
+                m
+            }
             Outcome::Answered(other) => panic!("unexpected answer {other:?}"),
-        }
+            Outcome::Failed(e) => panic!("no answer: {e}"),
+        };
+        let (held, closed) = inject_then(&eve, &addr, request(&flow, by_stranger), false).await;
         assert!(
-            !can_stay_connected(&eve, &addr).await,
-            "the penalised peer is kept out"
+            !closed,
+            "a stranger is not cut off for what an unknown flow would not"
         );
+        let (unknown, _) = inject_then(&eve, &addr, elsewhere, false).await;
+        let held = answer(held);
+        assert!(held.changes.is_empty(), "no content for a stranger");
+        assert_eq!(held, answer(unknown));
+        assert!(can_stay_connected(&eve, &addr).await);
 
         // 2. A change under the customer's actor id, signed by someone else.
         let forged = hostile_change(&doc, &flow, &alice_key, &mallory);
