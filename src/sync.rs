@@ -945,9 +945,9 @@ impl Engine {
             }
             // Same heads on both sides means the same history: nothing to say. (Automerge would
             // still send our new heads once more after we received changes.)
-            let in_sync = client.state.their_heads.as_ref().map(|h| sorted(h.clone()))
-                == Some(self.heads(flow));
             let ours = self.heads(flow);
+            let in_sync =
+                client.state.their_heads.as_ref().map(|h| sorted(h.clone())) == Some(ours.clone());
             let told = sorted(client.state.last_sent_heads.clone()) == ours;
             let lacking = client
                 .state
@@ -1213,21 +1213,24 @@ impl Engine {
             }
             // Penalize only what proves the sender malicious: an honest relay may well pass
             // on the other version of an equivocating member's change.
-            for (hash, why) in &out.rejected {
-                if why.proves_malice(peer) {
-                    return Err(format!("sent a change that was rejected: {why}"));
-                }
-                tracing::warn!(target: "sync", %peer, %flow, change = ?hash, "refused a change without blaming its sender: {why}");
-                let deps = batch
+            if let Some((_, why)) = out.rejected.iter().find(|(_, r)| r.proves_malice(peer)) {
+                return Err(format!("sent a change that was rejected: {why}"));
+            }
+            if !out.rejected.is_empty() {
+                // Remembered with their dependencies (the batch parsed once, not per change).
+                let deps: HashMap<ChangeHash, Vec<ChangeHash>> = batch
                     .iter()
                     .filter_map(|c| crate::auth::parse_change(&c.bytes).ok())
-                    .find(|c| Some(c.hash()) == *hash)
-                    .map(|c| c.deps().to_vec());
-                if let (Some(h), Some(deps)) = (hash, deps) {
-                    if self.refused.len() >= MAX_REFUSED {
-                        self.refused.clear();
+                    .map(|c| (c.hash(), c.deps().to_vec()))
+                    .collect();
+                for (hash, why) in &out.rejected {
+                    tracing::warn!(target: "sync", %peer, %flow, change = ?hash, "refused a change without blaming its sender: {why}");
+                    if let Some((h, d)) = hash.and_then(|h| deps.get(&h).map(|d| (h, d))) {
+                        if self.refused.len() >= MAX_REFUSED {
+                            self.refused.clear();
+                        }
+                        self.refused.insert(h, d.clone());
                     }
-                    self.refused.insert(*h, deps);
                 }
             }
         }
