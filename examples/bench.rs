@@ -183,7 +183,7 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     let started = std::time::Instant::now();
-    // `--only GROUP` (live, catchup, trace, propagation, ingest, idle) runs one group, for
+    // `--only GROUP` (live, catchup, trace, propagation, ingest, removal, idle) runs one group, for
     // profiling.
     let only = args
         .iter()
@@ -375,6 +375,23 @@ fn run(tier: &Tier, rt: &tokio::runtime::Runtime, root: &Path, only: Option<&str
                 ),
             ));
         }
+    }
+
+    if wanted("removal") {
+        step("removal: Repo::receive in a flow with a removed member, and without");
+        let receives = 100;
+        let r = local::removal_cost(&root.join("removal"), tier.live_history, receives);
+        out.push(Metric::cost(
+            "removal_receive",
+            r.ms,
+            r.base_ms,
+            "ms",
+            format!(
+                "one change per receive at the end of {} changes, {receives} receives in one \
+                 commit; baseline: the same flow with no removal",
+                tier.live_history
+            ),
+        ));
     }
 
     if wanted("idle") {

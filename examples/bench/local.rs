@@ -236,3 +236,52 @@ pub fn ingest(root: &Path, flows: usize, per_flow: usize, batch: usize, group: u
         apply_rate,
     }
 }
+
+/// What the removal rule costs a node receiving changes: the time per receive of one change
+/// at the end of a flow of `history` comments in which a member was removed (the rule runs on
+/// every receive that moves the heads), and in the same flow with a comment where the removal
+/// was (the baseline). The receives share one commit, so the fsync does not hide the work.
+pub struct RemovalCost {
+    pub ms: f64,
+    pub base_ms: f64,
+}
+
+pub fn removal_cost(root: &Path, history: usize, receives: usize) -> RemovalCost {
+    let customer = Identity::from_seed("bench-removal-customer", "Customer");
+    let gone = Identity::from_seed("bench-removal-gone", "Gone");
+    let receiver = Identity::from_seed("bench-removal-receiver", "Receiver");
+    let per_receive = |remove: bool, name: &str| {
+        let mut g = FlowGen::new(&customer, "Removal");
+        g.add_member(&customer, &receiver);
+        g.add_member(&customer, &gone);
+        if remove {
+            g.edit(
+                &customer,
+                &Edit::RemoveMember {
+                    member: gone.node_id().to_string(),
+                },
+            );
+        } else {
+            g.comment(&customer, "where the removal would be");
+        }
+        g.comments(&customer, history);
+        let mut repo = Repo::init(&root.join(name), receiver.clone()).expect("a repository");
+        let split = g.changes.len() - receives.min(history);
+        repo.receive(&g.id, &g.changes[..split]).expect("seeded");
+        repo.begin_group().expect("a transaction");
+        let start = Instant::now();
+        for c in &g.changes[split..] {
+            let out = repo
+                .receive(&g.id, std::slice::from_ref(c))
+                .expect("received");
+            assert_eq!(out.accepted.len(), 1, "{:?}", out.rejected.first());
+        }
+        let ms = start.elapsed().as_secs_f64() * 1000.0 / (g.changes.len() - split) as f64;
+        repo.commit_group().expect("committed");
+        ms
+    };
+    RemovalCost {
+        ms: per_receive(true, "removal-with"),
+        base_ms: per_receive(false, "removal-without"),
+    }
+}
