@@ -918,9 +918,14 @@ impl Engine {
             .remove(&key)
             .unwrap_or_else(|| Conversation::fresh(1, now, None));
         let me = self.me.clone();
-        if !self.joining.contains_key(flow) && self.holds(flow) && !self.is_member(flow, &me) {
+        let removed = |e: &mut Engine, who: &NodeId| {
+            !e.joining.contains_key(flow) && e.holds(flow) && !e.is_member(flow, who)
+        };
+        if removed(self, &me) || self.talk(flow, peer) == Talk::Outsider {
             // This node was removed (it learned so from a member): it has nothing to ask for.
-            tracing::debug!(target: "sync", %peer, %flow, "not a member any more: nothing to sync");
+            // Or the peer was removed while a conversation with it was under way: it is told
+            // nothing more (it learns of its removal when it asks, see `removal_answer`).
+            tracing::debug!(target: "sync", %peer, %flow, "not both members: nothing to sync");
             self.clients.insert(key, client);
             self.pull_ended(peer, flow);
             return;

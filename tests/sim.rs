@@ -997,3 +997,35 @@ fn a_stranger_sending_changes_learns_nothing() {
     assert_eq!(net.penalties.len(), 2, "{:?}", net.penalties);
     assert_eq!(net.nodes[0].repo().doc(&flow).unwrap().get_heads(), heads);
 }
+
+/// A member removed while a conversation with it is under way is told nothing written after
+/// its removal: the conversation ends with the answer in flight.
+#[test]
+fn a_conversation_under_way_ends_when_its_peer_is_removed() {
+    let mut net = Net::new(3, 31);
+    let flow = flow_with_members(&mut net, 2);
+    net.connect_all();
+    net.drain();
+    assert!(net.converged(&flow));
+    // Node 0 pushes a change to both; before node 2's answer comes back, node 2 is removed and
+    // node 0 writes something node 2 must not see.
+    edit(&mut net, 0, &flow, common::add_step("before", None));
+    let removed = net.ids[2].to_string();
+    net.nodes[0]
+        .repo()
+        .edit(&flow, &Edit::RemoveMember { member: removed })
+        .unwrap();
+    net.nodes[0]
+        .repo()
+        .edit(
+            &flow,
+            &Edit::Comment {
+                text: "after the removal".into(),
+                step: None,
+            },
+        )
+        .unwrap();
+    net.drain();
+    let comments = net.nodes[2].repo().show(&flow).unwrap().flow.comments;
+    assert!(comments.is_empty(), "the removed node got {comments:?}");
+}
