@@ -185,6 +185,44 @@ fn standing_of(doc: &Automerge, removals: Vec<Removal>) -> Standing {
     }
 }
 
+/// How `doc` stands now that `added` (dependencies first) joined it, worked out from how it
+/// stood at `before` without a pass over the flow — when nothing the removal rule looks at can
+/// have changed: none of `added` touched the members (the caller knows), none is by a member an
+/// effective removal removed, and none builds on a fallen change. `None`: work it out afresh.
+fn standing_after(
+    prev: Option<&Standing>,
+    before: &[automerge::ChangeHash],
+    doc: &Automerge,
+    added: &[&Change],
+) -> Option<Standing> {
+    let prev = prev.filter(|p| p.at == before)?;
+    let targets: HashSet<[u8; 32]> = prev.removals.iter().map(|r| r.target).collect();
+    for c in added {
+        if c.deps().iter().any(|d| prev.fallen.contains(d)) {
+            return None;
+        }
+        let key = crate::identity::actor_key(c.actor_id().to_bytes());
+        if key.is_some_and(|k| targets.iter().any(|t| t[..] == *k)) {
+            return None;
+        }
+    }
+    let heads = prev.heads.as_ref().map(|h| {
+        let mut heads = h.clone();
+        for c in added {
+            heads.retain(|x| !c.deps().contains(x));
+            heads.push(c.hash());
+        }
+        heads.sort();
+        heads
+    });
+    Some(Standing {
+        at: doc.get_heads(),
+        fallen: prev.fallen.clone(),
+        heads,
+        removals: prev.removals.clone(),
+    })
+}
+
 /// Reads `doc` as it stands.
 fn stands<'a>(doc: &'a Automerge, standing: &'a Standing) -> Reader<'a, Automerge> {
     match &standing.heads {
@@ -830,8 +868,15 @@ impl Repo {
                 )));
             }
             auth::authorize(doc, &change, me.node_id())?;
-            let removals = record_removals(w, &id, doc, &[(&change, me.node_id())])?;
-            let st = standing_of(doc, removals);
+            // `standing` was worked out at the heads the edit was made on.
+            let removes = !removal::removals_in(doc, &change, me.node_id()).is_empty();
+            let st = match standing_after(Some(&standing), &standing.at, doc, &[&change]) {
+                Some(st) if !removes => st,
+                _ => standing_of(
+                    doc,
+                    record_removals(w, &id, doc, &[(&change, me.node_id())])?,
+                ),
+            };
             let sig = me.sign_change(&hash);
             persist(w, &id, doc, &st, &[row(&mut change, &sig)], now)?;
             Ok((
@@ -891,6 +936,7 @@ impl Repo {
                     Automerge::new()
                 }),
             };
+            let before = doc.get_heads();
             let out = auth::accept_with(
                 doc,
                 flow_id,
@@ -934,8 +980,11 @@ impl Repo {
                 .filter(|v| out.touched_members.contains(&v.hash()))
                 .map(|v| (&v.change, &v.author))
                 .collect();
-            let removals = record_removals(w, flow_id, doc, &accepted)?;
-            let st = standing_of(doc, removals);
+            let added: Vec<&Change> = out.accepted.iter().map(|v| &v.change).collect();
+            let st = match standing_after(standing.get(flow_id), &before, doc, &added) {
+                Some(st) if accepted.is_empty() => st,
+                _ => standing_of(doc, record_removals(w, flow_id, doc, &accepted)?),
+            };
             persist(w, flow_id, doc, &st, &rows, now)?;
             crash_point("stored");
             standing.insert(flow_id.to_string(), st);
