@@ -223,6 +223,29 @@ fn standing_after(
     })
 }
 
+/// Makes `edit` as one change on `doc` (under the actor it has), from the flow as `doc` reads
+/// now: the change's hash, the change, and what the edit produced.
+fn make_edit(
+    doc: &mut Automerge,
+    edit: &Edit,
+    flow: &str,
+    me: &NodeId,
+    now: i64,
+) -> Result<(automerge::ChangeHash, Change, flow::Applied)> {
+    // Not the comments: a flow's comments grow without bound, and no edit reads them.
+    let current = Reader::now(&*doc).flow_without_comments(flow);
+    let mut tx = doc.transaction();
+    let applied = edit.apply(&mut tx, &current, me, now)?;
+    let (hash, _) = tx.commit_with(
+        CommitOptions::default()
+            .with_message(applied.summary.clone())
+            .with_time(now),
+    );
+    let hash = hash.ok_or_else(|| Error::Invalid("the edit changes nothing".into()))?;
+    let change = doc.get_change_by_hash(&hash).expect("just committed");
+    Ok((hash, change, applied))
+}
+
 /// Reads `doc` as it stands.
 fn stands<'a>(doc: &'a Automerge, standing: &'a Standing) -> Reader<'a, Automerge> {
     match &standing.heads {
@@ -817,24 +840,11 @@ impl Repo {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(load_doc(w, &id)?),
             };
-            let (hash, change, summary, created) = match &standing.heads {
+            let (hash, change, applied) = match &standing.heads {
                 // Nothing fell: edit the document itself.
                 None => {
                     doc.set_actor(actor.clone());
-                    // Not the comments: a flow's comments grow without bound, and no edit
-                    // reads them.
-                    let current = Reader::now(&*doc).flow_without_comments(&id);
-                    let mut tx = doc.transaction();
-                    let applied = edit.apply(&mut tx, &current, me.node_id(), now)?;
-                    let (hash, _) = tx.commit_with(
-                        CommitOptions::default()
-                            .with_message(applied.summary.clone())
-                            .with_time(now),
-                    );
-                    let hash =
-                        hash.ok_or_else(|| Error::Invalid("the edit changes nothing".into()))?;
-                    let change = doc.get_change_by_hash(&hash).expect("just committed");
-                    (hash, change, applied.summary, applied.created)
+                    make_edit(doc, edit, &id, me.node_id(), now)?
                 }
                 // Something fell: the edit builds on the flow as it stands, made on a copy at
                 // those heads and then added to the document.
@@ -843,22 +853,13 @@ impl Repo {
                         .fork_at(heads)
                         .map_err(|e| Error::Invalid(e.to_string()))?
                         .with_actor(actor.clone());
-                    let current = Reader::now(&fork).flow_without_comments(&id);
-                    let mut tx = fork.transaction();
-                    let applied = edit.apply(&mut tx, &current, me.node_id(), now)?;
-                    let (hash, _) = tx.commit_with(
-                        CommitOptions::default()
-                            .with_message(applied.summary.clone())
-                            .with_time(now),
-                    );
-                    let hash =
-                        hash.ok_or_else(|| Error::Invalid("the edit changes nothing".into()))?;
-                    let change = fork.get_change_by_hash(&hash).expect("just committed");
-                    auth::apply_guarded(doc, vec![change.clone()])
+                    let made = make_edit(&mut fork, edit, &id, me.node_id(), now)?;
+                    auth::apply_guarded(doc, vec![made.1.clone()])
                         .map_err(|r| Error::Invalid(r.to_string()))?;
-                    (hash, change, applied.summary, applied.created)
+                    made
                 }
             };
+            let (summary, created) = (applied.summary, applied.created);
             let mut change = change;
             let size = change.bytes().len();
             if size > flow::limit::CHANGE_BYTES {

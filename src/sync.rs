@@ -1069,10 +1069,9 @@ impl Engine {
         let unavailable = wire::SyncResponse {
             result: Some(sync_response::Result::Unavailable(true)),
         };
-        let Ok(mut am) = decode_sync_message(&message.automerge) else {
+        let Ok((am, _)) = unpack(message) else {
             return unavailable;
         };
-        am.changes = sync::ChunkList::empty();
         let Ok(mut past) = self.repo.doc(flow).map(|d| d.fork_at(upto)) else {
             return unavailable;
         };
@@ -1167,21 +1166,14 @@ impl Engine {
     ) -> Result<(), String> {
         self.last_heard.insert(peer.clone(), self.repo.now());
         let everyone_told = message.everyone_told;
-        let mut am = decode_sync_message(&message.automerge)?;
+        let (am, batch) = unpack(message)?;
         if !am.heads.is_empty() && self.is_member(flow, peer) {
             self.holders
                 .entry(flow.to_string())
                 .or_default()
                 .insert(peer.clone());
         }
-        if !am.changes.is_empty() {
-            return Err("changes must travel with their signatures".into());
-        }
-        if message.changes.len() > wire::MAX_CHANGES_PER_MESSAGE {
-            return Err("too many changes in one message".into());
-        }
-        if !message.changes.is_empty() {
-            let batch: Vec<SignedChange> = message.changes.into_iter().map(Into::into).collect();
+        if !batch.is_empty() {
             let held = matches!(self.repo.holds(flow), Ok(true));
             let require_member = !held && !self.joining.contains_key(flow);
             let out = match self.repo.receive_new(flow, &batch, require_member) {
@@ -1216,11 +1208,7 @@ impl Engine {
                     self.announce(flow);
                 }
             }
-            // Penalize only what proves the sender malicious: an honest relay may well pass
-            // on the other version of an equivocating member's change.
-            if let Some((_, why)) = out.rejected.iter().find(|(_, r)| r.proves_malice(peer)) {
-                return Err(format!("sent a change that was rejected: {why}"));
-            }
+            blame(peer, &out.rejected)?;
             if !out.rejected.is_empty() {
                 // Remembered with their dependencies (the batch parsed once, not per change).
                 let deps: HashMap<ChangeHash, Vec<ChangeHash>> = batch
@@ -1239,8 +1227,7 @@ impl Engine {
                 }
             }
         }
-        am.changes = sync::ChunkList::empty();
-        // The message carries no changes any more: this only updates the sync state.
+        // The message carries no changes: this only updates the sync state.
         let result = match self.repo.holds(flow) {
             Ok(true) => match self.repo.doc_for_sync(flow) {
                 Ok(doc) => guarded(|| doc.receive_sync_message(state, am)),
@@ -1272,25 +1259,15 @@ impl Engine {
         message: SyncMessage,
     ) -> Result<(), String> {
         self.last_heard.insert(peer.clone(), self.repo.now());
-        let mut am = decode_sync_message(&message.automerge)?;
-        if !am.changes.is_empty() {
-            return Err("changes must travel with their signatures".into());
-        }
-        if message.changes.len() > wire::MAX_CHANGES_PER_MESSAGE {
-            return Err("too many changes in one message".into());
-        }
-        if !message.changes.is_empty() {
-            let batch: Vec<SignedChange> = message.changes.into_iter().map(Into::into).collect();
+        let (am, batch) = unpack(message)?;
+        if !batch.is_empty() {
             let out = crate::auth::accept(&mut Automerge::new(), flow, &batch, || {
                 Ok::<_, std::convert::Infallible>(Automerge::new())
             })
             .unwrap_or_else(|never| match never {});
             self.stats.changes_rejected += out.rejected.len() as u64;
-            if let Some((_, why)) = out.rejected.iter().find(|(_, r)| r.proves_malice(peer)) {
-                return Err(format!("sent a change that was rejected: {why}"));
-            }
+            blame(peer, &out.rejected)?;
         }
-        am.changes = sync::ChunkList::empty();
         match guarded(|| Automerge::new().receive_sync_message(&mut sync::State::new(), am)) {
             None => Err("a sync message that crashes the sync state machine".into()),
             Some(r) => r.map_err(|e| format!("bad sync message: {e}")),
@@ -1622,6 +1599,32 @@ fn carrying(
         changes,
         session: 0,
         everyone_told: false,
+    }
+}
+
+/// A received sync message checked and taken apart: Automerge's message (which must carry no
+/// changes of its own: every change travels with its signature) and the signed changes, at
+/// most [`wire::MAX_CHANGES_PER_MESSAGE`]. An `Err` is a reason to penalize the sender.
+fn unpack(message: SyncMessage) -> std::result::Result<(sync::Message, Vec<SignedChange>), String> {
+    let am = decode_sync_message(&message.automerge)?;
+    if !am.changes.is_empty() {
+        return Err("changes must travel with their signatures".into());
+    }
+    if message.changes.len() > wire::MAX_CHANGES_PER_MESSAGE {
+        return Err("too many changes in one message".into());
+    }
+    Ok((am, message.changes.into_iter().map(Into::into).collect()))
+}
+
+/// Penalize only what proves `sender` malicious (see [`crate::auth::Rejection::proves_malice`]):
+/// an honest relay may well pass on the other version of an equivocating member's change.
+fn blame(
+    sender: &NodeId,
+    rejected: &[(Option<ChangeHash>, crate::auth::Rejection)],
+) -> std::result::Result<(), String> {
+    match rejected.iter().find(|(_, r)| r.proves_malice(sender)) {
+        Some((_, why)) => Err(format!("sent a change that was rejected: {why}")),
+        None => Ok(()),
     }
 }
 

@@ -145,7 +145,12 @@ fn deliver(flow_id: &str, node: &mut Node, batch: &[SignedChange]) -> Vec<Signed
     })
     .unwrap();
     node.accepted.extend(out.accepted.iter().map(|v| v.hash()));
-    out.pending
+    resend(&out.pending)
+}
+
+/// Changes that waited for others, signed again for the next delivery.
+fn resend(pending: &[auth::Verified]) -> Vec<SignedChange> {
+    pending
         .iter()
         .map(|v| {
             let mut c = v.change.clone();
@@ -218,18 +223,7 @@ fn shuffled(
 
 /// A node with a store receiving `batch`: what waits for other changes is handed back.
 fn deliver_repo(repo: &mut Repo, flow_id: &str, batch: &[SignedChange]) -> Vec<SignedChange> {
-    repo.receive(flow_id, batch)
-        .unwrap()
-        .pending
-        .iter()
-        .map(|v| {
-            let mut c = v.change.clone();
-            SignedChange {
-                bytes: c.bytes().into_owned(),
-                signature: v.signature.to_vec(),
-            }
-        })
-        .collect()
+    resend(&repo.receive(flow_id, batch).unwrap().pending)
 }
 
 fn fresh_repo() -> Repo {
