@@ -280,6 +280,23 @@ impl Net {
     }
 }
 
+/// The first sync request of a node that holds nothing of `flow`, carrying `changes`.
+fn first_request(flow: &str, changes: Vec<wire::SignedChange>) -> wire::SyncRequest {
+    use automerge::sync::SyncDoc;
+    wire::SyncRequest {
+        message: Some(wire::SyncMessage {
+            flow: coflow::identity::unhex(flow).unwrap(),
+            automerge: automerge::Automerge::new()
+                .generate_sync_message(&mut automerge::sync::State::new())
+                .unwrap()
+                .encode(),
+            changes,
+            session: 1,
+            everyone_told: false,
+        }),
+    }
+}
+
 /// Node 0 starts a flow and adds nodes `1..=members` as contributors, by node id.
 fn flow_with_members(net: &mut Net, members: usize) -> String {
     let flow = net.nodes[0]
@@ -428,21 +445,7 @@ fn a_non_member_learns_nothing() {
     );
     // The outsider asks outright: it gets the same answer as for a flow nobody holds.
     let outsider = net.ids[2].clone();
-    let ask = |flow: &str| wire::SyncRequest {
-        message: Some(wire::SyncMessage {
-            flow: coflow::identity::unhex(flow).unwrap(),
-            automerge: {
-                use automerge::sync::SyncDoc;
-                automerge::Automerge::new()
-                    .generate_sync_message(&mut automerge::sync::State::new())
-                    .unwrap()
-                    .encode()
-            },
-            changes: vec![],
-            session: 1,
-            everyone_told: false,
-        }),
-    };
+    let ask = |flow: &str| first_request(flow, vec![]);
     let held = net.nodes[0].handle_sync_request(&outsider, ask(&flow));
     let unknown =
         net.nodes[0].handle_sync_request(&outsider, ask("00000000000000000000000000000000"));
@@ -951,23 +954,14 @@ fn a_stranger_sending_changes_learns_nothing() {
         .unwrap();
     let hash = tx.commit().0.unwrap();
     let change = common::sign(&stranger, &fork, hash);
-    let ask = |flow: &str, c: &coflow::auth::SignedChange| wire::SyncRequest {
-        message: Some(wire::SyncMessage {
-            flow: coflow::identity::unhex(flow).unwrap(),
-            automerge: {
-                use automerge::sync::SyncDoc;
-                automerge::Automerge::new()
-                    .generate_sync_message(&mut automerge::sync::State::new())
-                    .unwrap()
-                    .encode()
-            },
-            changes: vec![wire::SignedChange {
+    let ask = |flow: &str, c: &coflow::auth::SignedChange| {
+        first_request(
+            flow,
+            vec![wire::SignedChange {
                 change: c.bytes.clone(),
                 signature: c.signature.clone(),
             }],
-            session: 1,
-            everyone_told: false,
-        }),
+        )
     };
     let strip = |r: wire::SyncResponse| match r.result {
         Some(wire::sync_response::Result::Message(mut m)) => {
