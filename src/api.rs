@@ -20,8 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::flow::{Edit, Role};
 use crate::identity::hex;
-use crate::repo::{EditOutcome, FlowView, Invitation, LogEntry, Repo, VerifyReport};
-use crate::store::FlowRow;
+use crate::repo::{EditOutcome, FlowView, Invitation, Listed, LogEntry, Repo, VerifyReport};
 
 /// File names in the data dir.
 pub const SOCKET_FILE: &str = "node.sock";
@@ -72,6 +71,15 @@ pub enum Call {
     Join {
         ticket: String,
     },
+    /// Accept a flow offered to this node (it then syncs like any other).
+    FlowAccept {
+        flow: String,
+    },
+    /// Decline a flow offered to this node (its content is deleted; further offers of it by
+    /// its members are turned away).
+    FlowDecline {
+        flow: String,
+    },
     /// Test-only fault injection (the node must run with `COFLOW_TEST_FAULTS=1`): cut this
     /// node off from the given peers — close connections and refuse new ones — until healed.
     TestPartition {
@@ -108,7 +116,7 @@ pub enum Reply {
     Status(Status),
     Peers(Vec<PeerInfo>),
     Created { id: String },
-    Flows(Vec<FlowRow>),
+    Flows(Vec<Listed>),
     Flow(Box<FlowView>),
     Log(Vec<LogEntry>),
     Verify(VerifyReport),
@@ -116,6 +124,8 @@ pub enum Reply {
     Edited(EditOutcome),
     Invited(Invitation),
     Joined { id: String },
+    Accepted { id: String },
+    Declined { id: String },
     Stats(Box<crate::sync::Stats>),
     Done,
 }
@@ -155,6 +165,12 @@ pub fn execute(repo: &mut Repo, call: Call) -> Result<Reply> {
             Reply::Export { hex: hex(&bytes) }
         }
         Call::Edit { flow, edit } => Reply::Edited(repo.edit(&flow, &edit)?),
+        Call::FlowAccept { flow } => Reply::Accepted {
+            id: repo.accept(&flow)?,
+        },
+        Call::FlowDecline { flow } => Reply::Declined {
+            id: repo.decline(&flow)?,
+        },
         Call::Invite {
             flow,
             role,

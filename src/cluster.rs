@@ -58,6 +58,33 @@ pub trait Member {
         }
     }
 
+    /// Waits until `flow` is offered to this node (a member added it by node id), then accepts
+    /// it, as its user would with `coflow flow accept`.
+    fn accept_offer(&self, flow: &str, patience: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let offered = match self.call(Call::FlowList)? {
+                Reply::Flows(rows) => rows.iter().any(|l| l.pending && l.row.id == flow),
+                other => return Err(unexpected(other)),
+            };
+            if offered {
+                return match self.call(Call::FlowAccept {
+                    flow: flow.to_string(),
+                })? {
+                    Reply::Accepted { .. } => Ok(()),
+                    other => Err(unexpected(other)),
+                };
+            }
+            if start.elapsed() > patience {
+                return Err(Error::Invalid(format!(
+                    "flow {flow} was not offered to {} in time",
+                    self.name()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The flow's heads here (sorted), or nothing if this node does not hold it.
     fn heads(&self, flow: &str) -> Vec<String> {
         let mut h = self.show(flow).map(|v| v.heads).unwrap_or_default();

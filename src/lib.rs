@@ -16,12 +16,13 @@
 //!   causal past (with a memo of authors' roles along chains of their changes), and
 //!   [`auth::removal`], the removal rule: which valid changes fall because their author was
 //!   removed concurrently, settled by seniority, and the heads of what stands.
-//! - [`store`]: the SQLite store (WAL, `synchronous=FULL`): flows, signed changes, snapshots,
-//!   the removals among each flow's changes; group transactions whose writes share one commit.
+//! - [`store`]: the SQLite store (WAL, `synchronous=FULL`): flows (held or offered), signed
+//!   changes, snapshots, the removals among each flow's changes, declined flows; group transactions whose writes share one commit.
 //! - [`repo`]: identity + store + accept path: local edits and received changes go through the
 //!   same verify → authorize → apply → persist path; each process writes under its own
 //!   incarnation actor; flows are read as they stand (without fallen changes); show, log,
-//!   verify.
+//!   verify. `repo::consent`: a flow a member added this node to waits as an offer until its
+//!   user accepts or declines it.
 //! - [`export`]: process diagrams of a flow (Graphviz dot, Mermaid).
 //! - [`wire`]: protobuf messages from `proto/coflow.proto`, the length-prefixed request-response
 //!   codec, tickets.

@@ -986,6 +986,14 @@ impl Runtime {
                 self.start_join(&ticket, reply);
                 return;
             }
+            Call::FlowAccept { flow } => self.engine.accept(&flow).map(|id| {
+                self.refresh_members();
+                self.refresh_topics();
+                Reply::Accepted { id }
+            }),
+            Call::FlowDecline { flow } => {
+                self.engine.decline(&flow).map(|id| Reply::Declined { id })
+            }
             Call::FlowShow { flow } => api::execute(self.engine.repo(), Call::FlowShow { flow })
                 .map(|r| match r {
                     Reply::Flow(mut view) => {
@@ -1249,6 +1257,9 @@ impl Runtime {
                     for (tx, _) in self.pending_joins.remove(&flow).unwrap_or_default() {
                         let _ = tx.send(Err(Error::Invalid(format!("cannot join: {reason}"))));
                     }
+                }
+                Io::Event(Event::Offered { flow, from }) => {
+                    tracing::info!(target: "node", %flow, peer = %from, "a member added this node to a flow: it waits for `coflow flow accept` (or `decline`)");
                 }
                 Io::Event(Event::FlowUpdated { flow, from }) => {
                     // Membership changes it brings are acted on at the next tick: doing it

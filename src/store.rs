@@ -16,7 +16,7 @@ use crate::auth::SignedChange;
 pub const DB_FILE: &str = "coflow.db";
 
 /// The schema version this code reads and writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// How long a writer waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -149,6 +149,22 @@ CREATE TABLE removals (
 );
 ";
 
+/// Consent (SECURITY.md, "Consent"): a flow a peer offered this node, by adding it as a member,
+/// is kept `pending` (its first message only) until the user accepts it; a declined flow keeps
+/// only its id and the members it had, whose further offers are turned away.
+const MIGRATION_4: &str = "
+ALTER TABLE flows ADD COLUMN consent TEXT NOT NULL DEFAULT 'accepted';
+ALTER TABLE flows ADD COLUMN offered_by TEXT NOT NULL DEFAULT '';
+CREATE TABLE declined (
+    flow        TEXT PRIMARY KEY,
+    members     TEXT NOT NULL,
+    at          INTEGER NOT NULL
+);
+";
+
+/// How many declined flows a store remembers; the oldest is forgotten first.
+pub const MAX_DECLINED: usize = 1024;
+
 /// Meta key set once every flow's removals are in the `removals` table.
 pub const META_REMOVALS_INDEXED: &str = "removals_indexed";
 
@@ -277,6 +293,10 @@ impl Store {
             }
             tx.pragma_update(None, "user_version", 3)?;
         }
+        if version < 4 {
+            tx.execute_batch(MIGRATION_4)?;
+            tx.pragma_update(None, "user_version", 4)?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -334,6 +354,16 @@ impl Store {
                 return Err(e.into());
             }
         }
+        Ok(())
+    }
+
+    /// Empties the write-ahead log into the database and truncates it, so that content deleted
+    /// with [`Writer::decline_flow`] (overwritten in the database) is not left in old log
+    /// frames either. Only outside a transaction; readers in other processes can make it
+    /// incomplete, and it is then done again by a later call.
+    pub fn wipe_log(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -398,22 +428,41 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// The flows this node holds (accepted), oldest first.
     pub fn flows(&self) -> Result<Vec<FlowRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, title, status, updated_at FROM flows ORDER BY created_at, id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(FlowRow {
-                id: r.get(0)?,
-                title: r.get(1)?,
-                status: r.get(2)?,
-                updated_at: r.get(3)?,
-            })
+        Ok(self
+            .flow_rows("accepted")?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// The flows offered to this node and not yet accepted, oldest first, each with the node
+    /// that offered it.
+    pub fn offers(&self) -> Result<Vec<(FlowRow, String)>, StoreError> {
+        self.flow_rows("pending")
+    }
+
+    fn flow_rows(&self, consent: &str) -> Result<Vec<(FlowRow, String)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, title, status, updated_at, offered_by FROM flows WHERE consent = ?1
+             ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([consent], |r| {
+            Ok((
+                FlowRow {
+                    id: r.get(0)?,
+                    title: r.get(1)?,
+                    status: r.get(2)?,
+                    updated_at: r.get(3)?,
+                },
+                r.get(4)?,
+            ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Whether the store holds this flow (one indexed lookup).
+    /// Whether the store has this flow, held or offered (one indexed lookup).
     pub fn has_flow(&self, flow: &str) -> Result<bool, StoreError> {
         let mut stmt = self
             .conn
@@ -421,10 +470,92 @@ impl Writer<'_> {
         Ok(stmt.exists([flow])?)
     }
 
+    /// The flows this node holds (accepted).
     pub fn flow_ids(&self) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT id FROM flows")?;
+        self.ids("SELECT id FROM flows WHERE consent = 'accepted'")
+    }
+
+    /// Every flow in the store: held, and offered but not yet accepted.
+    pub fn all_flow_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.ids("SELECT id FROM flows")
+    }
+
+    /// The flows offered to this node and not yet accepted.
+    pub fn pending_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.ids("SELECT id FROM flows WHERE consent = 'pending'")
+    }
+
+    fn ids(&self, sql: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Marks a flow just stored as offered by `by`, waiting for this node's user.
+    pub fn mark_offered(&self, flow: &str, by: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE flows SET consent = 'pending', offered_by = ?2 WHERE id = ?1",
+            params![flow, by],
+        )?;
+        Ok(())
+    }
+
+    /// The user accepted an offered flow: it is held from now on.
+    pub fn accept_flow(&self, flow: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE flows SET consent = 'accepted', offered_by = '' WHERE id = ?1",
+            params![flow],
+        )?;
+        Ok(())
+    }
+
+    /// The user declined an offered flow: everything stored for it goes, and its id and
+    /// `members` are remembered (the [`MAX_DECLINED`] most recent declines).
+    pub fn decline_flow(&self, flow: &str, members: &[String], now: i64) -> Result<(), StoreError> {
+        // What a stranger sent is overwritten, not only unlinked ([`Store::wipe_log`] then
+        // clears the log).
+        self.conn.pragma_update(None, "secure_delete", true)?;
+        let deleted = self.delete_flow(flow);
+        self.conn.pragma_update(None, "secure_delete", false)?;
+        deleted?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO declined (flow, members, at) VALUES (?1, ?2, ?3)",
+            params![flow, members.join(" "), now],
+        )?;
+        self.conn.execute(
+            "DELETE FROM declined WHERE flow NOT IN
+             (SELECT flow FROM declined ORDER BY at DESC, flow LIMIT ?1)",
+            params![MAX_DECLINED as i64],
+        )?;
+        Ok(())
+    }
+
+    fn delete_flow(&self, flow: &str) -> Result<(), StoreError> {
+        for table in ["removals", "snapshots", "changes"] {
+            self.conn.execute(
+                &format!("DELETE FROM {table} WHERE flow = ?1"),
+                params![flow],
+            )?;
+        }
+        self.conn
+            .execute("DELETE FROM flows WHERE id = ?1", params![flow])?;
+        Ok(())
+    }
+
+    /// The members a declined flow had when it was declined; `None` if it was not declined.
+    pub fn declined_members(&self, flow: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT members FROM declined WHERE flow = ?1")?;
+        let members: Option<String> = stmt.query_row([flow], |r| r.get(0)).optional()?;
+        Ok(members.map(|m| m.split_whitespace().map(str::to_string).collect()))
+    }
+
+    /// Forgets that a flow was declined (its user joined it after all).
+    pub fn forget_declined(&self, flow: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM declined WHERE flow = ?1", params![flow])?;
+        Ok(())
     }
 
     /// Appends changes (already verified and accepted) to a flow. Changes it already holds are

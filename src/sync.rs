@@ -18,7 +18,7 @@ use automerge::{Automerge, Change, ChangeHash};
 use crate::auth::SignedChange;
 use crate::error::{Error, Result};
 use crate::identity::{hex, unhex, InviteKey, NodeId};
-use crate::repo::{RedeemError, Repo};
+use crate::repo::{Offered, RedeemError, Repo};
 use crate::wire::{self, join_response, sync_response, JoinRequest, JoinResponse, SyncMessage};
 
 /// A (peer, flow) session with no message for this long is refreshed on the next tick, so a
@@ -121,6 +121,8 @@ pub enum Event {
     Joined { flow: String },
     /// Every peer refused or failed the join.
     JoinFailed { flow: String, reason: String },
+    /// `from` added this node to `flow`: it waits for this node's user to accept it.
+    Offered { flow: String, from: NodeId },
 }
 
 /// How a node answers a sync request.
@@ -132,8 +134,22 @@ enum Talk {
     /// were unknown here, and take nothing from the peer.
     Outsider,
     /// This node does not hold the flow: answer as an empty document, and keep what the peer
-    /// sends only if it makes this node a member (someone added it by node id).
+    /// sends only if it makes this node a member (someone added it by node id), as an offer.
     Unknown,
+    /// The flow was offered to this node (it waits for its user, or was declined) and the peer
+    /// is one of its members: take nothing, and say the flow is not served here, so that the
+    /// peer's side of the conversation rests.
+    Waiting,
+}
+
+/// What [`Engine::absorb`] made of a message.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Absorbed {
+    /// Its changes and sync state went through the conversation.
+    Synced,
+    /// Its changes offered this node a flow it does not hold ([`crate::repo::Offered`]): kept
+    /// as an offer, or not kept (no room, declined); the conversation goes no further.
+    Offer,
 }
 
 /// One side of a conversation about one flow with one peer. Conversations we start use a
@@ -372,7 +388,12 @@ impl Engine {
         match self.repo.holds(flow) {
             Ok(true) if self.is_member(flow, peer) => Talk::Member,
             Ok(true) => Talk::Outsider,
-            _ => Talk::Unknown,
+            _ => match self.repo.offer_member(flow, peer.as_str()) {
+                Some(true) => Talk::Waiting,
+                // Not held: the removal answer below finds nothing to tell.
+                Some(false) => Talk::Outsider,
+                None => Talk::Unknown,
+            },
         }
     }
 
@@ -1017,6 +1038,13 @@ impl Engine {
             return unavailable;
         };
         let talk = self.talk(&flow, peer);
+        if talk == Talk::Waiting {
+            // Nothing is taken; what proves malice still counts against the sender.
+            if let Err(reason) = self.absorb_as_stranger(peer, &flow, message) {
+                self.penalize(peer, reason);
+            }
+            return unavailable;
+        }
         if talk == Talk::Outsider {
             if let Ok(Some(upto)) = self.repo.removal_of(&flow, peer) {
                 return self.removal_answer(&flow, message, &upto);
@@ -1039,13 +1067,23 @@ impl Engine {
             other => Conversation::fresh(message.session, now, other.as_ref()),
         };
         server.last_activity = now;
-        if let Err(reason) = self.absorb(peer, &flow, message, &mut server.state) {
-            self.penalize(peer, reason);
-            return unavailable;
-        }
-        if talk == Talk::Unknown && self.talk(&flow, peer) != Talk::Member {
-            // Still not ours: nothing was kept, and the answer says nothing about the flow.
-            return self.empty_answer(&flow);
+        let absorbed = match self.absorb(peer, &flow, message, &mut server.state) {
+            Ok(absorbed) => absorbed,
+            Err(reason) => {
+                self.penalize(peer, reason);
+                return unavailable;
+            }
+        };
+        if talk == Talk::Unknown {
+            if absorbed == Absorbed::Offer {
+                // The peer offered this flow (kept or not): its side rests, and offers again
+                // at its next anti-entropy round, until this node's user accepts.
+                return unavailable;
+            }
+            if self.talk(&flow, peer) != Talk::Member {
+                // Still not ours: nothing was kept, and the answer says nothing about the flow.
+                return self.empty_answer(&flow);
+            }
         }
         let reply = self.generate(&flow, &mut server.state);
         tracing::debug!(target: "sync", %peer, %flow, replies = reply.is_some(), changes = reply.as_ref().map_or(0, |w| w.changes.len()), "server turn");
@@ -1163,7 +1201,7 @@ impl Engine {
         flow: &str,
         message: SyncMessage,
         state: &mut sync::State,
-    ) -> Result<(), String> {
+    ) -> Result<Absorbed, String> {
         self.last_heard.insert(peer.clone(), self.repo.now());
         let everyone_told = message.everyone_told;
         let (am, batch) = unpack(message)?;
@@ -1175,13 +1213,19 @@ impl Engine {
         }
         if !batch.is_empty() {
             let held = matches!(self.repo.holds(flow), Ok(true));
-            let require_member = !held && !self.joining.contains_key(flow);
-            let out = match self.repo.receive_new(flow, &batch, require_member) {
-                Ok(out) => out,
+            let received = if held || self.joining.contains_key(flow) {
+                self.repo.receive(flow, &batch).map(|out| (out, None))
+            } else {
+                self.repo
+                    .receive_offer(flow, &batch, peer.as_str())
+                    .map(|(out, fate)| (out, Some(fate)))
+            };
+            let (out, fate) = match received {
+                Ok(received) => received,
                 Err(e) => {
                     // A local storage failure is not the peer's fault; anti-entropy retries.
                     tracing::error!(target: "sync", %flow, "cannot store received changes: {e}");
-                    return Ok(());
+                    return Ok(Absorbed::Synced);
                 }
             };
             tracing::debug!(target: "sync", %peer, %flow, accepted = out.accepted.len(), pending = out.pending.len(), rejected = out.rejected.len(), known = out.known, "received changes");
@@ -1193,6 +1237,20 @@ impl Engine {
                 self.arrived(hashes.collect());
             }
             self.stats.changes_rejected += out.rejected.len() as u64;
+            match fate {
+                None | Some(Offered::NotMember) => {}
+                Some(fate) => {
+                    if fate == Offered::Kept {
+                        tracing::info!(target: "sync", %peer, %flow, "a flow was offered to this node");
+                        self.io.push_back(Io::Event(Event::Offered {
+                            flow: flow.to_string(),
+                            from: peer.clone(),
+                        }));
+                    }
+                    blame(peer, &out.rejected)?;
+                    return Ok(Absorbed::Offer);
+                }
+            }
             if !out.accepted.is_empty() {
                 self.io.push_back(Io::Event(Event::FlowUpdated {
                     flow: flow.to_string(),
@@ -1244,7 +1302,9 @@ impl Engine {
         if let Some(theirs) = state.their_heads.as_mut() {
             unrefused(theirs, &self.refused);
         }
-        result.map_err(|e| format!("bad sync message: {e}"))
+        result
+            .map(|()| Absorbed::Synced)
+            .map_err(|e| format!("bad sync message: {e}"))
     }
 
     /// What [`Engine::absorb`] does with a message about a flow this node does not hold, for a
@@ -1288,6 +1348,32 @@ impl Engine {
             peer: peer.clone(),
             reason,
         });
+    }
+
+    /// Accepts a flow offered to this node (`coflow flow accept`): from now on it syncs with its
+    /// connected members like any held flow (the runtime then refreshes its member links and
+    /// topics). Returns the flow's id.
+    pub fn accept(&mut self, prefix: &str) -> Result<String> {
+        let flow = self.repo.accept(prefix)?;
+        self.topic(&flow);
+        let me = self.me.clone();
+        let connected: Vec<NodeId> = self
+            .member_ids(&flow)
+            .into_iter()
+            .filter(|m| *m != me && self.connected.contains_key(m))
+            .collect();
+        for peer in connected {
+            self.sync_with(&peer, &flow);
+        }
+        Ok(flow)
+    }
+
+    /// Declines a flow offered to this node (`coflow flow decline`). Returns the flow's id.
+    pub fn decline(&mut self, prefix: &str) -> Result<String> {
+        let flow = self.repo.decline(prefix)?;
+        self.clients.retain(|(_, f), _| *f != flow);
+        self.servers.retain(|(_, f), _| *f != flow);
+        Ok(flow)
     }
 
     /// Starts joining a flow with a ticket: asks each peer named in it to redeem the invite.

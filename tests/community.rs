@@ -6,7 +6,8 @@ use common::procs::{converged, eventually, Participant};
 
 /// Ten node processes in a chain, each started knowing only its predecessor's address. The
 /// first adds the others to a flow by node id alone (no ticket, no address) — except the one in
-/// the middle, which stays a non-member. The flow reaches every member, every member's comment
+/// the middle, which stays a non-member. Each member accepts the flow once it is offered
+/// (SECURITY.md, "Consent"). The flow reaches every member, every member's comment
 /// reaches every member, and the node in the middle, which routes DHT queries for the others,
 /// holds nothing of the flow.
 #[test]
@@ -49,6 +50,9 @@ fn a_chain_of_ten_nodes_finds_its_members_through_the_dht() {
         .filter(|(i, _)| *i != outsider)
         .map(|(_, p)| p)
         .collect();
+    for p in &members[1..] {
+        p.accept_offer(&flow);
+    }
     converged(&flow, &members);
     for p in &members {
         p.json(&["comment", &flow, &format!("hello from {}", p.name)]);
@@ -156,6 +160,9 @@ fn sparse_run(n: usize, writers: usize, per_writer: usize) {
     }
     let all: Vec<&dyn Member> = nodes.iter().map(|m| m as &dyn Member).collect();
     let start = Instant::now();
+    for m in &all[1..] {
+        m.accept_offer(&flow, Duration::from_secs(300)).unwrap();
+    }
     cluster::spread(&all, all[0], &flow, Duration::from_secs(300)).unwrap();
     println!(
         "{n} nodes: the flow reached every member in {} ms",

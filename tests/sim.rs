@@ -297,7 +297,39 @@ fn first_request(flow: &str, changes: Vec<wire::SignedChange>) -> wire::SyncRequ
     }
 }
 
-/// Node 0 starts a flow and adds nodes `1..=members` as contributors, by node id.
+impl Net {
+    /// Node `from` offers `flow` to node `to` the way a member does after adding it by node
+    /// id (everything it holds, in one sync request), and `to`'s user accepts it (SECURITY.md,
+    /// "Consent"). The offer itself is answered "not served here", so the offering side rests.
+    fn offer_and_accept(&mut self, flow: &str, from: usize, to: usize) {
+        let req = self.offer(flow, from);
+        let from_id = self.ids[from].clone();
+        let resp = self.nodes[to].handle_sync_request(&from_id, req);
+        assert_eq!(
+            resp.result,
+            Some(wire::sync_response::Result::Unavailable(true)),
+            "an offered flow is not served before it is accepted"
+        );
+        assert!(self.nodes[to].repo().is_offered(flow));
+        self.nodes[to].accept(flow).unwrap();
+        self.collect();
+    }
+
+    /// The first sync request of node `from` about `flow` to a node that holds none of it.
+    fn offer(&mut self, flow: &str, from: usize) -> wire::SyncRequest {
+        let changes: Vec<wire::SignedChange> = self.nodes[from]
+            .repo()
+            .signed_changes(flow)
+            .unwrap()
+            .iter()
+            .map(Into::into)
+            .collect();
+        first_request(flow, changes)
+    }
+}
+
+/// Node 0 starts a flow and adds nodes `1..=members` as contributors, by node id; each accepts
+/// it.
 fn flow_with_members(net: &mut Net, members: usize) -> String {
     let flow = net.nodes[0]
         .repo()
@@ -315,6 +347,9 @@ fn flow_with_members(net: &mut Net, members: usize) -> String {
                 name: None,
             },
         );
+    }
+    for i in 1..=members {
+        net.offer_and_accept(&flow, 0, i);
     }
     flow
 }
@@ -354,6 +389,9 @@ fn run(seed: u64, nodes: usize, drop_percent: u64, dup_percent: u64) {
                 name: Some(format!("Node {i}")),
             },
         );
+    }
+    for i in 1..nodes {
+        net.offer_and_accept(&flow, 0, i);
     }
     net.connect_all();
     net.settle(&flow, 20);
@@ -1022,4 +1060,220 @@ fn a_conversation_under_way_ends_when_its_peer_is_removed() {
     net.drain();
     let comments = net.nodes[2].repo().show(&flow).unwrap().flow.comments;
     assert!(comments.is_empty(), "the removed node got {comments:?}");
+}
+
+/// SECURITY.md, "Consent": a flow a member put this node into by node id waits for its user.
+/// Until then the node keeps only the first message, takes nothing more, cannot edit the flow,
+/// and the offering node's conversation rests. Accepted, the whole flow arrives and the node
+/// writes; declined, what it had is deleted and the members' further offers are turned away.
+/// Nobody is penalized.
+#[test]
+fn an_offered_flow_waits_for_its_user_and_a_declined_one_stays_away() {
+    let mut net = Net::new(3, 29);
+    let flow = net.nodes[0]
+        .repo()
+        .create_flow("T", "N", Role::Customer)
+        .unwrap();
+    net.connect_all();
+    for i in [1, 2] {
+        let node_id = net.ids[i].to_string();
+        edit(
+            &mut net,
+            0,
+            &flow,
+            Edit::AddMember {
+                node_id,
+                role: Role::Contributor,
+                name: None,
+            },
+        );
+    }
+    for _ in 0..3 {
+        net.drain();
+        net.tick();
+    }
+    net.drain();
+    let customer = net.ids[0].to_string();
+    let comment = Edit::Comment {
+        text: "mine".into(),
+        step: None,
+    };
+    for i in [1, 2] {
+        let node = &mut net.nodes[i];
+        assert!(
+            node.repo().is_offered(&flow),
+            "node {i} was offered the flow"
+        );
+        assert!(!node.repo().holds(&flow).unwrap());
+        let listed = node.repo().list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].pending);
+        let offer = listed[0].offer.as_ref().unwrap();
+        assert_eq!(offer.by, customer);
+        assert_eq!(offer.by_role, Some(Role::Customer));
+        assert_eq!(offer.role, Some(Role::Contributor));
+        let err = node.repo().edit(&flow, &comment).unwrap_err().to_string();
+        assert!(err.contains("waits for your answer"), "{err}");
+        assert!(node.repo().show(&flow).unwrap().offer.is_some());
+        assert!(node.member_topics().is_empty(), "no topic for an offer");
+    }
+    // A stranger asking about the offered flow is answered as about a flow nobody holds.
+    let stranger = Identity::from_seed("sim-stranger", "Stranger")
+        .node_id()
+        .clone();
+    let strip = |r: wire::SyncResponse| match r.result {
+        Some(wire::sync_response::Result::Message(mut m)) => {
+            m.flow.clear();
+            m
+        }
+        other => panic!("unexpected answer {other:?}"),
+    };
+    let about_offer = net.nodes[1].handle_sync_request(&stranger, first_request(&flow, vec![]));
+    let about_nothing = net.nodes[1].handle_sync_request(
+        &stranger,
+        first_request("00000000000000000000000000000000", vec![]),
+    );
+    assert_eq!(strip(about_offer), strip(about_nothing));
+
+    // The customer writes on; the offered nodes take nothing more.
+    let offered_at = net.heads(&flow)[1].clone();
+    edit(&mut net, 0, &flow, common::add_step("while waiting", None));
+    for _ in 0..3 {
+        net.drain();
+        net.tick();
+    }
+    net.drain();
+    assert_eq!(
+        net.heads(&flow)[1],
+        offered_at,
+        "nothing more before accepting"
+    );
+    assert_ne!(net.heads(&flow)[0], offered_at);
+
+    // Node 1 accepts: the rest arrives, and what it writes reaches the customer.
+    net.nodes[1].accept(&flow).unwrap();
+    net.collect();
+    net.drain();
+    assert_eq!(
+        net.heads(&flow)[1],
+        net.heads(&flow)[0],
+        "accepted: caught up"
+    );
+    assert!(!net.nodes[1].member_topics().is_empty());
+    edit(&mut net, 1, &flow, comment.clone());
+    net.drain();
+    assert_eq!(net.heads(&flow)[1], net.heads(&flow)[0]);
+    assert_eq!(
+        net.nodes[0].repo().show(&flow).unwrap().flow.comments.len(),
+        1
+    );
+
+    // Node 2 declines: nothing of the flow is left, and it stays away.
+    net.nodes[2].decline(&flow).unwrap();
+    assert_eq!(net.heads(&flow)[2], None, "declined: nothing kept");
+    for who in [0, 1] {
+        edit(
+            &mut net,
+            who,
+            &flow,
+            common::add_step(&format!("after {who}"), None),
+        );
+    }
+    for _ in 0..3 {
+        net.drain();
+        net.tick();
+    }
+    net.drain();
+    let node = &mut net.nodes[2];
+    assert_eq!(node.repo().doc(&flow).ok().map(|d| d.get_heads()), None);
+    assert!(!node.repo().is_offered(&flow));
+    assert!(node.repo().list().unwrap().is_empty());
+    let err = node.accept(&flow).unwrap_err().to_string();
+    assert!(err.contains("you declined flow"), "{err}");
+    assert!(net.penalties.is_empty(), "{:?}", net.penalties);
+}
+
+/// Offers are bounded: at most `MAX_OFFERS_PER_PEER` from one sender and `MAX_OFFERS` in all
+/// wait at once; the rest are not kept, and nobody is penalized for offering. Declining one
+/// makes room. Each offer, kept or not, is answered "not served here", so honest offering nodes
+/// rest instead of asking again at once.
+#[test]
+fn offers_are_bounded_per_sender_and_in_all() {
+    use coflow::repo::{MAX_OFFERS, MAX_OFFERS_PER_PEER};
+    let mut net = Net::new(1, 31);
+    let me = net.ids[0].to_string();
+    let mut made = Vec::new();
+    for s in 0..10 {
+        let sender = Identity::from_seed(&format!("offer-sender-{s}"), "Your Bank");
+        let mut repo = Repo::new(Store::in_memory().unwrap(), sender.clone());
+        for _ in 0..3 {
+            let flow = repo
+                .create_flow("Your Bank", "Confirm your account", Role::Owner)
+                .unwrap();
+            let add = Edit::AddMember {
+                node_id: me.clone(),
+                role: Role::Contributor,
+                name: None,
+            };
+            repo.edit(&flow, &add).unwrap();
+            let changes: Vec<wire::SignedChange> = repo
+                .signed_changes(&flow)
+                .unwrap()
+                .iter()
+                .map(Into::into)
+                .collect();
+            made.push((sender.node_id().clone(), flow, changes));
+        }
+    }
+    let offer =
+        |net: &mut Net, (sender, flow, changes): &(NodeId, String, Vec<wire::SignedChange>)| {
+            let resp =
+                net.nodes[0].handle_sync_request(sender, first_request(flow, changes.clone()));
+            assert_eq!(
+                resp.result,
+                Some(wire::sync_response::Result::Unavailable(true)),
+                "an offer, kept or not, is not served"
+            );
+        };
+    for m in &made {
+        offer(&mut net, m);
+    }
+    net.collect();
+    assert!(net.penalties.is_empty(), "{:?}", net.penalties);
+    let kept = |net: &mut Net| -> Vec<String> {
+        net.nodes[0]
+            .repo()
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|l| {
+                assert!(l.pending);
+                l.row.id
+            })
+            .collect()
+    };
+    let offers = kept(&mut net);
+    assert_eq!(offers.len(), MAX_OFFERS);
+    let count = |offers: &[String], sender: &NodeId| {
+        made.iter()
+            .filter(|(s, f, _)| s == sender && offers.contains(f))
+            .count()
+    };
+    for (sender, _, _) in &made {
+        assert!(count(&offers, sender) <= MAX_OFFERS_PER_PEER);
+    }
+    // A turned-away offer from a sender with room left is kept once another is declined.
+    let waiting = made
+        .iter()
+        .find(|(s, f, _)| !offers.contains(f) && count(&offers, s) < MAX_OFFERS_PER_PEER)
+        .expect("an offer turned away only because every slot was taken");
+    offer(&mut net, waiting);
+    assert_eq!(kept(&mut net), offers, "still full");
+    net.nodes[0].decline(&offers[0]).unwrap();
+    offer(&mut net, waiting);
+    let now = kept(&mut net);
+    assert_eq!(now.len(), MAX_OFFERS);
+    assert!(now.contains(&waiting.1) && !now.contains(&offers[0]));
+    net.collect();
+    assert!(net.penalties.is_empty(), "{:?}", net.penalties);
 }

@@ -5,7 +5,7 @@ use automerge::sync::{self, SyncDoc};
 use automerge::Automerge;
 use coflow::identity::NodeId;
 use coflow::repo::Repo;
-use coflow::sync::{Engine, Io};
+use coflow::sync::{Engine, Event, Io};
 use prost::Message;
 
 /// Engines that deliver each other's requests at once, in order.
@@ -99,6 +99,14 @@ impl Net {
                                     &data,
                                 );
                             }
+                        }
+                        Io::Event(Event::Offered { flow, .. }) => {
+                            // A member added this node by node id: its user accepts at once
+                            // (SECURITY.md, "Consent"), and the rest of the flow follows.
+                            moved = true;
+                            self.nodes[from]
+                                .accept(&flow)
+                                .expect("the offer is accepted");
                         }
                         Io::Validate { .. } | Io::Dial { .. } => {}
                         Io::Join { .. } | Io::Event(_) => {}

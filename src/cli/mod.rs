@@ -100,7 +100,7 @@ pub enum FlowCmd {
         #[arg(long = "as", default_value = "customer", value_parser = parse_creator_role)]
         role: Role,
     },
-    /// List the flows this node holds.
+    /// List the flows this node holds, and those offered to it that wait for an answer.
     List,
     /// Show a flow.
     Show { flow: String },
@@ -120,6 +120,11 @@ pub enum FlowCmd {
     Invite(InviteArgs),
     /// Join a flow with a ticket (needs the node running).
     Join { ticket: String },
+    /// Take part in a flow someone added this node to (`flow list` shows those waiting).
+    Accept { flow: String },
+    /// Turn down a flow someone added this node to: what arrived of it is deleted, and its
+    /// members' further offers of it are turned away.
+    Decline { flow: String },
     /// Change the title or the need.
     Edit {
         flow: String,
@@ -428,6 +433,8 @@ fn to_call(command: Command) -> Result<Call> {
                 },
             },
             FlowCmd::Join { ticket } => Call::Join { ticket },
+            FlowCmd::Accept { flow } => Call::FlowAccept { flow },
+            FlowCmd::Decline { flow } => Call::FlowDecline { flow },
             FlowCmd::Export(_) | FlowCmd::Edit { .. } | FlowCmd::Verify { .. } => {
                 unreachable!("handled in run")
             }

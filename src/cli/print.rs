@@ -9,8 +9,7 @@ use super::text::{self, clip, lines, one_line};
 use crate::api::{PeerInfo, Reply, Status};
 use crate::error::Result;
 use crate::flow::{short_id, Mode};
-use crate::repo::{EditOutcome, FlowView, LogEntry, VerifyReport};
-use crate::store::FlowRow;
+use crate::repo::{EditOutcome, FlowView, Listed, LogEntry, Offer, VerifyReport};
 
 pub struct Out {
     pub json: bool,
@@ -73,6 +72,23 @@ impl Out {
             Reply::Status(s) => self.status(&s),
             Reply::Peers(p) => self.peers(&p),
             Reply::Created { id } | Reply::Joined { id } => self.created_flow(&id),
+            Reply::Accepted { id } => {
+                if !self.json {
+                    eprintln!(
+                        "accepted: this node now holds the flow and syncs it with its members"
+                    );
+                }
+                self.created_flow(&id)
+            }
+            Reply::Declined { id } => {
+                if !self.json {
+                    eprintln!(
+                        "declined: what this node had of the flow is deleted, and its members' \
+                         further offers of it are turned away"
+                    );
+                }
+                self.created_flow(&id)
+            }
             Reply::Flows(rows) => self.flows(&rows),
             Reply::Flow(view) => self.flow(&view),
             Reply::Log(entries) => self.log(&entries),
@@ -180,21 +196,49 @@ impl Out {
         Ok(())
     }
 
-    pub fn flows(&self, rows: &[FlowRow]) -> Result<()> {
+    pub fn flows(&self, rows: &[Listed]) -> Result<()> {
         if self.json {
             let v: Vec<_> = rows
                 .iter()
-                .map(|r| json!({"id": r.id, "title": r.title, "status": r.status}))
+                .map(|l| {
+                    let r = &l.row;
+                    let mut v = json!({
+                        "id": r.id, "title": r.title, "status": r.status, "pending": l.pending,
+                    });
+                    if let Some(offer) = &l.offer {
+                        v["offer"] = json!(offer);
+                    }
+                    v
+                })
                 .collect();
             emit_json(&v);
         } else {
             let mut s = String::new();
-            for r in rows {
+            for r in rows.iter().filter(|l| !l.pending).map(|l| &l.row) {
                 s.push_str(&format!(
                     "{}  {:<9}  {}\n",
                     one_line(&r.id),
                     one_line(&r.status),
                     clip(&r.title, 200)
+                ));
+            }
+            let offers: Vec<&Listed> = rows.iter().filter(|l| l.pending).collect();
+            if !offers.is_empty() {
+                if !s.is_empty() {
+                    s.push('\n');
+                }
+                s.push_str(
+                    "Offered to you, waiting for your answer \
+                     (`coflow flow accept FLOW` or `coflow flow decline FLOW`):\n",
+                );
+            }
+            for l in offers {
+                s.push_str(&format!(
+                    "{}  {:<9}  {}\n    {}\n",
+                    one_line(&l.row.id),
+                    "offered",
+                    clip(&l.row.title, 200),
+                    l.offer.as_ref().map(offered).unwrap_or_default()
                 ));
             }
             emit(&s);
@@ -215,6 +259,19 @@ impl Out {
             one_line(&f.id),
             lines(&f.need, "      ")
         );
+        if let Some(offer) = &v.offer {
+            s.insert_str(
+                0,
+                &format!(
+                    "This flow was offered to you and waits for your answer: {}.\n\
+                     `coflow flow accept {id}` to take part (it then syncs with its members), \
+                     `coflow flow decline {id}` to delete it. Until then this is only the first \
+                     part its sender sent, and you cannot change it.\n\n",
+                    offered(offer),
+                    id = &f.id[..8.min(f.id.len())]
+                ),
+            );
+        }
         if v.removed_here {
             s.insert_str(
                 0,
@@ -405,6 +462,19 @@ impl Out {
         }
         Ok(())
     }
+}
+
+/// Who offered a flow and as what: "added you as contributor: Alice (customer, 1a2b3c4d)".
+fn offered(o: &Offer) -> String {
+    let role = o
+        .role
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "member".into());
+    let by = match o.by_role {
+        Some(r) => format!("{} ({r}, {})", text::name(&o.by_name), short_id(&o.by)),
+        None => format!("node {}", short_id(&o.by)),
+    };
+    format!("{by} added you as {role}")
 }
 
 #[cfg(test)]

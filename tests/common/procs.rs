@@ -346,6 +346,21 @@ pub fn converged(flow: &str, nodes: &[&Participant]) -> Vec<String> {
     }
 }
 
+impl Participant {
+    /// Waits until `flow` is offered to this node (a member added it by node id), then accepts
+    /// it with `coflow flow accept`.
+    pub fn accept_offer(&self, flow: &str) {
+        eventually("the flow is offered", &[self], || {
+            self.json(&["flow", "list"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == flow && f["pending"] == true)
+        });
+        self.json(&["flow", "accept", flow]);
+    }
+}
+
 /// `owner` starts a flow "Suit"; each of `others` joins it as an owner with one shared ticket.
 /// Returns the flow id once every node holds the same heads.
 pub fn shared_flow(owner: &Participant, others: &[&Participant]) -> String {

@@ -18,7 +18,10 @@ use crate::flow::{self, flow_id_of_genesis, new_flow_ops, Edit, Flow, Reader, Ro
 use crate::identity::{
     hex, unhex, verify_invite_proof, Identity, IdentityError, InviteKey, NodeId, KEY_FILE,
 };
-use crate::store::{FlowRow, Store, StoreError, Writer};
+use crate::store::{Store, StoreError, Writer};
+
+mod consent;
+pub use consent::{Listed, Offer, Offered, MAX_OFFERS, MAX_OFFERS_PER_PEER};
 
 /// Write a snapshot once this many changes have accumulated since the last one.
 pub const SNAPSHOT_EVERY: i64 = 256;
@@ -82,6 +85,10 @@ pub struct FlowView {
     /// Whether this node was removed from the flow (it holds the history up to its removal).
     #[serde(default)]
     pub removed_here: bool,
+    /// Set while the flow waits for this node's user to accept or decline it: who added this
+    /// node, and as what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<Offer>,
 }
 
 /// One entry of `flow log`.
@@ -143,6 +150,10 @@ pub struct Repo {
     /// Whether received changes were stored in the open group (for the crash point that
     /// follows their commit).
     group_received: bool,
+    /// Flows offered to this node and not accepted yet ([`consent`]): stored, not held.
+    offered: HashSet<String>,
+    /// A flow was declined in the open group: clear the write-ahead log once it commits.
+    wipe_log_after_commit: bool,
 }
 
 /// A flow's current members (node id, role), and the heads they were read at.
@@ -459,6 +470,7 @@ impl Repo {
     }
 
     pub fn new(store: Store, identity: Identity) -> Repo {
+        let offered = consent::store_offered(&store);
         Repo {
             store,
             actor: identity.new_incarnation(),
@@ -469,6 +481,8 @@ impl Repo {
             roles: HashMap::new(),
             standing: HashMap::new(),
             group_received: false,
+            offered,
+            wipe_log_after_commit: false,
         }
     }
 
@@ -497,11 +511,15 @@ impl Repo {
                 if received {
                     crash_point("committed");
                 }
+                if std::mem::take(&mut self.wipe_log_after_commit) {
+                    self.wipe_log();
+                }
                 Ok(())
             }
             Err(e) => {
                 self.docs.clear();
                 self.members_at.clear();
+                self.offered = consent::store_offered(&self.store);
                 Err(e.into())
             }
         }
@@ -513,12 +531,19 @@ impl Repo {
 
     /// Whether this node holds the flow.
     pub fn holds(&self, flow: &str) -> Result<bool> {
+        if self.offered.contains(flow) {
+            return Ok(false);
+        }
         Ok(self.docs.contains_key(flow) || self.store.reader().has_flow(flow)?)
     }
 
-    /// The flow's document (loaded once, then kept).
+    /// The flow's document (loaded once, then kept). A flow the store does not have is an
+    /// error, not an empty document (which, kept, would make the flow look held).
     pub fn doc(&mut self, flow: &str) -> Result<&Automerge> {
         if !self.docs.contains_key(flow) {
+            if !self.holds_in_store(flow) {
+                return Err(Error::Invalid(format!("no flow {flow} here")));
+            }
             let doc = load_doc(&self.store.reader(), flow)?;
             self.docs.insert(flow.to_string(), doc);
         }
@@ -757,13 +782,9 @@ impl Repo {
         &self.identity
     }
 
-    pub fn list(&self) -> Result<Vec<FlowRow>> {
-        Ok(self.store.reader().flows()?)
-    }
-
-    /// The full id of the flow a prefix names.
+    /// The full id of the flow a prefix names: one held here or offered to this node.
     pub fn resolve(&self, prefix: &str) -> Result<String> {
-        let ids = self.store.reader().flow_ids()?;
+        let ids = self.store.reader().all_flow_ids()?;
         Ok(flow::resolve_prefix(
             "flow",
             prefix,
@@ -778,7 +799,9 @@ impl Repo {
     /// Starts a flow with the caller as its only member.
     pub fn create_flow(&mut self, title: &str, need: &str, role: Role) -> Result<String> {
         let me = self.identity.clone();
-        let actor = self.actor.clone();
+        // A genesis of its own: two flows started alike in the same second by this process
+        // would otherwise be one change, and one flow id.
+        let actor = self.identity.new_incarnation();
         let now = (self.clock)();
         self.store
             .write(|w| {
@@ -814,7 +837,7 @@ impl Repo {
 
     /// Makes one local edit, checked by the same policy as any received change.
     pub fn edit(&mut self, flow_prefix: &str, edit: &Edit) -> Result<EditOutcome> {
-        let id = self.resolve(flow_prefix)?;
+        let id = self.resolve_held(flow_prefix)?;
         let me = self.identity.clone();
         let now = (self.clock)();
         let standing = self.standing(&id)?.clone();
@@ -904,18 +927,36 @@ impl Repo {
 
     /// Runs changes received from elsewhere through verify → authorize → apply and stores the
     /// accepted ones. The flow must already exist here, unless the batch holds its genesis.
+    /// A flow this node is joining, or one a test or benchmark seeds, is taken as held.
     pub fn receive(&mut self, flow_id: &str, batch: &[SignedChange]) -> Result<Outcome> {
-        self.receive_new(flow_id, batch, false)
+        if self.offered.contains(flow_id) {
+            // Joining a flow offered earlier is consent.
+            self.accept(flow_id)?;
+        }
+        Ok(self.take(flow_id, batch, None)?.0)
     }
 
-    /// Like [`Repo::receive`]; for a flow this node does not hold yet, `require_member` keeps it
-    /// only if the accepted changes make this node a current member.
-    pub fn receive_new(
+    /// Like [`Repo::receive`], for changes peer `from` sent unasked about a flow this node
+    /// does not hold: kept as an offer ([`consent`]) if they make this node a current member
+    /// and there is room. Nothing more is kept for a flow already offered.
+    pub fn receive_offer(
         &mut self,
         flow_id: &str,
         batch: &[SignedChange],
-        require_member: bool,
-    ) -> Result<Outcome> {
+        from: &str,
+    ) -> Result<(Outcome, Offered)> {
+        if self.offered.contains(flow_id) {
+            return Ok((Outcome::default(), Offered::Waiting));
+        }
+        self.take(flow_id, batch, Some(from))
+    }
+
+    fn take(
+        &mut self,
+        flow_id: &str,
+        batch: &[SignedChange],
+        offer: Option<&str>,
+    ) -> Result<(Outcome, Offered)> {
         crash_point("receive");
         let now = (self.clock)();
         let me = self.identity.node_id().to_string();
@@ -927,8 +968,19 @@ impl Repo {
             ..
         } = self;
         let memo = roles.entry(flow_id.to_string()).or_default();
+        let mut fate = Offered::NotMember;
         let result = store.write(|w| {
             let known = w.has_flow(flow_id)?;
+            if !known {
+                match offer {
+                    Some(_) if w.declined_members(flow_id)?.is_some() => {
+                        fate = Offered::Declined;
+                        return Ok(Outcome::default());
+                    }
+                    None => w.forget_declined(flow_id)?,
+                    Some(_) => {}
+                }
+            }
             let doc = match docs.entry(flow_id.to_string()) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(if known {
@@ -955,11 +1007,19 @@ impl Repo {
                 return Ok(out);
             }
             crash_point("applied");
-            if !known && require_member && Reader::now(&*doc).role_of(&me).is_none() {
-                return Ok(Outcome {
-                    known: out.known,
-                    ..Outcome::default()
-                });
+            let nothing = Outcome {
+                known: out.known,
+                ..Outcome::default()
+            };
+            if let (false, Some(from)) = (known, offer) {
+                if Reader::now(&*doc).role_of(&me).is_none() {
+                    return Ok(nothing);
+                }
+                if let Err(full) = consent::room_for_offer(w, from) {
+                    tracing::warn!(target: "repo", flow = %flow_id, %from, "not keeping an offered flow: {full}");
+                    fate = Offered::NoRoom;
+                    return Ok(nothing);
+                }
             }
             if !known {
                 let genesis = out
@@ -968,6 +1028,10 @@ impl Repo {
                     .find(|v| v.change.deps().is_empty())
                     .expect("a new flow's first accepted change is its genesis");
                 w.insert_flow(flow_id, &genesis.hash().0, "", "open", now)?;
+                if let Some(from) = offer {
+                    w.mark_offered(flow_id, from)?;
+                    fate = Offered::Kept;
+                }
             }
             let rows: Vec<_> = out
                 .accepted
@@ -991,6 +1055,9 @@ impl Repo {
             standing.insert(flow_id.to_string(), st);
             Ok(out)
         });
+        if fate == Offered::Kept && result.is_ok() {
+            self.offered.insert(flow_id.to_string());
+        }
         if matches!(&result, Ok(out) if !out.accepted.is_empty()) {
             if self.store.in_group() {
                 self.group_received = true;
@@ -1010,7 +1077,7 @@ impl Repo {
                 self.docs.remove(flow_id);
             }
         }
-        result
+        result.map(|out| (out, fate))
     }
 
     fn holds_in_store(&self, flow: &str) -> bool {
@@ -1063,12 +1130,17 @@ impl Repo {
             })
             .collect();
         let removed_here = flow.member(&me).is_some_and(|m| m.removed);
+        let offer = self
+            .offered
+            .contains(&id)
+            .then(|| consent::offer_in(&flow, &me));
         Ok(FlowView {
             flow,
             heads,
             sync,
             fallen,
             removed_here,
+            offer,
         })
     }
 
