@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod peer;
 pub mod procs;
 
 use automerge::transaction::{CommitOptions, Transaction};
