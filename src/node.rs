@@ -66,6 +66,9 @@ pub const DHT_RETRY: Duration = Duration::from_secs(10);
 /// Most inputs (swarm events, API calls) handled in one turn, under one commit.
 pub const MAX_INPUTS_PER_TURN: usize = 64;
 
+/// Longest a penalized peer waits to be blocked while its last answer goes out.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Longest a penalized peer stays blocked.
 pub const MAX_BAN: Duration = Duration::from_secs(3600);
 
@@ -99,6 +102,8 @@ struct Held {
         crate::wire::JoinResponse,
     )>,
     replies: Vec<(Pending, Result<Reply>)>,
+    /// The peers the held responses go to.
+    peers: HashSet<PeerId>,
 }
 
 struct Runtime {
@@ -114,6 +119,10 @@ struct Runtime {
     backoff: HashMap<PeerId, (Instant, u32)>,
     /// Blocked until (while blocked), and how often penalized.
     bans: HashMap<PeerId, (Option<Instant>, u32)>,
+    /// Penalized peers not blocked yet: the answer to their last request is on its way (the
+    /// block closes the connection, which would reset the stream under it). Blocked once it
+    /// is sent, or at the deadline; meanwhile their requests are answered `unavailable`.
+    closing: HashMap<PeerId, Instant>,
     bootstrap: Vec<Multiaddr>,
     listen: Vec<Multiaddr>,
     /// Members this node wants to be connected to (see [`Engine::reach_plan`]).
@@ -138,6 +147,8 @@ struct Runtime {
     test_faults: bool,
     /// What this turn's inputs produced that must wait for its commit.
     held: Held,
+    /// Peers whose responses went out at the end of this turn (see `closing`).
+    answering: HashSet<PeerId>,
 }
 
 fn now_secs() -> i64 {
@@ -253,6 +264,7 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         addrs: HashMap::new(),
         backoff: HashMap::new(),
         bans: HashMap::new(),
+        closing: HashMap::new(),
         bootstrap: opts.bootstrap.clone(),
         listen: Vec::new(),
         wanted: HashSet::new(),
@@ -267,6 +279,7 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         partitioned: HashSet::new(),
         test_faults: std::env::var("COFLOW_TEST_FAULTS").as_deref() == Ok("1"),
         held: Held::default(),
+        answering: HashSet::new(),
     };
     rt.load_address_book();
     for addr in rt.bootstrap.clone() {
@@ -775,6 +788,7 @@ impl Runtime {
                             result: Some(crate::wire::sync_response::Result::Unavailable(true)),
                         };
                         let response = match request {
+                            _ if self.closing.contains_key(&peer) => unavailable,
                             _ if !self.within_budget(peer) => unavailable,
                             Frame::Malformed(why) => {
                                 self.engine.penalize_peer(
@@ -788,6 +802,7 @@ impl Runtime {
                             }
                         };
                         self.held.sync.push((channel, response));
+                        self.held.peers.insert(peer);
                     }
                     request_response::Message::Response {
                         request_id,
@@ -807,7 +822,8 @@ impl Runtime {
                     self.engine.sync_failed(&node, &flow);
                 }
             }
-            _ => {}
+            request_response::Event::ResponseSent { peer, .. }
+            | request_response::Event::InboundFailure { peer, .. } => self.answered(peer),
         }
     }
 
@@ -822,7 +838,7 @@ impl Runtime {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
-                        if !self.within_budget(peer) {
+                        if self.closing.contains_key(&peer) || !self.within_budget(peer) {
                             return;
                         }
                         let request = match request {
@@ -837,6 +853,7 @@ impl Runtime {
                         };
                         let response = self.engine.handle_join_request(&node, request);
                         self.held.join.push((channel, response));
+                        self.held.peers.insert(peer);
                         self.refresh_members();
                     }
                     request_response::Message::Response {
@@ -856,7 +873,15 @@ impl Runtime {
                     self.engine.join_failed(&node, &flow, error.to_string());
                 }
             }
-            _ => {}
+            request_response::Event::ResponseSent { peer, .. }
+            | request_response::Event::InboundFailure { peer, .. } => self.answered(peer),
+        }
+    }
+
+    /// An answer to `peer` went out (or could not): block it now if it was penalized.
+    fn answered(&mut self, peer: PeerId) {
+        if self.closing.remove(&peer).is_some() {
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
         }
     }
 
@@ -912,6 +937,16 @@ impl Runtime {
         let now = self.now_ms();
         self.engine.tick(now);
         let instant = Instant::now();
+        // Penalized peers whose last answer never went out are blocked now.
+        let late: Vec<PeerId> = self
+            .closing
+            .iter()
+            .filter(|(_, deadline)| **deadline <= instant)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in late {
+            self.answered(peer);
+        }
         // Lift bans whose time is up.
         let expired: Vec<PeerId> = self
             .bans
@@ -1168,7 +1203,9 @@ impl Runtime {
         for (reply, result) in held.replies {
             let _ = reply.send(result);
         }
+        self.answering = held.peers;
         self.drain();
+        self.answering.clear();
     }
 
     fn drain(&mut self) {
@@ -1207,8 +1244,13 @@ impl Runtime {
                     let ban =
                         (Duration::from_secs(30) * 2u32.saturating_pow(count.min(7))).min(MAX_BAN);
                     tracing::warn!(target: "node", %peer, ?ban, "blocking peer: {reason}");
-                    self.swarm.behaviour_mut().blocked.block_peer(p);
                     self.bans.insert(p, (Some(Instant::now() + ban), count));
+                    if self.answering.contains(&p) {
+                        // Blocked once the answer just handed out has gone (see `closing`).
+                        self.closing.insert(p, Instant::now() + CLOSE_GRACE);
+                    } else {
+                        self.swarm.behaviour_mut().blocked.block_peer(p);
+                    }
                 }
                 Io::Announce { topic, heads } => {
                     let data = crate::wire::encode_announce(&heads);
