@@ -3,7 +3,9 @@
 //! Random members (and a stranger) make random edits — many of them forbidden — on their own
 //! diverging copies, merging each other's work now and then. The resulting changes are then
 //! delivered to fresh nodes in different orders and batchings. Every node must accept exactly the
-//! same changes and end with the same heads and the same flow.
+//! same changes and end with the same heads and the same flow. With an equivocation injected,
+//! each node holds one version and what builds on it, the rest is the same everywhere, and no
+//! relay is blamed.
 
 mod common;
 
@@ -348,4 +350,108 @@ fn the_sim_history_has_both_verdicts() {
         "some changes must be refused"
     );
     let _ = Role::Customer;
+}
+
+/// A comment by `who` on `doc` (under `doc`'s actor), signed.
+fn comment_on(doc: &mut Automerge, who: &Identity, flow_id: &str, text: &str) -> SignedChange {
+    let flow = Reader::now(doc).flow(flow_id);
+    let mut tx = doc.transaction();
+    Edit::Comment {
+        text: text.into(),
+        step: None,
+    }
+    .apply(&mut tx, &flow, who.node_id(), NOW)
+    .unwrap();
+    let hash = tx
+        .commit_with(CommitOptions::default().with_time(NOW))
+        .0
+        .unwrap();
+    sign(who, doc, hash)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// An equivocation: after a random history, a member signs two changes with one actor and
+    /// sequence number on the same heads, another member builds on each, and a third change
+    /// is concurrent with both. Whatever order and batching a node receives everything in, it
+    /// holds exactly one version, with what builds on it, and never the other or what builds
+    /// on that; no refusal among them proves a relay malicious (only the equivocator); the
+    /// rest is the same on every node; and nodes that hold the same version hold the same
+    /// heads and flow.
+    #[test]
+    fn an_equivocation_splits_only_what_builds_on_it(
+        script in prop::collection::vec((0u8..5, 0u8..8, any::<u8>(), any::<u8>()), 10..40),
+        seeds in prop::collection::vec(any::<u64>(), 3),
+    ) {
+        let (flow_id, mut changes) = history(&script);
+        let mut whole = Node { doc: Automerge::new(), accepted: BTreeSet::new() };
+        deliver(&flow_id, &mut whole, &changes);
+        let flow = Reader::now(&whole.doc).flow(&flow_id);
+        let current: Vec<Identity> = [alice(), olga(), carl(), oscar()]
+            .into_iter()
+            .filter(|p| flow.member(p.node_id().as_str()).is_some_and(|m| !m.removed))
+            .collect();
+        prop_assume!(current.len() >= 2);
+        let (liar, builder) = (&current[current.len() - 1], &current[0]);
+        let mut lineages: Vec<[ChangeHash; 2]> = Vec::new();
+        for text in ["one version", "another version"] {
+            let mut fork = whole.doc.fork().with_actor(liar.actor());
+            let version = comment_on(&mut fork, liar, &flow_id, text);
+            let mut on_it = fork.fork().with_actor(builder.new_incarnation());
+            let built = comment_on(&mut on_it, builder, &flow_id, &format!("on {text}"));
+            lineages.push([hash_of(&version), hash_of(&built)]);
+            changes.extend([version, built]);
+        }
+        let mut aside = whole.doc.fork().with_actor(builder.new_incarnation());
+        let concurrent = comment_on(&mut aside, builder, &flow_id, "meanwhile");
+        let concurrent_hash = hash_of(&concurrent);
+        changes.push(concurrent);
+        let equivocated: BTreeSet<ChangeHash> = lineages.iter().flatten().copied().collect();
+        let relay = bea().node_id().clone();
+        let mut nodes: Vec<(usize, Node)> = Vec::new();
+        for seed in seeds {
+            let mut node = Node { doc: Automerge::new(), accepted: BTreeSet::new() };
+            let mut blamed = Vec::new();
+            shuffled(&changes, seed, |batch| {
+                let before = node.doc.clone();
+                let out = auth::accept(&mut node.doc, &flow_id, batch, || Ok::<_, ()>(before.clone()))
+                    .unwrap();
+                node.accepted.extend(out.accepted.iter().map(|v| v.hash()));
+                for (hash, why) in &out.rejected {
+                    if hash.is_some_and(|h| equivocated.contains(&h)) && why.proves_malice(&relay) {
+                        blamed.push(format!("{why:?}"));
+                    }
+                }
+                resend(&out.pending)
+            });
+            prop_assert!(blamed.is_empty(), "a relay was blamed: {:?}", blamed);
+            let held: Vec<usize> = (0..2)
+                .filter(|i| node.accepted.contains(&lineages[*i][0]))
+                .collect();
+            prop_assert_eq!(held.len(), 1, "exactly one version is held");
+            let kept = held[0];
+            for (i, lineage) in lineages.iter().enumerate() {
+                prop_assert_eq!(node.accepted.contains(&lineage[1]), i == kept);
+            }
+            prop_assert!(node.accepted.contains(&concurrent_hash));
+            let rest: BTreeSet<ChangeHash> =
+                node.accepted.difference(&equivocated).copied().collect();
+            let mut expected = whole.accepted.clone();
+            expected.insert(concurrent_hash);
+            prop_assert_eq!(rest, expected);
+            nodes.push((kept, node));
+        }
+        for (i, (kept_a, a)) in nodes.iter().enumerate() {
+            for (kept_b, b) in &nodes[i + 1..] {
+                if kept_a == kept_b {
+                    let (mut ha, mut hb) = (a.doc.get_heads(), b.doc.get_heads());
+                    ha.sort();
+                    hb.sort();
+                    prop_assert_eq!(ha, hb);
+                    prop_assert_eq!(Reader::now(&a.doc).flow(&flow_id), Reader::now(&b.doc).flow(&flow_id));
+                }
+            }
+        }
+    }
 }
