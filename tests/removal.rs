@@ -150,6 +150,16 @@ fn work_built_on_a_fallen_change_falls_with_it_and_its_author_writes_on() {
         "Olga's step built on the fallen comment"
     );
     assert_eq!(v.fallen.len(), 2);
+    // Her node tells her which of hers fell, and what it did.
+    assert_eq!(v.fallen_mine.len(), 1, "{:?}", v.fallen_mine);
+    assert!(
+        v.fallen_mine[0].summary.contains("Cut"),
+        "{:?}",
+        v.fallen_mine
+    );
+    assert!(v.fallen.contains(&v.fallen_mine[0].hash));
+    // Alice's node, which made none of them, lists none as its own.
+    assert!(a.show(&flow).unwrap().fallen_mine.is_empty());
     // She makes it again, on the flow as it stands, and everyone takes it.
     o.edit(
         &flow,

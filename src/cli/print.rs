@@ -373,6 +373,15 @@ impl Out {
                 v.fallen.len()
             ));
         }
+        if !v.fallen_mine.is_empty() {
+            s.push_str(
+                "Of these, your own (they built on a removed member's work; make them again if \
+                 they still matter):\n",
+            );
+            for e in &v.fallen_mine {
+                s.push_str(&format!("  {}  {}\n", &e.hash[..12], e.summary));
+            }
+        }
         s.push_str(&format!(
             "\nHeads: {}\n",
             v.heads

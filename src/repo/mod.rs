@@ -85,10 +85,48 @@ pub struct FlowView {
     /// Whether this node was removed from the flow (it holds the history up to its removal).
     #[serde(default)]
     pub removed_here: bool,
+    /// This node's own changes among [`FlowView::fallen`] (they built on a removed member's
+    /// work), each with what it did: for its user to make again if it still matters.
+    #[serde(default)]
+    pub fallen_mine: Vec<FallenEdit>,
     /// Set while the flow waits for this node's user to accept or decline it: who added this
     /// node, and as what.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offer: Option<Offer>,
+}
+
+/// A change of this node's that fell by the removal rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FallenEdit {
+    pub hash: String,
+    /// What its operations did (peer text escaped), as in `flow log`.
+    pub summary: String,
+}
+
+/// This node's changes among the fallen ones, oldest first, each with what it did.
+fn own_fallen(doc: &Automerge, standing: &Standing, flow: &Flow, me: &NodeId) -> Vec<FallenEdit> {
+    let mine = |c: &Change| crate::identity::actor_node(c.actor_id()).as_ref() == Some(me);
+    let any = standing
+        .fallen
+        .iter()
+        .any(|h| doc.get_change_by_hash(h).is_some_and(|c| mine(&c)));
+    if !any {
+        return Vec::new();
+    }
+    // A summary reads what earlier changes made (a step's title), so the history is walked
+    // from the start.
+    let mut history = flow::History::new(doc);
+    let mut out = Vec::new();
+    for c in &doc.get_changes(&[]) {
+        let dids = history.describe(c);
+        if standing.fallen.contains(&c.hash()) && mine(c) {
+            out.push(FallenEdit {
+                hash: hex(&c.hash().0),
+                summary: crate::cli::text::summary(flow, &dids),
+            });
+        }
+    }
+    out
 }
 
 /// One entry of `flow log`.
@@ -1109,6 +1147,7 @@ impl Repo {
             .collect();
         let mut fallen: Vec<String> = standing.fallen.iter().map(|h| hex(&h.0)).collect();
         fallen.sort();
+        let fallen_mine = own_fallen(doc, standing, &flow, self.identity.node_id());
         // Offline: what the address book remembers of each member.
         let seen: HashMap<String, i64> = self
             .store
@@ -1141,6 +1180,7 @@ impl Repo {
             fallen,
             removed_here,
             offer,
+            fallen_mine,
         })
     }
 
