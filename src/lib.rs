@@ -31,7 +31,9 @@
 //!   of small connected flows, head announcements and their verdicts, fetching announced heads,
 //!   which members to stay connected to, anti-entropy, joins, counters, the commit of a turn;
 //!   a removed member is answered with the flow up to its removal, a stranger's message about a
-//!   held flow as one about an unknown flow, and only what proves malice is penalized.
+//!   held flow as one about an unknown flow, and only what proves malice is penalized. One file
+//!   per part, each an `impl Engine` block: `sync/{outbox, conversation, absorb, message, push,
+//!   gossip, pull, links, anti_entropy, join, stats}.rs` around the façade in `sync/mod.rs`.
 //! - [`net`]: the libp2p swarm: TCP + Noise + Yamux, identify, ping, mDNS, Kademlia (coflow's
 //!   own DHT), gossipsub (announcements), the two request-response protocols, block list,
 //!   connection limits.

@@ -1,0 +1,148 @@
+//! Joins: redeeming an invite with a ticket (asking the members it names, with a proof of the
+//! ticket's secret), and admitting a joiner who proves it holds one.
+
+use super::*;
+
+pub(super) struct Joining {
+    pub(super) via: Vec<NodeId>,
+    pub(super) refusals: Vec<String>,
+}
+
+impl Engine {
+    /// Starts joining a flow with a ticket: asks each peer named in it to redeem the invite.
+    /// Returns the peers to ask (the runtime dials them with the ticket's addresses).
+    pub fn start_join(&mut self, ticket: &wire::InviteTicket, name: &str) -> Result<Vec<NodeId>> {
+        if matches!(self.repo.holds(&ticket.flow), Ok(true))
+            && self.is_member(&ticket.flow, &self.me.clone())
+        {
+            return Err(Error::Invalid(
+                "this node is already a member of that flow".into(),
+            ));
+        }
+        let mut via: Vec<NodeId> = Vec::new();
+        for addr in &ticket.addrs {
+            if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+                if let Ok(node) = peer.to_base58().parse::<NodeId>() {
+                    if !via.contains(&node) && node != self.me {
+                        via.push(node);
+                    }
+                }
+            }
+        }
+        if via.is_empty() {
+            return Err(Error::Invalid(
+                "the ticket names no member node to ask (it has no addresses)".into(),
+            ));
+        }
+        let (flow, invite) = (
+            unhex(&ticket.flow).unwrap_or_default(),
+            unhex(&ticket.invite).unwrap_or_default(),
+        );
+        // The secret never leaves this node: the request carries a proof that admits only us.
+        let proof = InviteKey::from_secret(&ticket.secret).prove(&flow, &invite, &self.me);
+        let request = JoinRequest {
+            flow,
+            invite,
+            proof: proof.to_vec(),
+            name: name.to_string(),
+        };
+        for peer in &via {
+            self.io.push_back(Io::Join {
+                peer: peer.clone(),
+                flow: ticket.flow.clone(),
+                request: request.clone(),
+            });
+        }
+        self.joining.insert(
+            ticket.flow.clone(),
+            Joining {
+                via: via.clone(),
+                refusals: Vec::new(),
+            },
+        );
+        Ok(via)
+    }
+
+    /// A member node's answer to our join request.
+    pub fn handle_join_response(&mut self, peer: &NodeId, flow: &str, response: JoinResponse) {
+        match response.result {
+            Some(join_response::Result::Joined(_)) => {
+                tracing::info!(target: "sync", %peer, %flow, "invite redeemed; fetching the flow");
+                self.sync_with(peer, flow);
+            }
+            Some(join_response::Result::Refused(reason)) => self.join_refused(peer, flow, reason),
+            None => self.join_refused(peer, flow, "no answer".into()),
+        }
+    }
+
+    /// A join request of ours failed to reach `peer`.
+    pub fn join_failed(&mut self, peer: &NodeId, flow: &str, reason: String) {
+        self.join_refused(peer, flow, reason);
+    }
+
+    pub(super) fn join_refused(&mut self, peer: &NodeId, flow: &str, reason: String) {
+        let Some(j) = self.joining.get_mut(flow) else {
+            return;
+        };
+        j.refusals.push(format!("{peer}: {reason}"));
+        if j.refusals.len() >= j.via.len() {
+            let j = self.joining.remove(flow).expect("present");
+            let reason = if j.via.len() == 1 {
+                reason
+            } else {
+                j.refusals.join("; ")
+            };
+            self.io.push_back(Io::Event(Event::JoinFailed {
+                flow: flow.to_string(),
+                reason,
+            }));
+        }
+    }
+
+    pub(super) fn finish_join(&mut self, flow: &str) {
+        if self.joining.contains_key(flow) && self.is_member(flow, &self.me.clone()) {
+            self.joining.remove(flow);
+            self.io.push_back(Io::Event(Event::Joined {
+                flow: flow.to_string(),
+            }));
+        }
+    }
+
+    /// Whether a join of `flow` is under way.
+    pub fn is_joining(&self, flow: &str) -> bool {
+        self.joining.contains_key(flow)
+    }
+
+    /// A peer asks to redeem an invite: check its proof and admit the peer. Until the proof
+    /// verifies, every refusal is the same bytes (see [`RedeemError::Unknown`]): a flow not held
+    /// here, one this node is not a member of, an unknown invite and a bad proof look alike.
+    pub fn handle_join_request(&mut self, peer: &NodeId, request: JoinRequest) -> JoinResponse {
+        let refuse = |why: &RedeemError| JoinResponse {
+            result: Some(join_response::Result::Refused(why.to_string())),
+        };
+        let Some(flow) = flow_id(&request.flow) else {
+            return refuse(&RedeemError::Unknown);
+        };
+        let name: String = request.name.chars().take(64).collect();
+        match self
+            .repo
+            .redeem(&flow, &hex(&request.invite), &request.proof, peer, &name)
+        {
+            Ok(_) => {
+                self.local_change(&flow);
+                JoinResponse {
+                    result: Some(join_response::Result::Joined(true)),
+                }
+            }
+            Err(RedeemError::Failed(e)) => {
+                tracing::warn!(target: "sync", %flow, "cannot admit {peer}: {e}");
+                JoinResponse {
+                    result: Some(join_response::Result::Refused(
+                        "the member node could not record the join".into(),
+                    )),
+                }
+            }
+            Err(why) => refuse(&why),
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The sans-IO sync engine.
+//!
+//! Inputs arrive as method calls (a peer connected, a request or response arrived, a local change
+//! was made, time passed); outputs are queued as [`Io`] and drained with [`Engine::next_io`] by
+//! whoever does the real I/O: the libp2p runtime in `node`, or a simulator in tests. The engine
+//! never touches a socket or a clock of its own.
+//!
+//! Per (peer, flow) it runs the Automerge sync protocol. Changes never travel inside Automerge's
+//! own sync messages: they are moved out and paired with their signatures, and received ones go
+//! through [`Repo::receive`] — verify → authorize → apply → persist — before the sync state sees
+//! the rest of the message. Content goes only to current members of a flow.
+//!
+//! One module per part of the engine, each an `impl Engine` block over the state it keeps in
+//! [`Engine`]: [`outbox`] (what goes out), `conversation` (sync sessions and answers), `absorb`
+//! (taking in a message), `message` (wire messages), `push`, `gossip`, `pull`, `links`,
+//! `anti_entropy`, `join`, [`stats`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{Automerge, Change, ChangeHash};
+
+use crate::auth::SignedChange;
+use crate::error::{Error, Result};
+use crate::identity::{hex, unhex, InviteKey, NodeId};
+use crate::repo::{Offered, RedeemError, Repo};
+use crate::wire::{self, join_response, sync_response, JoinRequest, JoinResponse, SyncMessage};
+
+mod absorb;
+mod anti_entropy;
+mod conversation;
+mod gossip;
+mod join;
+mod links;
+mod message;
+pub mod outbox;
+mod pull;
+mod push;
+pub mod stats;
+
+use absorb::Absorbed;
+use conversation::Conversation;
+use gossip::Waiting;
+use join::Joining;
+use message::*;
+
+pub use anti_entropy::{ANTI_ENTROPY_MS, ANTI_ENTROPY_PEERS};
+pub use gossip::{ANNOUNCE_PATIENCE_MS, MAX_WAITING_ANNOUNCEMENTS};
+pub use links::{DELIVERERS, MIN_MEMBER_LINKS};
+pub use message::decode_sync_message;
+pub use outbox::{Event, Io, Verdict};
+pub use pull::MAX_QUEUED_HEADS;
+pub use push::PUSH_TO_ALL_MAX;
+pub use stats::{Arrival, MemberSync, Stats, MAX_ARRIVALS};
+
+pub struct Engine {
+    repo: Repo,
+    me: NodeId,
+    now: u64,
+    connected: HashMap<NodeId, u64>,
+    last_heard: HashMap<NodeId, i64>,
+    clients: HashMap<(NodeId, String), Conversation>,
+    servers: HashMap<(NodeId, String), Conversation>,
+    joining: HashMap<String, Joining>,
+    io: VecDeque<Io>,
+    /// Gossip topic ↔ flow, for the flows held here.
+    topics: HashMap<String, String>,
+    topic_of: HashMap<String, String>,
+    /// Announcements held back until their changes arrive.
+    waiting: VecDeque<Waiting>,
+    /// Per flow, the members known to hold it (they sent its heads in a sync message, or
+    /// announced changes of it).
+    holders: HashMap<String, HashSet<NodeId>>,
+    /// Per flow, the connected peers seen subscribed to its topic (gossip reaches them).
+    subscribers: HashMap<String, HashSet<NodeId>>,
+    /// Node ids parsed from member lists (parsing decodes a curve point).
+    parsed: HashMap<String, Option<NodeId>>,
+    /// Per flow, the peer this node is fetching announced heads from (one at a time, so the
+    /// same changes do not arrive over many conversations at once), and the announcements
+    /// queued behind it: who announced which heads.
+    pulling: HashMap<String, NodeId>,
+    queued: HashMap<String, Vec<(NodeId, Vec<ChangeHash>)>>,
+    /// Changes accepted since the last [`Engine::commit`], to be stamped as arrivals then.
+    uncommitted: Vec<String>,
+    /// Flows whose latest local change was pushed to every other member (see
+    /// [`Engine::local_change`]); messages about them say so, and receivers do not announce.
+    told_all: HashSet<String>,
+    /// Changes refused without blaming their sender (the other version of an equivocation,
+    /// and what builds on it), with their dependencies: a peer's heads naming one are read as
+    /// its dependencies, so it is not asked for again (two honest nodes holding different
+    /// versions would otherwise ask each other for them forever).
+    refused: HashMap<ChangeHash, Vec<ChangeHash>>,
+    pub stats: Stats,
+}
+
+/// How many refused changes [`Engine`] remembers before it starts afresh.
+const MAX_REFUSED: usize = 4096;
+
+impl Engine {
+    pub fn new(repo: Repo) -> Engine {
+        let me = repo.identity().node_id().clone();
+        Engine {
+            repo,
+            me,
+            now: 0,
+            connected: HashMap::new(),
+            last_heard: HashMap::new(),
+            clients: HashMap::new(),
+            servers: HashMap::new(),
+            joining: HashMap::new(),
+            io: VecDeque::new(),
+            topics: HashMap::new(),
+            topic_of: HashMap::new(),
+            waiting: VecDeque::new(),
+            holders: HashMap::new(),
+            subscribers: HashMap::new(),
+            parsed: HashMap::new(),
+            pulling: HashMap::new(),
+            queued: HashMap::new(),
+            uncommitted: Vec::new(),
+            told_all: HashSet::new(),
+            refused: HashMap::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Records changes as arrived (durable) now.
+    fn arrived(&mut self, hashes: Vec<String>) {
+        let at_ms = crate::repo::system_clock_ms();
+        for hash in hashes {
+            if self.stats.arrivals.len() >= MAX_ARRIVALS {
+                self.stats.arrivals.pop_front();
+            }
+            self.stats.arrivals.push_back(Arrival { hash, at_ms });
+        }
+    }
+
+    /// Commits what the repository wrote since the last commit (the runtime groups the writes of
+    /// several inputs into one commit, with [`Repo::begin_group`]). If the commit fails, nothing
+    /// since the last commit was stored: every message not yet sent is dropped and every sync
+    /// conversation starts again, so no peer is told of heads that were not stored.
+    pub fn commit(&mut self) -> Result<()> {
+        let result = self.repo.commit_group();
+        let accepted = std::mem::take(&mut self.uncommitted);
+        match &result {
+            Ok(()) => self.arrived(accepted),
+            Err(e) => {
+                tracing::error!(target: "sync", "cannot commit: {e}; what was received since the last commit will be fetched again");
+                self.io.clear();
+                self.clients.clear();
+                self.servers.clear();
+                self.waiting.clear();
+                self.pulling.clear();
+                self.queued.clear();
+            }
+        }
+        result
+    }
+
+    pub fn repo(&mut self) -> &mut Repo {
+        &mut self.repo
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// The next thing to do, if any.
+    pub fn next_io(&mut self) -> Option<Io> {
+        self.io.pop_front()
+    }
+
+    pub fn connected_peers(&self) -> impl Iterator<Item = &NodeId> {
+        self.connected.keys()
+    }
+
+    /// Flows whose current members include `peer`.
+    fn shared_flows(&mut self, peer: &NodeId) -> Vec<String> {
+        let Ok(ids) = self.repo.flow_ids() else {
+            return Vec::new();
+        };
+        ids.into_iter()
+            .filter(|f| self.is_member(f, peer))
+            .collect()
+    }
+
+    fn holds(&mut self, flow: &str) -> bool {
+        matches!(self.repo.holds(flow), Ok(true))
+    }
+
+    fn is_member(&mut self, flow: &str, peer: &NodeId) -> bool {
+        matches!(self.repo.role_of(flow, peer.as_str()), Ok(Some(_)))
+    }
+
+    pub fn peer_connected(&mut self, peer: NodeId, now: u64) {
+        self.now = now;
+        self.connected.insert(peer.clone(), now);
+        for flow in self.shared_flows(&peer) {
+            self.sync_with(&peer, &flow);
+        }
+    }
+
+    pub fn peer_disconnected(&mut self, peer: &NodeId) {
+        self.connected.remove(peer);
+        self.clients.retain(|(p, _), _| p != peer);
+        self.servers.retain(|(p, _), _| p != peer);
+        for s in self.subscribers.values_mut() {
+            s.remove(peer);
+        }
+        self.pulls_from_ended(peer);
+    }
+
+    /// The node ids of the flow's current members (this node's included, if it is one).
+    fn member_ids(&mut self, flow: &str) -> Vec<NodeId> {
+        let names = self.repo.members(flow).unwrap_or_default();
+        names
+            .into_iter()
+            .filter_map(|(n, _)| {
+                self.parsed
+                    .entry(n)
+                    .or_insert_with_key(|n| n.parse().ok())
+                    .clone()
+            })
+            .collect()
+    }
+
+    fn heads(&mut self, flow: &str) -> Vec<automerge::ChangeHash> {
+        match self.repo.holds(flow) {
+            Ok(true) => self
+                .repo
+                .doc(flow)
+                .map(|d| sorted(d.get_heads()))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Accepts a flow offered to this node (`coflow flow accept`): from now on it syncs with its
+    /// connected members like any held flow (the runtime then refreshes its member links and
+    /// topics). Returns the flow's id.
+    pub fn accept(&mut self, prefix: &str) -> Result<String> {
+        let flow = self.repo.accept(prefix)?;
+        self.topic(&flow);
+        let me = self.me.clone();
+        let connected: Vec<NodeId> = self
+            .member_ids(&flow)
+            .into_iter()
+            .filter(|m| *m != me && self.connected.contains_key(m))
+            .collect();
+        for peer in connected {
+            self.sync_with(&peer, &flow);
+        }
+        Ok(flow)
+    }
+
+    /// Declines a flow offered to this node (`coflow flow decline`). Returns the flow's id.
+    pub fn decline(&mut self, prefix: &str) -> Result<String> {
+        let flow = self.repo.decline(prefix)?;
+        self.clients.retain(|(_, f), _| *f != flow);
+        self.servers.retain(|(_, f), _| *f != flow);
+        Ok(flow)
+    }
+
+    /// Per member of `flow`: connected, in sync, last heard.
+    pub fn member_sync(&mut self, flow: &str) -> Vec<MemberSync> {
+        let heads = self
+            .repo
+            .doc(flow)
+            .map(|d| {
+                let mut h = d.get_heads();
+                h.sort();
+                h
+            })
+            .unwrap_or_default();
+        let members = self.repo.members(flow).unwrap_or_default();
+        members
+            .into_iter()
+            .filter(|(n, _)| n != self.me.as_str())
+            .map(|(n, _)| {
+                let node: Option<NodeId> = n.parse().ok();
+                let key = node.as_ref().map(|p| (p.clone(), flow.to_string()));
+                let session =
+                    key.as_ref()
+                        .and_then(|k| match (self.clients.get(k), self.servers.get(k)) {
+                            (Some(c), Some(s)) if s.last_activity > c.last_activity => Some(s),
+                            (Some(c), _) => Some(c),
+                            (None, s) => s,
+                        });
+                let in_sync = session.and_then(|s| {
+                    s.state.their_heads.as_ref().map(|t| {
+                        let mut t = t.clone();
+                        t.sort();
+                        t == heads
+                    })
+                });
+                MemberSync {
+                    connected: node
+                        .as_ref()
+                        .is_some_and(|p| self.connected.contains_key(p)),
+                    last_heard: node.as_ref().and_then(|p| self.last_heard.get(p).copied()),
+                    node_id: n,
+                    in_sync,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,62 @@
+//! What the engine asks its runtime to do ([`Io`]), and what it tells local observers
+//! ([`Event`]).
+
+use super::*;
+
+/// What the engine asks its runtime to do.
+#[derive(Debug)]
+pub enum Io {
+    /// Send a `/coflow/sync/1` request; its answer comes back through
+    /// [`Engine::handle_sync_response`] (or [`Engine::sync_failed`]).
+    Sync {
+        peer: NodeId,
+        flow: String,
+        request: wire::SyncRequest,
+    },
+    /// Send a `/coflow/join/2` request to a peer named in a ticket.
+    Join {
+        peer: NodeId,
+        flow: String,
+        request: JoinRequest,
+    },
+    /// The peer sent something invalid: disconnect it and keep it away for a while.
+    Penalize { peer: NodeId, reason: String },
+    /// Announce new heads on a flow's gossip topic (no content).
+    Announce {
+        topic: String,
+        heads: Vec<ChangeHash>,
+    },
+    /// What gossip should do with a received announcement (by its gossip message id).
+    Validate {
+        id: Vec<u8>,
+        via: NodeId,
+        verdict: Verdict,
+    },
+    /// Connect to this peer: it announced changes this node lacks and is not connected.
+    Dial { peer: NodeId },
+    /// Something happened that local observers may care about.
+    Event(Event),
+}
+
+/// The fate of a received announcement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass it on: this node holds the heads it names, or relays the topic without holding it.
+    Accept,
+    /// Drop it without blame (from a non-member; its changes never came).
+    Ignore,
+    /// Drop it and blame the sender (malformed).
+    Reject,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Changes from `from` were accepted into `flow`.
+    FlowUpdated { flow: String, from: NodeId },
+    /// A join finished: this node now holds the flow as a member.
+    Joined { flow: String },
+    /// Every peer refused or failed the join.
+    JoinFailed { flow: String, reason: String },
+    /// `from` added this node to `flow`: it waits for this node's user to accept it.
+    Offered { flow: String, from: NodeId },
+}
