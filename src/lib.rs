@@ -23,6 +23,7 @@
 //!   incarnation actor; flows are read as they stand (without fallen changes); show, log,
 //!   verify. `repo::consent`: a flow a member added this node to waits as an offer until its
 //!   user accepts or declines it.
+//! - [`clock`]: the wall clock (seconds and milliseconds since the epoch), in one place.
 //! - [`export`]: process diagrams of a flow (Graphviz dot, Mermaid).
 //! - [`wire`]: protobuf messages from `proto/coflow.proto`, the length-prefixed request-response
 //!   codec, tickets.
@@ -53,6 +54,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod demo;

@@ -42,20 +42,17 @@ pub fn crash_point(label: &str) {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn system_clock() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::{system_clock, system_clock_ms};
 
-/// Milliseconds since the Unix epoch.
-pub fn system_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// Per member of a flow: is this node in sync with them, and when did it last hear from them.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct MemberSync {
+    pub node_id: String,
+    pub connected: bool,
+    /// `None` until this node has exchanged sync messages with them.
+    pub in_sync: Option<bool>,
+    /// Unix seconds of their last sync message, if any.
+    pub last_heard: Option<i64>,
 }
 
 /// The result of a local edit.
@@ -77,7 +74,7 @@ pub struct FlowView {
     pub heads: Vec<String>,
     /// Per other member: connected, in sync with this node, last heard from.
     #[serde(default)]
-    pub sync: Vec<crate::sync::MemberSync>,
+    pub sync: Vec<MemberSync>,
     /// Changes this node holds that fell by the removal rule (their author was removed
     /// concurrently, or they build on such a change): kept, never read as part of the flow.
     #[serde(default)]
@@ -1161,7 +1158,7 @@ impl Repo {
             .members
             .iter()
             .filter(|m| !m.removed && m.node_id != me)
-            .map(|m| crate::sync::MemberSync {
+            .map(|m| MemberSync {
                 node_id: m.node_id.clone(),
                 connected: false,
                 in_sync: None,

@@ -15,6 +15,7 @@ impl Engine {
     /// to have our heads (a message was lost, or a change was missed).
     pub fn tick(&mut self, now: u64) {
         self.now = now;
+        self.expire_joins(now);
         // Announcements whose changes never came are dropped, not passed on.
         while self
             .waiting

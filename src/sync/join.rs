@@ -3,9 +3,16 @@
 
 use super::*;
 
+/// How long a join waits for an answer from the members its ticket names (the runtime's own
+/// deadline for the waiting command is the same): after it, the join has failed and its state
+/// is dropped.
+pub const JOIN_PATIENCE_MS: u64 = 60_000;
+
 pub(super) struct Joining {
     pub(super) via: Vec<NodeId>,
     pub(super) refusals: Vec<String>,
+    /// When it started (engine time).
+    pub(super) since: u64,
 }
 
 impl Engine {
@@ -58,6 +65,7 @@ impl Engine {
             Joining {
                 via: via.clone(),
                 refusals: Vec::new(),
+                since: self.now,
             },
         );
         Ok(via)
@@ -104,6 +112,23 @@ impl Engine {
             self.joining.remove(flow);
             self.io.push_back(Io::Event(Event::Joined {
                 flow: flow.to_string(),
+            }));
+        }
+    }
+
+    /// Joins that got no answer in [`JOIN_PATIENCE_MS`] fail.
+    pub(super) fn expire_joins(&mut self, now: u64) {
+        let late: Vec<String> = self
+            .joining
+            .iter()
+            .filter(|(_, j)| now.saturating_sub(j.since) >= JOIN_PATIENCE_MS)
+            .map(|(f, _)| f.clone())
+            .collect();
+        for flow in late {
+            self.joining.remove(&flow);
+            self.io.push_back(Io::Event(Event::JoinFailed {
+                flow,
+                reason: "no member node answered in time".into(),
             }));
         }
     }

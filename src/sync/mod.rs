@@ -37,6 +37,8 @@ pub mod outbox;
 mod pull;
 mod push;
 pub mod stats;
+#[cfg(test)]
+mod tests;
 
 use absorb::Absorbed;
 use conversation::Conversation;
@@ -46,6 +48,7 @@ use message::*;
 
 pub use anti_entropy::{ANTI_ENTROPY_MS, ANTI_ENTROPY_PEERS};
 pub use gossip::{ANNOUNCE_PATIENCE_MS, MAX_WAITING_ANNOUNCEMENTS};
+pub use join::JOIN_PATIENCE_MS;
 pub use links::{DELIVERERS, MIN_MEMBER_LINKS};
 pub use message::decode_sync_message;
 pub use outbox::{Event, Io, Verdict};
@@ -126,7 +129,7 @@ impl Engine {
 
     /// Records changes as arrived (durable) now.
     fn arrived(&mut self, hashes: Vec<String>) {
-        let at_ms = crate::repo::system_clock_ms();
+        let at_ms = crate::clock::system_clock_ms();
         for hash in hashes {
             if self.stats.arrivals.len() >= MAX_ARRIVALS {
                 self.stats.arrivals.pop_front();

@@ -2,16 +2,7 @@
 
 use super::*;
 
-/// Per member of a flow: is this node in sync with them, and when did it last hear from them.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct MemberSync {
-    pub node_id: String,
-    pub connected: bool,
-    /// `None` until this node has exchanged sync messages with them.
-    pub in_sync: Option<bool>,
-    /// Unix seconds of their last sync message, if any.
-    pub last_heard: Option<i64>,
-}
+pub use crate::repo::MemberSync;
 
 /// Most recent arrivals kept in [`Stats::arrivals`].
 pub const MAX_ARRIVALS: usize = 10_000;
