@@ -64,20 +64,20 @@ impl Engine {
                 Some(fate) => {
                     if fate == Offered::Kept {
                         tracing::info!(target: "sync", %peer, %flow, "a flow was offered to this node");
-                        self.io.push_back(Io::Event(Event::Offered {
+                        self.out.event(Event::Offered {
                             flow: flow.to_string(),
                             from: peer.clone(),
-                        }));
+                        });
                     }
                     blame(peer, &out.rejected)?;
                     return Ok(Absorbed::Offer);
                 }
             }
             if !out.accepted.is_empty() {
-                self.io.push_back(Io::Event(Event::FlowUpdated {
+                self.out.event(Event::FlowUpdated {
                     flow: flow.to_string(),
                     from: peer.clone(),
-                }));
+                });
                 self.finish_join(flow);
                 self.topic(flow);
                 // Pass on the announcements these changes complete. News no announcement named
@@ -166,9 +166,6 @@ impl Engine {
         self.clients.retain(|(p, _), _| p != peer);
         self.servers.retain(|(p, _), _| p != peer);
         self.pulls_from_ended(peer);
-        self.io.push_back(Io::Penalize {
-            peer: peer.clone(),
-            reason,
-        });
+        self.out.penalize(peer, reason);
     }
 }

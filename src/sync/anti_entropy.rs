@@ -23,11 +23,7 @@ impl Engine {
             .is_some_and(|w| now.saturating_sub(w.since) >= ANNOUNCE_PATIENCE_MS)
         {
             let w = self.waiting.pop_front().expect("present");
-            self.io.push_back(Io::Validate {
-                id: w.id,
-                via: w.via,
-                verdict: Verdict::Ignore,
-            });
+            self.out.validate(w.id, w.via, Verdict::Ignore);
         }
         // Each flow's heads and members are read once per tick, not once per peer.
         let flows: Vec<(String, Vec<automerge::ChangeHash>, Vec<String>)> = self

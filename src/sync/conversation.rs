@@ -191,11 +191,7 @@ impl Engine {
                 };
                 self.stats.requests_sent += 1;
                 self.stats.request_bytes += prost::Message::encoded_len(&request) as u64;
-                self.io.push_back(Io::Sync {
-                    peer: peer.clone(),
-                    flow: flow.to_string(),
-                    request,
-                });
+                self.out.sync(peer, flow, request);
             } else {
                 // The conversation is at rest: a fetch from this peer is over.
                 self.clients.insert(key, client);

@@ -47,7 +47,7 @@ impl Engine {
         let topic = self.topic(flow);
         self.stats.announcements_sent += 1;
         self.stats.announcement_bytes += wire::encode_announce(&heads).len() as u64;
-        self.io.push_back(Io::Announce { topic, heads });
+        self.out.announce(topic, heads);
     }
 
     /// The gossip topics this node subscribes to: those of the flows it holds as a member.
@@ -97,11 +97,7 @@ impl Engine {
     ) {
         self.stats.announcements_received += 1;
         if let Some(verdict) = self.judge_announcement(&id, via, source, topic, data) {
-            self.io.push_back(Io::Validate {
-                id,
-                via: via.clone(),
-                verdict,
-            });
+            self.out.validate(id, via.clone(), verdict);
         }
     }
 
@@ -156,9 +152,7 @@ impl Engine {
         } else if self.connected.contains_key(source) {
             self.want(source, &flow, &missing);
         } else {
-            self.io.push_back(Io::Dial {
-                peer: source.clone(),
-            });
+            self.out.dial(source);
             // Meanwhile ask a connected member (any other than `via` first).
             let candidates: Vec<NodeId> = self
                 .connected
@@ -174,11 +168,7 @@ impl Engine {
         }
         if self.waiting.len() >= MAX_WAITING_ANNOUNCEMENTS {
             if let Some(old) = self.waiting.pop_front() {
-                self.io.push_back(Io::Validate {
-                    id: old.id,
-                    via: old.via,
-                    verdict: Verdict::Ignore,
-                });
+                self.out.validate(old.id, old.via, Verdict::Ignore);
             }
         }
         self.waiting.push_back(Waiting {
@@ -202,11 +192,7 @@ impl Engine {
         for w in waiting {
             if w.flow == flow && self.missing(flow, &w.heads).is_empty() {
                 settled = true;
-                self.io.push_back(Io::Validate {
-                    id: w.id,
-                    via: w.via,
-                    verdict: Verdict::Accept,
-                });
+                self.out.validate(w.id, w.via, Verdict::Accept);
             } else {
                 self.waiting.push_back(w);
             }

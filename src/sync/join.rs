@@ -54,11 +54,7 @@ impl Engine {
             name: name.to_string(),
         };
         for peer in &via {
-            self.io.push_back(Io::Join {
-                peer: peer.clone(),
-                flow: ticket.flow.clone(),
-                request: request.clone(),
-            });
+            self.out.join(peer, &ticket.flow, request.clone());
         }
         self.joining.insert(
             ticket.flow.clone(),
@@ -100,19 +96,19 @@ impl Engine {
             } else {
                 j.refusals.join("; ")
             };
-            self.io.push_back(Io::Event(Event::JoinFailed {
+            self.out.event(Event::JoinFailed {
                 flow: flow.to_string(),
                 reason,
-            }));
+            });
         }
     }
 
     pub(super) fn finish_join(&mut self, flow: &str) {
         if self.joining.contains_key(flow) && self.is_member(flow, &self.me.clone()) {
             self.joining.remove(flow);
-            self.io.push_back(Io::Event(Event::Joined {
+            self.out.event(Event::Joined {
                 flow: flow.to_string(),
-            }));
+            });
         }
     }
 
@@ -126,10 +122,10 @@ impl Engine {
             .collect();
         for flow in late {
             self.joining.remove(&flow);
-            self.io.push_back(Io::Event(Event::JoinFailed {
+            self.out.event(Event::JoinFailed {
                 flow,
                 reason: "no member node answered in time".into(),
-            }));
+            });
         }
     }
 

@@ -51,6 +51,7 @@ pub use gossip::{ANNOUNCE_PATIENCE_MS, MAX_WAITING_ANNOUNCEMENTS};
 pub use join::JOIN_PATIENCE_MS;
 pub use links::{DELIVERERS, MIN_MEMBER_LINKS};
 pub use message::decode_sync_message;
+use outbox::Outbox;
 pub use outbox::{Event, Io, Verdict};
 pub use pull::MAX_QUEUED_HEADS;
 pub use push::PUSH_TO_ALL_MAX;
@@ -65,7 +66,7 @@ pub struct Engine {
     clients: HashMap<(NodeId, String), Conversation>,
     servers: HashMap<(NodeId, String), Conversation>,
     joining: HashMap<String, Joining>,
-    io: VecDeque<Io>,
+    out: Outbox,
     /// Gossip topic ↔ flow, for the flows held here.
     topics: HashMap<String, String>,
     topic_of: HashMap<String, String>,
@@ -111,7 +112,7 @@ impl Engine {
             clients: HashMap::new(),
             servers: HashMap::new(),
             joining: HashMap::new(),
-            io: VecDeque::new(),
+            out: Outbox::default(),
             topics: HashMap::new(),
             topic_of: HashMap::new(),
             waiting: VecDeque::new(),
@@ -149,7 +150,7 @@ impl Engine {
             Ok(()) => self.arrived(accepted),
             Err(e) => {
                 tracing::error!(target: "sync", "cannot commit: {e}; what was received since the last commit will be fetched again");
-                self.io.clear();
+                self.out.clear();
                 self.clients.clear();
                 self.servers.clear();
                 self.waiting.clear();
@@ -170,7 +171,7 @@ impl Engine {
 
     /// The next thing to do, if any.
     pub fn next_io(&mut self) -> Option<Io> {
-        self.io.pop_front()
+        self.out.next()
     }
 
     pub fn connected_peers(&self) -> impl Iterator<Item = &NodeId> {

@@ -60,3 +60,60 @@ pub enum Event {
     /// `from` added this node to `flow`: it waits for this node's user to accept it.
     Offered { flow: String, from: NodeId },
 }
+
+/// The engine's outgoing queue, written through one typed method per kind of [`Io`] (as
+/// heartwood's `Outbox`), drained by the runtime with [`Engine::next_io`].
+#[derive(Default)]
+pub(super) struct Outbox {
+    queue: VecDeque<Io>,
+}
+
+impl Outbox {
+    pub(super) fn sync(&mut self, peer: &NodeId, flow: &str, request: wire::SyncRequest) {
+        self.queue.push_back(Io::Sync {
+            peer: peer.clone(),
+            flow: flow.to_string(),
+            request,
+        });
+    }
+
+    pub(super) fn join(&mut self, peer: &NodeId, flow: &str, request: JoinRequest) {
+        self.queue.push_back(Io::Join {
+            peer: peer.clone(),
+            flow: flow.to_string(),
+            request,
+        });
+    }
+
+    pub(super) fn penalize(&mut self, peer: &NodeId, reason: String) {
+        self.queue.push_back(Io::Penalize {
+            peer: peer.clone(),
+            reason,
+        });
+    }
+
+    pub(super) fn announce(&mut self, topic: String, heads: Vec<ChangeHash>) {
+        self.queue.push_back(Io::Announce { topic, heads });
+    }
+
+    pub(super) fn validate(&mut self, id: Vec<u8>, via: NodeId, verdict: Verdict) {
+        self.queue.push_back(Io::Validate { id, via, verdict });
+    }
+
+    pub(super) fn dial(&mut self, peer: &NodeId) {
+        self.queue.push_back(Io::Dial { peer: peer.clone() });
+    }
+
+    pub(super) fn event(&mut self, event: Event) {
+        self.queue.push_back(Io::Event(event));
+    }
+
+    pub(super) fn next(&mut self) -> Option<Io> {
+        self.queue.pop_front()
+    }
+
+    /// Drops everything not yet sent (a commit failed: nothing of it may go out).
+    pub(super) fn clear(&mut self) {
+        self.queue.clear();
+    }
+}
