@@ -9,7 +9,7 @@
 //! `mod.rs` holds [`run`], the data dir's locks, listening and the turn loop; `turn.rs` a turn's
 //! end (commit, held responses, the engine's `Io`); `swarm.rs` connections, identify, mDNS and
 //! dialing; `rr.rs` the two request-response protocols; `gossip.rs` topics and announcements;
-//! `dht.rs` Kademlia; `peers.rs` the [`PeerBook`](peers::PeerBook) of per-peer state;
+//! `dht.rs` Kademlia; `peers.rs` the `PeerBook` of per-peer state;
 //! `control.rs` the control socket; `faults.rs` test fault injection.
 
 mod control;
@@ -27,7 +27,6 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use libp2p::request_response::OutboundRequestId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +37,7 @@ use crate::identity::NodeId;
 use crate::net::{self, Behaviour, BehaviourEvent, Limits};
 use crate::repo::Repo;
 use crate::sync::Engine;
+use crate::wire::{JoinResponse, SyncResponse};
 
 pub use peers::{REQUESTS_PER_SECOND, REQUEST_BURST};
 
@@ -79,8 +79,8 @@ struct Runtime {
     engine: Engine,
     swarm: Swarm<Behaviour>,
     started: Instant,
-    sync_requests: HashMap<OutboundRequestId, (NodeId, String)>,
-    join_requests: HashMap<OutboundRequestId, (NodeId, String)>,
+    sync: rr::Lane<SyncResponse>,
+    join: rr::Lane<JoinResponse>,
     pending_joins: HashMap<String, Vec<(Pending, Instant)>>,
     /// Addresses, dial backoff, bans, request budgets and DHT lookups, per peer.
     peers: peers::PeerBook,
@@ -144,8 +144,8 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         engine: Engine::new(repo),
         swarm,
         started: Instant::now(),
-        sync_requests: HashMap::new(),
-        join_requests: HashMap::new(),
+        sync: rr::Lane::default(),
+        join: rr::Lane::default(),
         pending_joins: HashMap::new(),
         peers: peers::PeerBook::default(),
         bootstrap: opts.bootstrap.clone(),

@@ -5,12 +5,10 @@
 use std::collections::HashMap;
 
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
-use libp2p::{PeerId, Swarm};
+use libp2p::PeerId;
 
-use super::turn::Held;
 use super::{node_of, Runtime};
 use crate::identity::NodeId;
-use crate::net::Behaviour;
 use crate::wire::{self, Codec, Frame, JoinRequest, JoinResponse, SyncRequest, SyncResponse};
 
 /// What differs between the request-response protocols.
@@ -20,15 +18,22 @@ pub(super) trait Protocol {
     /// The answer to a request that is not read, and what a held answer becomes when the
     /// turn's commit fails; `None`: no answer at all.
     fn refused() -> Option<Self::Response>;
-    fn behaviour(
-        swarm: &mut Swarm<Behaviour>,
-    ) -> &mut request_response::Behaviour<Codec<Self::Request, Self::Response>>;
-    /// The requests this node sent, by id: to whom, about which flow.
-    fn sent(rt: &mut Runtime) -> &mut HashMap<OutboundRequestId, (NodeId, String)>;
-    fn held(held: &mut Held) -> &mut Vec<(ResponseChannel<Self::Response>, Self::Response)>;
     fn answer(rt: &mut Runtime, peer: &NodeId, request: Self::Request) -> Self::Response;
     fn response(rt: &mut Runtime, peer: &NodeId, flow: &str, response: Self::Response);
     fn failed(rt: &mut Runtime, peer: &NodeId, flow: &str, error: OutboundFailure);
+    /// The protocol's behaviour in the swarm, and its lane.
+    fn parts(rt: &mut Runtime) -> (&mut Behaviour<Self>, &mut Lane<Self::Response>);
+}
+
+type Behaviour<P> =
+    request_response::Behaviour<Codec<<P as Protocol>::Request, <P as Protocol>::Response>>;
+
+/// One protocol's traffic: the requests this node sent, by id (to whom, about which flow), and
+/// the answers that wait for the turn's commit.
+#[derive(Default)]
+pub(super) struct Lane<Response> {
+    pub(super) sent: HashMap<OutboundRequestId, (NodeId, String)>,
+    held: Vec<(ResponseChannel<Response>, Response)>,
 }
 
 /// Automerge sync of one flow.
@@ -37,29 +42,13 @@ pub(super) struct Sync;
 /// A join by invite ticket.
 pub(super) struct Join;
 
-/// The answer that a flow is unavailable here.
-pub(super) fn unavailable() -> SyncResponse {
-    SyncResponse {
-        result: Some(wire::sync_response::Result::Unavailable(true)),
-    }
-}
-
 impl Protocol for Sync {
     type Request = SyncRequest;
     type Response = SyncResponse;
     fn refused() -> Option<SyncResponse> {
-        Some(unavailable())
-    }
-    fn behaviour(
-        swarm: &mut Swarm<Behaviour>,
-    ) -> &mut request_response::Behaviour<Codec<SyncRequest, SyncResponse>> {
-        &mut swarm.behaviour_mut().sync
-    }
-    fn sent(rt: &mut Runtime) -> &mut HashMap<OutboundRequestId, (NodeId, String)> {
-        &mut rt.sync_requests
-    }
-    fn held(held: &mut Held) -> &mut Vec<(ResponseChannel<SyncResponse>, SyncResponse)> {
-        &mut held.sync
+        Some(SyncResponse {
+            result: Some(wire::sync_response::Result::Unavailable(true)),
+        })
     }
     fn answer(rt: &mut Runtime, peer: &NodeId, request: SyncRequest) -> SyncResponse {
         rt.engine.handle_sync_request(peer, request)
@@ -71,6 +60,9 @@ impl Protocol for Sync {
         tracing::debug!(target: "node", %peer, %flow, "sync request failed: {error}");
         rt.engine.sync_failed(peer, flow);
     }
+    fn parts(rt: &mut Runtime) -> (&mut Behaviour<Self>, &mut Lane<SyncResponse>) {
+        (&mut rt.swarm.behaviour_mut().sync, &mut rt.sync)
+    }
 }
 
 impl Protocol for Join {
@@ -78,17 +70,6 @@ impl Protocol for Join {
     type Response = JoinResponse;
     fn refused() -> Option<JoinResponse> {
         None
-    }
-    fn behaviour(
-        swarm: &mut Swarm<Behaviour>,
-    ) -> &mut request_response::Behaviour<Codec<JoinRequest, JoinResponse>> {
-        &mut swarm.behaviour_mut().join
-    }
-    fn sent(rt: &mut Runtime) -> &mut HashMap<OutboundRequestId, (NodeId, String)> {
-        &mut rt.join_requests
-    }
-    fn held(held: &mut Held) -> &mut Vec<(ResponseChannel<JoinResponse>, JoinResponse)> {
-        &mut held.join
     }
     fn answer(rt: &mut Runtime, peer: &NodeId, request: JoinRequest) -> JoinResponse {
         let response = rt.engine.handle_join_request(peer, request);
@@ -100,6 +81,9 @@ impl Protocol for Join {
     }
     fn failed(rt: &mut Runtime, peer: &NodeId, flow: &str, error: OutboundFailure) {
         rt.engine.join_failed(peer, flow, error.to_string());
+    }
+    fn parts(rt: &mut Runtime) -> (&mut Behaviour<Self>, &mut Lane<JoinResponse>) {
+        (&mut rt.swarm.behaviour_mut().join, &mut rt.join)
     }
 }
 
@@ -118,7 +102,7 @@ impl Runtime {
                         request_id,
                         response,
                     } => {
-                        if let Some((node, flow)) = P::sent(self).remove(&request_id) {
+                        if let Some((node, flow)) = P::parts(self).1.sent.remove(&request_id) {
                             P::response(self, &node, &flow, response);
                         }
                     }
@@ -127,7 +111,7 @@ impl Runtime {
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some((node, flow)) = P::sent(self).remove(&request_id) {
+                if let Some((node, flow)) = P::parts(self).1.sent.remove(&request_id) {
                     P::failed(self, &node, &flow, error);
                 }
             }
@@ -158,7 +142,7 @@ impl Runtime {
             }
         };
         if let Some(response) = response {
-            P::held(&mut self.held).push((channel, response));
+            P::parts(self).1.held.push((channel, response));
             self.held.peers.insert(peer);
         }
     }
@@ -182,16 +166,13 @@ impl Runtime {
         }
     }
 
-    /// Sends the responses a turn held, or, if its commit `failed`, what a refused request gets.
-    pub(super) fn send_held<P: Protocol>(
-        &mut self,
-        held: Vec<(ResponseChannel<P::Response>, P::Response)>,
-        failed: bool,
-    ) {
-        for (channel, response) in held {
+    /// Sends the answers the turn held, or, if its commit `failed`, what a refused request gets.
+    pub(super) fn send_held<P: Protocol>(&mut self, failed: bool) {
+        let (behaviour, lane) = P::parts(self);
+        for (channel, response) in std::mem::take(&mut lane.held) {
             let response = if failed { P::refused() } else { Some(response) };
             if let Some(response) = response {
-                let _ = P::behaviour(&mut self.swarm).send_response(channel, response);
+                let _ = behaviour.send_response(channel, response);
             }
         }
     }

@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use libp2p::request_response::ResponseChannel;
 use libp2p::{gossipsub, PeerId};
 
 use super::rr::{self, Join};
@@ -12,13 +11,11 @@ use super::{peer_of, Pending, Runtime};
 use crate::api::Reply;
 use crate::error::{Error, Result};
 use crate::sync::{Event, Io, Verdict};
-use crate::wire::{Frame, JoinResponse, SyncResponse};
+use crate::wire::Frame;
 
-/// Responses and replies that wait for the turn's commit.
+/// Replies that wait for the turn's commit (responses wait in their [`rr::Lane`]).
 #[derive(Default)]
 pub(crate) struct Held {
-    pub(crate) sync: Vec<(ResponseChannel<SyncResponse>, SyncResponse)>,
-    pub(crate) join: Vec<(ResponseChannel<JoinResponse>, JoinResponse)>,
     pub(crate) replies: Vec<(Pending, Result<Reply>)>,
     /// The peers the held responses go to.
     pub(crate) peers: HashSet<PeerId>,
@@ -47,8 +44,8 @@ impl Runtime {
                 *result = Err(Error::Invalid(format!("the store could not commit: {e}")));
             }
         }
-        self.send_held::<rr::Sync>(held.sync, committed.is_err());
-        self.send_held::<Join>(held.join, committed.is_err());
+        self.send_held::<rr::Sync>(committed.is_err());
+        self.send_held::<Join>(committed.is_err());
         for (reply, result) in held.replies {
             let _ = reply.send(result);
         }
@@ -60,82 +57,86 @@ impl Runtime {
     /// Executes what the engine asked for.
     fn drain(&mut self) {
         while let Some(io) = self.engine.next_io() {
-            match io {
-                Io::Sync {
-                    peer,
-                    flow,
-                    request,
-                } => {
-                    let Some(p) = peer_of(&peer) else { continue };
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_request(&p, Frame::Message(request));
-                    self.sync_requests.insert(id, (peer, flow));
+            self.on_io(io);
+        }
+    }
+
+    fn on_io(&mut self, io: Io) {
+        match io {
+            Io::Announce { topic, heads } => {
+                let data = crate::wire::encode_announce(&heads);
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .publish(gossipsub::IdentTopic::new(topic), data)
+                {
+                    tracing::debug!(target: "node", "announcement not sent: {e}");
                 }
-                Io::Join {
-                    peer,
-                    flow,
-                    request,
-                } => {
-                    let Some(p) = peer_of(&peer) else { continue };
-                    let addrs = self.peers.addrs(&p);
-                    let id = self.swarm.behaviour_mut().join.send_request_with_addresses(
-                        &p,
-                        Frame::Message(request),
-                        addrs,
-                    );
-                    self.join_requests.insert(id, (peer, flow));
-                }
-                Io::Penalize { peer, reason } => {
-                    let Some(p) = peer_of(&peer) else { continue };
-                    let ban = self.peers.ban(p, Instant::now());
-                    tracing::warn!(target: "node", %peer, ?ban, "blocking peer: {reason}");
-                    if self.answering.contains(&p) {
-                        // Blocked once the answer just handed out has gone.
-                        self.peers.close_after_answer(p, Instant::now());
-                    } else {
-                        self.swarm.behaviour_mut().blocked.block_peer(p);
-                    }
-                }
-                Io::Announce { topic, heads } => {
-                    let data = crate::wire::encode_announce(&heads);
-                    if let Err(e) = self
-                        .swarm
-                        .behaviour_mut()
-                        .gossip
-                        .publish(gossipsub::IdentTopic::new(topic), data)
-                    {
-                        tracing::debug!(target: "node", "announcement not sent: {e}");
-                    }
-                }
-                Io::Validate { id, via, verdict } => {
-                    let Some(p) = peer_of(&via) else { continue };
-                    let acceptance = match verdict {
-                        Verdict::Accept => gossipsub::MessageAcceptance::Accept,
-                        Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
-                        Verdict::Reject => gossipsub::MessageAcceptance::Reject,
-                    };
-                    self.swarm
-                        .behaviour_mut()
-                        .gossip
-                        .report_message_validation_result(
-                            &gossipsub::MessageId::new(&id),
-                            &p,
-                            acceptance,
-                        );
-                }
-                Io::Dial { peer } => {
-                    if let Some(p) = peer_of(&peer) {
-                        self.wanted.insert(p);
-                        if !self.swarm.is_connected(&p) {
-                            self.dial(p);
-                        }
-                    }
-                }
-                Io::Event(event) => self.on_engine_event(event),
             }
+            Io::Sync {
+                peer,
+                flow,
+                request,
+            } => {
+                let Some(p) = peer_of(&peer) else { return };
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&p, Frame::Message(request));
+                self.sync.sent.insert(id, (peer, flow));
+            }
+            Io::Join {
+                peer,
+                flow,
+                request,
+            } => {
+                let Some(p) = peer_of(&peer) else { return };
+                let addrs = self.peers.addrs(&p);
+                let id = self.swarm.behaviour_mut().join.send_request_with_addresses(
+                    &p,
+                    Frame::Message(request),
+                    addrs,
+                );
+                self.join.sent.insert(id, (peer, flow));
+            }
+            Io::Penalize { peer, reason } => {
+                let Some(p) = peer_of(&peer) else { return };
+                let ban = self.peers.ban(p, Instant::now());
+                tracing::warn!(target: "node", %peer, ?ban, "blocking peer: {reason}");
+                if self.answering.contains(&p) {
+                    // Blocked once the answer just handed out has gone.
+                    self.peers.close_after_answer(p, Instant::now());
+                } else {
+                    self.swarm.behaviour_mut().blocked.block_peer(p);
+                }
+            }
+            Io::Validate { id, via, verdict } => {
+                let Some(p) = peer_of(&via) else { return };
+                let acceptance = match verdict {
+                    Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+                    Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+                    Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossip
+                    .report_message_validation_result(
+                        &gossipsub::MessageId::new(&id),
+                        &p,
+                        acceptance,
+                    );
+            }
+            Io::Dial { peer } => {
+                if let Some(p) = peer_of(&peer) {
+                    self.wanted.insert(p);
+                    if !self.swarm.is_connected(&p) {
+                        self.dial(p);
+                    }
+                }
+            }
+            Io::Event(event) => self.on_engine_event(event),
         }
     }
 
