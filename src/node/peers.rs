@@ -92,9 +92,9 @@ impl PeerBook {
         &mut self,
         peer: PeerId,
         addr: &Multiaddr,
+        now: Instant,
         connected: impl Fn(&PeerId) -> bool,
     ) -> bool {
-        let now = Instant::now();
         if !self.addrs.contains_key(&peer) && self.addrs.len() >= MAX_BOOK_PEERS {
             let oldest = self
                 .addrs
@@ -265,4 +265,86 @@ impl PeerBook {
 /// again quickly (the long chaos tier took two minutes to reconverge with a 4-minute cap).
 fn redial_wait(failures: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(failures.clamp(1, 5)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(n: u16) -> Multiaddr {
+        format!("/ip4/127.0.0.1/tcp/{n}")
+            .parse()
+            .expect("valid multiaddr")
+    }
+
+    #[test]
+    fn the_address_book_keeps_connected_peers_and_drops_the_oldest_other() {
+        let mut book = PeerBook::default();
+        let start = Instant::now();
+        let peers: Vec<PeerId> = (0..MAX_BOOK_PEERS).map(|_| PeerId::random()).collect();
+        for (i, p) in peers.iter().enumerate() {
+            let at = start + Duration::from_millis(i as u64);
+            assert!(book.learn_addr(*p, &addr(1), at, |_| false));
+        }
+        let (connected, oldest) = (peers[0], peers[1]);
+        let late = start + Duration::from_secs(60);
+        let newcomer = PeerId::random();
+        assert!(book.learn_addr(newcomer, &addr(1), late, |p| *p == connected));
+        assert_eq!(book.addrs.len(), MAX_BOOK_PEERS);
+        assert_eq!(book.addrs(&connected), vec![addr(1)]);
+        assert!(book.addrs(&oldest).is_empty());
+        assert_eq!(book.addrs(&newcomer), vec![addr(1)]);
+        // A known address is not new; a peer keeps its last eight.
+        assert!(!book.learn_addr(newcomer, &addr(1), late, |_| false));
+        for n in 2..=10 {
+            assert!(book.learn_addr(newcomer, &addr(n), late, |_| false));
+        }
+        assert_eq!(
+            book.addrs(&newcomer),
+            (3..=10).map(addr).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_refilled_budget_and_an_old_lookup_are_dropped_as_they_decide_nothing() {
+        let mut book = PeerBook::default();
+        let (peer, now) = (PeerId::random(), Instant::now());
+        for _ in 0..REQUEST_BURST as usize {
+            assert!(book.within_budget(peer, now));
+        }
+        assert!(!book.within_budget(peer, now));
+        assert!(book.lookup_due(peer, now));
+        assert!(!book.lookup_due(peer, now));
+        book.prune(now + Duration::from_secs(1), |_| false);
+        assert_eq!((book.budgets.len(), book.lookups.len()), (1, 1));
+        let later = now + Duration::from_secs(11);
+        book.prune(later, |_| false);
+        assert!(book.budgets.is_empty() && book.lookups.is_empty());
+        assert!(book.within_budget(peer, later) && book.lookup_due(peer, later));
+    }
+
+    #[test]
+    fn a_disconnected_peer_starts_over_an_hour_after_its_last_failure_and_ban() {
+        let mut book = PeerBook::default();
+        let (gone, here, now) = (PeerId::random(), PeerId::random(), Instant::now());
+        for p in [gone, here] {
+            book.dial_failed(p, now);
+            book.dial_failed(p, now);
+            assert_eq!(book.ban(p, now), Duration::from_secs(60));
+            assert_eq!(book.ban(p, now), Duration::from_secs(120));
+        }
+        assert!(!book.may_dial(&gone, now + Duration::from_secs(3)));
+        let lifted = now + Duration::from_secs(120);
+        assert_eq!(book.lift_bans(lifted).len(), 2);
+        assert!(book.may_dial(&gone, lifted) && !book.banned(&gone));
+        // Within the hour after the last failed dial (due again at 4 s) nothing is forgotten.
+        book.prune(now + Duration::from_secs(4) + FORGET_AFTER, |p| *p == here);
+        assert_eq!(book.backoff.len() + book.bans.len(), 4);
+        book.prune(lifted + FORGET_AFTER + Duration::from_secs(1), |p| {
+            *p == here
+        });
+        assert_eq!(book.ban(gone, lifted), Duration::from_secs(60));
+        assert_eq!(book.ban(here, lifted), Duration::from_secs(240));
+        assert!(!book.backoff.contains_key(&gone) && book.backoff.contains_key(&here));
+    }
 }

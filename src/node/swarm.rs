@@ -166,7 +166,7 @@ impl Runtime {
         let swarm = &self.swarm;
         if self
             .peers
-            .learn_addr(peer, &addr, |p| swarm.is_connected(p))
+            .learn_addr(peer, &addr, Instant::now(), |p| swarm.is_connected(p))
         {
             self.swarm.add_peer_address(peer, addr);
         }
