@@ -41,7 +41,13 @@
 //! - [`config`]: `config.toml` in the data dir.
 //! - [`fuzz`]: entry points for the fuzz targets and their regression tests.
 //! - [`node`]: the runtime: one task owning the engine and swarm, handling the inputs ready in a
-//!   turn under one commit and sending what they produced after it; the control API server.
+//!   turn under one commit and sending what they produced after it. `node/mod.rs`: `run`, the
+//!   data dir's locks, listening, the turn loop; `turn.rs`: a turn's commit, held responses and
+//!   the engine's `Io`; `swarm.rs`: connections, identify, mDNS, dialing; `rr.rs`: one routing
+//!   for both request-response protocols (sync, join); `gossip.rs`: member and relayed topics,
+//!   announcements; `dht.rs`: Kademlia lookups and provider records; `peers.rs`: the `PeerBook`
+//!   of per-peer state (addresses, backoff, bans, budgets, lookups), each bounded;
+//!   `control.rs`: the control API server; `faults.rs`: test fault injection.
 //! - [`api`]: the control API: `Call`/`Reply`, the `Handle` trait with a local (store) and a
 //!   remote (Unix socket) transport.
 //! - [`cluster`]: several nodes on one machine (as processes or as tasks), driven through the

@@ -1,0 +1,243 @@
+//! The control socket: a Unix socket speaking HTTP/1.1 (one `POST /v1/call` a connection),
+//! whose calls the runtime executes in its turns, and the calls it answers itself.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{now_secs, peer_of, Pending, Runtime, JOIN_TIMEOUT};
+use crate::api::{self, Call, PeerInfo, Reply, Status};
+use crate::error::{Error, Result};
+use crate::wire::InviteTicket;
+
+/// Most control connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Longest a client may take to send its request (the CLI sends it at once).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long to wait before accepting again after accepting failed (out of file descriptors).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Binds the control socket at `path`, readable and writable by this user only.
+pub(super) fn bind(path: &Path) -> Result<UnixListener> {
+    let io_error = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(io_error)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_error)?;
+    Ok(listener)
+}
+
+/// Accepts control connections and hands their calls to the runtime over `calls`.
+pub(super) async fn serve_api(listener: UnixListener, calls: mpsc::Sender<(Call, Pending)>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(ACCEPT_PAUSE).await;
+            continue;
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            let (status, body) = answer(&mut stream, &calls).await;
+            let _ = api::write_response(&mut stream, status, &body).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Reads one request and has the runtime execute its call: the status and body to answer.
+async fn answer(
+    stream: &mut tokio::net::UnixStream,
+    calls: &mpsc::Sender<(Call, Pending)>,
+) -> (u16, Vec<u8>) {
+    let req = match tokio::time::timeout(READ_TIMEOUT, api::read_request(stream)).await {
+        Ok(Ok(req)) => req,
+        Ok(Err(e)) => return (400, error_body(&format!("bad request: {e}"))),
+        Err(_) => return (400, error_body("bad request: timed out")),
+    };
+    if req.method != "POST" || req.path != "/v1/call" {
+        return (404, error_body("unknown endpoint"));
+    }
+    let call = match serde_json::from_slice::<Call>(&req.body) {
+        Ok(call) => call,
+        Err(e) => return (400, error_body(&format!("bad call: {e}"))),
+    };
+    let (tx, rx) = oneshot::channel();
+    if calls.send((call, tx)).await.is_err() {
+        return (500, error_body("the node is shutting down"));
+    }
+    match rx.await {
+        Ok(Ok(reply)) => (200, serde_json::to_vec(&reply).expect("replies serialize")),
+        Ok(Err(e)) => (400, error_body(&e.to_string())),
+        Err(_) => (500, error_body("the node dropped the call")),
+    }
+}
+
+fn error_body(msg: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": msg })).expect("serializes")
+}
+
+impl Runtime {
+    pub(super) fn on_call(&mut self, call: Call, reply: Pending) {
+        let result = match call {
+            Call::Status => Ok(Reply::Status(self.status())),
+            Call::Peers => Ok(Reply::Peers(self.peers())),
+            Call::Stats => Ok(Reply::Stats(Box::new(self.engine.stats.clone()))),
+            Call::TestPartition { peers } => self.test_partition(&peers),
+            Call::TestHeal => self.test_heal(),
+            Call::Join { ticket } => {
+                self.start_join(&ticket, reply);
+                return;
+            }
+            Call::FlowAccept { flow } => self.engine.accept(&flow).map(|id| {
+                self.refresh_members();
+                self.refresh_topics();
+                Reply::Accepted { id }
+            }),
+            Call::FlowDecline { flow } => {
+                self.engine.decline(&flow).map(|id| Reply::Declined { id })
+            }
+            Call::FlowShow { flow } => api::execute(self.engine.repo(), Call::FlowShow { flow })
+                .map(|r| match r {
+                    Reply::Flow(mut view) => {
+                        view.sync = self.engine.member_sync(&view.flow.id);
+                        Reply::Flow(view)
+                    }
+                    other => other,
+                }),
+            other => self.execute(other),
+        };
+        self.held.replies.push((reply, result));
+    }
+
+    /// Executes a call on the store, and tells the engine of the local change it made.
+    fn execute(&mut self, call: Call) -> Result<Reply> {
+        let touched = matches!(&call, Call::Edit { .. } | Call::Invite { .. });
+        let result = api::execute(self.engine.repo(), call);
+        match &result {
+            Ok(Reply::Edited(e)) if touched => {
+                self.engine.local_change(&e.flow.clone());
+                self.refresh_members();
+            }
+            Ok(Reply::Created { .. }) => self.refresh_topics(),
+            Ok(Reply::Invited(i)) if touched => self.engine.local_change(&i.edit.flow.clone()),
+            _ => {}
+        }
+        result
+    }
+
+    fn status(&mut self) -> Status {
+        Status {
+            running: true,
+            node_id: self.engine.node_id().to_string(),
+            name: self.engine.repo().identity().name().to_string(),
+            listen: self
+                .listen
+                .iter()
+                .map(|a| format!("{a}/p2p/{}", self.swarm.local_peer_id()))
+                .collect(),
+            peers: self.swarm.connected_peers().count(),
+            flows: self.engine.repo().flow_ids().map(|f| f.len()).unwrap_or(0),
+        }
+    }
+
+    fn start_join(&mut self, ticket: &str, reply: Pending) {
+        let ticket = match InviteTicket::decode(ticket) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = reply.send(Err(Error::Invalid(e.to_string())));
+                return;
+            }
+        };
+        let name = self.engine.repo().identity().name().to_string();
+        match self.engine.start_join(&ticket, &name) {
+            Ok(via) => {
+                for addr in &ticket.addrs {
+                    if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                        let base: Multiaddr = addr
+                            .iter()
+                            .filter(|p| !matches!(p, Protocol::P2p(_)))
+                            .collect();
+                        self.learn_addr(peer, base);
+                    }
+                }
+                for node in via {
+                    if let Some(p) = peer_of(&node) {
+                        self.peers.clear_backoff(&p);
+                    }
+                }
+                self.pending_joins
+                    .entry(ticket.flow.clone())
+                    .or_default()
+                    .push((reply, Instant::now() + JOIN_TIMEOUT));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn peers(&mut self) -> Vec<PeerInfo> {
+        let names = self.member_names();
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let book = self
+            .engine
+            .repo()
+            .store()
+            .reader()
+            .peers()
+            .unwrap_or_default();
+        let mut out: Vec<PeerInfo> = connected
+            .iter()
+            .map(|p| PeerInfo {
+                node_id: p.to_base58(),
+                name: names.get(&p.to_base58()).cloned().unwrap_or_default(),
+                addrs: self.peers.addr_strings(p),
+                connected: true,
+                last_seen: Some(now_secs()),
+            })
+            .collect();
+        for row in book {
+            if !out.iter().any(|p| p.node_id == row.node) {
+                out.push(PeerInfo {
+                    name: names.get(&row.node).cloned().unwrap_or_default(),
+                    node_id: row.node,
+                    addrs: row.addrs,
+                    connected: false,
+                    last_seen: Some(row.last_seen),
+                });
+            }
+        }
+        out
+    }
+
+    fn member_names(&mut self) -> HashMap<String, String> {
+        let mut names = HashMap::new();
+        let repo = self.engine.repo();
+        for flow in repo.flow_ids().unwrap_or_default() {
+            if let Ok(view) = repo.show(&flow) {
+                for m in view.flow.members {
+                    if !m.name.is_empty() {
+                        names.insert(m.node_id, m.name);
+                    }
+                }
+            }
+        }
+        names
+    }
+}

@@ -1,0 +1,315 @@
+//! The node runtime: wires the store, the sync engine and the libp2p swarm, and serves the
+//! control API. One task owns everything and `select!`s over swarm events, API calls and a
+//! timer. Each turn handles the input that woke it and whatever else is ready (up to
+//! [`MAX_INPUTS_PER_TURN`]) inside one store transaction, commits it (one fsync for all of
+//! them), and only then sends what those inputs produced: sync and join responses, API replies
+//! and the engine's [`Io`](crate::sync::Io). Nothing that tells of a change (a reply, advertised
+//! heads) leaves before the change is durable.
+//!
+//! `mod.rs` holds [`run`], the data dir's locks, listening and the turn loop; `turn.rs` a turn's
+//! end (commit, held responses, the engine's `Io`); `swarm.rs` connections, identify, mDNS and
+//! dialing; `rr.rs` the two request-response protocols; `gossip.rs` topics and announcements;
+//! `dht.rs` Kademlia; `peers.rs` the `PeerBook` of per-peer state;
+//! `control.rs` the control socket; `faults.rs` test fault injection.
+
+mod control;
+mod dht;
+mod faults;
+mod gossip;
+mod peers;
+mod rr;
+mod swarm;
+mod turn;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{self, Call, Reply};
+use crate::error::{Error, Result};
+use crate::identity::NodeId;
+use crate::net::{self, Behaviour, BehaviourEvent, Limits};
+use crate::repo::Repo;
+use crate::sync::Engine;
+use crate::wire::{JoinResponse, SyncResponse};
+
+pub use peers::{REQUESTS_PER_SECOND, REQUEST_BURST};
+
+/// How often the engine ticks (anti-entropy, redials, timeouts).
+pub const TICK: Duration = Duration::from_millis(1000);
+/// How long a join may take before the caller is told it failed.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most topics a node relays for flows it is not a member of.
+pub const MAX_RELAYED_TOPICS: usize = 64;
+/// How often to ask the DHT again about the same peer or flow.
+pub const DHT_RETRY: Duration = Duration::from_secs(10);
+/// Most inputs (swarm events, API calls) handled in one turn, under one commit.
+pub const MAX_INPUTS_PER_TURN: usize = 64;
+/// Longest a penalized peer stays blocked.
+pub const MAX_BAN: Duration = Duration::from_secs(3600);
+
+/// Meta key: the TCP port the node last listened on by default.
+const META_LISTEN_PORT: &str = "listen_port";
+
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub home: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub limits: Limits,
+}
+
+type Pending = oneshot::Sender<Result<Reply>>;
+
+/// What woke the event loop.
+enum Input {
+    Swarm(Box<SwarmEvent<BehaviourEvent>>),
+    Call(Call, Pending),
+    Tick,
+}
+
+struct Runtime {
+    engine: Engine,
+    swarm: Swarm<Behaviour>,
+    started: Instant,
+    sync: rr::Lane<SyncResponse>,
+    join: rr::Lane<JoinResponse>,
+    pending_joins: HashMap<String, Vec<(Pending, Instant)>>,
+    /// Addresses, dial backoff, bans, request budgets and DHT lookups, per peer.
+    peers: peers::PeerBook,
+    bootstrap: Vec<Multiaddr>,
+    listen: Vec<Multiaddr>,
+    /// Members this node wants to be connected to (see [`Engine::reach_plan`]).
+    wanted: HashSet<PeerId>,
+    topics: gossip::Topics,
+    dht: dht::Dht,
+    faults: faults::Faults,
+    /// What this turn's inputs produced that must wait for its commit.
+    held: turn::Held,
+    /// Peers whose responses went out at the end of this turn (see [`peers::PeerBook::closing`]).
+    answering: HashSet<PeerId>,
+}
+
+fn now_secs() -> i64 {
+    crate::repo::system_clock()
+}
+
+fn node_of(peer: &PeerId) -> Option<NodeId> {
+    peer.to_base58().parse().ok()
+}
+
+fn peer_of(node: &NodeId) -> Option<PeerId> {
+    PeerId::from_str(node.as_str()).ok()
+}
+
+/// Runs a node until `shutdown` completes. Everything acknowledged is already durable when this
+/// returns: every write commits before it is acknowledged.
+pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    use tracing::Instrument;
+    // Every log line of this node names its data dir: several nodes may share one process.
+    let dir = opts
+        .home
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    serve(opts, shutdown)
+        .instrument(tracing::info_span!(target: "node", "node", %dir))
+        .await
+}
+
+async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    std::fs::create_dir_all(&opts.home).map_err(|source| Error::Io {
+        path: opts.home.clone(),
+        source,
+    })?;
+    let socket_path = opts.home.join(api::SOCKET_FILE);
+    let lock = lock_home(&opts.home, &socket_path).await?;
+    let repo = Repo::open(&opts.home)?;
+    let keypair = repo.identity().libp2p_keypair();
+    let mut swarm =
+        net::build(keypair, opts.mdns, opts.limits).map_err(|e| Error::Invalid(e.to_string()))?;
+    listen(&mut swarm, &repo, &opts.listen)?;
+    let listener = control::bind(&socket_path)?;
+    let (calls_tx, mut calls_rx) = mpsc::channel::<(Call, Pending)>(64);
+    let api_task = tokio::spawn(control::serve_api(listener, calls_tx));
+
+    let mut rt = Runtime {
+        engine: Engine::new(repo),
+        swarm,
+        started: Instant::now(),
+        sync: rr::Lane::default(),
+        join: rr::Lane::default(),
+        pending_joins: HashMap::new(),
+        peers: peers::PeerBook::default(),
+        bootstrap: opts.bootstrap.clone(),
+        listen: Vec::new(),
+        wanted: HashSet::new(),
+        topics: gossip::Topics::default(),
+        dht: dht::Dht::default(),
+        faults: faults::Faults::from_env(),
+        held: turn::Held::default(),
+        answering: HashSet::new(),
+    };
+    rt.load_address_book();
+    for addr in rt.bootstrap.clone() {
+        if let Err(e) = rt.swarm.dial(addr.clone()) {
+            tracing::warn!(target: "node", "cannot dial bootstrap {addr}: {e}");
+        }
+    }
+    rt.refresh_members();
+    rt.refresh_topics();
+    tracing::info!(target: "node", node = %rt.engine.node_id(), "node started");
+
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        let first = tokio::select! {
+            event = rt.swarm.select_next_some() => Input::Swarm(Box::new(event)),
+            Some((call, reply)) = calls_rx.recv() => Input::Call(call, reply),
+            _ = tick.tick() => Input::Tick,
+            _ = &mut shutdown => break,
+        };
+        let grouped = match rt.engine.repo().begin_group() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(target: "node", "cannot open a store transaction: {e}");
+                false
+            }
+        };
+        rt.on_input(first);
+        // Whatever else is ready now shares the turn's commit.
+        for _ in 1..MAX_INPUTS_PER_TURN {
+            let next = if let Some(Some(event)) = rt.swarm.next().now_or_never() {
+                Input::Swarm(Box::new(event))
+            } else if let Ok((call, reply)) = calls_rx.try_recv() {
+                Input::Call(call, reply)
+            } else {
+                break;
+            };
+            rt.on_input(next);
+        }
+        rt.end_turn(grouped);
+    }
+    api_task.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!(target: "node", "node stopped");
+    drop(lock);
+    Ok(())
+}
+
+/// Takes the data dir's lock for good. A command working on the store holds the lock shared for
+/// a moment: close the gate to new ones, and wait for those already in. A node that answers on
+/// the socket holds the lock for good: refuse.
+async fn lock_home(home: &Path, socket_path: &Path) -> Result<std::fs::File> {
+    let lock = api::lock_file(home)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let gate = api::gate_file(home)?;
+    while gate.try_lock().is_err() {
+        if Instant::now() > deadline {
+            return Err(Error::Invalid(
+                "another coflow process keeps this data dir locked".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while lock.try_lock().is_err() {
+        if std::os::unix::net::UnixStream::connect(socket_path).is_ok() {
+            return Err(Error::Invalid(
+                "a coflow node is already running for this data dir".into(),
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Invalid(
+                "another coflow process keeps this data dir locked".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Commands that now get through the gate find the lock held, and talk to this node.
+    drop(gate);
+    Ok(lock)
+}
+
+/// Listens on `addrs`; with none, on all interfaces, on the port used last time if it is free
+/// (so peers that remember this node's address find it again after a restart), else a fresh one.
+fn listen(swarm: &mut Swarm<Behaviour>, repo: &Repo, addrs: &[Multiaddr]) -> Result<()> {
+    if addrs.is_empty() {
+        let last = repo.store().reader().meta(META_LISTEN_PORT)?;
+        let preferred = last.and_then(|p| p.parse::<u16>().ok()).map(|port| {
+            format!("/ip4/0.0.0.0/tcp/{port}")
+                .parse::<Multiaddr>()
+                .expect("valid multiaddr")
+        });
+        let fresh: Multiaddr = "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr");
+        let listening = preferred.is_some_and(|a| net::listen(swarm, &a).is_ok());
+        if !listening {
+            net::listen(swarm, &fresh).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+    } else {
+        for addr in addrs {
+            net::listen(swarm, addr).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+impl Runtime {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Swarm(event) => self.on_swarm_event(*event),
+            Input::Call(call, reply) => self.on_call(call, reply),
+            Input::Tick => self.on_tick(),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now_ms();
+        self.engine.tick(now);
+        let instant = Instant::now();
+        // Penalized peers whose last answer never went out are blocked now.
+        for peer in self.peers.late_closings(instant) {
+            self.answered(peer);
+        }
+        // Lift bans whose time is up.
+        for peer in self.peers.lift_bans(instant) {
+            if !self.faults.partitioned(&peer) {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
+        }
+        let swarm = &self.swarm;
+        self.peers.prune(instant, |p| swarm.is_connected(p));
+        // Keep in touch with enough members of our flows.
+        self.refresh_members();
+        self.refresh_topics();
+        self.use_dht();
+        self.expire_joins(instant);
+    }
+
+    /// Gives up on joins that take too long.
+    fn expire_joins(&mut self, now: Instant) {
+        for (flow, waiters) in self.pending_joins.iter_mut() {
+            let (late, keep): (Vec<_>, Vec<_>) = waiters
+                .drain(..)
+                .partition(|(_, deadline)| *deadline <= now);
+            *waiters = keep;
+            for (tx, _) in late {
+                let _ = tx.send(Err(Error::Invalid(format!(
+                    "joining flow {flow} timed out: no member node could be reached"
+                ))));
+            }
+        }
+        self.pending_joins.retain(|_, w| !w.is_empty());
+    }
+}

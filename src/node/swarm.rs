@@ -1,0 +1,239 @@
+//! Swarm events (listening, connections, identify, mDNS) and dialing: which members to stay
+//! connected to, and the address book they are dialed by.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Instant;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, mdns, Multiaddr, PeerId};
+
+use super::{node_of, now_secs, peer_of, Runtime, META_LISTEN_PORT};
+use crate::net::{self, BehaviourEvent};
+use crate::repo::META_LISTEN_ADDRS;
+
+impl Runtime {
+    pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(target: "node", "listening on {address}/p2p/{}", self.swarm.local_peer_id());
+                if let Some(Protocol::Tcp(port)) =
+                    address.iter().find(|p| matches!(p, Protocol::Tcp(_)))
+                {
+                    let _ = self
+                        .engine
+                        .repo()
+                        .store()
+                        .reader()
+                        .set_meta(META_LISTEN_PORT, &port.to_string());
+                }
+                self.listen.push(address);
+                self.record_listen_addrs();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen.retain(|a| a != &address);
+                self.record_listen_addrs();
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let Some(node) = node_of(&peer_id) else {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                };
+                if endpoint.is_dialer() {
+                    self.learn_addr(peer_id, endpoint.get_remote_address().clone());
+                }
+                self.peers.clear_backoff(&peer_id);
+                self.remember_peer(&peer_id);
+                if num_established.get() == 1 {
+                    tracing::info!(target: "node", peer = %node, "connected");
+                    let now = self.now_ms();
+                    self.engine.peer_connected(node, now);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                if let Some(node) = node_of(&peer_id) {
+                    tracing::info!(target: "node", peer = %node, "disconnected");
+                    self.engine.peer_disconnected(&node);
+                }
+                self.topics.peer_gone(&peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                tracing::debug!(target: "node", %peer, "dial failed: {error}");
+                self.peers.dial_failed(peer, Instant::now());
+                let _ = self
+                    .engine
+                    .repo()
+                    .store()
+                    .reader()
+                    .peer_failed(&peer.to_base58());
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let dht = info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == net::KAD_PROTOCOL);
+                for addr in info.listen_addrs {
+                    if !is_unspecified(&addr) {
+                        if dht {
+                            self.swarm
+                                .behaviour_mut()
+                                .kad
+                                .add_address(&peer_id, addr.clone());
+                        }
+                        self.learn_addr(peer_id, addr);
+                    }
+                }
+                self.remember_peer(&peer_id);
+            }
+            BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::Gossip(event) => self.on_gossip_event(event),
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.learn_addr(peer, addr);
+                    if !self.swarm.is_connected(&peer) {
+                        self.dial(peer);
+                    }
+                }
+            }
+            BehaviourEvent::Sync(event) => self.on_rr_event::<super::rr::Sync>(event),
+            BehaviourEvent::Join(event) => self.on_rr_event::<super::rr::Join>(event),
+            _ => {}
+        }
+    }
+
+    fn record_listen_addrs(&mut self) {
+        let me = *self.swarm.local_peer_id();
+        let addrs: Vec<String> = self
+            .listen
+            .iter()
+            .map(|a| a.clone().with(Protocol::P2p(me)).to_string())
+            .collect();
+        let json = serde_json::to_string(&addrs).expect("serializes");
+        if let Err(e) = self
+            .engine
+            .repo()
+            .store()
+            .reader()
+            .set_meta(META_LISTEN_ADDRS, &json)
+        {
+            tracing::warn!(target: "node", "cannot record listen addresses: {e}");
+        }
+    }
+
+    /// Loads the stored address book (and the backoff of peers that kept failing before).
+    pub(super) fn load_address_book(&mut self) {
+        let Ok(rows) = self.engine.repo().store().reader().peers() else {
+            return;
+        };
+        for row in rows {
+            let Ok(peer) = PeerId::from_str(&row.node) else {
+                continue;
+            };
+            for a in row.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                self.learn_addr(peer, a);
+            }
+            // Peers that kept failing before the restart are not hammered right after it.
+            if row.failures > 0 {
+                let failures = row.failures.min(16) as u32;
+                self.peers.failed_before(peer, failures, Instant::now());
+            }
+        }
+    }
+
+    pub(super) fn learn_addr(&mut self, peer: PeerId, addr: Multiaddr) {
+        let swarm = &self.swarm;
+        if self
+            .peers
+            .learn_addr(peer, &addr, Instant::now(), |p| swarm.is_connected(p))
+        {
+            self.swarm.add_peer_address(peer, addr);
+        }
+    }
+
+    fn remember_peer(&mut self, peer: &PeerId) {
+        let addrs = self.peers.addr_strings(peer);
+        let store = self.engine.repo().store();
+        if let Err(e) = store
+            .reader()
+            .saw_peer(&peer.to_base58(), &addrs, now_secs())
+        {
+            tracing::warn!(target: "node", "cannot record peer: {e}");
+        }
+    }
+
+    /// Decides which members to connect to (never all of them: a few per flow, plus those this
+    /// node is to bring a flow to) and dials those not connected.
+    pub(super) fn refresh_members(&mut self) {
+        let (must, more) = self.engine.reach_plan();
+        let mut wanted: HashSet<PeerId> = must.iter().filter_map(peer_of).collect();
+        let now = Instant::now();
+        for (count, candidates) in more {
+            // Skip candidates that are banned or backing off, so an offline member does not
+            // keep the flow from reaching one that is online.
+            let usable = candidates
+                .iter()
+                .filter_map(peer_of)
+                .filter(|p| self.peers.may_dial(p, now));
+            wanted.extend(usable.take(count));
+        }
+        self.wanted = wanted;
+        for peer in self.wanted_unconnected() {
+            self.dial(peer);
+        }
+    }
+
+    /// Wanted members this node is not connected to.
+    pub(super) fn wanted_unconnected(&self) -> Vec<PeerId> {
+        self.wanted
+            .iter()
+            .filter(|p| !self.swarm.is_connected(p))
+            .copied()
+            .collect()
+    }
+
+    pub(super) fn dial(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        if !self.peers.may_dial(&peer, now) {
+            return;
+        }
+        // With no address of our own, the swarm asks its behaviours (the DHT's routing table).
+        let opts = DialOpts::peer_id(peer)
+            .addresses(self.peers.addrs(&peer))
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(target: "node", %peer, "cannot dial: {e}");
+        }
+        self.peers.dialing(peer, Instant::now());
+    }
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
