@@ -17,12 +17,15 @@
 //!   [`auth::removal`], the removal rule: which valid changes fall because their author was
 //!   removed concurrently, settled by seniority, and the heads of what stands.
 //! - [`store`]: the SQLite store (WAL, `synchronous=FULL`): flows (held or offered), signed
-//!   changes, snapshots, the removals among each flow's changes, declined flows; group transactions whose writes share one commit.
+//!   changes, snapshots, the removals among each flow's changes, declined flows; group
+//!   transactions whose writes share one commit.
 //! - [`repo`]: identity + store + accept path: local edits and received changes go through the
 //!   same verify → authorize → apply → persist path; each process writes under its own
 //!   incarnation actor; flows are read as they stand (without fallen changes); show, log,
-//!   verify. `repo::consent`: a flow a member added this node to waits as an offer until its
-//!   user accepts or declines it.
+//!   verify. Files: `repo/mod.rs` (the repository, its caches, local edits), `open.rs` (data
+//!   dir and store binding), `accept.rs` (received changes), `standing.rs` (the removal rule's
+//!   state), `invite.rs`, `views.rs` (show, log, verify), `consent.rs` (a flow a member added
+//!   this node to waits as an offer until its user accepts or declines it).
 //! - [`clock`]: the wall clock (seconds and milliseconds since the epoch), in one place.
 //! - [`export`]: process diagrams of a flow (Graphviz dot, Mermaid).
 //! - [`wire`]: protobuf messages from `proto/coflow.proto`, the length-prefixed request-response
