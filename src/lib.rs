@@ -18,7 +18,8 @@
 //!   removed concurrently, settled by seniority, and the heads of what stands.
 //! - [`store`]: the SQLite store (WAL, `synchronous=FULL`): flows (held or offered), signed
 //!   changes, snapshots, the removals among each flow's changes, declined flows; group
-//!   transactions whose writes share one commit.
+//!   transactions whose writes share one commit. Files: `store/mod.rs` (opening, transactions),
+//!   `schema.rs` (migrations), `flows.rs`, `changes.rs`, `peers.rs` (address book, meta).
 //! - [`repo`]: identity + store + accept path: local edits and received changes go through the
 //!   same verify → authorize → apply → persist path; each process writes under its own
 //!   incarnation actor; flows are read as they stand (without fallen changes); show, log,

@@ -1,0 +1,165 @@
+//! The `flows` table (held and offered flows) and the `declined` one.
+
+use super::*;
+
+impl Writer<'_> {
+    pub fn insert_flow(
+        &self,
+        id: &str,
+        genesis: &[u8],
+        title: &str,
+        status: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO flows (id, genesis, title, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![id, genesis, title, status, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn update_flow(
+        &self,
+        id: &str,
+        title: &str,
+        status: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE flows SET title = ?2, status = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, title, status, now],
+        )?;
+        Ok(())
+    }
+
+    /// The flows this node holds (accepted), oldest first.
+    pub fn flows(&self) -> Result<Vec<FlowRow>, StoreError> {
+        Ok(self
+            .flow_rows("accepted")?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// The flows offered to this node and not yet accepted, oldest first, each with the node
+    /// that offered it.
+    pub fn offers(&self) -> Result<Vec<(FlowRow, String)>, StoreError> {
+        self.flow_rows("pending")
+    }
+
+    fn flow_rows(&self, consent: &str) -> Result<Vec<(FlowRow, String)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, title, status, updated_at, offered_by FROM flows WHERE consent = ?1
+             ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([consent], |r| {
+            Ok((
+                FlowRow {
+                    id: r.get(0)?,
+                    title: r.get(1)?,
+                    status: r.get(2)?,
+                    updated_at: r.get(3)?,
+                },
+                r.get(4)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether the store has this flow, held or offered (one indexed lookup).
+    pub fn has_flow(&self, flow: &str) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM flows WHERE id = ?1")?;
+        Ok(stmt.exists([flow])?)
+    }
+
+    /// The flows this node holds (accepted).
+    pub fn flow_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.ids("SELECT id FROM flows WHERE consent = 'accepted'")
+    }
+
+    /// Every flow in the store: held, and offered but not yet accepted.
+    pub fn all_flow_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.ids("SELECT id FROM flows")
+    }
+
+    /// The flows offered to this node and not yet accepted.
+    pub fn pending_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.ids("SELECT id FROM flows WHERE consent = 'pending'")
+    }
+
+    fn ids(&self, sql: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Marks a flow just stored as offered by `by`, waiting for this node's user.
+    pub fn mark_offered(&self, flow: &str, by: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE flows SET consent = 'pending', offered_by = ?2 WHERE id = ?1",
+            params![flow, by],
+        )?;
+        Ok(())
+    }
+
+    /// The user accepted an offered flow: it is held from now on.
+    pub fn accept_flow(&self, flow: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE flows SET consent = 'accepted', offered_by = '' WHERE id = ?1",
+            params![flow],
+        )?;
+        Ok(())
+    }
+
+    /// The user declined an offered flow: everything stored for it goes, and its id and
+    /// `members` are remembered (the [`MAX_DECLINED`] most recent declines).
+    pub fn decline_flow(&self, flow: &str, members: &[String], now: i64) -> Result<(), StoreError> {
+        // What a stranger sent is overwritten, not only unlinked ([`Store::wipe_log`] then
+        // clears the log).
+        self.conn.pragma_update(None, "secure_delete", true)?;
+        let deleted = self.delete_flow(flow);
+        self.conn.pragma_update(None, "secure_delete", false)?;
+        deleted?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO declined (flow, members, at) VALUES (?1, ?2, ?3)",
+            params![flow, members.join(" "), now],
+        )?;
+        self.conn.execute(
+            "DELETE FROM declined WHERE flow NOT IN
+             (SELECT flow FROM declined ORDER BY at DESC, flow LIMIT ?1)",
+            params![MAX_DECLINED as i64],
+        )?;
+        Ok(())
+    }
+
+    fn delete_flow(&self, flow: &str) -> Result<(), StoreError> {
+        for table in ["removals", "snapshots", "changes"] {
+            self.conn.execute(
+                &format!("DELETE FROM {table} WHERE flow = ?1"),
+                params![flow],
+            )?;
+        }
+        self.conn
+            .execute("DELETE FROM flows WHERE id = ?1", params![flow])?;
+        Ok(())
+    }
+
+    /// The members a declined flow had when it was declined; `None` if it was not declined.
+    pub fn declined_members(&self, flow: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT members FROM declined WHERE flow = ?1")?;
+        let members: Option<String> = stmt.query_row([flow], |r| r.get(0)).optional()?;
+        Ok(members.map(|m| m.split_whitespace().map(str::to_string).collect()))
+    }
+
+    /// Forgets that a flow was declined (its user joined it after all).
+    pub fn forget_declined(&self, flow: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM declined WHERE flow = ?1", params![flow])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,60 @@
+//! The address book and the `meta` table.
+
+use super::*;
+
+impl Writer<'_> {
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Records that `node` was reachable at `addrs` just now.
+    pub fn saw_peer(&self, node: &str, addrs: &[String], now: i64) -> Result<(), StoreError> {
+        let addrs = serde_json::to_string(addrs).expect("strings serialize");
+        self.conn.execute(
+            "INSERT INTO peers (node, addrs, last_seen, failures) VALUES (?1, ?2, ?3, 0)
+             ON CONFLICT(node) DO UPDATE SET addrs = excluded.addrs,
+                 last_seen = excluded.last_seen, failures = 0",
+            params![node, addrs, now],
+        )?;
+        Ok(())
+    }
+
+    /// Counts a failed attempt to reach `node` (kept across restarts, for backoff).
+    pub fn peer_failed(&self, node: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE peers SET failures = failures + 1 WHERE node = ?1",
+            params![node],
+        )?;
+        Ok(())
+    }
+
+    pub fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT node, addrs, last_seen, failures FROM peers ORDER BY last_seen DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let addrs: String = r.get(1)?;
+            Ok(PeerRow {
+                node: r.get(0)?,
+                addrs: serde_json::from_str(&addrs).unwrap_or_default(),
+                last_seen: r.get(2)?,
+                failures: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
