@@ -13,7 +13,8 @@
 //!   and what a change did, read from its operations (`History`).
 //! - [`auth`]: signed changes and the accept path: batch signature verification, dependency
 //!   ordering, batch apply, [`auth::policy`], the role policy evaluated in each change's
-//!   causal past (with a memo of authors' roles along chains of their changes), and
+//!   causal past (with a memo of authors' roles along chains of their changes; `policy/place.rs`
+//!   finds where an operation lands, `rules.rs` holds the rules, `members.rs` the admissions), and
 //!   [`auth::removal`], the removal rule: which valid changes fall because their author was
 //!   removed concurrently, settled by seniority, and the heads of what stands.
 //! - [`store`]: the SQLite store (WAL, `synchronous=FULL`): flows (held or offered), signed
