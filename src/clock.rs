@@ -1,6 +1,6 @@
 //! The wall clock, in one place: the repository stamps changes and edits with it, the node turns
 //! it into the engine's `now`, and tests give a repository a clock of their own
-//! ([`crate::repo::Repo::with_clock`]).
+//! (`Repo::with_clock`).
 
 /// Seconds since the Unix epoch.
 pub fn system_clock() -> i64 {

@@ -9,11 +9,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::api::{Call, Reply};
-use crate::cli::text;
 use crate::cluster::{spread, Member, ProcessNode};
 use crate::error::{Error, Result};
 use crate::flow::{Edit, FlowStatus, Mode, Role, StepStatus, Who};
 use crate::repo::FlowView;
+use crate::text;
 
 /// How long the demo waits for a change to reach the other nodes before giving up.
 const PATIENCE: Duration = Duration::from_secs(30);

@@ -58,8 +58,9 @@
 //! - [`cluster`]: several nodes on one machine (as processes or as tasks), driven through the
 //!   control API: used by the demo, the examples and benchmarks.
 //! - [`demo`]: `coflow demo`, the tailor's story on three real nodes.
-//! - [`cli`]: clap commands and their human / `--json` output; `cli::text` makes peer text safe
-//!   to print (escapes, names with role and node id suffix, log sentences).
+//! - [`cli`]: clap commands and their human / `--json` output.
+//! - [`text`]: makes peer text safe to print (escapes, names with role and node id suffix, log
+//!   sentences); the CLI, the demo and the repository's log summaries use it.
 //! - [`error`]: the crate's error type.
 
 pub mod api;
@@ -79,6 +80,7 @@ pub mod node;
 pub mod repo;
 pub mod store;
 pub mod sync;
+pub mod text;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Errors quote what users and peers wrote (names, titles): escaped, on one line.
-            eprintln!("error: {}", coflow::cli::text::one_line(&e.to_string()));
+            eprintln!("error: {}", coflow::text::one_line(&e.to_string()));
             ExitCode::FAILURE
         }
     }

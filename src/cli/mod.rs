@@ -3,7 +3,6 @@
 
 mod doctor;
 mod print;
-pub mod text;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -5,11 +5,11 @@ use std::io::Write;
 use serde::Serialize;
 use serde_json::json;
 
-use super::text::{self, clip, lines, one_line};
 use crate::api::{PeerInfo, Reply, Status};
 use crate::error::Result;
 use crate::flow::{short_id, Mode};
 use crate::repo::{EditOutcome, FlowView, Listed, LogEntry, Offer, VerifyReport};
+use crate::text::{self, clip, lines, one_line};
 
 pub struct Out {
     pub json: bool,

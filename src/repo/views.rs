@@ -73,7 +73,7 @@ pub(super) fn own_fallen(
         if standing.fallen.contains(&c.hash()) && mine(c) {
             out.push(FallenEdit {
                 hash: hex(&c.hash().0),
-                summary: crate::cli::text::summary(flow, &dids),
+                summary: crate::text::summary(flow, &dids),
             });
         }
     }
@@ -196,7 +196,7 @@ impl Repo {
                     name_clash: clashing.contains(&author),
                     author,
                     at: c.timestamp(),
-                    summary: crate::cli::text::summary(&flow, &history.describe(c)),
+                    summary: crate::text::summary(&flow, &history.describe(c)),
                     fallen: standing.fallen.contains(&c.hash()),
                 }
             })
