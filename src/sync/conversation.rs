@@ -364,6 +364,8 @@ impl Engine {
             }
             Some(sync_response::Result::Unavailable(_)) => {
                 tracing::debug!(target: "sync", %peer, %flow, "peer does not serve this flow");
+                // Nothing of ours is in flight any more: a later fetch from this peer may ask.
+                client.state.in_flight = false;
                 self.clients.insert(key, client);
                 self.pull_ended(peer, flow);
             }
@@ -380,6 +382,9 @@ impl Engine {
     pub fn sync_failed(&mut self, peer: &NodeId, flow: &str) {
         if let Some(c) = self.clients.get_mut(&(peer.clone(), flow.to_string())) {
             c.awaiting = false;
+            // The message is lost, not in flight: without this, Automerge would hold back the
+            // next one (a fetch of announced heads) until anti-entropy restarted the session.
+            c.state.in_flight = false;
         }
         self.pull_ended(peer, flow);
     }

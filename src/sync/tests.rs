@@ -135,3 +135,261 @@ fn a_small_connected_flow_is_pushed_to_all_and_a_larger_one_announced() {
     let (_, announced) = one_local_change(PUSH_TO_ALL_MAX + 1);
     assert_eq!(announced, 1, "above it: announced");
 }
+
+/// A node holding a flow with `n` other members (node ids returned), all connected, every
+/// conversation at rest.
+fn member_of_flow(n: usize) -> (Engine, String, Vec<NodeId>) {
+    let mut e = engine("member");
+    let flow = e.repo().create_flow("T", "N", Role::Customer).unwrap();
+    let ids: Vec<NodeId> = (0..n)
+        .map(|i| {
+            Identity::from_seed(&format!("peer-{i}"), "Peer")
+                .node_id()
+                .clone()
+        })
+        .collect();
+    for id in &ids {
+        let add = Edit::AddMember {
+            node_id: id.to_string(),
+            role: Role::Contributor,
+            name: None,
+        };
+        e.repo().edit(&flow, &add).unwrap();
+    }
+    e.member_topics();
+    for id in &ids {
+        e.peer_connected(id.clone(), 1);
+    }
+    rest(&mut e);
+    (e, flow, ids)
+}
+
+/// Answers every sync request in the outbox with "not served here", which lets each
+/// conversation rest at once (the peers stand for nodes that do not hold the flow yet); returns
+/// what else went out.
+fn rest(e: &mut Engine) -> Vec<Io> {
+    let unavailable = wire::SyncResponse {
+        result: Some(sync_response::Result::Unavailable(true)),
+    };
+    let mut other = Vec::new();
+    loop {
+        let out = drain(e);
+        if out.is_empty() {
+            return other;
+        }
+        for io in out {
+            match io {
+                Io::Sync { peer, flow, .. } => {
+                    e.handle_sync_response(&peer, &flow, unavailable.clone())
+                }
+                io => other.push(io),
+            }
+        }
+    }
+}
+
+fn unknown_head(i: u8) -> ChangeHash {
+    ChangeHash([i; 32])
+}
+
+fn verdicts(out: &[Io]) -> Vec<(Vec<u8>, Verdict)> {
+    out.iter()
+        .filter_map(|io| match io {
+            Io::Validate { id, verdict, .. } => Some((id.clone(), *verdict)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn syncs_to(out: &[Io]) -> Vec<NodeId> {
+    out.iter()
+        .filter_map(|io| match io {
+            Io::Sync { peer, .. } => Some(peer.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_announcement_of_missing_heads_waits_for_them_and_is_dropped_after_its_patience() {
+    let (mut e, flow, ids) = member_of_flow(2);
+    let topic = wire::flow_topic(&flow);
+    e.tick(10_000);
+    rest(&mut e);
+    let data = wire::encode_announce(&[unknown_head(1)]);
+    e.handle_announcement(vec![1], &ids[0], Some(&ids[0]), &topic, &data);
+    let out = drain(&mut e);
+    assert!(
+        verdicts(&out).is_empty(),
+        "held back while the heads are missing"
+    );
+    assert_eq!(
+        syncs_to(&out),
+        vec![ids[0].clone()],
+        "fetched from the announcer"
+    );
+    e.tick(10_000 + ANNOUNCE_PATIENCE_MS - 1);
+    assert!(
+        verdicts(&rest(&mut e)).is_empty(),
+        "still within its patience"
+    );
+    e.tick(10_000 + ANNOUNCE_PATIENCE_MS);
+    assert_eq!(
+        verdicts(&rest(&mut e)),
+        [(vec![1], Verdict::Ignore)],
+        "dropped unforwarded: its changes never came"
+    );
+    // One naming heads this node holds passes at once; one from a non-member is ignored.
+    let ours = e.repo().doc(&flow).unwrap().get_heads();
+    let held = wire::encode_announce(&ours);
+    e.handle_announcement(vec![2], &ids[1], Some(&ids[1]), &topic, &held);
+    let stranger = Identity::from_seed("stranger", "S").node_id().clone();
+    e.handle_announcement(vec![3], &ids[1], Some(&stranger), &topic, &held);
+    assert_eq!(
+        verdicts(&drain(&mut e)),
+        [(vec![2], Verdict::Accept), (vec![3], Verdict::Ignore)]
+    );
+}
+
+#[test]
+fn waiting_announcements_are_bounded_and_the_oldest_goes_first() {
+    let (mut e, flow, ids) = member_of_flow(1);
+    let topic = wire::flow_topic(&flow);
+    for i in 0..=MAX_WAITING_ANNOUNCEMENTS {
+        let data = wire::encode_announce(&[unknown_head((i % 250) as u8 + 1)]);
+        let id = (i as u32).to_le_bytes().to_vec();
+        e.handle_announcement(id, &ids[0], Some(&ids[0]), &topic, &data);
+    }
+    let dropped = verdicts(&drain(&mut e));
+    assert_eq!(
+        dropped,
+        [(0u32.to_le_bytes().to_vec(), Verdict::Ignore)],
+        "one over the bound: the oldest is dropped"
+    );
+}
+
+#[test]
+fn one_fetch_per_flow_at_a_time_and_the_next_announcer_after_it() {
+    let (mut e, flow, ids) = member_of_flow(2);
+    let topic = wire::flow_topic(&flow);
+    let (a, b) = (&ids[0], &ids[1]);
+    e.handle_announcement(
+        vec![1],
+        a,
+        Some(a),
+        &topic,
+        &wire::encode_announce(&[unknown_head(1)]),
+    );
+    let first = drain(&mut e);
+    assert_eq!(syncs_to(&first), vec![a.clone()]);
+    e.handle_announcement(
+        vec![2],
+        b,
+        Some(b),
+        &topic,
+        &wire::encode_announce(&[unknown_head(2)]),
+    );
+    assert!(
+        syncs_to(&drain(&mut e)).is_empty(),
+        "B's heads wait behind the fetch from A"
+    );
+    // The fetch from A ends without the heads: the fetch from B starts.
+    let unavailable = wire::SyncResponse {
+        result: Some(sync_response::Result::Unavailable(true)),
+    };
+    e.handle_sync_response(a, &flow, unavailable);
+    assert_eq!(syncs_to(&drain(&mut e)), vec![b.clone()]);
+}
+
+#[test]
+fn anti_entropy_restarts_at_most_a_few_quiet_conversations_per_tick() {
+    let n = ANTI_ENTROPY_PEERS + 3;
+    let (mut e, _flow, _ids) = member_of_flow(n);
+    // Every conversation is quiet and no peer is known to hold this node's heads (they said
+    // nothing): each tick past the quiet time restarts ANTI_ENTROPY_PEERS of them.
+    e.tick(1 + ANTI_ENTROPY_MS);
+    let restarted = syncs_to(&drain(&mut e));
+    assert_eq!(restarted.len(), ANTI_ENTROPY_PEERS, "{restarted:?}");
+    let unique: HashSet<&NodeId> = restarted.iter().collect();
+    assert_eq!(unique.len(), ANTI_ENTROPY_PEERS);
+}
+
+#[test]
+fn member_links_ask_for_enough_members_and_holders_come_first() {
+    let mut e = engine("member");
+    let flow = e.repo().create_flow("T", "N", Role::Customer).unwrap();
+    let ids: Vec<NodeId> = (0..MIN_MEMBER_LINKS + 3)
+        .map(|i| {
+            Identity::from_seed(&format!("link-{i}"), "Peer")
+                .node_id()
+                .clone()
+        })
+        .collect();
+    for id in &ids {
+        let add = Edit::AddMember {
+            node_id: id.to_string(),
+            role: Role::Contributor,
+            name: None,
+        };
+        e.repo().edit(&flow, &add).unwrap();
+    }
+    e.member_topics();
+    // One member is connected; the last one announced, so it is known to hold the flow.
+    e.peer_connected(ids[0].clone(), 1);
+    rest(&mut e);
+    let holder = ids.last().unwrap().clone();
+    let topic = wire::flow_topic(&flow);
+    let heads = e.repo().doc(&flow).unwrap().get_heads();
+    e.handle_announcement(
+        vec![9],
+        &ids[0],
+        Some(&holder),
+        &topic,
+        &wire::encode_announce(&heads),
+    );
+    drain(&mut e);
+    let (_must, more) = e.reach_plan();
+    assert_eq!(more.len(), 1);
+    let (wanted, candidates) = &more[0];
+    assert_eq!(
+        *wanted,
+        MIN_MEMBER_LINKS - 1,
+        "enough to reach MIN_MEMBER_LINKS"
+    );
+    assert_eq!(
+        candidates.len(),
+        ids.len() - 1,
+        "every member not connected"
+    );
+    assert_eq!(
+        candidates[0], holder,
+        "a member known to hold the flow first"
+    );
+    assert!(!candidates.contains(&ids[0]));
+}
+
+#[test]
+fn after_a_lost_request_the_next_fetch_goes_out_at_once() {
+    let (mut e, flow, ids) = member_of_flow(1);
+    let topic = wire::flow_topic(&flow);
+    let a = &ids[0];
+    e.handle_announcement(
+        vec![1],
+        a,
+        Some(a),
+        &topic,
+        &wire::encode_announce(&[unknown_head(1)]),
+    );
+    assert_eq!(syncs_to(&drain(&mut e)), vec![a.clone()]);
+    // The request times out; A announces again: the fetch is asked for now, not after an
+    // anti-entropy round.
+    e.sync_failed(a, &flow);
+    e.handle_announcement(
+        vec![2],
+        a,
+        Some(a),
+        &topic,
+        &wire::encode_announce(&[unknown_head(2)]),
+    );
+    assert_eq!(syncs_to(&drain(&mut e)), vec![a.clone()]);
+}
