@@ -72,14 +72,12 @@ fn a_join_refused_by_every_member_fails_at_once() {
     ));
 }
 
-/// A flow of this node and `others` other members, all connected; what a local change then
-/// sends: (sync requests, announcements).
-fn one_local_change(others: usize) -> (usize, usize) {
-    let mut e = engine("author");
+/// A flow `e`'s node starts, with `n` other members added by node id (seeded from `seed`).
+fn flow_with_others(e: &mut Engine, seed: &str, n: usize) -> (String, Vec<NodeId>) {
     let flow = e.repo().create_flow("T", "N", Role::Customer).unwrap();
-    let ids: Vec<NodeId> = (0..others)
+    let ids: Vec<NodeId> = (0..n)
         .map(|i| {
-            Identity::from_seed(&format!("other-{i}"), "Other")
+            Identity::from_seed(&format!("{seed}-{i}"), "Peer")
                 .node_id()
                 .clone()
         })
@@ -92,6 +90,14 @@ fn one_local_change(others: usize) -> (usize, usize) {
         };
         e.repo().edit(&flow, &add).unwrap();
     }
+    (flow, ids)
+}
+
+/// A flow of this node and `others` other members, all connected; what a local change then
+/// sends: (sync requests, announcements).
+fn one_local_change(others: usize) -> (usize, usize) {
+    let mut e = engine("author");
+    let (flow, ids) = flow_with_others(&mut e, "other", others);
     for id in &ids {
         e.peer_connected(id.clone(), 1);
     }
@@ -140,22 +146,7 @@ fn a_small_connected_flow_is_pushed_to_all_and_a_larger_one_announced() {
 /// conversation at rest.
 fn member_of_flow(n: usize) -> (Engine, String, Vec<NodeId>) {
     let mut e = engine("member");
-    let flow = e.repo().create_flow("T", "N", Role::Customer).unwrap();
-    let ids: Vec<NodeId> = (0..n)
-        .map(|i| {
-            Identity::from_seed(&format!("peer-{i}"), "Peer")
-                .node_id()
-                .clone()
-        })
-        .collect();
-    for id in &ids {
-        let add = Edit::AddMember {
-            node_id: id.to_string(),
-            role: Role::Contributor,
-            name: None,
-        };
-        e.repo().edit(&flow, &add).unwrap();
-    }
+    let (flow, ids) = flow_with_others(&mut e, "peer", n);
     e.member_topics();
     for id in &ids {
         e.peer_connected(id.clone(), 1);
@@ -317,22 +308,7 @@ fn anti_entropy_restarts_at_most_a_few_quiet_conversations_per_tick() {
 #[test]
 fn member_links_ask_for_enough_members_and_holders_come_first() {
     let mut e = engine("member");
-    let flow = e.repo().create_flow("T", "N", Role::Customer).unwrap();
-    let ids: Vec<NodeId> = (0..MIN_MEMBER_LINKS + 3)
-        .map(|i| {
-            Identity::from_seed(&format!("link-{i}"), "Peer")
-                .node_id()
-                .clone()
-        })
-        .collect();
-    for id in &ids {
-        let add = Edit::AddMember {
-            node_id: id.to_string(),
-            role: Role::Contributor,
-            name: None,
-        };
-        e.repo().edit(&flow, &add).unwrap();
-    }
+    let (flow, ids) = flow_with_others(&mut e, "link", MIN_MEMBER_LINKS + 3);
     e.member_topics();
     // One member is connected; the last one announced, so it is known to hold the flow.
     e.peer_connected(ids[0].clone(), 1);
