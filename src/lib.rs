@@ -26,7 +26,8 @@
 //!   incarnation actor; flows are read as they stand (without fallen changes); show, log,
 //!   verify. Files: `repo/mod.rs` (the repository, its caches, local edits), `open.rs` (data
 //!   dir and store binding), `accept.rs` (received changes), `standing.rs` (the removal rule's
-//!   state), `invite.rs`, `views.rs` (show, log, verify), `consent.rs` (a flow a member added
+//!   state), `summary.rs` (each held flow's heads and members, stored, so the engine reads no
+//!   document for them), `invite.rs`, `views.rs` (show, log, verify), `consent.rs` (a flow a member added
 //!   this node to waits as an offer until its user accepts or declines it).
 //! - [`clock`]: the wall clock (seconds and milliseconds since the epoch), in one place.
 //! - [`export`]: process diagrams of a flow (Graphviz dot, Mermaid).

@@ -286,10 +286,34 @@ proptest! {
         let expected = whole.show(&flow_id).unwrap();
         for seed in [seeds.0, seeds.1] {
             let mut node = fresh_repo();
-            shuffled(&changes, seed, |batch| deliver_repo(&mut node, &flow_id, batch));
+            shuffled(&changes, seed, |batch| {
+                let waiting = deliver_repo(&mut node, &flow_id, batch);
+                // Read between batches, as the engine does, so a stale summary would show.
+                node.summary(&flow_id).unwrap();
+                waiting
+            });
             let view = node.show(&flow_id).unwrap();
             prop_assert_eq!(&view.flow, &expected.flow);
             prop_assert_eq!(&view.fallen, &expected.fallen);
+            // The summary the engine reads instead of the document agrees with it.
+            let summary = node.summary(&flow_id).unwrap().unwrap().clone();
+            let mut doc_heads: Vec<String> = node
+                .doc(&flow_id)
+                .unwrap()
+                .get_heads()
+                .iter()
+                .map(|h| coflow::identity::hex(&h.0))
+                .collect();
+            doc_heads.sort();
+            prop_assert_eq!(&summary.heads, &doc_heads);
+            let members: Vec<(String, Role)> = view
+                .flow
+                .members
+                .iter()
+                .filter(|m| !m.removed)
+                .map(|m| (m.node_id.clone(), m.role))
+                .collect();
+            prop_assert_eq!(&summary.members, &members);
             let (mut a, mut b) = (view.heads.clone(), expected.heads.clone());
             a.sort();
             b.sort();

@@ -229,13 +229,10 @@ impl Runtime {
     fn member_names(&mut self) -> HashMap<String, String> {
         let mut names = HashMap::new();
         let repo = self.engine.repo();
+        // From each flow's summary: no document is loaded for it.
         for flow in repo.flow_ids().unwrap_or_default() {
-            if let Ok(view) = repo.show(&flow) {
-                for m in view.flow.members {
-                    if !m.name.is_empty() {
-                        names.insert(m.node_id, m.name);
-                    }
-                }
+            if let Ok(Some(summary)) = repo.summary(&flow) {
+                names.extend(summary.names.iter().cloned());
             }
         }
         names

@@ -134,6 +134,8 @@ impl Repo {
             standing.insert(flow_id.to_string(), st);
             Ok(out)
         });
+        // Read again from the store next time it is asked for (`persist` wrote it).
+        self.summaries.remove(flow_id);
         if fate == Offered::Kept && result.is_ok() {
             self.offered.insert(flow_id.to_string());
         }

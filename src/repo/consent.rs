@@ -210,7 +210,7 @@ impl Repo {
         self.docs.remove(&id);
         self.roles.remove(&id);
         self.standing.remove(&id);
-        self.members_at.remove(&id);
+        self.summaries.remove(&id);
         self.offered.remove(&id);
         Ok(id)
     }

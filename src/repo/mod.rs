@@ -25,11 +25,13 @@ mod consent;
 mod invite;
 mod open;
 mod standing;
+mod summary;
 mod views;
 pub use consent::{Listed, Offer, Offered, MAX_OFFERS, MAX_OFFERS_PER_PEER};
 pub use invite::{Invitation, RedeemError};
 pub use standing::Standing;
 use standing::{record_removals, standing_after, standing_of, stands};
+pub use summary::Summary;
 pub use views::{FallenEdit, FlowView, LogEntry, MemberSync, VerifyReport};
 
 /// Write a snapshot once this many changes have accumulated since the last one.
@@ -75,8 +77,8 @@ pub struct Repo {
     /// Documents loaded so far. Each is exactly what the store holds for its flow: any write
     /// that fails drops the cached copy, which is then loaded again.
     docs: HashMap<String, Automerge>,
-    /// Each flow's current members, as of the heads they were read at.
-    members_at: HashMap<String, MembersAt>,
+    /// Summaries of held flows read since their last change ([`Summary`]).
+    summaries: HashMap<String, Summary>,
     /// Per flow, roles known from changes judged earlier (see [`auth::RoleMemo`]).
     roles: HashMap<String, auth::RoleMemo>,
     /// Per flow, what fell by the removal rule and where the rest stands, as of the document's
@@ -90,9 +92,6 @@ pub struct Repo {
     /// A flow was declined in the open group: clear the write-ahead log once it commits.
     wipe_log_after_commit: bool,
 }
-
-/// A flow's current members (node id, role), and the heads they were read at.
-type MembersAt = (Vec<automerge::ChangeHash>, Vec<(String, Role)>);
 
 /// Makes `edit` as one change on `doc` (under the actor it has), from the flow as `doc` reads
 /// now: the change's hash, the change, and what the edit produced.
@@ -167,6 +166,7 @@ fn persist(
     let title = r.string(&automerge::ROOT, flow::field::TITLE);
     let status = r.string(&automerge::ROOT, flow::field::STATUS);
     w.update_flow(flow, &title, &status, now)?;
+    w.set_summary(flow, &Summary::of(doc, standing).encode())?;
     // Sequence numbers count the changes of every flow: count this flow's own.
     let upto = w.snapshot_seq(flow)?.unwrap_or(0);
     if w.count_after(flow, upto)? >= SNAPSHOT_EVERY {
@@ -192,7 +192,7 @@ impl Repo {
             identity,
             clock: system_clock,
             docs: HashMap::new(),
-            members_at: HashMap::new(),
+            summaries: HashMap::new(),
             roles: HashMap::new(),
             standing: HashMap::new(),
             group_received: false,
@@ -233,7 +233,7 @@ impl Repo {
             }
             Err(e) => {
                 self.docs.clear();
-                self.members_at.clear();
+                self.summaries.clear();
                 self.offered = consent::store_offered(&self.store);
                 Err(e.into())
             }
@@ -302,25 +302,9 @@ impl Repo {
     }
 
     fn current_members(&mut self, flow: &str) -> Result<&[(String, Role)]> {
-        // A flow not held here has no members here; loading it would cache an empty document
-        // and make the flow look held.
-        if !self.holds(flow)? {
-            return Ok(&[]);
-        }
-        // The sync engine asks this for every message and peer: read only the members map, and
-        // only when the document has changed since the last answer (same heads, same members).
-        let heads = self.doc(flow)?.get_heads();
-        if self.members_at.get(flow).is_none_or(|(at, _)| *at != heads) {
-            self.standing(flow)?;
-            let members: Vec<(String, Role)> = stands(&self.docs[flow], &self.standing[flow])
-                .members()
-                .into_iter()
-                .filter(|m| !m.removed)
-                .map(|m| (m.node_id, m.role))
-                .collect();
-            self.members_at.insert(flow.to_string(), (heads, members));
-        }
-        Ok(&self.members_at[flow].1)
+        // The sync engine asks this for every message and peer: it reads the flow's summary,
+        // not its document.
+        Ok(self.summary(flow)?.map_or(&[], |s| s.members.as_slice()))
     }
 
     /// Ids of every flow held here.
@@ -407,6 +391,7 @@ impl Repo {
             tracing::info!(target: "repo", flow = %id, fallen = %fallen_mine, "a change of ours fell; writing under a new incarnation");
             self.actor = self.identity.new_incarnation();
         }
+        self.summaries.remove(&id);
         let Repo {
             store,
             docs,

@@ -162,4 +162,22 @@ impl Writer<'_> {
             .execute("DELETE FROM declined WHERE flow = ?1", params![flow])?;
         Ok(())
     }
+
+    /// Stores a held flow's summary (JSON, see `repo::Summary`).
+    pub fn set_summary(&self, flow: &str, summary: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE flows SET summary = ?2 WHERE id = ?1",
+            params![flow, summary],
+        )?;
+        Ok(())
+    }
+
+    /// A flow's stored summary; `None` if it has none yet (stored before summaries were kept).
+    pub fn summary(&self, flow: &str) -> Result<Option<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT summary FROM flows WHERE id = ?1")?;
+        let s: Option<String> = stmt.query_row([flow], |r| r.get(0)).optional()?;
+        Ok(s.filter(|s| !s.is_empty()))
+    }
 }

@@ -68,6 +68,13 @@ CREATE TABLE declined (
 );
 ";
 
+/// Each held flow's heads and current members (`repo::Summary`, JSON), written with every
+/// change, so the engine's ticks read no document. Empty for flows stored before: filled the
+/// first time they are asked for.
+const MIGRATION_5: &str = "
+ALTER TABLE flows ADD COLUMN summary TEXT NOT NULL DEFAULT '';
+";
+
 impl Store {
     pub(super) fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
         let tx = self
@@ -102,6 +109,10 @@ impl Store {
         if version < 4 {
             tx.execute_batch(MIGRATION_4)?;
             tx.pragma_update(None, "user_version", 4)?;
+        }
+        if version < 5 {
+            tx.execute_batch(MIGRATION_5)?;
+            tx.pragma_update(None, "user_version", 5)?;
         }
         tx.commit()?;
         Ok(())

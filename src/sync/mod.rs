@@ -228,13 +228,10 @@ impl Engine {
             .collect()
     }
 
+    /// The flow's heads, sorted (from its summary: no document is loaded for it).
     fn heads(&mut self, flow: &str) -> Vec<automerge::ChangeHash> {
-        match self.repo.holds(flow) {
-            Ok(true) => self
-                .repo
-                .doc(flow)
-                .map(|d| sorted(d.get_heads()))
-                .unwrap_or_default(),
+        match self.repo.summary(flow) {
+            Ok(Some(s)) => sorted(s.change_hashes()),
             _ => Vec::new(),
         }
     }

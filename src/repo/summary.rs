@@ -1,0 +1,78 @@
+//! What the sync engine asks of a held flow on every tick, message and peer — its heads and its
+//! current members — kept in the store beside the flow and written with every change
+//! ([`persist`](super)), so that answering it loads no document: a node with many quiet flows
+//! does not hold them all in memory for its ticks.
+
+use super::*;
+
+/// A held flow's document heads (sorted) and current members, as the flow stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub heads: Vec<String>,
+    pub members: Vec<(String, Role)>,
+    /// The names members (removed ones too) gave themselves (raw), for `coflow peers`.
+    #[serde(default)]
+    pub names: Vec<(String, String)>,
+}
+
+impl Summary {
+    /// The summary of `doc` standing as `standing` says.
+    pub(super) fn of(doc: &Automerge, standing: &Standing) -> Summary {
+        let mut heads: Vec<String> = doc.get_heads().iter().map(|h| hex(&h.0)).collect();
+        heads.sort();
+        let all = stands(doc, standing).members();
+        let names = all
+            .iter()
+            .filter(|m| !m.name.is_empty())
+            .map(|m| (m.node_id.clone(), m.name.clone()))
+            .collect();
+        let members = all
+            .into_iter()
+            .filter(|m| !m.removed)
+            .map(|m| (m.node_id, m.role))
+            .collect();
+        Summary {
+            heads,
+            members,
+            names,
+        }
+    }
+
+    pub(super) fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a summary serializes")
+    }
+
+    /// The heads, as Automerge hashes.
+    pub fn change_hashes(&self) -> Vec<automerge::ChangeHash> {
+        self.heads
+            .iter()
+            .filter_map(|h| unhex(h))
+            .filter_map(|b| automerge::ChangeHash::try_from(b.as_slice()).ok())
+            .collect()
+    }
+}
+
+impl Repo {
+    /// The summary of a held flow; `None` for a flow not held here (unknown, or offered and
+    /// waiting). Read from the store once after each change; a flow stored before summaries
+    /// were kept is summarized from its document once, and the summary stored.
+    pub fn summary(&mut self, flow: &str) -> Result<Option<&Summary>> {
+        if !self.holds(flow)? {
+            return Ok(None);
+        }
+        if !self.summaries.contains_key(flow) {
+            let stored = self.store.reader().summary(flow)?;
+            let summary = match stored.and_then(|s| serde_json::from_str::<Summary>(&s).ok()) {
+                Some(s) => s,
+                None => {
+                    let standing = self.standing(flow)?.clone();
+                    let s = Summary::of(&self.docs[flow], &standing);
+                    self.store.write(|w| w.set_summary(flow, &s.encode()))?;
+                    s
+                }
+            };
+            self.summaries.insert(flow.to_string(), summary);
+        }
+        Ok(self.summaries.get(flow))
+    }
+}
