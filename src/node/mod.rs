@@ -73,6 +73,8 @@ enum Input {
     Swarm(Box<SwarmEvent<BehaviourEvent>>),
     Call(Call, Pending),
     Tick,
+    /// A penalized peer is due to be blocked.
+    Close,
 }
 
 struct Runtime {
@@ -175,6 +177,12 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
             event = rt.swarm.select_next_some() => Input::Swarm(Box::new(event)),
             Some((call, reply)) = calls_rx.recv() => Input::Call(call, reply),
             _ = tick.tick() => Input::Tick,
+            _ = tokio::time::sleep_until(
+                rt.peers
+                    .next_closing()
+                    .unwrap_or_else(|| Instant::now() + TICK)
+                    .into(),
+            ), if rt.peers.next_closing().is_some() => Input::Close,
             _ = &mut shutdown => break,
         };
         let grouped = match rt.engine.repo().begin_group() {
@@ -271,6 +279,7 @@ impl Runtime {
             Input::Swarm(event) => self.on_swarm_event(*event),
             Input::Call(call, reply) => self.on_call(call, reply),
             Input::Tick => self.on_tick(),
+            Input::Close => self.close_due(),
         }
     }
 
@@ -278,10 +287,7 @@ impl Runtime {
         let now = self.now_ms();
         self.engine.tick(now);
         let instant = Instant::now();
-        // Penalized peers whose last answer never went out are blocked now.
-        for peer in self.peers.late_closings(instant) {
-            self.answered(peer);
-        }
+        self.close_due();
         // Lift bans whose time is up.
         for peer in self.peers.lift_bans(instant) {
             if !self.faults.partitioned(&peer) {

@@ -18,6 +18,9 @@ pub const REQUESTS_PER_SECOND: f64 = 200.0;
 /// Longest a penalized peer waits to be blocked while its last answer goes out.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a penalized peer's connection stays up after its last answer went out.
+const LINGER: Duration = Duration::from_millis(200);
+
 /// Addresses kept per peer (the oldest goes first).
 const ADDRS_PER_PEER: usize = 8;
 
@@ -208,18 +211,31 @@ impl PeerBook {
         self.closing.contains_key(peer)
     }
 
-    /// An answer to `peer` went out: true if it is now to be blocked.
-    pub(crate) fn answered(&mut self, peer: &PeerId) -> bool {
-        self.closing.remove(peer).is_some()
+    /// An answer to `peer` went out: if it is to be blocked, that happens [`LINGER`] from now
+    /// (closing the connection at once can still cut off the stream's end on its way).
+    pub(crate) fn answered(&mut self, peer: &PeerId, now: Instant) {
+        if let Some(deadline) = self.closing.get_mut(peer) {
+            *deadline = (*deadline).min(now + LINGER);
+        }
     }
 
-    /// Penalized peers whose last answer did not go out in time.
-    pub(crate) fn late_closings(&self, now: Instant) -> Vec<PeerId> {
-        self.closing
+    /// The penalized peers due to be blocked now, no longer waiting.
+    pub(crate) fn due_closings(&mut self, now: Instant) -> Vec<PeerId> {
+        let due: Vec<PeerId> = self
+            .closing
             .iter()
             .filter(|(_, deadline)| **deadline <= now)
             .map(|(p, _)| *p)
-            .collect()
+            .collect();
+        for p in &due {
+            self.closing.remove(p);
+        }
+        due
+    }
+
+    /// When the next penalized peer is due to be blocked.
+    pub(crate) fn next_closing(&self) -> Option<Instant> {
+        self.closing.values().min().copied()
     }
 
     /// Takes one request from `peer`'s budget; false if it has none left.

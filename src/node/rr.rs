@@ -159,9 +159,15 @@ impl Runtime {
         ok
     }
 
-    /// An answer to `peer` went out (or could not): block it now if it was penalized.
+    /// An answer to `peer` went out (or could not): if it was penalized, it is blocked shortly
+    /// (see [`super::peers::PeerBook::answered`]).
     pub(super) fn answered(&mut self, peer: PeerId) {
-        if self.peers.answered(&peer) {
+        self.peers.answered(&peer, std::time::Instant::now());
+    }
+
+    /// Blocks the penalized peers now due (their answer went out, or the grace is over).
+    pub(super) fn close_due(&mut self) {
+        for peer in self.peers.due_closings(std::time::Instant::now()) {
             self.swarm.behaviour_mut().blocked.block_peer(peer);
         }
     }
