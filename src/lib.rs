@@ -27,8 +27,8 @@
 //!   verify. Files: `repo/mod.rs` (the repository, its caches, local edits), `open.rs` (data
 //!   dir and store binding), `accept.rs` (received changes), `standing.rs` (the removal rule's
 //!   state), `summary.rs` (each held flow's heads and members, stored, so the engine reads no
-//!   document for them), `invite.rs`, `views.rs` (show, log, verify), `consent.rs` (a flow a member added
-//!   this node to waits as an offer until its user accepts or declines it).
+//!   document for them), `invite.rs`, `views.rs` (show, log, verify), `consent.rs` (a flow a
+//!   member added this node to waits as an offer until its user accepts or declines it).
 //! - [`clock`]: the wall clock (seconds and milliseconds since the epoch), in one place.
 //! - [`export`]: process diagrams of a flow (Graphviz dot, Mermaid).
 //! - [`wire`]: protobuf messages from `proto/coflow.proto`, the length-prefixed request-response
@@ -40,7 +40,8 @@
 //!   a removed member is answered with the flow up to its removal, a stranger's message about a
 //!   held flow as one about an unknown flow, and only what proves malice is penalized. One file
 //!   per part, each an `impl Engine` block: `sync/{outbox, conversation, absorb, message, push,
-//!   gossip, pull, links, anti_entropy, join, stats}.rs` around the façade in `sync/mod.rs`.
+//!   gossip, pull, links, anti_entropy, join, stats}.rs` around the façade in `sync/mod.rs`;
+//!   `sync/tests.rs` tests single parts with virtual time.
 //! - [`net`]: the libp2p swarm: TCP + Noise + Yamux, identify, ping, mDNS, Kademlia (coflow's
 //!   own DHT), gossipsub (announcements), the two request-response protocols, block list,
 //!   connection limits.
@@ -52,7 +53,8 @@
 //!   the engine's `Io`; `swarm.rs`: connections, identify, mDNS, dialing; `rr.rs`: one routing
 //!   for both request-response protocols (sync, join); `gossip.rs`: member and relayed topics,
 //!   announcements; `dht.rs`: Kademlia lookups and provider records; `peers.rs`: the `PeerBook`
-//!   of per-peer state (addresses, backoff, bans, budgets, lookups), each bounded;
+//!   of per-peer state (addresses, backoff, bans, penalized peers waiting to be blocked,
+//!   budgets, lookups), each bounded;
 //!   `control.rs`: the control API server; `faults.rs`: test fault injection.
 //! - [`api`]: the control API: `Call`/`Reply`, the `Handle` trait with a local (store) and a
 //!   remote (Unix socket) transport.
