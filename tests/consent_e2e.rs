@@ -76,6 +76,18 @@ fn an_offer_waits_for_accept_and_a_declined_flow_stays_away() {
     assert!(err.contains("waits for your answer"), "{err}");
     assert_eq!(bob.json(&["status"])["flows"], 0, "an offer is not held");
 
+    // Alice's node shows that Bob has not accepted the flow yet.
+    eventually("Alice sees Bob has not accepted", &[&alice], || {
+        alice.json(&["flow", "show", &suit])["sync"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["node_id"] == bob.id().as_str() && m["not_serving"] == true)
+    });
+    let (ok, shown, _) = alice.run(&["flow", "show", &suit]);
+    assert!(ok);
+    assert!(shown.contains("has not accepted this flow yet"), "{shown}");
+
     // Alice writes on: Bob's node takes nothing more of the offered flow.
     let offered_heads = bob.json(&["flow", "show", &suit])["heads"].clone();
     alice.json(&["comment", &suit, "Fitting on Tuesday"]);
@@ -88,6 +100,14 @@ fn an_offer_waits_for_accept_and_a_declined_flow_stays_away() {
     assert_eq!(comments(&bob, &suit), ["Fitting on Tuesday"]);
     bob.json(&["comment", &suit, "Tuesday suits me"]);
     converged(&suit, &[&alice, &bob]);
+    let sync = alice.json(&["flow", "show", &suit])["sync"].clone();
+    assert!(
+        sync.as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["node_id"] == bob.id().as_str() && m["not_serving"] == false),
+        "{sync}"
+    );
     assert_eq!(comments(&alice, &suit).len(), 2);
     let err = bob.fails(&["flow", "accept", &suit]);
     assert!(err.contains("already held"), "{err}");

@@ -1135,6 +1135,14 @@ fn an_offered_flow_waits_for_its_user_and_a_declined_one_stays_away() {
     );
     assert_eq!(strip(about_offer), strip(about_nothing));
 
+    // The customer's node shows both as not having accepted the flow yet.
+    let waiting: Vec<bool> = net.nodes[0]
+        .member_sync(&flow)
+        .iter()
+        .map(|m| m.not_serving)
+        .collect();
+    assert_eq!(waiting, [true, true]);
+
     // The customer writes on; the offered nodes take nothing more.
     let offered_at = net.heads(&flow)[1].clone();
     edit(&mut net, 0, &flow, common::add_step("while waiting", None));
@@ -1159,6 +1167,10 @@ fn an_offered_flow_waits_for_its_user_and_a_declined_one_stays_away() {
         net.heads(&flow)[0],
         "accepted: caught up"
     );
+    let accepted = net.ids[1].to_string();
+    let shown = net.nodes[0].member_sync(&flow);
+    let one = shown.iter().find(|m| m.node_id == accepted).unwrap();
+    assert!(!one.not_serving, "node 1 took part: {shown:?}");
     assert!(!net.nodes[1].member_topics().is_empty());
     edit(&mut net, 1, &flow, comment.clone());
     net.drain();

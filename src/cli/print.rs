@@ -284,6 +284,7 @@ impl Out {
             let sync = v.sync.iter().find(|x| x.node_id == m.node_id).map(|x| {
                 let state = match (x.connected, x.in_sync) {
                     (_, Some(true)) => "in sync",
+                    (true, _) if x.not_serving => "has not accepted this flow yet",
                     (true, _) => "connected, syncing",
                     (false, _) => "offline",
                 };

@@ -13,6 +13,10 @@ pub struct MemberSync {
     pub in_sync: Option<bool>,
     /// Unix seconds of their last sync message, if any.
     pub last_heard: Option<i64>,
+    /// Their node's last answer about the flow was "not served here": most often the flow was
+    /// offered to them and waits for them to accept it (SECURITY.md, "Consent").
+    #[serde(default)]
+    pub not_serving: bool,
 }
 
 /// A flow as `flow show` reports it.
@@ -151,6 +155,7 @@ impl Repo {
                 node_id: m.node_id.clone(),
                 connected: false,
                 in_sync: None,
+                not_serving: false,
                 last_heard: seen.get(&m.node_id).copied(),
             })
             .collect();

@@ -251,6 +251,10 @@ impl Engine {
             return self.empty_answer(&flow);
         }
         let key = (peer.clone(), flow.clone());
+        if talk == Talk::Member {
+            // It syncs the flow with us: it serves it now.
+            self.unserved.remove(&key);
+        }
         let now = self.now;
         let previous = self.servers.remove(&key);
         let mut server = match previous {
@@ -350,6 +354,7 @@ impl Engine {
         client.last_activity = self.now;
         match response.result {
             Some(sync_response::Result::Message(m)) => {
+                self.unserved.remove(&key);
                 if flow_id(&m.flow).as_deref() != Some(flow) {
                     self.penalize(peer, "answered about another flow".into());
                     return;
@@ -366,6 +371,10 @@ impl Engine {
                 tracing::debug!(target: "sync", %peer, %flow, "peer does not serve this flow");
                 // Nothing of ours is in flight any more: a later fetch from this peer may ask.
                 client.state.in_flight = false;
+                if self.unserved.len() >= MAX_UNSERVED {
+                    self.unserved.clear();
+                }
+                self.unserved.insert(key.clone());
                 self.clients.insert(key, client);
                 self.pull_ended(peer, flow);
             }

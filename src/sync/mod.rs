@@ -94,8 +94,14 @@ pub struct Engine {
     /// its dependencies, so it is not asked for again (two honest nodes holding different
     /// versions would otherwise ask each other for them forever).
     refused: HashMap<ChangeHash, Vec<ChangeHash>>,
+    /// (peer, flow) whose last answer to us was "not served here" (for `flow show`; at most
+    /// [`MAX_UNSERVED`], then started afresh).
+    unserved: HashSet<(NodeId, String)>,
     pub stats: Stats,
 }
+
+/// How many (peer, flow) "not served here" answers [`Engine`] remembers before it starts afresh.
+const MAX_UNSERVED: usize = 4096;
 
 /// How many refused changes [`Engine`] remembers before it starts afresh.
 const MAX_REFUSED: usize = 4096;
@@ -124,6 +130,7 @@ impl Engine {
             uncommitted: Vec::new(),
             told_all: HashSet::new(),
             refused: HashMap::new(),
+            unserved: HashSet::new(),
             stats: Stats::default(),
         }
     }
@@ -299,6 +306,7 @@ impl Engine {
                         .as_ref()
                         .is_some_and(|p| self.connected.contains_key(p)),
                     last_heard: node.as_ref().and_then(|p| self.last_heard.get(p).copied()),
+                    not_serving: key.as_ref().is_some_and(|k| self.unserved.contains(k)),
                     node_id: n,
                     in_sync,
                 }
