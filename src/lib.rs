@@ -61,7 +61,8 @@
 //! - [`cluster`]: several nodes on one machine (as processes or as tasks), driven through the
 //!   control API: used by the demo, the examples and benchmarks.
 //! - [`demo`]: `coflow demo`, the tailor's story on three real nodes.
-//! - [`cli`]: clap commands and their human / `--json` output.
+//! - [`cli`]: clap commands (`cli/mod.rs`), the API call each makes (`call.rs`), their human /
+//!   `--json` output (`print.rs`), `coflow doctor` (`doctor.rs`).
 //! - [`text`]: makes peer text safe to print (escapes, names with role and node id suffix, log
 //!   sentences); the CLI, the demo and the repository's log summaries use it.
 //! - [`error`]: the crate's error type.

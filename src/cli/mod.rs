@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. Data goes to stdout (human text, or JSON
 //! with `--json`), messages to stderr. Exit 0 ok, 1 error, 2 usage.
 
+mod call;
 mod doctor;
 mod print;
 
@@ -380,156 +381,11 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         command => {
-            let call = to_call(command)?;
+            let call = call::to_call(command)?;
             let reply = api::open(&home)?.call(call)?;
             out.reply(reply)
         }
     }
-}
-
-/// The API call a command makes.
-fn to_call(command: Command) -> Result<Call> {
-    let edit = |flow: String, edit: Edit| Call::Edit { flow, edit };
-    let status =
-        |flow: String, step: String, status| edit(flow, Edit::SetStepStatus { step, status });
-    Ok(match command {
-        Command::Id => Call::Id,
-        Command::Status => Call::Status,
-        Command::Peers => Call::Peers,
-        Command::Stats => Call::Stats,
-        Command::Flow(cmd) => match cmd {
-            FlowCmd::New { title, need, role } => Call::FlowNew { title, need, role },
-            FlowCmd::List => Call::FlowList,
-            FlowCmd::Show { flow } => Call::FlowShow { flow },
-            FlowCmd::Log { flow } => Call::FlowLog { flow },
-            FlowCmd::Fulfil { flow } => edit(
-                flow,
-                Edit::SetStatus {
-                    status: FlowStatus::Fulfilled,
-                },
-            ),
-            FlowCmd::Close { flow } => edit(
-                flow,
-                Edit::SetStatus {
-                    status: FlowStatus::Closed,
-                },
-            ),
-            FlowCmd::Reopen { flow } => edit(
-                flow,
-                Edit::SetStatus {
-                    status: FlowStatus::Open,
-                },
-            ),
-            FlowCmd::Invite(args) => match args.action {
-                Some(InviteAction::Revoke { flow, invite }) => {
-                    edit(flow, Edit::RevokeInvite { invite })
-                }
-                None => Call::Invite {
-                    flow: args.flow.expect("clap requires FLOW"),
-                    role: args.role.expect("clap requires --role"),
-                    expires_in: args.expires,
-                    uses: args.uses,
-                },
-            },
-            FlowCmd::Join { ticket } => Call::Join { ticket },
-            FlowCmd::Accept { flow } => Call::FlowAccept { flow },
-            FlowCmd::Decline { flow } => Call::FlowDecline { flow },
-            FlowCmd::Export(_) | FlowCmd::Edit { .. } | FlowCmd::Verify { .. } => {
-                unreachable!("handled in run")
-            }
-        },
-        Command::Member(cmd) => match cmd {
-            MemberCmd::Add {
-                flow,
-                node_id,
-                role,
-                name,
-            } => edit(
-                flow,
-                Edit::AddMember {
-                    node_id,
-                    role,
-                    name,
-                },
-            ),
-            MemberCmd::Remove { flow, member } => edit(flow, Edit::RemoveMember { member }),
-        },
-        Command::Step(cmd) => match cmd {
-            StepCmd::Add {
-                flow,
-                title,
-                assignee,
-                customer,
-                detail,
-                due,
-            } => edit(
-                flow,
-                Edit::AddStep {
-                    title,
-                    detail,
-                    assignee,
-                    customer_involved: customer,
-                    due,
-                },
-            ),
-            StepCmd::Start { flow, step } => status(flow, step, StepStatus::Active),
-            StepCmd::Wait { flow, step } => status(flow, step, StepStatus::Waiting),
-            StepCmd::Done { flow, step } => status(flow, step, StepStatus::Done),
-            StepCmd::Skip { flow, step } => status(flow, step, StepStatus::Skipped),
-            StepCmd::Reopen { flow, step } => status(flow, step, StepStatus::Todo),
-            StepCmd::Assign {
-                flow,
-                step,
-                node_id,
-            } => edit(
-                flow,
-                Edit::AssignStep {
-                    step,
-                    assignee: Some(node_id),
-                },
-            ),
-            StepCmd::Unassign { flow, step } => edit(
-                flow,
-                Edit::AssignStep {
-                    step,
-                    assignee: None,
-                },
-            ),
-        },
-        Command::Comment { flow, text, step } => edit(flow, Edit::Comment { text, step }),
-        Command::Decision(cmd) => match cmd {
-            DecisionCmd::New {
-                flow,
-                question,
-                options,
-                who,
-                vote,
-                step,
-            } => edit(
-                flow,
-                Edit::NewDecision {
-                    question,
-                    options,
-                    who,
-                    mode: if vote { Mode::Vote } else { Mode::Choice },
-                    step,
-                },
-            ),
-            DecisionCmd::Choose {
-                flow,
-                decision,
-                option,
-            } => edit(flow, Edit::Choose { decision, option }),
-            DecisionCmd::Close { flow, decision } => edit(flow, Edit::CloseDecision { decision }),
-        },
-        Command::Init { .. }
-        | Command::Node(_)
-        | Command::Demo { .. }
-        | Command::Config(_)
-        | Command::Doctor => {
-            unreachable!("handled in run")
-        }
-    })
 }
 
 fn export(handle: &mut dyn api::Handle, args: ExportArgs) -> Result<()> {
