@@ -249,7 +249,11 @@ impl Repo {
         if self.offered.contains(flow) {
             return Ok(false);
         }
-        Ok(self.docs.contains_key(flow) || self.store.reader().has_flow(flow)?)
+        // A cached summary or document means held (both go when a flow is declined); only
+        // otherwise ask the store, so the per-message member checks cost no query.
+        Ok(self.summaries.contains_key(flow)
+            || self.docs.contains_key(flow)
+            || self.store.reader().has_flow(flow)?)
     }
 
     /// The flow's document (loaded once, then kept). A flow the store does not have is an

@@ -13,13 +13,17 @@ pub struct Summary {
     /// The names members (removed ones too) gave themselves (raw), for `coflow peers`.
     #[serde(default)]
     pub names: Vec<(String, String)>,
+    /// `heads` as Automerge hashes, worked out once when the summary is made or read.
+    #[serde(skip)]
+    hashes: Vec<automerge::ChangeHash>,
 }
 
 impl Summary {
     /// The summary of `doc` standing as `standing` says.
     pub(super) fn of(doc: &Automerge, standing: &Standing) -> Summary {
-        let mut heads: Vec<String> = doc.get_heads().iter().map(|h| hex(&h.0)).collect();
-        heads.sort();
+        let mut hashes = doc.get_heads();
+        hashes.sort();
+        let heads: Vec<String> = hashes.iter().map(|h| hex(&h.0)).collect();
         let all = stands(doc, standing).members();
         let names = all
             .iter()
@@ -35,6 +39,7 @@ impl Summary {
             heads,
             members,
             names,
+            hashes,
         }
     }
 
@@ -42,13 +47,22 @@ impl Summary {
         serde_json::to_string(self).expect("a summary serializes")
     }
 
-    /// The heads, as Automerge hashes.
-    pub fn change_hashes(&self) -> Vec<automerge::ChangeHash> {
-        self.heads
+    /// The heads, as Automerge hashes (sorted).
+    pub fn change_hashes(&self) -> &[automerge::ChangeHash] {
+        &self.hashes
+    }
+
+    /// A stored summary, its hashes worked out.
+    fn decode(stored: &str) -> Option<Summary> {
+        let mut s: Summary = serde_json::from_str(stored).ok()?;
+        s.hashes = s
+            .heads
             .iter()
             .filter_map(|h| unhex(h))
             .filter_map(|b| automerge::ChangeHash::try_from(b.as_slice()).ok())
-            .collect()
+            .collect();
+        s.hashes.sort();
+        Some(s)
     }
 }
 
@@ -62,7 +76,7 @@ impl Repo {
         }
         if !self.summaries.contains_key(flow) {
             let stored = self.store.reader().summary(flow)?;
-            let summary = match stored.and_then(|s| serde_json::from_str::<Summary>(&s).ok()) {
+            let summary = match stored.and_then(|s| Summary::decode(&s)) {
                 Some(s) => s,
                 None => {
                     let standing = self.standing(flow)?.clone();
