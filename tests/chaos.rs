@@ -20,12 +20,7 @@ use common::Rng;
 use serde_json::Value;
 
 fn comments(p: &Participant, flow: &str) -> BTreeSet<String> {
-    p.json(&["flow", "show", flow])["comments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["text"].as_str().unwrap().to_string())
-        .collect()
+    p.comments(flow).into_iter().collect()
 }
 
 fn without_sync(mut v: Value) -> Value {

@@ -13,15 +13,6 @@ fn listed<'a>(list: &'a Value, flow: &str) -> Option<&'a Value> {
     list.as_array().unwrap().iter().find(|f| f["id"] == flow)
 }
 
-fn comments(p: &Participant, flow: &str) -> Vec<String> {
-    p.json(&["flow", "show", flow])["comments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["text"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn an_offer_waits_for_accept_and_a_declined_flow_stays_away() {
     let root = tempfile::tempdir().unwrap();
@@ -97,7 +88,7 @@ fn an_offer_waits_for_accept_and_a_declined_flow_stays_away() {
     // Bob accepts: the rest arrives, and his comment reaches Alice.
     bob.json(&["flow", "accept", &suit]);
     converged(&suit, &[&alice, &bob]);
-    assert_eq!(comments(&bob, &suit), ["Fitting on Tuesday"]);
+    assert_eq!(bob.comments(&suit), ["Fitting on Tuesday"]);
     bob.json(&["comment", &suit, "Tuesday suits me"]);
     converged(&suit, &[&alice, &bob]);
     let sync = alice.json(&["flow", "show", &suit])["sync"].clone();
@@ -108,7 +99,7 @@ fn an_offer_waits_for_accept_and_a_declined_flow_stays_away() {
             .any(|m| m["node_id"] == bob.id().as_str() && m["not_serving"] == false),
         "{sync}"
     );
-    assert_eq!(comments(&alice, &suit).len(), 2);
+    assert_eq!(alice.comments(&suit).len(), 2);
     let err = bob.fails(&["flow", "accept", &suit]);
     assert!(err.contains("already held"), "{err}");
 

@@ -13,6 +13,7 @@ use coflow::flow::{Edit, Reader};
 use coflow::identity::Identity;
 use coflow::net::{self, Behaviour, BehaviourEvent, Limits};
 use coflow::wire::{self, sync_response};
+use common::peer::RawCodec;
 use common::procs::{converged, shared_flow, Participant, PATIENCE};
 use futures::StreamExt;
 use libp2p::request_response;
@@ -313,56 +314,6 @@ fn a_request_flood_is_throttled_and_memory_stays_bounded() {
     );
     tom.json(&["comment", &flow, "Still syncing"]);
     converged(&flow, &[&alice, &tom]);
-}
-
-/// Writes requests as raw bytes, so a test can send what no honest codec would.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = libp2p::StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &Self::Protocol,
-        io: &mut T,
-    ) -> std::io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        futures::AsyncReadExt::read_to_end(io, &mut v).await?;
-        Ok(v)
-    }
-
-    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &Self::Protocol,
-        io: &mut T,
-    ) -> std::io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        futures::AsyncReadExt::read_to_end(&mut futures::AsyncReadExt::take(io, 1 << 20), &mut v)
-            .await?;
-        Ok(v)
-    }
-
-    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &Self::Protocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()> {
-        futures::AsyncWriteExt::write_all(io, &req).await?;
-        futures::AsyncWriteExt::close(io).await
-    }
-
-    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &Self::Protocol,
-        io: &mut T,
-        resp: Vec<u8>,
-    ) -> std::io::Result<()> {
-        futures::AsyncWriteExt::write_all(io, &resp).await
-    }
 }
 
 /// Sends `bytes` raw on `/coflow/sync/1`; returns whether the node then closed the connection.

@@ -347,6 +347,16 @@ pub fn converged(flow: &str, nodes: &[&Participant]) -> Vec<String> {
 }
 
 impl Participant {
+    /// The texts of the flow's comments as this node shows them, oldest first.
+    pub fn comments(&self, flow: &str) -> Vec<String> {
+        self.json(&["flow", "show", flow])["comments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["text"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// Waits until `flow` is offered to this node (a member added it by node id), then accepts
     /// it with `coflow flow accept`.
     pub fn accept_offer(&self, flow: &str) {
