@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::repo::FlowView;
 
+#[cfg(feature = "testkit")]
 /// Logs to stderr as `COFLOW_LOG` says (e.g. `COFLOW_LOG=sync=debug`); nothing if unset.
 pub fn init_logging() {
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("COFLOW_LOG") {
@@ -58,6 +59,7 @@ pub trait Member {
         }
     }
 
+    #[cfg(feature = "testkit")]
     /// Waits until `flow` is offered to this node (a member added it by node id), then accepts
     /// it, as its user would with `coflow flow accept`.
     fn accept_offer(&self, flow: &str, patience: Duration) -> Result<()> {
@@ -92,6 +94,7 @@ pub trait Member {
         h
     }
 
+    #[cfg(feature = "testkit")]
     /// The listen address to give others (with /p2p/).
     fn addr(&self) -> Result<String> {
         match self.call(Call::Status)? {
@@ -146,6 +149,7 @@ pub fn spread(
     }
 }
 
+#[cfg(feature = "testkit")]
 /// A node's sync counters and recent arrivals.
 pub fn stats(member: &dyn Member) -> Result<crate::sync::Stats> {
     match member.call(Call::Stats)? {
@@ -154,6 +158,7 @@ pub fn stats(member: &dyn Member) -> Result<crate::sync::Stats> {
     }
 }
 
+#[cfg(feature = "testkit")]
 /// How long changes took to reach the other members: for each write (author's node id, change
 /// hash, Unix ms when the author's node acknowledged it) and each other member, the delay until
 /// the change was durable there, read from the members' recent arrivals. Sorted, in ms. A
@@ -183,6 +188,7 @@ pub fn arrival_delays(
     Ok(delays)
 }
 
+#[cfg(feature = "testkit")]
 /// The `p`-th percentile (0..=100) of sorted values (nearest rank); 0 for none.
 pub fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
@@ -297,6 +303,7 @@ impl Member for ProcessNode {
     }
 }
 
+#[cfg(feature = "testkit")]
 /// A node running as a task on a tokio runtime in this process.
 pub struct InProcessNode {
     name: String,
@@ -307,6 +314,7 @@ pub struct InProcessNode {
     runtime: tokio::runtime::Handle,
 }
 
+#[cfg(feature = "testkit")]
 impl InProcessNode {
     /// Creates the data dir's key if needed and starts a node on `runtime`, listening on
     /// 127.0.0.1 and dialing `bootstrap`.
@@ -351,12 +359,14 @@ impl InProcessNode {
     }
 }
 
+#[cfg(feature = "testkit")]
 impl Drop for InProcessNode {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
+#[cfg(feature = "testkit")]
 impl Member for InProcessNode {
     fn name(&self) -> &str {
         &self.name

@@ -238,6 +238,7 @@ impl Identity {
         &self.name
     }
 
+    #[cfg(any(test, feature = "testkit"))]
     /// The node's base Automerge actor id: its public key alone. Changes made before
     /// incarnations existed use it; it is still a valid actor for this node.
     pub fn actor(&self) -> automerge::ActorId {
@@ -290,6 +291,7 @@ impl Identity {
         }
     }
 
+    #[cfg(test)]
     /// Writes a new key file into `home`; refuses to overwrite an existing one.
     pub fn create(home: &Path, name: &str) -> Result<Identity, IdentityError> {
         let identity = Identity::fresh(name)?;

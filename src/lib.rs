@@ -46,7 +46,7 @@
 //!   own DHT), gossipsub (announcements), the two request-response protocols, block list,
 //!   connection limits.
 //! - [`config`]: `config.toml` in the data dir.
-//! - [`fuzz`]: entry points for the fuzz targets and their regression tests.
+//! - `fuzz` (with `testkit` only): entry points for the fuzz targets and their regression tests.
 //! - [`node`]: the runtime: one task owning the engine and swarm, handling the inputs ready in a
 //!   turn under one commit and sending what they produced after it. `node/mod.rs`: `run`, the
 //!   data dir's locks, listening, the turn loop; `turn.rs`: a turn's commit, held responses and
@@ -58,33 +58,44 @@
 //!   `control.rs`: the control API server; `faults.rs`: test fault injection.
 //! - [`api`]: the control API: `Call`/`Reply`, the `Handle` trait with a local (store) and a
 //!   remote (Unix socket) transport.
-//! - [`cluster`]: several nodes on one machine (as processes or as tasks), driven through the
-//!   control API: used by the demo, the examples and benchmarks.
+//! - [`cluster`]: several nodes on one machine (as processes, and with `testkit` as tasks),
+//!   driven through the control API: used by the demo, the examples and benchmarks.
 //! - [`demo`]: `coflow demo`, the tailor's story on three real nodes.
 //! - [`cli`]: clap commands (`cli/mod.rs`), the API call each makes (`call.rs`), their human /
 //!   `--json` output (`print.rs`), `coflow doctor` (`doctor.rs`).
 //! - [`text`]: makes peer text safe to print (escapes, names with role and node id suffix, log
 //!   sentences); the CLI, the demo and the repository's log summaries use it.
 //! - [`error`]: the crate's error type.
+//!
+//! Only `cli`, `text` and `error` are public in the binary's build; every other module is
+//! crate-private there, so the compiler reports dead code, and public with the `testkit`
+//! feature, which the tests, examples, benchmark and fuzz targets turn on. Test fault injection
+//! (`COFLOW_TEST_FAULTS`, `COFLOW_CRASH_AT`) is built only with `testkit`.
 
-pub mod api;
-pub mod auth;
+/// The library's modules: what the `coflow` binary needs is public; the rest is crate-private, so
+/// the compiler reports dead code, and public only with the `testkit` feature, which the tests,
+/// examples, benchmark and fuzz targets turn on (`[dev-dependencies]` in `Cargo.toml`).
+macro_rules! internal {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {$(
+        $(#[$attr])*
+        #[cfg(feature = "testkit")]
+        pub mod $name;
+        $(#[$attr])*
+        #[cfg(not(feature = "testkit"))]
+        pub(crate) mod $name;
+    )*};
+}
+
 pub mod cli;
-pub mod clock;
-pub mod cluster;
-pub mod config;
-pub mod demo;
 pub mod error;
-pub mod export;
-pub mod flow;
-pub mod fuzz;
-pub mod identity;
-pub mod net;
-pub mod node;
-pub mod repo;
-pub mod store;
-pub mod sync;
 pub mod text;
-pub mod wire;
+
+#[cfg(feature = "testkit")]
+pub mod fuzz;
+
+internal!(
+    api, auth, clock, cluster, config, demo, export, flow, identity, net, node, repo, store, sync,
+    wire,
+);
 
 pub use error::{Error, Result};

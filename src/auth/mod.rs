@@ -88,19 +88,6 @@ impl Rejection {
     }
 }
 
-/// Decodes a change and checks its signature.
-pub fn verify_one(sc: &SignedChange) -> Result<Verified, (Option<ChangeHash>, Rejection)> {
-    let (change, author, key, sig) = decode(sc, &mut Authors::new())?;
-    key.verify_strict(&change_message(&change.hash()), &sig)
-        .map_err(|_| (Some(change.hash()), Rejection::BadSignature))?;
-    Ok(Verified {
-        change,
-        bytes: sc.bytes.clone(),
-        signature: sig.to_bytes(),
-        author,
-    })
-}
-
 type Decoded = (Change, NodeId, VerifyingKey, Signature);
 
 /// Parses change bytes from a peer. Automerge's parser can panic on crafted input; that is
@@ -145,17 +132,11 @@ fn decode(
     Ok((change, author.0, author.1, sig))
 }
 
-/// Checks many signatures at once (batch verification), falling back to one by one to find the
-/// bad ones when the batch fails.
-pub fn verify_all(batch: &[SignedChange]) -> (Vec<Verified>, Vec<(Option<ChangeHash>, Rejection)>) {
-    let (verified, rejected, _) = verify_new(batch, |_| false);
-    (verified, rejected)
-}
-
 /// Verified changes, rejected ones, and how many were already held.
 type VerifiedNew = (Vec<Verified>, Vec<(Option<ChangeHash>, Rejection)>, usize);
 
-/// [`verify_all`] for the changes `held` does not already know; those are counted, not
+/// Checks many signatures at once (batch verification), falling back to one by one to find the
+/// bad ones when the batch fails, for the changes `held` does not already know; those are counted, not
 /// checked (the same change often arrives over several conversations).
 fn verify_new(batch: &[SignedChange], held: impl Fn(&ChangeHash) -> bool + Sync) -> VerifiedNew {
     // A large batch (a catch-up) is split in two, parsed and checked on two threads.

@@ -12,9 +12,9 @@ mod edit;
 mod history;
 mod read;
 
-pub use edit::{new_flow_ops, new_id, one_line, resolve_prefix, Applied, Edit, EditError};
+pub use edit::{new_flow_ops, new_id, resolve_prefix, Applied, Edit, EditError};
 pub use history::{Did, History};
-pub use read::{invisible, name_key, Reader};
+pub use read::{invisible, Reader};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,5 +1,5 @@
-//! Test fault injection: partitions made and healed through the control API, only when the node
-//! runs with `COFLOW_TEST_FAULTS=1`.
+//! Test fault injection: partitions made and healed through the control API, only in a build
+//! with the `testkit` feature (the tests') and when the node runs with `COFLOW_TEST_FAULTS=1`.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -19,7 +19,8 @@ pub(crate) struct Faults {
 impl Faults {
     pub(crate) fn from_env() -> Faults {
         Faults {
-            on: std::env::var("COFLOW_TEST_FAULTS").as_deref() == Ok("1"),
+            on: cfg!(feature = "testkit")
+                && std::env::var("COFLOW_TEST_FAULTS").as_deref() == Ok("1"),
             partitioned: HashSet::new(),
         }
     }
@@ -58,7 +59,12 @@ impl Runtime {
             Ok(())
         } else {
             Err(Error::Invalid(
-                "test fault injection is off (COFLOW_TEST_FAULTS=1)".into(),
+                if cfg!(feature = "testkit") {
+                    "test fault injection is off (COFLOW_TEST_FAULTS=1)"
+                } else {
+                    "test fault injection is not built into this coflow (feature testkit)"
+                }
+                .into(),
             ))
         }
     }

@@ -39,6 +39,7 @@ use crate::repo::Repo;
 use crate::sync::Engine;
 use crate::wire::{JoinResponse, SyncResponse};
 
+#[cfg(feature = "testkit")]
 pub use peers::{REQUESTS_PER_SECOND, REQUEST_BURST};
 
 /// How often the engine ticks (anti-entropy, redials, timeouts).

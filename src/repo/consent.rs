@@ -130,6 +130,7 @@ impl Repo {
         Ok(out)
     }
 
+    #[cfg(feature = "testkit")]
     /// Whether `flow` was offered to this node and waits for its user.
     pub fn is_offered(&self, flow: &str) -> bool {
         self.offered.contains(flow)

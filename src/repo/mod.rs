@@ -27,21 +27,27 @@ mod open;
 mod standing;
 mod summary;
 mod views;
-pub use consent::{Listed, Offer, Offered, MAX_OFFERS, MAX_OFFERS_PER_PEER};
+pub use consent::{Listed, Offer, Offered};
+#[cfg(feature = "testkit")]
+pub use consent::{MAX_OFFERS, MAX_OFFERS_PER_PEER};
 pub use invite::{Invitation, RedeemError};
 pub use standing::Standing;
 use standing::{record_removals, standing_after, standing_of, stands};
 pub use summary::Summary;
-pub use views::{FallenEdit, FlowView, LogEntry, MemberSync, VerifyReport};
+pub use views::{FlowView, LogEntry, MemberSync, VerifyReport};
 
 /// Write a snapshot once this many changes have accumulated since the last one.
 pub const SNAPSHOT_EVERY: i64 = 256;
 
-/// Test-only crash switch: when `COFLOW_CRASH_AT` names this point, the process aborts here, as
+/// Test-only crash switch (built with the `testkit` feature only, as the tests build coflow):
+/// when `COFLOW_CRASH_AT` names this point, the process aborts here, as
 /// a power cut would stop it. The points, in order, on the receive path: `receive` (a batch
 /// arrived), `applied` (verified, authorized and applied in memory), `stored` (written inside
 /// the open transaction), `committed` (durable, before anything is advertised).
 pub fn crash_point(label: &str) {
+    if !cfg!(feature = "testkit") {
+        return;
+    }
     static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     if AT
         .get_or_init(|| std::env::var("COFLOW_CRASH_AT").ok())
@@ -53,7 +59,9 @@ pub fn crash_point(label: &str) {
     }
 }
 
-pub use crate::clock::{system_clock, system_clock_ms};
+pub use crate::clock::system_clock;
+#[cfg(feature = "testkit")]
+pub use crate::clock::system_clock_ms;
 
 /// The result of a local edit.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -316,6 +324,7 @@ impl Repo {
         Ok(self.store.reader().flow_ids()?)
     }
 
+    #[cfg(feature = "testkit")]
     /// Replaces the clock (tests).
     pub fn with_clock(mut self, clock: fn() -> i64) -> Self {
         self.clock = clock;

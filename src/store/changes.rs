@@ -87,14 +87,6 @@ impl Writer<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn change_count(&self, flow: &str) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM changes WHERE flow = ?1",
-            params![flow],
-            |r| r.get(0),
-        )?)
-    }
-
     pub fn last_seq(&self, flow: &str) -> Result<i64, StoreError> {
         let mut stmt = self
             .conn

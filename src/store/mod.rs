@@ -87,8 +87,9 @@ pub struct FlowRow {
     pub updated_at: i64,
 }
 
-/// A stored change with its insertion sequence number.
+/// A stored change with its insertion sequence number (the benchmark reads `seq` and `hash`).
 #[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub struct StoredChange {
     pub seq: i64,
     pub hash: Vec<u8>,
@@ -197,6 +198,7 @@ impl Store {
         Ok(store)
     }
 
+    #[cfg(any(test, feature = "testkit"))]
     /// A store that lives in memory only (simulations and tests).
     pub fn in_memory() -> Result<Store, StoreError> {
         let mut store = Store {

@@ -129,6 +129,7 @@ impl Engine {
         }
     }
 
+    #[cfg(test)]
     /// Whether a join of `flow` is under way.
     pub fn is_joining(&self, flow: &str) -> bool {
         self.joining.contains_key(flow)

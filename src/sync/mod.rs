@@ -46,14 +46,22 @@ use gossip::Waiting;
 use join::Joining;
 use message::*;
 
+#[cfg(any(test, feature = "testkit"))]
 pub use anti_entropy::{ANTI_ENTROPY_MS, ANTI_ENTROPY_PEERS};
-pub use gossip::{ANNOUNCE_PATIENCE_MS, MAX_WAITING_ANNOUNCEMENTS};
+pub use gossip::ANNOUNCE_PATIENCE_MS;
+#[cfg(any(test, feature = "testkit"))]
+pub use gossip::MAX_WAITING_ANNOUNCEMENTS;
+#[cfg(any(test, feature = "testkit"))]
 pub use join::JOIN_PATIENCE_MS;
+#[cfg(any(test, feature = "testkit"))]
 pub use links::{DELIVERERS, MIN_MEMBER_LINKS};
+#[cfg(feature = "testkit")]
 pub use message::decode_sync_message;
 use outbox::Outbox;
 pub use outbox::{Event, Io, Verdict};
+#[cfg(any(test, feature = "testkit"))]
 pub use pull::MAX_QUEUED_HEADS;
+#[cfg(any(test, feature = "testkit"))]
 pub use push::PUSH_TO_ALL_MAX;
 pub use stats::{Arrival, MemberSync, Stats, MAX_ARRIVALS};
 
@@ -179,10 +187,6 @@ impl Engine {
     /// The next thing to do, if any.
     pub fn next_io(&mut self) -> Option<Io> {
         self.out.next()
-    }
-
-    pub fn connected_peers(&self) -> impl Iterator<Item = &NodeId> {
-        self.connected.keys()
     }
 
     /// Flows whose current members include `peer`.
