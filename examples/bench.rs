@@ -9,6 +9,8 @@
 //! the cost relative to the baseline: 1.0 is as fast as the baseline, lower is better. What each
 //! number measures and what bounds it is in BENCHMARKS.md.
 
+#[path = "bench/baseline.rs"]
+mod baseline;
 #[path = "bench/gen.rs"]
 mod gen;
 #[path = "bench/live.rs"]
@@ -17,8 +19,6 @@ mod live;
 mod local;
 #[path = "bench/memory.rs"]
 mod memory;
-#[path = "bench/pump.rs"]
-mod pump;
 
 use std::path::{Path, PathBuf};
 

@@ -47,6 +47,11 @@
 //!   connection limits.
 //! - [`config`]: `config.toml` in the data dir.
 //! - `fuzz` (with `testkit` only): entry points for the fuzz targets and their regression tests.
+//! - `sim` (with `testkit` only): the deterministic network simulator the tests and the
+//!   benchmark share: real engines on in-memory stores, virtual time, latency, loss,
+//!   duplication, partitions, gossip subscriptions and mesh (`sim/mod.rs`: the network and
+//!   its clock; `deliver.rs`: engine output and arrivals; `scenario.rs`: runs both use, such
+//!   as one flow with a thousand members).
 //! - [`node`]: the runtime: one task owning the engine and swarm, handling the inputs ready in a
 //!   turn under one commit and sending what they produced after it. `node/mod.rs`: `run`, the
 //!   data dir's locks, listening, the turn loop; `turn.rs`: a turn's commit, held responses and
@@ -92,6 +97,8 @@ pub mod text;
 
 #[cfg(feature = "testkit")]
 pub mod fuzz;
+#[cfg(feature = "testkit")]
+pub mod sim;
 
 internal!(
     api, auth, clock, cluster, config, demo, export, flow, identity, net, node, repo, store, sync,

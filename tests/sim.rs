@@ -1,254 +1,60 @@
 //! Whole-network behaviour of the sync engine with no sockets: several engines with in-memory
-//! stores, and a simulated network that delivers messages in random order, duplicates some and
-//! drops others. Every node must end with the same heads and the same flow.
+//! stores on the shared simulator ([`coflow::sim`]), which delivers messages in random order,
+//! duplicates some and drops others. Every node must end with the same heads and the same flow.
 
 mod common;
 
 use coflow::flow::{Edit, Reader, Role};
 use coflow::identity::{Identity, NodeId};
 use coflow::repo::Repo;
+use coflow::sim;
 use coflow::store::Store;
 use coflow::sync::{Engine, Io, Verdict};
 use coflow::wire;
 
-enum Msg {
-    Request {
-        flow: String,
-        req: wire::SyncRequest,
-    },
-    Response {
-        flow: String,
-        resp: wire::SyncResponse,
-    },
-    /// A gossip announcement, flooded to every node once (a stand-in for gossipsub: a node
-    /// passes it on only when it accepts it).
-    Announce { id: u64 },
+/// The shared simulator ([`coflow::sim`]) as these tests drive it: messages arrive in an order
+/// set by random latencies, the tests tick the engines themselves (without the dials a runtime
+/// makes on its tick), and may turn loss and duplication on and off.
+struct Net(sim::Net);
+
+impl std::ops::Deref for Net {
+    type Target = sim::Net;
+    fn deref(&self) -> &sim::Net {
+        &self.0
+    }
 }
 
-struct Gossip {
-    source: usize,
-    topic: String,
-    data: Vec<u8>,
-}
-
-struct Packet {
-    from: usize,
-    to: usize,
-    msg: Msg,
-}
-
-struct Net {
-    nodes: Vec<Engine>,
-    ids: Vec<NodeId>,
-    queue: Vec<Packet>,
-    rng: u64,
-    now: u64,
-    drop_percent: u64,
-    dup_percent: u64,
-    delivered: u64,
-    dropped: u64,
-    duplicated: u64,
-    penalties: Vec<(usize, String)>,
-    gossip: Vec<Gossip>,
-    /// (node, announcement) pairs already delivered.
-    seen: std::collections::HashSet<(usize, u64)>,
-    announcements: u64,
+impl std::ops::DerefMut for Net {
+    fn deref_mut(&mut self) -> &mut sim::Net {
+        &mut self.0
+    }
 }
 
 impl Net {
     fn new(n: usize, seed: u64) -> Net {
-        let nodes: Vec<Engine> = (0..n)
-            .map(|i| {
-                let id = Identity::from_seed(&format!("sim-node-{i}"), &format!("Node {i}"));
-                Engine::new(Repo::new(Store::in_memory().unwrap(), id))
-            })
-            .collect();
-        let ids = nodes.iter().map(|e| e.node_id().clone()).collect();
-        Net {
-            nodes,
-            ids,
-            queue: Vec::new(),
-            rng: seed | 1,
-            now: 1,
-            drop_percent: 0,
-            dup_percent: 0,
-            delivered: 0,
-            dropped: 0,
-            duplicated: 0,
-            penalties: Vec::new(),
-            gossip: Vec::new(),
-            seen: Default::default(),
-            announcements: 0,
-        }
-    }
-
-    fn rand(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
-    }
-
-    fn index(&self, id: &NodeId) -> usize {
-        self.ids.iter().position(|i| i == id).unwrap()
-    }
-
-    fn connect_all(&mut self) {
-        for a in 0..self.nodes.len() {
-            for b in 0..self.nodes.len() {
-                if a != b {
-                    let id = self.ids[b].clone();
-                    self.nodes[a].peer_connected(id, self.now);
-                }
-            }
-        }
-        self.collect();
-    }
-
-    /// Moves every node's pending output onto the network.
-    fn collect(&mut self) {
-        for from in 0..self.nodes.len() {
-            while let Some(io) = self.nodes[from].next_io() {
-                match io {
-                    Io::Sync {
-                        peer,
-                        flow,
-                        request,
-                    } => {
-                        let to = self.index(&peer);
-                        self.queue.push(Packet {
-                            from,
-                            to,
-                            msg: Msg::Request { flow, req: request },
-                        });
-                    }
-                    Io::Penalize { peer, reason } => {
-                        self.penalties.push((self.index(&peer), reason));
-                    }
-                    Io::Announce { topic, heads } => {
-                        let id = self.gossip.len() as u64;
-                        self.gossip.push(Gossip {
-                            source: from,
-                            topic,
-                            data: wire::encode_announce(&heads),
-                        });
-                        self.seen.insert((from, id));
-                        self.flood(from, id);
-                    }
-                    Io::Validate { id, verdict, .. } => {
-                        let id = u64::from_le_bytes(id.try_into().unwrap());
-                        if verdict == Verdict::Accept {
-                            self.flood(from, id);
-                        }
-                    }
-                    Io::Join { .. } | Io::Dial { .. } | Io::Event(_) => {}
-                }
-            }
-        }
-    }
-
-    /// Passes announcement `id` on from `from` to every node that has not had it.
-    fn flood(&mut self, from: usize, id: u64) {
-        for to in 0..self.nodes.len() {
-            if self.seen.insert((to, id)) {
-                self.queue.push(Packet {
-                    from,
-                    to,
-                    msg: Msg::Announce { id },
-                });
-            }
-        }
-    }
-
-    /// Delivers one random packet (perhaps dropping or duplicating it).
-    fn step(&mut self) -> bool {
-        if self.queue.is_empty() {
-            return false;
-        }
-        let i = (self.rand() % self.queue.len() as u64) as usize;
-        let packet = self.queue.swap_remove(i);
-        if self.rand() % 100 < self.drop_percent {
-            self.dropped += 1;
-            if let Msg::Request { flow, .. } = &packet.msg {
-                let peer = self.ids[packet.to].clone();
-                self.nodes[packet.from].sync_failed(&peer, flow);
-            }
-            return true;
-        }
-        let dup = self.rand() % 100 < self.dup_percent;
-        self.delivered += 1;
-        let from_id = self.ids[packet.from].clone();
-        match packet.msg {
-            Msg::Request { flow, req } => {
-                if dup {
-                    self.duplicated += 1;
-                    let _ = self.nodes[packet.to].handle_sync_request(&from_id, req.clone());
-                }
-                let resp = self.nodes[packet.to].handle_sync_request(&from_id, req);
-                self.queue.push(Packet {
-                    from: packet.to,
-                    to: packet.from,
-                    msg: Msg::Response { flow, resp },
-                });
-            }
-            Msg::Response { flow, resp } => {
-                if dup {
-                    self.duplicated += 1;
-                    self.nodes[packet.to].handle_sync_response(&from_id, &flow, resp.clone());
-                }
-                self.nodes[packet.to].handle_sync_response(&from_id, &flow, resp);
-            }
-            Msg::Announce { id } => {
-                self.announcements += 1;
-                let g = &self.gossip[id as usize];
-                let source = self.ids[g.source].clone();
-                let (topic, data) = (g.topic.clone(), g.data.clone());
-                self.nodes[packet.to].handle_announcement(
-                    id.to_le_bytes().to_vec(),
-                    &from_id,
-                    Some(&source),
-                    &topic,
-                    &data,
-                );
-            }
-        }
-        self.collect();
-        true
+        let cfg = sim::Config {
+            seed,
+            // Tests accept offers themselves (`offer_and_accept`), checking them first.
+            accept_offers: false,
+            // A lost message is noticed by the next delivery, not after a long wait.
+            timeout_ms: 1,
+            ..sim::Config::default()
+        };
+        Net(sim::Net::new(n, cfg))
     }
 
     /// Delivers until nothing is in flight; a conversation that never rests fails the test.
     fn drain(&mut self) {
-        let mut steps = 0;
-        while self.step() {
-            steps += 1;
-            assert!(steps < 10_000, "a conversation that never rests");
-        }
+        self.0.drain_within(10_000);
     }
 
     fn tick(&mut self) {
-        self.now += coflow::sync::ANTI_ENTROPY_MS;
-        for n in &mut self.nodes {
-            n.tick(self.now);
+        self.0.now += coflow::sync::ANTI_ENTROPY_MS;
+        let now = self.0.now;
+        for n in &mut self.0.nodes {
+            n.tick(now);
         }
         self.collect();
-    }
-
-    fn heads(&mut self, flow: &str) -> Vec<Option<Vec<automerge::ChangeHash>>> {
-        self.nodes
-            .iter_mut()
-            .map(|n| {
-                n.repo().doc(flow).ok().map(|d| {
-                    let mut h = d.get_heads();
-                    h.sort();
-                    h
-                })
-            })
-            .collect()
-    }
-
-    fn converged(&mut self, flow: &str) -> bool {
-        let heads = self.heads(flow);
-        heads[0].is_some() && heads.iter().all(|h| h == &heads[0])
     }
 
     /// Runs until every queue is empty, ticking so anti-entropy repairs losses.
@@ -258,11 +64,11 @@ impl Net {
 
     /// Like `settle`, but the network keeps losing and duplicating for the first `lossy` rounds.
     fn settle_lossy(&mut self, flow: &str, max_rounds: usize, lossy: usize) -> usize {
-        let (drops, dups) = (self.drop_percent, self.dup_percent);
+        let (drops, dups) = (self.cfg.drop_percent, self.cfg.dup_percent);
         for round in 0..max_rounds {
             if round == lossy {
-                self.drop_percent = 0;
-                self.dup_percent = 0;
+                self.cfg.drop_percent = 0;
+                self.cfg.dup_percent = 0;
             }
             let mut steps = 0;
             while self.step() {
@@ -270,8 +76,8 @@ impl Net {
                 assert!(steps < 1_000_000, "runaway message storm");
             }
             if round >= lossy && self.converged(flow) {
-                self.drop_percent = drops;
-                self.dup_percent = dups;
+                self.cfg.drop_percent = drops;
+                self.cfg.dup_percent = dups;
                 return round;
             }
             self.tick();
@@ -396,8 +202,8 @@ fn run(seed: u64, nodes: usize, drop_percent: u64, dup_percent: u64) {
     net.connect_all();
     net.settle(&flow, 20);
 
-    net.drop_percent = drop_percent;
-    net.dup_percent = dup_percent;
+    net.cfg.drop_percent = drop_percent;
+    net.cfg.dup_percent = dup_percent;
     let mut made = 0;
     for round in 0..40 {
         let who = (net.rand() % nodes as u64) as usize;
@@ -427,8 +233,8 @@ fn run(seed: u64, nodes: usize, drop_percent: u64, dup_percent: u64) {
     // The network stays lossy for a few anti-entropy rounds after the last edit; only the
     // engines' periodic repair can then finish the job.
     let rounds = net.settle_lossy(&flow, 50, 3);
-    net.drop_percent = 0;
-    net.dup_percent = 0;
+    net.cfg.drop_percent = 0;
+    net.cfg.dup_percent = 0;
 
     let flows: Vec<_> = net
         .nodes
@@ -627,7 +433,8 @@ fn announcements_are_judged_before_they_are_passed_on() {
     assert_eq!(fetches.len(), 1, "one fetch, from the announcer");
     let (peer, request) = fetches.pop().unwrap();
     assert_eq!(peer, member);
-    let response = net.nodes[0].handle_sync_request(&net.ids[1].clone(), request);
+    let me = net.ids[1].clone();
+    let response = net.nodes[0].handle_sync_request(&me, request);
     net.nodes[1].handle_sync_response(&member, &flow, response);
     assert_eq!(verdicts(&mut net, &member, &flow), vec![Verdict::Accept]);
     let theirs = net.nodes[1].repo().doc(&flow).unwrap().get_heads();

@@ -14,8 +14,8 @@ use coflow::identity::{unhex, Identity};
 use coflow::store::{Store, DB_FILE};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::baseline::automerge_sync;
 use crate::gen::{seed_home, FlowGen};
-use crate::pump::automerge_sync;
 
 fn reader(home: &Path) -> Connection {
     Connection::open_with_flags(home.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)

@@ -11,7 +11,10 @@ use coflow::repo::Repo;
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use crate::gen::{seed_home, FlowGen};
-use crate::pump::{automerge_sync, Net};
+use coflow::sim::{Config, Net};
+use coflow::sync::Engine;
+
+use crate::baseline::automerge_sync;
 
 pub struct Catchup {
     pub changes: usize,
@@ -39,9 +42,11 @@ pub fn catchup(
     let a = seed_home(&root.join("holder"), holder, &[flow]);
     let home_c = root.join("newcomer");
     let c = Repo::init(&home_c, newcomer.clone()).expect("a repository");
-    let mut net = Net::new(vec![a, c]);
+    // The shared simulator with no latency: messages delivered in the order they were sent.
+    let mut net = Net::with_engines(vec![Engine::new(a), Engine::new(c)], Config::instant());
     let start = Instant::now();
     net.connect(0, 1);
+    net.drain_within(u64::MAX);
     let secs = start.elapsed().as_secs_f64();
     let got = net.nodes[1]
         .repo()
@@ -49,7 +54,12 @@ pub fn catchup(
         .map(|c| c.len())
         .unwrap_or(0);
     assert_eq!(got, flow.changes.len(), "the newcomer caught up completely");
-    let (bytes, sync_messages) = (net.bytes, net.messages);
+    assert!(
+        net.penalties.is_empty(),
+        "an honest peer was penalized: {:?}",
+        net.penalties
+    );
+    let (bytes, sync_messages) = received(&net);
 
     // Baseline: Automerge's own sync of the same document into an empty one, plus batch
     // verification of every signature.
@@ -82,7 +92,7 @@ pub fn catchup(
             .reader()
             .last_seq(&flow.id)
             .expect("seq");
-        let before = net.bytes;
+        let before = received(&net).0;
         for i in 0..live_samples {
             net.nodes[0]
                 .repo()
@@ -95,9 +105,10 @@ pub fn catchup(
                 )
                 .expect("an edit");
             net.nodes[0].local_change(&flow.id);
-            net.run();
+            net.collect();
+            net.drain_within(u64::MAX);
         }
-        let sent = net.bytes - before;
+        let sent = received(&net).0 - before;
         let made = net.nodes[0]
             .repo()
             .store()
@@ -128,6 +139,14 @@ pub fn catchup(
         wire_per_change,
         signed_change_size,
     }
+}
+
+/// Bytes and messages every node of the net received (protobuf-encoded requests and responses,
+/// and gossip with what gossipsub adds to it).
+fn received(net: &Net) -> (u64, u64) {
+    let bytes = net.traffic.iter().map(|t| t.bytes_in).sum();
+    let messages = net.traffic.iter().map(|t| t.messages_in).sum();
+    (bytes, messages)
 }
 
 pub struct Ingest {
