@@ -6,7 +6,7 @@ use coflow::auth::{Rejection, SignedChange};
 use coflow::flow::{Edit, Role};
 use coflow::identity::Identity;
 use coflow::repo::{load_doc, Repo, SNAPSHOT_EVERY};
-use coflow::store::Store;
+use coflow::store::{Changes, Storage, Store};
 
 fn repo(dir: &std::path::Path, seed: &str, name: &str) -> Repo {
     if Identity::load(dir).is_err() {
