@@ -1,5 +1,5 @@
 //! The durable store: one SQLite file (`coflow.db`) in the data dir, behind the [`Storage`]
-//! trait that the repository and the sync engine are generic over (with `testkit`, [`MemStore`]
+//! trait that the repository and the sync engine are generic over (with `testkit`, `MemStore`
 //! implements it in memory, for simulations and tests).
 //!
 //! WAL journal, `synchronous=FULL`: a transaction that returned from `COMMIT` is on disk. Every
@@ -27,7 +27,8 @@ pub use flows::Flows;
 pub use mem::MemStore;
 pub use peers::Peers;
 
-/// What the repository keeps: the SQLite [`Store`], or [`MemStore`] in tests and simulations.
+/// What the repository keeps: the SQLite [`Store`], or `MemStore` (built with `testkit` only) in
+/// tests and simulations.
 ///
 /// Reads and writes go through a [`Tables`] handle. [`Storage::write`] runs a closure in a
 /// transaction: nothing it wrote is kept if it fails. A group ([`Storage::begin_group`]) is one
