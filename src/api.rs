@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::flow::{Edit, Role};
 use crate::identity::hex;
 use crate::repo::{EditOutcome, FlowView, Invitation, Listed, LogEntry, Repo, VerifyReport};
+use crate::store::{Peers, Storage};
 
 /// File names in the data dir.
 pub const SOCKET_FILE: &str = "node.sock";

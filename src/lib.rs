@@ -17,14 +17,18 @@
 //!   finds where an operation lands, `rules.rs` holds the rules, `members.rs` the admissions), and
 //!   [`auth::removal`], the removal rule: which valid changes fall because their author was
 //!   removed concurrently, settled by seniority, and the heads of what stands.
-//! - [`store`]: the SQLite store (WAL, `synchronous=FULL`): flows (held or offered), signed
+//! - [`store`]: the `Storage` trait the repository and the engine are generic over, and the
+//!   SQLite store that implements it (WAL, `synchronous=FULL`): flows (held or offered), signed
 //!   changes, snapshots, the removals among each flow's changes, declined flows; group
-//!   transactions whose writes share one commit. Files: `store/mod.rs` (opening, transactions),
-//!   `schema.rs` (migrations), `flows.rs`, `changes.rs`, `peers.rs` (address book, meta).
-//! - [`repo`]: identity + store + accept path: local edits and received changes go through the
+//!   transactions whose writes share one commit. Files: `store/mod.rs` (the traits, opening,
+//!   transactions), `schema.rs` (migrations), `flows.rs`, `changes.rs`, `peers.rs` (address
+//!   book, meta): each a table trait and its SQLite implementation; `mem.rs` (with `testkit`
+//!   only): `MemStore`, the same rules in plain collections with an undo log, for simulations
+//!   and tests.
+//! - [`repo`]: identity + store (`Repo<S: Storage = Store>`) + accept path: local edits and received changes go through the
 //!   same verify → authorize → apply → persist path; each process writes under its own
 //!   incarnation actor; flows are read as they stand (without fallen changes); show, log,
-//!   verify. Files: `repo/mod.rs` (the repository, its caches, local edits), `open.rs` (data
+//!   verify. Files: `repo/mod.rs` (the repository, its caches, local edits), `open.rs` (SQLite: data
 //!   dir and store binding), `accept.rs` (received changes), `standing.rs` (the removal rule's
 //!   state), `summary.rs` (each held flow's heads and members, stored, so the engine reads no
 //!   document for them), `invite.rs`, `views.rs` (show, log, verify), `consent.rs` (a flow a
@@ -40,8 +44,9 @@
 //!   a removed member is answered with the flow up to its removal, a stranger's message about a
 //!   held flow as one about an unknown flow, and only what proves malice is penalized. One file
 //!   per part, each an `impl Engine` block: `sync/{outbox, conversation, absorb, message, push,
-//!   gossip, pull, links, anti_entropy, join, stats}.rs` around the façade in `sync/mod.rs`;
-//!   `sync/tests.rs` tests single parts with virtual time.
+//!   gossip, pull, links, anti_entropy, join, stats}.rs` around the façade in `sync/mod.rs`
+//!   (`Engine<S: Storage = Store>`, generic over the repository's store);
+//!   `sync/tests.rs` tests single parts with virtual time and a `MemStore`.
 //! - [`net`]: the libp2p swarm: TCP + Noise + Yamux, identify, ping, mDNS, Kademlia (coflow's
 //!   own DHT), gossipsub (announcements), the two request-response protocols, block list,
 //!   connection limits.

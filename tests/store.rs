@@ -1,12 +1,16 @@
-//! The store and the repository: durability across reopen, snapshots, and the receive path.
+//! The store and the repository: durability across reopen, snapshots, the receive path, and the
+//! store's own rules. Each rule is one generic function, run on both stores — the SQLite
+//! [`Store`] and [`MemStore`] — so that the two cannot drift apart unnoticed (`sqlite::…` and
+//! `memory::…` below).
 
 mod common;
 
+use coflow::auth::removal::Removal;
 use coflow::auth::{Rejection, SignedChange};
 use coflow::flow::{Edit, Role};
 use coflow::identity::Identity;
 use coflow::repo::{load_doc, Repo, SNAPSHOT_EVERY};
-use coflow::store::Store;
+use coflow::store::{Changes, Flows, MemStore, Peers, Storage, Store, StoreError, MAX_DECLINED};
 
 fn repo(dir: &std::path::Path, seed: &str, name: &str) -> Repo {
     if Identity::load(dir).is_err() {
@@ -19,20 +23,111 @@ fn step(title: &str) -> Edit {
     common::add_step(title, None)
 }
 
-#[test]
-fn snapshots_load_the_same_document_and_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("alice");
-    let mut alice = repo(&home, "alice", "Alice");
+/// Runs each rule on both stores: `store` rules are given an empty store, `repo` rules a
+/// [`Backend`] to keep their repositories in.
+macro_rules! on_both_stores {
+    (store: $($s:ident),* ; repo: $($r:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(#[test] fn $s() { super::$s(Store::in_memory().unwrap()) })*
+            $(#[test] fn $r() { super::$r(Disk(tempfile::tempdir().unwrap())) })*
+        }
+        mod memory {
+            use super::*;
+            $(#[test] fn $s() { super::$s(MemStore::new()) })*
+            $(#[test] fn $r() { super::$r(Mem) })*
+        }
+    };
+}
+
+on_both_stores!(
+    store: a_failed_write_keeps_nothing_it_wrote,
+        a_failed_write_in_a_group_keeps_the_group_s_other_writes,
+        what_the_store_refuses_it_refuses_with_the_same_error,
+        changes_keep_their_insertion_order,
+        a_declined_flow_leaves_its_id_and_members_and_the_oldest_go_first,
+        offers_are_not_held_until_accepted,
+        the_address_book_and_meta;
+    repo: snapshots_load_the_same_document_and_survive_reopen,
+        received_changes_take_the_same_path_and_bad_ones_leave_no_trace,
+        grouped_writes_are_durable_together_at_the_commit_and_not_before,
+);
+
+/// Where a test's repositories live.
+trait Backend {
+    type S: Storage;
+    /// What another process finds stored for a repository: equal if nothing changed.
+    type Trace: PartialEq + std::fmt::Debug;
+    /// The repository `seed` names (made the first time).
+    fn repo(&mut self, seed: &str, name: &str) -> Repo<Self::S>;
+    /// `repo`'s process ended (an open group with it); the repository opened again.
+    fn reopen(&mut self, seed: &str, repo: Repo<Self::S>) -> Repo<Self::S>;
+    /// How many of `flow`'s changes another process finds stored for `seed`'s repository.
+    fn stored_count(&self, seed: &str, repo: &Repo<Self::S>, flow: &str) -> i64;
+    /// What another process finds stored for `seed`'s repository (taken with `repo` closed),
+    /// and the repository opened again.
+    fn trace(&mut self, seed: &str, repo: Repo<Self::S>) -> (Repo<Self::S>, Self::Trace);
+}
+
+/// SQLite stores, each in a data dir of its own.
+struct Disk(tempfile::TempDir);
+
+impl Backend for Disk {
+    type S = Store;
+    type Trace = Vec<(String, String)>;
+    fn repo(&mut self, seed: &str, name: &str) -> Repo {
+        repo(&self.0.path().join(seed), seed, name)
+    }
+    fn reopen(&mut self, seed: &str, repo: Repo) -> Repo {
+        drop(repo);
+        Repo::open(&self.0.path().join(seed)).unwrap()
+    }
+    fn stored_count(&self, seed: &str, _: &Repo, flow: &str) -> i64 {
+        stored_count(&self.0.path().join(seed), flow)
+    }
+    fn trace(&mut self, seed: &str, repo: Repo) -> (Repo, Self::Trace) {
+        drop(repo);
+        let digest = files_digest(&self.0.path().join(seed));
+        (Repo::open(&self.0.path().join(seed)).unwrap(), digest)
+    }
+}
+
+/// Stores in memory; "another process" finds a store as [`MemStore::reopened`] gives it.
+struct Mem;
+
+impl Backend for Mem {
+    type S = MemStore;
+    type Trace = MemStore;
+    fn repo(&mut self, seed: &str, name: &str) -> Repo<MemStore> {
+        Repo::new(MemStore::new(), Identity::from_seed(seed, name))
+    }
+    fn reopen(&mut self, _: &str, repo: Repo<MemStore>) -> Repo<MemStore> {
+        let (store, identity) = (repo.store().reopened(), repo.identity().clone());
+        drop(repo);
+        Repo::new(store, identity)
+    }
+    fn stored_count(&self, _: &str, repo: &Repo<MemStore>, flow: &str) -> i64 {
+        let store = repo.store().reopened();
+        let n = store.reader().changes_after(flow, 0).unwrap().len();
+        n as i64
+    }
+    fn trace(&mut self, _: &str, repo: Repo<MemStore>) -> (Repo<MemStore>, MemStore) {
+        let trace = repo.store().reopened();
+        (repo, trace)
+    }
+}
+
+fn snapshots_load_the_same_document_and_survive_reopen(mut b: impl Backend) {
+    let mut alice = b.repo("alice", "Alice");
     let f = alice.create_flow("Suit", "A suit", Role::Customer).unwrap();
     let n = SNAPSHOT_EVERY as usize + 20;
     for i in 0..n {
         alice.edit(&f, &step(&format!("step {i}"))).unwrap();
     }
     let shown = alice.show(&f).unwrap();
-    drop(alice);
+    let alice = b.reopen("alice", alice);
 
-    let store = Store::open(&home).unwrap();
+    let store = alice.store();
     let (upto, _) = store
         .reader()
         .snapshot(&f)
@@ -52,9 +147,8 @@ fn snapshots_load_the_same_document_and_survive_reopen() {
     assert_eq!(all.len(), n + 1);
     replayed.apply_changes(all).unwrap();
     assert_eq!(from_snapshot.get_heads(), replayed.get_heads());
-    drop(store);
 
-    let mut alice = repo(&home, "alice", "Alice");
+    let mut alice = b.reopen("alice", alice);
     let again = alice.show(&f).unwrap();
     assert_eq!(again.heads, shown.heads);
     assert_eq!(again.flow, shown.flow);
@@ -66,11 +160,9 @@ fn snapshots_load_the_same_document_and_survive_reopen() {
     assert!(report.heads_match);
 }
 
-#[test]
-fn received_changes_take_the_same_path_and_bad_ones_leave_no_trace() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut alice = repo(&dir.path().join("alice"), "alice", "Alice");
-    let mut tom = repo(&dir.path().join("tom"), "tom", "Tom");
+fn received_changes_take_the_same_path_and_bad_ones_leave_no_trace(mut b: impl Backend) {
+    let mut alice = b.repo("alice", "Alice");
+    let mut tom = b.repo("tom", "Tom");
     let f = alice.create_flow("Suit", "A suit", Role::Customer).unwrap();
     alice
         .edit(
@@ -102,10 +194,7 @@ fn received_changes_take_the_same_path_and_bad_ones_leave_no_trace() {
 
     // A forged change and malformed bytes are refused; the store is byte-identical.
     let heads = alice.show(&f).unwrap().heads;
-    let alice_home = dir.path().join("alice");
-    drop(alice);
-    let before = files_digest(&alice_home);
-    let mut alice = repo(&alice_home, "alice", "Alice");
+    let (mut alice, before) = b.trace("alice", alice);
     let mut forged = tom.signed_changes(&f).unwrap().pop().unwrap();
     forged.signature[10] ^= 0x40;
     let garbage = SignedChange {
@@ -128,8 +217,8 @@ fn received_changes_take_the_same_path_and_bad_ones_leave_no_trace() {
         .iter()
         .any(|(_, r)| matches!(r, Rejection::Malformed(_))));
     assert_eq!(alice.show(&f).unwrap().heads, heads);
-    drop(alice);
-    assert_eq!(files_digest(&alice_home), before);
+    let (_, after) = b.trace("alice", alice);
+    assert_eq!(after, before);
 }
 
 /// A digest of the database files in `home` (taken with no connection open).
@@ -161,12 +250,9 @@ fn stored_count(home: &std::path::Path, flow: &str) -> i64 {
     .unwrap_or(0)
 }
 
-#[test]
-fn grouped_writes_are_durable_together_at_the_commit_and_not_before() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut alice = repo(&dir.path().join("alice"), "alice", "Alice");
-    let tom_home = dir.path().join("tom");
-    let mut tom = repo(&tom_home, "tom", "Tom");
+fn grouped_writes_are_durable_together_at_the_commit_and_not_before(mut b: impl Backend) {
+    let mut alice = b.repo("alice", "Alice");
+    let mut tom = b.repo("tom", "Tom");
     let f = alice.create_flow("Suit", "A suit", Role::Customer).unwrap();
     let tom_id = tom.identity().node_id().to_string();
     alice
@@ -190,9 +276,9 @@ fn grouped_writes_are_durable_together_at_the_commit_and_not_before() {
     tom.edit(&f, &step("Measure")).unwrap();
     assert!(tom.group_wrote());
     assert_eq!(tom.show(&f).unwrap().flow.steps.len(), 1);
-    assert_eq!(stored_count(&tom_home, &f), 0);
+    assert_eq!(b.stored_count("tom", &tom, &f), 0);
     tom.commit_group().unwrap();
-    assert_eq!(stored_count(&tom_home, &f), 3);
+    assert_eq!(b.stored_count("tom", &tom, &f), 3);
 
     // A change received in a group that never commits (the process dies) is not stored, and
     // the store still loads.
@@ -204,9 +290,8 @@ fn grouped_writes_are_durable_together_at_the_commit_and_not_before() {
     let mut forged = alice.signed_changes(&g).unwrap().pop().unwrap();
     forged.signature[3] ^= 1;
     assert!(tom.receive(&g, &[forged]).unwrap().accepted.is_empty());
-    drop(tom);
-    assert_eq!(stored_count(&tom_home, &f), 3);
-    let mut tom = repo(&tom_home, "tom", "Tom");
+    let mut tom = b.reopen("tom", tom);
+    assert_eq!(b.stored_count("tom", &tom, &f), 3);
     assert_eq!(tom.show(&f).unwrap().flow.steps.len(), 1);
     tom.begin_group().unwrap();
     assert_eq!(
@@ -217,6 +302,321 @@ fn grouped_writes_are_durable_together_at_the_commit_and_not_before() {
         1
     );
     tom.commit_group().unwrap();
-    assert_eq!(stored_count(&tom_home, &f), 4);
+    assert_eq!(b.stored_count("tom", &tom, &f), 4);
     assert_eq!(tom.show(&f).unwrap().flow.steps.len(), 2);
+}
+
+/// A change row of `flow`: its hash, bytes and signature, told apart by `i`.
+fn change(i: u8) -> ([u8; 32], Vec<u8>, Vec<u8>) {
+    ([i; 32], vec![i, 1, 2], vec![i; 64])
+}
+
+fn insert(w: &impl Changes, flow: &str, rows: &[([u8; 32], Vec<u8>, Vec<u8>)]) -> usize {
+    w.insert_changes(
+        flow,
+        rows.iter()
+            .map(|(h, b, s)| (&h[..], b.as_slice(), s.as_slice())),
+    )
+    .unwrap()
+}
+
+fn removal(i: u8) -> Removal {
+    Removal {
+        change: automerge::ChangeHash([i; 32]),
+        target: [i + 100; 32],
+        rank: 1,
+    }
+}
+
+fn seqs(s: &impl Storage, flow: &str) -> Vec<i64> {
+    let rows = s.reader().changes_after(flow, 0).unwrap();
+    rows.into_iter().map(|c| c.seq).collect()
+}
+
+/// Every kind of row, written in one transaction that then fails: none of it is kept, and the
+/// next change is numbered as if the failed one never was.
+fn a_failed_write_keeps_nothing_it_wrote(mut s: impl Storage) {
+    s.write(|w| w.insert_flow("kept", b"g", "Kept", "open", 1))
+        .unwrap();
+    let failed = s.write(|w| {
+        w.insert_flow("f", b"g", "Suit", "open", 1)?;
+        insert(w, "f", &[change(1), change(2)]);
+        insert(w, "kept", &[change(3)]);
+        w.update_flow("kept", "Renamed", "done", 2)?;
+        w.set_summary("kept", "{}")?;
+        w.mark_offered("kept", "bob")?;
+        w.put_snapshot("f", 2, b"doc")?;
+        w.insert_removals("f", &[removal(1)])?;
+        w.set_meta("k", "v")?;
+        w.saw_peer("bob", &["/ip4/1.2.3.4/tcp/1".into()], 5)?;
+        w.decline_flow("kept", &["bob".into()], 3)?;
+        Err::<(), _>(StoreError::Busy)
+    });
+    assert!(matches!(failed, Err(StoreError::Busy)));
+    let r = s.reader();
+    assert!(!r.has_flow("f").unwrap());
+    assert!(r.changes_after("f", 0).unwrap().is_empty());
+    assert_eq!(r.snapshot("f").unwrap(), None);
+    assert!(r.removals("f").unwrap().is_empty());
+    assert_eq!(r.meta("k").unwrap(), None);
+    assert!(r.peers().unwrap().is_empty());
+    assert_eq!(r.declined_members("kept").unwrap(), None);
+    assert!(r.changes_after("kept", 0).unwrap().is_empty());
+    assert_eq!(r.summary("kept").unwrap(), None);
+    assert_eq!(r.pending_ids().unwrap(), Vec::<String>::new());
+    let flows = r.flows().unwrap();
+    assert_eq!(
+        (
+            flows.len(),
+            flows[0].title.as_str(),
+            flows[0].status.as_str()
+        ),
+        (1, "Kept", "open")
+    );
+    drop(r);
+    s.write(|w| Ok::<_, StoreError>(insert(w, "kept", &[change(4)])))
+        .unwrap();
+    assert_eq!(seqs(&s, "kept"), [1]);
+    assert!(s.integrity_check().unwrap().is_empty());
+}
+
+/// In a group, a failed write undoes itself only; nothing is durable before the commit, and
+/// `group_wrote` tells whether the commit has anything to write.
+fn a_failed_write_in_a_group_keeps_the_group_s_other_writes(mut s: impl Storage) {
+    s.write(|w| w.insert_flow("f", b"g", "Suit", "open", 1))
+        .unwrap();
+    s.begin_group().unwrap();
+    assert!(s.in_group() && !s.group_wrote());
+    s.begin_group().unwrap();
+    assert!(s.in_group());
+    s.write(|w| Ok::<_, StoreError>(insert(w, "f", &[change(1)])))
+        .unwrap();
+    assert!(s.group_wrote());
+    let failed = s.write(|w| {
+        insert(w, "f", &[change(2)]);
+        w.set_meta("k", "v")?;
+        Err::<(), _>(StoreError::Busy)
+    });
+    assert!(failed.is_err());
+    // A write through the reader joins the group.
+    s.reader().set_meta("k2", "v2").unwrap();
+    s.write(|w| Ok::<_, StoreError>(insert(w, "f", &[change(3)])))
+        .unwrap();
+    s.commit_group().unwrap();
+    assert!(!s.in_group() && !s.group_wrote());
+    let r = s.reader();
+    let hashes: Vec<_> = r
+        .changes_after("f", 0)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.hash[0])
+        .collect();
+    assert_eq!(hashes, [1, 3]);
+    assert_eq!(r.meta("k").unwrap(), None);
+    assert_eq!(r.meta("k2").unwrap().as_deref(), Some("v2"));
+    drop(r);
+    assert_eq!(seqs(&s, "f"), [1, 2]);
+    // Committing with no group open does nothing.
+    s.commit_group().unwrap();
+}
+
+/// A flow stored twice, and rows of a flow not stored, are refused with SQLite's errors.
+fn what_the_store_refuses_it_refuses_with_the_same_error(mut s: impl Storage) {
+    s.write(|w| w.insert_flow("f", b"g", "Suit", "open", 1))
+        .unwrap();
+    let twice = s.write(|w| w.insert_flow("f", b"g", "Coat", "open", 2));
+    assert_eq!(
+        twice.unwrap_err().to_string(),
+        "storage error: UNIQUE constraint failed: flows.id"
+    );
+    let fk = "storage error: FOREIGN KEY constraint failed";
+    let changes = s.write(|w| w.insert_changes("nope", [(&[1u8; 32][..], &[1u8][..], &[1u8][..])]));
+    assert_eq!(changes.unwrap_err().to_string(), fk);
+    let snapshot = s.write(|w| w.put_snapshot("nope", 1, b"doc"));
+    assert_eq!(snapshot.unwrap_err().to_string(), fk);
+    let removals = s.write(|w| w.insert_removals("nope", &[removal(1)]));
+    assert_eq!(removals.unwrap_err().to_string(), fk);
+    assert_eq!(s.reader().flows().unwrap()[0].title, "Suit");
+    // What names no row changes nothing.
+    s.write(|w| {
+        w.update_flow("nope", "X", "done", 3)?;
+        w.set_summary("nope", "{}")?;
+        w.accept_flow("nope")?;
+        w.peer_failed("nobody")
+    })
+    .unwrap();
+    assert!(!s.reader().has_flow("nope").unwrap());
+    assert!(s.reader().peers().unwrap().is_empty());
+}
+
+/// Changes are numbered in insertion order across every flow; a flow reads its own in that
+/// order, from any point; a change stored again is skipped (and, as SQLite's `AUTOINCREMENT`
+/// does, uses up a number).
+fn changes_keep_their_insertion_order(mut s: impl Storage) {
+    s.write(|w| {
+        w.insert_flow("a", b"g", "A", "open", 1)?;
+        w.insert_flow("b", b"g", "B", "open", 1)?;
+        assert_eq!(insert(w, "a", &[change(9), change(2)]), 2);
+        assert_eq!(insert(w, "b", &[change(5)]), 1);
+        assert_eq!(insert(w, "a", &[change(2), change(7)]), 1);
+        Ok::<_, StoreError>(())
+    })
+    .unwrap();
+    let r = s.reader();
+    assert_eq!(seqs(&s, "a"), [1, 2, 5]);
+    assert_eq!(seqs(&s, "b"), [3]);
+    let after: Vec<_> = r
+        .changes_after("a", 1)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.seq, c.hash[0], c.signed.bytes[0], c.signed.signature[0]))
+        .collect();
+    assert_eq!(after, [(2, 2, 2, 2), (5, 7, 7, 7)]);
+    assert_eq!(r.last_seq("a").unwrap(), 5);
+    assert_eq!(r.last_seq("none").unwrap(), 0);
+    assert_eq!(r.count_after("a", 0).unwrap(), 3);
+    assert_eq!(r.count_after("a", 2).unwrap(), 1);
+    assert_eq!(r.signature("a", &[7; 32]).unwrap(), Some(vec![7; 64]));
+    assert_eq!(r.signature("b", &[7; 32]).unwrap(), None);
+    let signed = r.signed_change("b", &[5; 32]).unwrap().unwrap();
+    assert_eq!(
+        (signed.bytes, signed.signature),
+        (vec![5, 1, 2], vec![5; 64])
+    );
+    assert_eq!(r.snapshot_seq("a").unwrap(), None);
+    r.put_snapshot("a", 2, b"one").unwrap();
+    r.put_snapshot("a", 5, b"two").unwrap();
+    assert_eq!(r.snapshot("a").unwrap(), Some((5, b"two".to_vec())));
+    assert_eq!(r.snapshot_seq("a").unwrap(), Some(5));
+    r.insert_removals("a", &[removal(3), removal(1), removal(3)])
+        .unwrap();
+    assert_eq!(r.removals("a").unwrap(), [removal(1), removal(3)]);
+    assert!(s.integrity_check().unwrap().is_empty());
+}
+
+/// Declining deletes what was stored for a flow and keeps its id and members; past
+/// [`MAX_DECLINED`] the oldest decline is forgotten first (the highest id among equals).
+fn a_declined_flow_leaves_its_id_and_members_and_the_oldest_go_first(mut s: impl Storage) {
+    s.write(|w| {
+        w.insert_flow("x", b"g", "X", "open", 1)?;
+        insert(w, "x", &[change(1)]);
+        w.put_snapshot("x", 1, b"doc")?;
+        w.insert_removals("x", &[removal(1)])?;
+        w.mark_offered("x", "bob")?;
+        w.decline_flow("x", &["bob".into(), "carol".into()], 1)
+    })
+    .unwrap();
+    let r = s.reader();
+    assert!(!r.has_flow("x").unwrap());
+    assert!(r.changes_after("x", 0).unwrap().is_empty());
+    assert_eq!(r.snapshot("x").unwrap(), None);
+    assert!(r.removals("x").unwrap().is_empty());
+    assert_eq!(
+        r.declined_members("x").unwrap(),
+        Some(vec!["bob".to_string(), "carol".to_string()])
+    );
+    drop(r);
+    assert!(s.integrity_check().unwrap().is_empty());
+    // Two more at the same time as "x": "z" is forgotten first, then "y", then "x".
+    s.write(|w| {
+        for id in ["y", "z"] {
+            w.insert_flow(id, b"g", "", "open", 1)?;
+            w.decline_flow(id, &[], 1)?;
+        }
+        for i in 0..MAX_DECLINED - 3 {
+            let id = format!("later{i:04}");
+            w.insert_flow(&id, b"g", "", "open", 2)?;
+            w.decline_flow(&id, &[], 2 + i as i64)?;
+        }
+        Ok::<_, StoreError>(())
+    })
+    .unwrap();
+    assert_eq!(declined(&s, &["x", "y", "z"]), [true, true, true]);
+    s.write(|w| {
+        w.insert_flow("new1", b"g", "", "open", 9)?;
+        w.decline_flow("new1", &[], 5000)
+    })
+    .unwrap();
+    assert_eq!(declined(&s, &["x", "y", "z"]), [true, true, false]);
+    s.write(|w| {
+        w.insert_flow("new2", b"g", "", "open", 9)?;
+        w.decline_flow("new2", &[], 5001)?;
+        w.forget_declined("later0000")
+    })
+    .unwrap();
+    assert_eq!(
+        declined(&s, &["x", "y", "z", "new1", "new2", "later0000"]),
+        [true, false, false, true, true, false]
+    );
+}
+
+fn declined(s: &impl Storage, ids: &[&str]) -> Vec<bool> {
+    ids.iter()
+        .map(|id| s.reader().declined_members(id).unwrap().is_some())
+        .collect()
+}
+
+/// An offered flow is stored but not held until accepted; rows list oldest first.
+fn offers_are_not_held_until_accepted(mut s: impl Storage) {
+    s.write(|w| {
+        w.insert_flow("b", b"g", "B", "open", 1)?;
+        w.insert_flow("a", b"g", "A", "open", 1)?;
+        w.insert_flow("c", b"g", "C", "open", 0)?;
+        w.mark_offered("b", "bob")?;
+        w.update_flow("a", "A2", "done", 7)
+    })
+    .unwrap();
+    let r = s.reader();
+    assert!(r.has_flow("b").unwrap());
+    assert_eq!(r.flow_ids().unwrap(), ["a", "c"]);
+    assert_eq!(r.pending_ids().unwrap(), ["b"]);
+    let mut all = r.all_flow_ids().unwrap();
+    all.sort();
+    assert_eq!(all, ["a", "b", "c"]);
+    let held: Vec<_> = r.flows().unwrap().into_iter().map(|f| f.id).collect();
+    assert_eq!(held, ["c", "a"]);
+    let a = &r.flows().unwrap()[1];
+    assert_eq!(
+        (a.title.as_str(), a.status.as_str(), a.updated_at),
+        ("A2", "done", 7)
+    );
+    let offers = r.offers().unwrap();
+    assert_eq!(
+        (offers[0].0.id.as_str(), offers[0].1.as_str()),
+        ("b", "bob")
+    );
+    assert_eq!(r.summary("b").unwrap(), None);
+    r.set_summary("b", "").unwrap();
+    assert_eq!(r.summary("b").unwrap(), None);
+    r.set_summary("b", "{\"heads\":[]}").unwrap();
+    assert_eq!(r.summary("b").unwrap().as_deref(), Some("{\"heads\":[]}"));
+    drop(r);
+    s.write(|w| w.accept_flow("b")).unwrap();
+    let r = s.reader();
+    assert!(r.offers().unwrap().is_empty());
+    let held: Vec<_> = r.flows().unwrap().into_iter().map(|f| f.id).collect();
+    assert_eq!(held, ["c", "a", "b"]);
+}
+
+/// The address book, most recently seen first, with failures counted until seen again; meta.
+fn the_address_book_and_meta(s: impl Storage) {
+    let r = s.reader();
+    r.saw_peer("bob", &["/ip4/1.1.1.1/tcp/1".into()], 10)
+        .unwrap();
+    r.saw_peer("carol", &[], 20).unwrap();
+    r.peer_failed("bob").unwrap();
+    r.peer_failed("bob").unwrap();
+    let book: Vec<_> = r
+        .peers()
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.node, p.addrs.len(), p.last_seen, p.failures))
+        .collect();
+    assert_eq!(book, [("carol".into(), 0, 20, 0), ("bob".into(), 1, 10, 2)]);
+    r.saw_peer("bob", &[], 30).unwrap();
+    assert_eq!(r.peers().unwrap()[0].failures, 0);
+    assert_eq!(r.meta("m").unwrap(), None);
+    r.set_meta("m", "1").unwrap();
+    r.set_meta("m", "2").unwrap();
+    assert_eq!(r.meta("m").unwrap().as_deref(), Some("2"));
 }

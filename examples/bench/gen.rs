@@ -12,7 +12,7 @@ use coflow::auth::SignedChange;
 use coflow::flow::{self, Edit, Reader, Role};
 use coflow::identity::Identity;
 use coflow::repo::Repo;
-use coflow::store::{Store, StoreError};
+use coflow::store::{Changes, Flows, Storage, Store, StoreError};
 
 /// The time every generated change claims (the policy only checks it is an integer).
 pub const NOW: i64 = 1_795_000_000;

@@ -11,7 +11,7 @@ use coflow::api::{Call, Reply};
 use coflow::cluster::{unexpected, InProcessNode, Member};
 use coflow::flow::Edit;
 use coflow::identity::{unhex, Identity};
-use coflow::store::{Store, DB_FILE};
+use coflow::store::{Changes, Storage, Store, DB_FILE};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::baseline::automerge_sync;

@@ -8,6 +8,7 @@ use automerge::{sync, Automerge, Change};
 use coflow::flow::Edit;
 use coflow::identity::{change_message, Identity};
 use coflow::repo::Repo;
+use coflow::store::{Changes, Storage};
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use crate::gen::{seed_home, FlowGen};

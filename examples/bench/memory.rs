@@ -9,7 +9,7 @@ use automerge::Automerge;
 use coflow::cluster::InProcessNode;
 use coflow::identity::Identity;
 use coflow::repo::Repo;
-use coflow::store::Store;
+use coflow::store::{Changes, Flows, Storage, Store};
 
 use crate::gen::{seed_home_bulk, FlowGen};
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::identity::{Identity, KEY_FILE};
 use crate::repo::Repo;
-use crate::store::Store;
+use crate::store::{Storage, Store};
 
 /// One check and what it found.
 #[derive(Clone, Debug, Serialize)]

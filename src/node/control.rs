@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::{now_secs, peer_of, Pending, Runtime, JOIN_TIMEOUT};
 use crate::api::{self, Call, PeerInfo, Reply, Status};
 use crate::error::{Error, Result};
+use crate::store::{Peers, Storage};
 use crate::wire::InviteTicket;
 
 /// Most control connections served at once; more wait to be accepted.

@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::identity::NodeId;
 use crate::net::{self, Behaviour, BehaviourEvent, Limits};
 use crate::repo::Repo;
+use crate::store::{Peers, Storage};
 use crate::sync::Engine;
 use crate::wire::{JoinResponse, SyncResponse};
 

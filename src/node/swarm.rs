@@ -13,6 +13,7 @@ use libp2p::{identify, mdns, Multiaddr, PeerId};
 use super::{node_of, now_secs, peer_of, Runtime, META_LISTEN_PORT};
 use crate::net::{self, BehaviourEvent};
 use crate::repo::META_LISTEN_ADDRS;
+use crate::store::{Peers, Storage};
 
 impl Runtime {
     pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {

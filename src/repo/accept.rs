@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Repo {
+impl<S: Storage> Repo<S> {
     /// Runs changes received from elsewhere through verify → authorize → apply and stores the
     /// accepted ones. The flow must already exist here, unless the batch holds its genesis.
     /// A flow this node is joining, or one a test or benchmark seeds, is taken as held.

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{load_doc, Repo};
 use crate::error::{Error, Result};
 use crate::flow::{Flow, Reader, Role};
-use crate::store::{FlowRow, Store, Writer};
+use crate::store::{FlowRow, Flows, Storage, Tables};
 
 /// How many offered flows wait for their user at most; further offers are not kept.
 pub const MAX_OFFERS: usize = 16;
@@ -64,7 +64,7 @@ pub struct Listed {
 }
 
 /// The offered flows in `store`.
-pub(super) fn store_offered(store: &Store) -> std::collections::HashSet<String> {
+pub(super) fn store_offered(store: &impl Storage) -> std::collections::HashSet<String> {
     match store.reader().pending_ids() {
         Ok(ids) => ids.into_iter().collect(),
         Err(e) => {
@@ -75,7 +75,7 @@ pub(super) fn store_offered(store: &Store) -> std::collections::HashSet<String> 
 }
 
 /// Whether one more offer from `from` may be kept; `Err` says why not.
-pub(super) fn room_for_offer(w: &Writer<'_>, from: &str) -> std::result::Result<(), String> {
+pub(super) fn room_for_offer(w: &impl Tables, from: &str) -> std::result::Result<(), String> {
     let offers = w
         .offers()
         .map_err(|e| format!("cannot read the offers: {e}"))?;
@@ -105,7 +105,7 @@ pub(super) fn offer_in(flow: &Flow, me: &str) -> Offer {
     }
 }
 
-impl Repo {
+impl<S: Storage> Repo<S> {
     /// The flows held here, then those offered and waiting, each oldest first.
     pub fn list(&mut self) -> Result<Vec<Listed>> {
         let reader = self.store.reader();
@@ -233,7 +233,7 @@ impl Repo {
         }
     }
 
-    /// [`Store::wipe_log`], logged if it fails (the content is already gone from the database).
+    /// [`Storage::wipe_log`], logged if it fails (the content is already gone from the database).
     pub(super) fn wipe_log(&self) {
         if let Err(e) = self.store.wipe_log() {
             tracing::warn!(target: "repo", "cannot clear the write-ahead log after a decline: {e}");

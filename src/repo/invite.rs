@@ -36,7 +36,7 @@ pub enum RedeemError {
     Failed(#[from] Error),
 }
 
-impl Repo {
+impl<S: Storage> Repo<S> {
     /// Records an invite in the flow and returns the ticket that redeems it. The ticket holds
     /// a fresh secret; the document holds only the public key derived from it.
     pub fn invite(

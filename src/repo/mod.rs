@@ -18,7 +18,7 @@ use crate::flow::{self, flow_id_of_genesis, new_flow_ops, Edit, Flow, Reader, Ro
 use crate::identity::{
     hex, unhex, verify_invite_proof, Identity, IdentityError, InviteKey, NodeId, KEY_FILE,
 };
-use crate::store::{Store, StoreError, Writer};
+use crate::store::{Changes, Flows, Peers, Storage, Store, StoreError, Tables};
 
 mod accept;
 mod consent;
@@ -74,8 +74,8 @@ pub struct EditOutcome {
     pub id: Option<String>,
 }
 
-pub struct Repo {
-    store: Store,
+pub struct Repo<S: Storage = Store> {
+    store: S,
     identity: Identity,
     /// The actor id of this process's changes: the node key and an incarnation of its own
     /// ([`Identity::new_incarnation`]), so that a restored copy of this data dir, or the same
@@ -133,7 +133,7 @@ pub const META_NODE_ID: &str = "node_id";
 pub const META_LISTEN_ADDRS: &str = "listen_addrs";
 
 /// Loads a flow's document from the store: latest snapshot plus the changes stored after it.
-pub fn load_doc(w: &Writer<'_>, flow: &str) -> Result<Automerge> {
+pub fn load_doc(w: &impl Tables, flow: &str) -> Result<Automerge> {
     let corrupt = |reason: String| Error::Corrupt {
         flow: flow.to_string(),
         reason,
@@ -157,7 +157,7 @@ pub fn load_doc(w: &Writer<'_>, flow: &str) -> Result<Automerge> {
 
 /// Stores accepted changes and refreshes the flow's summary row and snapshot.
 fn persist(
-    w: &Writer<'_>,
+    w: &impl Tables,
     flow: &str,
     doc: &Automerge,
     standing: &Standing,
@@ -191,8 +191,8 @@ fn row(change: &mut Change, signature: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     )
 }
 
-impl Repo {
-    pub fn new(store: Store, identity: Identity) -> Repo {
+impl<S: Storage> Repo<S> {
+    pub fn new(store: S, identity: Identity) -> Repo<S> {
         let offered = consent::store_offered(&store);
         Repo {
             store,
@@ -209,7 +209,7 @@ impl Repo {
         }
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &S {
         &self.store
     }
 

@@ -88,7 +88,7 @@ pub(super) fn stands<'a>(doc: &'a Automerge, standing: &'a Standing) -> Reader<'
 
 /// Finds the removals `accepted` make and records them; returns every removal of the flow.
 pub(super) fn record_removals(
-    w: &Writer<'_>,
+    w: &impl Tables,
     flow: &str,
     doc: &Automerge,
     accepted: &[(&Change, &NodeId)],
@@ -101,7 +101,7 @@ pub(super) fn record_removals(
     Ok(w.removals(flow)?)
 }
 
-impl Repo {
+impl<S: Storage> Repo<S> {
     /// How the flow stands under the removal rule: what fell, and the heads of the rest.
     pub fn standing(&mut self, flow: &str) -> Result<&Standing> {
         let heads = self.doc(flow)?.get_heads();

@@ -66,7 +66,7 @@ impl Summary {
     }
 }
 
-impl Repo {
+impl<S: Storage> Repo<S> {
     /// The summary of a held flow; `None` for a flow not held here (unknown, or offered and
     /// waiting). Read from the store once after each change; a flow stored before summaries
     /// were kept is summarized from its document once, and the summary stored.

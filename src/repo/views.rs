@@ -122,7 +122,7 @@ pub struct VerifyReport {
     pub integrity: Vec<String>,
 }
 
-impl Repo {
+impl<S: Storage> Repo<S> {
     pub fn show(&mut self, prefix: &str) -> Result<FlowView> {
         let id = self.resolve(prefix)?;
         self.standing(&id)?;

@@ -4,7 +4,7 @@ use prost::Message;
 
 use super::*;
 
-impl Net {
+impl<S: Storage> Net<S> {
     /// Sends a message over the network, counting its bytes; loss turns a request into a
     /// failure its sender hears of after the timeout.
     pub(super) fn send(&mut self, from: usize, to: usize, msg: Msg, bytes: usize) {

@@ -33,7 +33,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use crate::identity::{Identity, NodeId};
 use crate::repo::Repo;
-use crate::store::Store;
+use crate::store::{MemStore, Storage};
 use crate::sync::{Engine, Event, Io, Verdict};
 use crate::wire;
 
@@ -142,8 +142,8 @@ struct Tracked {
 }
 
 /// The simulated network.
-pub struct Net {
-    pub nodes: Vec<Engine>,
+pub struct Net<S: Storage = MemStore> {
+    pub nodes: Vec<Engine<S>>,
     pub ids: Vec<NodeId>,
     pub cfg: Config,
     /// Virtual time (ms).
@@ -184,18 +184,22 @@ fn pair(a: usize, b: usize) -> (usize, usize) {
 }
 
 impl Net {
-    /// `n` nodes named "Node i", with keys from the seeds `sim-node-i`.
+    /// `n` nodes named "Node i", with keys from the seeds `sim-node-i`, each on an in-memory
+    /// store.
     pub fn new(n: usize, cfg: Config) -> Net {
         let engines = (0..n)
             .map(|i| {
                 let id = Identity::from_seed(&format!("sim-node-{i}"), &format!("Node {i}"));
-                Engine::new(Repo::new(Store::in_memory().expect("memory store"), id))
+                Engine::new(Repo::new(MemStore::new(), id))
             })
             .collect();
         Net::with_engines(engines, cfg)
     }
+}
 
-    pub fn with_engines(nodes: Vec<Engine>, cfg: Config) -> Net {
+impl<S: Storage> Net<S> {
+    /// A network of the given engines (on any store: the benchmark's are on disk).
+    pub fn with_engines(nodes: Vec<Engine<S>>, cfg: Config) -> Net<S> {
         let ids: Vec<NodeId> = nodes.iter().map(|e| e.node_id().clone()).collect();
         let n = nodes.len();
         Net {
@@ -421,7 +425,7 @@ impl Net {
     pub fn run_until(
         &mut self,
         limit_ms: u64,
-        mut done: impl FnMut(&mut Net) -> bool,
+        mut done: impl FnMut(&mut Net<S>) -> bool,
     ) -> Option<u64> {
         let start = self.now;
         while self.now - start < limit_ms {

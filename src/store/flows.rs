@@ -2,52 +2,65 @@
 
 use super::*;
 
-impl Writer<'_> {
-    pub fn insert_flow(
+/// Flows (held, offered, declined) and their summaries.
+pub trait Flows {
+    /// Stores a new flow, held. A flow stored already is an error (nothing is replaced).
+    fn insert_flow(
         &self,
         id: &str,
         genesis: &[u8],
         title: &str,
         status: &str,
         now: i64,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO flows (id, genesis, title, status, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![id, genesis, title, status, now],
-        )?;
-        Ok(())
-    }
+    ) -> Result<(), StoreError>;
 
-    pub fn update_flow(
-        &self,
-        id: &str,
-        title: &str,
-        status: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE flows SET title = ?2, status = ?3, updated_at = ?4 WHERE id = ?1",
-            params![id, title, status, now],
-        )?;
-        Ok(())
-    }
+    /// Sets a stored flow's title, status and time of its last change.
+    fn update_flow(&self, id: &str, title: &str, status: &str, now: i64)
+        -> Result<(), StoreError>;
 
     /// The flows this node holds (accepted), oldest first.
-    pub fn flows(&self) -> Result<Vec<FlowRow>, StoreError> {
-        Ok(self
-            .flow_rows("accepted")?
-            .into_iter()
-            .map(|(r, _)| r)
-            .collect())
-    }
+    fn flows(&self) -> Result<Vec<FlowRow>, StoreError>;
 
     /// The flows offered to this node and not yet accepted, oldest first, each with the node
     /// that offered it.
-    pub fn offers(&self) -> Result<Vec<(FlowRow, String)>, StoreError> {
-        self.flow_rows("pending")
-    }
+    fn offers(&self) -> Result<Vec<(FlowRow, String)>, StoreError>;
 
+    /// Whether the store has this flow, held or offered (one indexed lookup).
+    fn has_flow(&self, flow: &str) -> Result<bool, StoreError>;
+
+    /// The flows this node holds (accepted).
+    fn flow_ids(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Every flow in the store: held, and offered but not yet accepted.
+    fn all_flow_ids(&self) -> Result<Vec<String>, StoreError>;
+
+    /// The flows offered to this node and not yet accepted.
+    fn pending_ids(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Marks a flow just stored as offered by `by`, waiting for this node's user.
+    fn mark_offered(&self, flow: &str, by: &str) -> Result<(), StoreError>;
+
+    /// The user accepted an offered flow: it is held from now on.
+    fn accept_flow(&self, flow: &str) -> Result<(), StoreError>;
+
+    /// The user declined an offered flow: everything stored for it goes, and its id and
+    /// `members` are remembered (the [`MAX_DECLINED`] most recent declines).
+    fn decline_flow(&self, flow: &str, members: &[String], now: i64) -> Result<(), StoreError>;
+
+    /// The members a declined flow had when it was declined; `None` if it was not declined.
+    fn declined_members(&self, flow: &str) -> Result<Option<Vec<String>>, StoreError>;
+
+    /// Forgets that a flow was declined (its user joined it after all).
+    fn forget_declined(&self, flow: &str) -> Result<(), StoreError>;
+
+    /// Stores a held flow's summary (JSON, see `repo::Summary`).
+    fn set_summary(&self, flow: &str, summary: &str) -> Result<(), StoreError>;
+
+    /// A flow's stored summary; `None` if it has none yet (stored before summaries were kept).
+    fn summary(&self, flow: &str) -> Result<Option<String>, StoreError>;
+}
+
+impl Writer<'_> {
     fn flow_rows(&self, consent: &str) -> Result<Vec<(FlowRow, String)>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT id, title, status, updated_at, offered_by FROM flows WHERE consent = ?1
@@ -67,37 +80,88 @@ impl Writer<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Whether the store has this flow, held or offered (one indexed lookup).
-    pub fn has_flow(&self, flow: &str) -> Result<bool, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT 1 FROM flows WHERE id = ?1")?;
-        Ok(stmt.exists([flow])?)
-    }
-
-    /// The flows this node holds (accepted).
-    pub fn flow_ids(&self) -> Result<Vec<String>, StoreError> {
-        self.ids("SELECT id FROM flows WHERE consent = 'accepted'")
-    }
-
-    /// Every flow in the store: held, and offered but not yet accepted.
-    pub fn all_flow_ids(&self) -> Result<Vec<String>, StoreError> {
-        self.ids("SELECT id FROM flows")
-    }
-
-    /// The flows offered to this node and not yet accepted.
-    pub fn pending_ids(&self) -> Result<Vec<String>, StoreError> {
-        self.ids("SELECT id FROM flows WHERE consent = 'pending'")
-    }
-
     fn ids(&self, sql: &str) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Marks a flow just stored as offered by `by`, waiting for this node's user.
-    pub fn mark_offered(&self, flow: &str, by: &str) -> Result<(), StoreError> {
+    fn delete_flow(&self, flow: &str) -> Result<(), StoreError> {
+        for table in ["removals", "snapshots", "changes"] {
+            self.conn.execute(
+                &format!("DELETE FROM {table} WHERE flow = ?1"),
+                params![flow],
+            )?;
+        }
+        self.conn
+            .execute("DELETE FROM flows WHERE id = ?1", params![flow])?;
+        Ok(())
+    }
+}
+
+impl Flows for Writer<'_> {
+    fn insert_flow(
+        &self,
+        id: &str,
+        genesis: &[u8],
+        title: &str,
+        status: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO flows (id, genesis, title, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![id, genesis, title, status, now],
+        )?;
+        Ok(())
+    }
+
+    fn update_flow(
+        &self,
+        id: &str,
+        title: &str,
+        status: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE flows SET title = ?2, status = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, title, status, now],
+        )?;
+        Ok(())
+    }
+
+    fn flows(&self) -> Result<Vec<FlowRow>, StoreError> {
+        Ok(self
+            .flow_rows("accepted")?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    fn offers(&self) -> Result<Vec<(FlowRow, String)>, StoreError> {
+        self.flow_rows("pending")
+    }
+
+    fn has_flow(&self, flow: &str) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM flows WHERE id = ?1")?;
+        Ok(stmt.exists([flow])?)
+    }
+
+    fn flow_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.ids("SELECT id FROM flows WHERE consent = 'accepted'")
+    }
+
+    fn all_flow_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.ids("SELECT id FROM flows")
+    }
+
+    fn pending_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.ids("SELECT id FROM flows WHERE consent = 'pending'")
+    }
+
+    fn mark_offered(&self, flow: &str, by: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE flows SET consent = 'pending', offered_by = ?2 WHERE id = ?1",
             params![flow, by],
@@ -105,8 +169,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// The user accepted an offered flow: it is held from now on.
-    pub fn accept_flow(&self, flow: &str) -> Result<(), StoreError> {
+    fn accept_flow(&self, flow: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE flows SET consent = 'accepted', offered_by = '' WHERE id = ?1",
             params![flow],
@@ -114,9 +177,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// The user declined an offered flow: everything stored for it goes, and its id and
-    /// `members` are remembered (the [`MAX_DECLINED`] most recent declines).
-    pub fn decline_flow(&self, flow: &str, members: &[String], now: i64) -> Result<(), StoreError> {
+    fn decline_flow(&self, flow: &str, members: &[String], now: i64) -> Result<(), StoreError> {
         // What a stranger sent is overwritten, not only unlinked ([`Store::wipe_log`] then
         // clears the log).
         self.conn.pragma_update(None, "secure_delete", true)?;
@@ -135,20 +196,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn delete_flow(&self, flow: &str) -> Result<(), StoreError> {
-        for table in ["removals", "snapshots", "changes"] {
-            self.conn.execute(
-                &format!("DELETE FROM {table} WHERE flow = ?1"),
-                params![flow],
-            )?;
-        }
-        self.conn
-            .execute("DELETE FROM flows WHERE id = ?1", params![flow])?;
-        Ok(())
-    }
-
-    /// The members a declined flow had when it was declined; `None` if it was not declined.
-    pub fn declined_members(&self, flow: &str) -> Result<Option<Vec<String>>, StoreError> {
+    fn declined_members(&self, flow: &str) -> Result<Option<Vec<String>>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT members FROM declined WHERE flow = ?1")?;
@@ -156,15 +204,13 @@ impl Writer<'_> {
         Ok(members.map(|m| m.split_whitespace().map(str::to_string).collect()))
     }
 
-    /// Forgets that a flow was declined (its user joined it after all).
-    pub fn forget_declined(&self, flow: &str) -> Result<(), StoreError> {
+    fn forget_declined(&self, flow: &str) -> Result<(), StoreError> {
         self.conn
             .execute("DELETE FROM declined WHERE flow = ?1", params![flow])?;
         Ok(())
     }
 
-    /// Stores a held flow's summary (JSON, see `repo::Summary`).
-    pub fn set_summary(&self, flow: &str, summary: &str) -> Result<(), StoreError> {
+    fn set_summary(&self, flow: &str, summary: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE flows SET summary = ?2 WHERE id = ?1",
             params![flow, summary],
@@ -172,8 +218,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// A flow's stored summary; `None` if it has none yet (stored before summaries were kept).
-    pub fn summary(&self, flow: &str) -> Result<Option<String>, StoreError> {
+    fn summary(&self, flow: &str) -> Result<Option<String>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT summary FROM flows WHERE id = ?1")?;

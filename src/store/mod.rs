@@ -1,4 +1,6 @@
-//! The durable store: one SQLite file (`coflow.db`) in the data dir.
+//! The durable store: one SQLite file (`coflow.db`) in the data dir, behind the [`Storage`]
+//! trait that the repository and the sync engine are generic over (with `testkit`, `MemStore`
+//! implements it in memory, for simulations and tests).
 //!
 //! WAL journal, `synchronous=FULL`: a transaction that returned from `COMMIT` is on disk. Every
 //! accepted change is kept with its signature, forever (compaction never drops one); snapshots
@@ -14,8 +16,67 @@ use crate::auth::SignedChange;
 
 mod changes;
 mod flows;
+#[cfg(any(test, feature = "testkit"))]
+mod mem;
 mod peers;
 mod schema;
+
+pub use changes::Changes;
+pub use flows::Flows;
+#[cfg(any(test, feature = "testkit"))]
+pub use mem::MemStore;
+pub use peers::Peers;
+
+/// What the repository keeps: the SQLite [`Store`], or `MemStore` (built with `testkit` only) in
+/// tests and simulations.
+///
+/// Reads and writes go through a [`Tables`] handle. [`Storage::write`] runs a closure in a
+/// transaction: nothing it wrote is kept if it fails. A group ([`Storage::begin_group`]) is one
+/// transaction that every write joins (each then in a savepoint of its own, rolled back alone if
+/// it fails) until [`Storage::commit_group`]. A write through [`Storage::reader`] is kept at once
+/// outside a group, and joins the group inside one.
+pub trait Storage {
+    /// The handle reads and writes go through.
+    type Writer<'a>: Tables
+    where
+        Self: 'a;
+
+    /// Access outside a write transaction.
+    fn reader(&self) -> Self::Writer<'_>;
+
+    /// Runs `f` inside a write transaction and commits it durably. Nothing `f` wrote is kept if
+    /// it fails. Inside a group it runs in a savepoint of the group's transaction instead, and
+    /// is durable when the group commits.
+    fn write<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&Self::Writer<'_>) -> Result<T, E>,
+    ) -> Result<T, E>;
+
+    /// Opens a group: one transaction that every write joins until [`Storage::commit_group`],
+    /// so that many writes cost one commit (one fsync). Does nothing if a group is open.
+    fn begin_group(&mut self) -> Result<(), StoreError>;
+
+    /// Whether a group is open.
+    fn in_group(&self) -> bool;
+
+    /// Whether the open group has written anything.
+    fn group_wrote(&self) -> bool;
+
+    /// Commits the open group durably; if that fails, nothing written in it is kept.
+    fn commit_group(&mut self) -> Result<(), StoreError>;
+
+    /// Makes sure content deleted with [`Flows::decline_flow`] is not left in old log frames
+    /// either. Only outside a transaction.
+    fn wipe_log(&self) -> Result<(), StoreError>;
+
+    /// The problems a check of the whole store found; none if it is sound.
+    fn integrity_check(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Every table of a store: what a [`Storage::Writer`] reads and writes.
+pub trait Tables: Flows + Changes + Peers {}
+
+impl<T: Flows + Changes + Peers> Tables for T {}
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "coflow.db";
@@ -88,7 +149,7 @@ pub struct FlowRow {
 }
 
 /// A stored change with its insertion sequence number (the benchmark reads `seq` and `hash`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
 pub struct StoredChange {
     pub seq: i64,
@@ -208,11 +269,17 @@ impl Store {
         store.migrate(Path::new(":memory:"))?;
         Ok(store)
     }
+}
 
-    /// Runs `f` inside a write transaction (taking the write lock first) and commits it durably.
-    /// Nothing `f` wrote is kept if it fails. Inside a group ([`Store::begin_group`]) it runs
-    /// in a savepoint of the group's transaction instead, and is durable when the group commits.
-    pub fn write<T, E: From<StoreError>>(
+impl Storage for Store {
+    type Writer<'a> = Writer<'a>;
+
+    fn reader(&self) -> Writer<'_> {
+        Writer { conn: &self.conn }
+    }
+
+    /// Takes the write lock first (`BEGIN IMMEDIATE`).
+    fn write<T, E: From<StoreError>>(
         &mut self,
         f: impl FnOnce(&Writer<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
@@ -231,9 +298,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Opens a group: one transaction that every write joins until [`Store::commit_group`], so
-    /// that many writes cost one commit (one fsync). Does nothing if a group is open.
-    pub fn begin_group(&mut self) -> Result<(), StoreError> {
+    fn begin_group(&mut self) -> Result<(), StoreError> {
         if self.group.is_none() {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.group = Some(self.conn.total_changes());
@@ -241,19 +306,16 @@ impl Store {
         Ok(())
     }
 
-    /// Whether a group is open.
-    pub fn in_group(&self) -> bool {
+    fn in_group(&self) -> bool {
         self.group.is_some()
     }
 
-    /// Whether the open group has written anything.
-    pub fn group_wrote(&self) -> bool {
+    fn group_wrote(&self) -> bool {
         self.group
             .is_some_and(|start| self.conn.total_changes() != start)
     }
 
-    /// Commits the open group durably; if that fails, nothing written in it is kept.
-    pub fn commit_group(&mut self) -> Result<(), StoreError> {
+    fn commit_group(&mut self) -> Result<(), StoreError> {
         if self.group.take().is_some() {
             if let Err(e) = self.conn.execute_batch("COMMIT") {
                 if !self.conn.is_autocommit() {
@@ -266,19 +328,18 @@ impl Store {
     }
 
     /// Empties the write-ahead log into the database and truncates it, so that content deleted
-    /// with [`Writer::decline_flow`] (overwritten in the database) is not left in old log
-    /// frames either. Only outside a transaction; readers in other processes can make it
-    /// incomplete, and it is then done again by a later call.
-    pub fn wipe_log(&self) -> Result<(), StoreError> {
+    /// (overwritten in the database) is not left in old log frames either. Readers in other
+    /// processes can make it incomplete, and it is then done again by a later call.
+    fn wipe_log(&self) -> Result<(), StoreError> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 
     /// SQLite's `PRAGMA integrity_check` over the whole database file (every table and index,
-    /// not only the rows a flow's verification reads): the problems it found, none if the file
-    /// is sound. A database too damaged to run the check is one problem.
-    pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+    /// not only the rows a flow's verification reads). A database too damaged to run the
+    /// check is one problem.
+    fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
         let run = || -> rusqlite::Result<Vec<String>> {
             let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -292,10 +353,5 @@ impl Store {
                 other => Err(other),
             },
         }
-    }
-
-    /// Read access outside a write transaction.
-    pub fn reader(&self) -> Writer<'_> {
-        Writer { conn: &self.conn }
     }
 }

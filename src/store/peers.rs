@@ -2,8 +2,25 @@
 
 use super::*;
 
-impl Writer<'_> {
-    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+/// The address book and the `meta` key-value table.
+pub trait Peers {
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Records that `node` was reachable at `addrs` at `now` (its failures start over).
+    fn saw_peer(&self, node: &str, addrs: &[String], now: i64) -> Result<(), StoreError>;
+
+    /// Counts a failed attempt to reach `node` (kept across restarts, for backoff); a node not
+    /// in the book is not added.
+    fn peer_failed(&self, node: &str) -> Result<(), StoreError>;
+
+    /// The address book, most recently seen first.
+    fn peers(&self) -> Result<Vec<PeerRow>, StoreError>;
+}
+
+impl Peers for Writer<'_> {
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
             .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
@@ -12,7 +29,7 @@ impl Writer<'_> {
             .optional()?)
     }
 
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -21,8 +38,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Records that `node` was reachable at `addrs` just now.
-    pub fn saw_peer(&self, node: &str, addrs: &[String], now: i64) -> Result<(), StoreError> {
+    fn saw_peer(&self, node: &str, addrs: &[String], now: i64) -> Result<(), StoreError> {
         let addrs = serde_json::to_string(addrs).expect("strings serialize");
         self.conn.execute(
             "INSERT INTO peers (node, addrs, last_seen, failures) VALUES (?1, ?2, ?3, 0)
@@ -33,8 +49,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Counts a failed attempt to reach `node` (kept across restarts, for backoff).
-    pub fn peer_failed(&self, node: &str) -> Result<(), StoreError> {
+    fn peer_failed(&self, node: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE peers SET failures = failures + 1 WHERE node = ?1",
             params![node],
@@ -42,7 +57,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    pub fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
+    fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT node, addrs, last_seen, failures FROM peers ORDER BY last_seen DESC",
         )?;

@@ -14,7 +14,7 @@ pub(super) enum Absorbed {
     Offer,
 }
 
-impl Engine {
+impl<S: Storage> Engine<S> {
     /// Applies a received sync message: its signed changes through the accept path, the rest
     /// to the session's sync state. An `Err` is a reason to penalize the sender.
     pub(super) fn absorb(

@@ -10,7 +10,7 @@ pub const ANTI_ENTROPY_MS: u64 = 5_000;
 /// How many conversations per flow anti-entropy restarts on one tick.
 pub const ANTI_ENTROPY_PEERS: usize = 2;
 
-impl Engine {
+impl<S: Storage> Engine<S> {
     /// Anti-entropy: start missing conversations, and restart quiet ones whose peer is not known
     /// to have our heads (a message was lost, or a change was missed).
     pub fn tick(&mut self, now: u64) {

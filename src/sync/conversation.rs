@@ -51,7 +51,7 @@ impl Conversation {
     }
 }
 
-impl Engine {
+impl<S: Storage> Engine<S> {
     /// How this node talks about `flow` with `peer`.
     pub(super) fn talk(&mut self, flow: &str, peer: &NodeId) -> Talk {
         if self.joining.get(flow).is_some_and(|j| j.via.contains(peer)) {
@@ -130,7 +130,7 @@ impl Engine {
             .remove(&key)
             .unwrap_or_else(|| Conversation::fresh(1, now, None));
         let me = self.me.clone();
-        let removed = |e: &mut Engine, who: &NodeId| {
+        let removed = |e: &mut Engine<S>, who: &NodeId| {
             !e.joining.contains_key(flow) && e.holds(flow) && !e.is_member(flow, who)
         };
         if removed(self, &me) || self.talk(flow, peer) == Talk::Outsider {

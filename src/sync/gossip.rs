@@ -19,7 +19,7 @@ pub(super) struct Waiting {
     pub(super) since: u64,
 }
 
-impl Engine {
+impl<S: Storage> Engine<S> {
     /// The gossip topic of a flow held here.
     pub(super) fn topic(&mut self, flow: &str) -> String {
         if let Some(t) = self.topic_of.get(flow) {

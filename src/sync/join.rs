@@ -15,7 +15,7 @@ pub(super) struct Joining {
     pub(super) since: u64,
 }
 
-impl Engine {
+impl<S: Storage> Engine<S> {
     /// Starts joining a flow with a ticket: asks each peer named in it to redeem the invite.
     /// Returns the peers to ask (the runtime dials them with the ticket's addresses).
     pub fn start_join(&mut self, ticket: &wire::InviteTicket, name: &str) -> Result<Vec<NodeId>> {

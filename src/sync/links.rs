@@ -35,7 +35,7 @@ pub(super) fn rendezvous(subject: &NodeId, candidates: &mut [NodeId]) {
     candidates.sort_by_cached_key(|c| (rank(subject, c), *c.public_key()));
 }
 
-impl Engine {
+impl<S: Storage> Engine<S> {
     /// Members this node should connect to, for the runtime to dial: `must` are members not
     /// known to hold a flow whose delivery falls to this node (it is among the [`DELIVERERS`]
     /// holders a deterministic order picks for them); `more` are, per flow with fewer than

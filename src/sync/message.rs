@@ -44,8 +44,8 @@ pub(super) fn lacking_changes(doc: &Automerge, state: &sync::State) -> Vec<Chang
 /// A sync message carrying the first of `lacking` (oldest first) that fit in one message, read
 /// with their signatures from the store; they are recorded as sent, so the next message goes on
 /// from there.
-pub(super) fn from_store(
-    repo: &Repo,
+pub(super) fn from_store<S: Storage>(
+    repo: &Repo<S>,
     flow: &str,
     message: sync::Message,
     lacking: &[ChangeHash],
@@ -73,8 +73,8 @@ pub(super) fn from_store(
 /// Moves the changes out of an Automerge sync message, pairs each with its stored signature,
 /// and caps the message's size; changes left out are forgotten by the sync state so they go in
 /// a later message.
-pub(super) fn to_wire(
-    repo: &Repo,
+pub(super) fn to_wire<S: Storage>(
+    repo: &Repo<S>,
     flow: &str,
     message: sync::Message,
     state: &mut sync::State,

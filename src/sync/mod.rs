@@ -24,6 +24,7 @@ use crate::auth::SignedChange;
 use crate::error::{Error, Result};
 use crate::identity::{hex, unhex, InviteKey, NodeId};
 use crate::repo::{Offered, RedeemError, Repo};
+use crate::store::{Storage, Store};
 use crate::wire::{self, join_response, sync_response, JoinRequest, JoinResponse, SyncMessage};
 
 mod absorb;
@@ -65,8 +66,8 @@ pub use pull::MAX_QUEUED_HEADS;
 pub use push::PUSH_TO_ALL_MAX;
 pub use stats::{Arrival, MemberSync, Stats, MAX_ARRIVALS};
 
-pub struct Engine {
-    repo: Repo,
+pub struct Engine<S: Storage = Store> {
+    repo: Repo<S>,
     me: NodeId,
     now: u64,
     connected: HashMap<NodeId, u64>,
@@ -114,8 +115,8 @@ const MAX_UNSERVED: usize = 4096;
 /// How many refused changes [`Engine`] remembers before it starts afresh.
 const MAX_REFUSED: usize = 4096;
 
-impl Engine {
-    pub fn new(repo: Repo) -> Engine {
+impl<S: Storage> Engine<S> {
+    pub fn new(repo: Repo<S>) -> Engine<S> {
         let me = repo.identity().node_id().clone();
         Engine {
             repo,
@@ -176,7 +177,7 @@ impl Engine {
         result
     }
 
-    pub fn repo(&mut self) -> &mut Repo {
+    pub fn repo(&mut self) -> &mut Repo<S> {
         &mut self.repo
     }
 

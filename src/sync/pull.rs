@@ -7,7 +7,7 @@ use super::*;
 /// everything the announcer has anyway).
 pub const MAX_QUEUED_HEADS: usize = 256;
 
-impl Engine {
+impl<S: Storage> Engine<S> {
     /// Which of `heads` this node does not have.
     pub(super) fn missing(&mut self, flow: &str, heads: &[ChangeHash]) -> Vec<ChangeHash> {
         match self.repo.doc(flow) {

@@ -11,7 +11,7 @@ use super::*;
 /// more again.
 pub const PUSH_TO_ALL_MAX: usize = 8;
 
-impl Engine {
+impl<S: Storage> Engine<S> {
     /// A change was made here. When every other member is connected and there are at most
     /// [`PUSH_TO_ALL_MAX`] of them, it is pushed to each of them and not announced. Otherwise the new heads are announced on the flow's gossip topic
     /// (members fetch them from whoever announced or passed the announcement on), and the change

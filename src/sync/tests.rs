@@ -4,11 +4,14 @@
 use super::*;
 use crate::flow::{Edit, Role};
 use crate::identity::Identity;
-use crate::store::Store;
+use crate::store::MemStore;
+
+/// The engines here keep their store in memory.
+type Engine = super::Engine<MemStore>;
 
 fn engine(seed: &str) -> Engine {
     let id = Identity::from_seed(seed, seed);
-    Engine::new(Repo::new(Store::in_memory().unwrap(), id))
+    Engine::new(Repo::new(MemStore::new(), id))
 }
 
 fn drain(e: &mut Engine) -> Vec<Io> {
