@@ -133,7 +133,20 @@ pub const META_NODE_ID: &str = "node_id";
 pub const META_LISTEN_ADDRS: &str = "listen_addrs";
 
 /// Loads a flow's document from the store: latest snapshot plus the changes stored after it.
+/// The stored changes came from peers: a panic inside Automerge while loading them is an error
+/// (the flow is reported corrupt), not the end of the node.
 pub fn load_doc(w: &Writer<'_>, flow: &str) -> Result<Automerge> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load_unguarded(w, flow))).unwrap_or_else(
+        |_| {
+            Err(Error::Corrupt {
+                flow: flow.to_string(),
+                reason: "loading it crashes Automerge".into(),
+            })
+        },
+    )
+}
+
+fn load_unguarded(w: &Writer<'_>, flow: &str) -> Result<Automerge> {
     let corrupt = |reason: String| Error::Corrupt {
         flow: flow.to_string(),
         reason,

@@ -305,12 +305,11 @@ impl Engine {
         let Ok((am, _)) = unpack(message) else {
             return unavailable;
         };
-        let Ok(mut past) = self.repo.doc(flow).map(|d| d.fork_at(upto)) else {
+        let Ok(Some(Ok(mut past))) = self.repo.doc(flow).map(|d| guarded(|| d.fork_at(upto)))
+        else {
             return unavailable;
         };
-        let Ok(past) = past.as_mut() else {
-            return unavailable;
-        };
+        let past = &mut past;
         let mut state = sync::State::new();
         let reply = match guarded(|| past.receive_sync_message(&mut state, am)) {
             Some(Ok(())) => guarded(|| past.generate_sync_message(&mut state)).flatten(),
