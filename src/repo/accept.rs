@@ -37,7 +37,7 @@ impl Repo {
         offer: Option<&str>,
     ) -> Result<(Outcome, Offered)> {
         crash_point("receive");
-        let now = (self.clock)();
+        let now = self.now();
         let me = self.identity.node_id().to_string();
         let Repo {
             store,

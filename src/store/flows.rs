@@ -80,6 +80,16 @@ impl Writer<'_> {
         self.ids("SELECT id FROM flows WHERE consent = 'accepted'")
     }
 
+    /// At most `limit` held flows whose ids sort after `after`, in id order (one walk of the
+    /// primary key: anti-entropy's rotation through the held flows).
+    pub fn flow_ids_after(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM flows WHERE id > ?1 AND consent = 'accepted' ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![after, limit as i64], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Every flow in the store: held, and offered but not yet accepted.
     pub fn all_flow_ids(&self) -> Result<Vec<String>, StoreError> {
         self.ids("SELECT id FROM flows")

@@ -123,6 +123,7 @@ impl Engine {
 
     /// Continues (or starts) our conversation about `flow` with `peer`.
     pub(super) fn sync_with(&mut self, peer: &NodeId, flow: &str) {
+        self.touch(flow);
         let now = self.now;
         let key = (peer.clone(), flow.to_string());
         let mut client = self
@@ -375,6 +376,7 @@ impl Engine {
                 }
                 self.unserved.insert(key.clone());
                 self.clients.insert(key, client);
+                self.touch(flow);
                 self.pull_ended(peer, flow);
             }
             // The peer had nothing to say. News that arrived while we waited goes out now;
@@ -394,6 +396,7 @@ impl Engine {
             // next one (a fetch of announced heads) until anti-entropy restarted the session.
             c.state.in_flight = false;
         }
+        self.touch(flow);
         self.pull_ended(peer, flow);
     }
 }
