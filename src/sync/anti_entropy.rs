@@ -5,8 +5,9 @@
 //! [`Engine::touch`]: a conversation about them moved, their heads or members changed, a member
 //! connected; or a quiet conversation of theirs comes of age) and at most
 //! [`ANTI_ENTROPY_FLOWS_PER_TICK`] more, taken in turn from every held flow (a rotating
-//! cursor), so a flow nothing marked still gets looked at every `⌈flows /
-//! ANTI_ENTROPY_FLOWS_PER_TICK⌉` ticks.
+//! cursor, moved on at most once per [`RECHECK_MS`]), so a flow nothing marked still gets
+//! looked at every `⌈flows / ANTI_ENTROPY_FLOWS_PER_TICK⌉` seconds of a node ticking every
+//! second.
 
 use super::*;
 
@@ -31,8 +32,9 @@ pub(super) struct Schedule {
     /// (when, flow), with `at` below as its index: each flow at most once.
     queue: std::collections::BTreeSet<(u64, String)>,
     at: HashMap<String, u64>,
-    /// The last flow the rotation looked at.
-    cursor: Option<String>,
+    /// The last flow the rotation looked at, and when (engine time).
+    pub(super) cursor: Option<String>,
+    rotated: Option<u64>,
 }
 
 impl Schedule {
@@ -66,6 +68,13 @@ impl Schedule {
         out
     }
 
+    /// Takes `flow` off the schedule (it is being looked at).
+    fn forget(&mut self, flow: &str) {
+        if let Some(t) = self.at.remove(flow) {
+            self.queue.remove(&(t, flow.to_string()));
+        }
+    }
+
     /// The earliest time a flow is due.
     pub(super) fn next(&self) -> Option<u64> {
         self.queue.first().map(|(t, _)| *t)
@@ -94,10 +103,18 @@ impl Engine {
             self.out.validate(w.id, w.via, Verdict::Ignore);
         }
         let mut flows = self.schedule.take_due(now);
-        let mut seen: HashSet<String> = flows.iter().cloned().collect();
-        for flow in self.rotation() {
-            if seen.insert(flow.clone()) {
-                flows.push(flow);
+        // The rotation goes on at most once per RECHECK_MS, however often the caller ticks.
+        if self
+            .schedule
+            .rotated
+            .is_none_or(|t| now.saturating_sub(t) >= RECHECK_MS)
+        {
+            self.schedule.rotated = Some(now);
+            let mut seen: HashSet<String> = flows.iter().cloned().collect();
+            for flow in self.rotation() {
+                if seen.insert(flow.clone()) {
+                    flows.push(flow);
+                }
             }
         }
         for flow in flows {
@@ -125,6 +142,8 @@ impl Engine {
     /// One flow's anti-entropy; schedules the flow again for when a quiet conversation of it
     /// comes of age, or for the next tick if more were due than one tick restarts.
     fn anti_entropy(&mut self, flow: &str, now: u64) {
+        // Looked at now: what it is due for next follows from what is found.
+        self.schedule.forget(flow);
         if !self.holds(flow) {
             return;
         }

@@ -479,3 +479,20 @@ fn anti_entropy_looks_at_a_bounded_share_of_the_flows_and_at_each_in_turn() {
     let again = e.rotation();
     assert_eq!(again.len(), ANTI_ENTROPY_FLOWS_PER_TICK);
 }
+
+#[test]
+fn ticking_more_often_does_not_rotate_more_often() {
+    let mut e = engine("often");
+    for i in 0..ANTI_ENTROPY_FLOWS_PER_TICK + 5 {
+        e.repo()
+            .create_flow(&format!("T{i}"), "N", Role::Customer)
+            .unwrap();
+    }
+    e.tick(1_000);
+    let first = e.schedule.cursor.clone();
+    assert!(first.is_some());
+    e.tick(1_000 + RECHECK_MS - 1);
+    assert_eq!(e.schedule.cursor, first, "too soon: the rotation waits");
+    e.tick(1_000 + RECHECK_MS);
+    assert_ne!(e.schedule.cursor, first, "a second on: it moves on");
+}
