@@ -56,9 +56,10 @@
 //!   data dir's locks, listening, the turn loop (the engine's time in, sleeping until its next
 //!   wake or the next second); `turn.rs`: a turn's commit, held responses and
 //!   the engine's `Io`; `swarm.rs`: connections, identify, mDNS, dialing; `rr.rs`: one routing
-//!   for both request-response protocols (sync, join); `gossip.rs`: member and relayed topics
-//!   (refreshed for the flows that changed, all of them every 10 s), announcements; `dht.rs`:
-//!   Kademlia lookups and provider records (likewise); `peers.rs`: the `PeerBook`
+//!   for both request-response protocols (sync, join); `gossip.rs`: member topics (refreshed
+//!   for the flows that changed, all of them every 10 s) and relayed ones (chosen every tick),
+//!   announcements; `dht.rs`: Kademlia lookups and provider records (for the flows that
+//!   changed, all of them every 10 s); `peers.rs`: the `PeerBook`
 //!   of per-peer state (addresses, backoff, bans, penalized peers waiting to be blocked,
 //!   budgets, lookups), each bounded;
 //!   `control.rs`: the control API server; `faults.rs`: test fault injection.

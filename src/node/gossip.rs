@@ -56,7 +56,8 @@ impl Runtime {
     }
 
     /// Like [`Runtime::refresh_topics`], for the flows in `flows` only (those whose members
-    /// changed): costs what changed, not every flow held.
+    /// changed): costs what changed, not every flow held. The relayed topics are chosen again
+    /// every time (from the topics connected peers subscribe to, not from the flows held).
     pub(super) fn refresh_topics_of(&mut self, flows: &[String]) {
         let (mut added, mut gone) = (Vec::new(), Vec::new());
         for flow in flows {
@@ -73,6 +74,8 @@ impl Runtime {
         }
         if !added.is_empty() || !gone.is_empty() {
             self.change_topics(added, gone);
+        } else {
+            self.choose_relays();
         }
     }
 
@@ -105,6 +108,13 @@ impl Runtime {
                 self.engine.peer_subscribed(&node, &topic);
             }
         }
+        self.choose_relays();
+    }
+
+    /// Relays the topics that two or more connected peers share (see [`Topics::relay_choice`]).
+    fn choose_relays(&mut self) {
+        let gossip = &mut self.swarm.behaviour_mut().gossip;
+        let state = &mut self.topics;
         let relay = state.relay_choice();
         for t in relay.difference(&state.relayed) {
             tracing::debug!(target: "node", topic = %t, "relaying a topic");
