@@ -146,3 +146,51 @@ pub fn receive(data: &[u8]) {
     // Whatever was accepted must read back as a flow.
     let _ = Reader::now(&doc).flow(&f.flow);
 }
+
+/// The whole accept path of a repository ([`crate::repo::Repo::receive`]: verify, authorize,
+/// apply, then persist, summarize and snapshot) on the [`receive`] target's flow, held by a
+/// store; the same input as [`receive`]. Afterwards the flow must still load and read.
+pub fn receive_stored(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let f = fixture();
+    let signed = if mode % 2 == 0 {
+        if rest.len() < 64 {
+            return;
+        }
+        SignedChange {
+            signature: rest[..64].to_vec(),
+            bytes: rest[64..].to_vec(),
+        }
+    } else {
+        let Ok(change) = auth::parse_change(rest) else {
+            return;
+        };
+        SignedChange {
+            signature: f.member.sign_change(&change.hash()).to_vec(),
+            bytes: rest.to_vec(),
+        }
+    };
+    let mut repo = crate::repo::Repo::new(
+        crate::store::Store::in_memory().expect("a store"),
+        Identity::from_seed("fuzz-node", "Node"),
+    );
+    let customer = Identity::from_seed("fuzz-customer", "Customer");
+    let seeded: Vec<SignedChange> = f
+        .doc
+        .get_changes(&[])
+        .into_iter()
+        .map(|mut c| SignedChange {
+            signature: customer.sign_change(&c.hash()).to_vec(),
+            bytes: c.bytes().into_owned(),
+        })
+        .collect();
+    let out = repo
+        .receive(&f.flow, &seeded)
+        .expect("the fixture is stored");
+    assert_eq!(out.accepted.len(), seeded.len(), "the fixture is accepted");
+    let _ = repo.receive(&f.flow, &[signed]);
+    let doc = repo.doc(&f.flow).expect("the flow still loads");
+    let _ = Reader::now(doc).flow(&f.flow);
+}

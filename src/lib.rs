@@ -28,8 +28,9 @@
 //! - [`repo`]: identity + store (`Repo<S: Storage = Store>`) + accept path: local edits and received changes go through the
 //!   same verify → authorize → apply → persist path; each process writes under its own
 //!   incarnation actor; flows are read as they stand (without fallen changes); show, log,
-//!   verify. Files: `repo/mod.rs` (the repository, its caches, local edits), `open.rs` (SQLite: data
-//!   dir and store binding), `accept.rs` (received changes), `standing.rs` (the removal rule's
+//!   verify. Files: `repo/mod.rs` (the repository, its caches, local edits, the time its engine
+//!   gives it), `open.rs` (SQLite: data dir and store binding), `accept.rs` (received changes,
+//!   every Automerge call on them guarded), `standing.rs` (the removal rule's
 //!   state), `summary.rs` (each held flow's heads and members, stored, so the engine reads no
 //!   document for them), `invite.rs`, `views.rs` (show, log, verify), `consent.rs` (a flow a
 //!   member added this node to waits as an offer until its user accepts or declines it).
@@ -37,10 +38,13 @@
 //! - [`export`]: process diagrams of a flow (Graphviz dot, Mermaid).
 //! - [`wire`]: protobuf messages from `proto/coflow.proto`, the length-prefixed request-response
 //!   codec, tickets.
-//! - [`sync`]: the sans-IO sync engine (inputs in, [`sync::Io`] out): Automerge sync with signed
+//! - [`sync`]: the sans-IO sync engine (inputs in, [`sync::Io`] out; the time is an input,
+//!   `Engine::set_now`, and when it next has work an output, `Engine::next_wake`; it reads no
+//!   clock or environment and spawns no thread of its own): Automerge sync with signed
 //!   changes per (peer, flow) (changes a peer lacks read from the store), pushes to every member
 //!   of small connected flows, head announcements and their verdicts, fetching announced heads,
-//!   which members to stay connected to, anti-entropy, joins, counters, the commit of a turn;
+//!   which members to stay connected to, anti-entropy (the flows due, and a bounded share of
+//!   the rest in turn: a tick costs what changed), joins, counters, the commit of a turn;
 //!   a removed member is answered with the flow up to its removal, a stranger's message about a
 //!   held flow as one about an unknown flow, and only what proves malice is penalized. One file
 //!   per part, each an `impl Engine` block: `sync/{outbox, conversation, absorb, message, push,
@@ -59,10 +63,13 @@
 //!   as one flow with a thousand members).
 //! - [`node`]: the runtime: one task owning the engine and swarm, handling the inputs ready in a
 //!   turn under one commit and sending what they produced after it. `node/mod.rs`: `run`, the
-//!   data dir's locks, listening, the turn loop; `turn.rs`: a turn's commit, held responses and
+//!   data dir's locks, listening, the turn loop (the engine's time in, sleeping until its next
+//!   wake or the next second); `turn.rs`: a turn's commit, held responses and
 //!   the engine's `Io`; `swarm.rs`: connections, identify, mDNS, dialing; `rr.rs`: one routing
-//!   for both request-response protocols (sync, join); `gossip.rs`: member and relayed topics,
-//!   announcements; `dht.rs`: Kademlia lookups and provider records; `peers.rs`: the `PeerBook`
+//!   for both request-response protocols (sync, join); `gossip.rs`: member topics (refreshed
+//!   for the flows that changed, all of them every 10 s) and relayed ones (chosen every tick),
+//!   announcements; `dht.rs`: Kademlia lookups and provider records (for the flows that
+//!   changed, all of them every 10 s); `peers.rs`: the `PeerBook`
 //!   of per-peer state (addresses, backoff, bans, penalized peers waiting to be blocked,
 //!   budgets, lookups), each bounded;
 //!   `control.rs`: the control API server; `faults.rs`: test fault injection.

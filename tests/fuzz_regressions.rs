@@ -142,3 +142,16 @@ fn receive_path() {
     raw_mode.extend_from_slice(&change);
     burst(&[signed_mode, raw_mode], 3_000, coflow::fuzz::receive);
 }
+
+/// The inputs that crash Automerge, and the seed, through a repository's whole accept path
+/// (storing included): each is refused or stored, and the node's flow still loads.
+#[test]
+fn receive_path_through_the_store() {
+    assert!(
+        replay("receive", coflow::fuzz::receive_stored) > 0,
+        "crashers to replay"
+    );
+    let mut ok = vec![1u8];
+    ok.extend_from_slice(&coflow::fuzz::seed_change());
+    coflow::fuzz::receive_stored(&ok);
+}

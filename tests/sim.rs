@@ -38,6 +38,8 @@ impl Net {
             accept_offers: false,
             // A lost message is noticed by the next delivery, not after a long wait.
             timeout_ms: 1,
+            // Some tests set the repositories' clocks themselves.
+            unix_ms: None,
             ..sim::Config::default()
         };
         Net(sim::Net::new(n, cfg))

@@ -144,7 +144,7 @@ pub fn catchup(
 
 /// Bytes and messages every node of the net received (protobuf-encoded requests and responses,
 /// and gossip with what gossipsub adds to it).
-fn received(net: &Net) -> (u64, u64) {
+fn received<S: coflow::store::Storage>(net: &Net<S>) -> (u64, u64) {
     let bytes = net.traffic.iter().map(|t| t.bytes_in).sum();
     let messages = net.traffic.iter().map(|t| t.messages_in).sum();
     (bytes, messages)

@@ -135,7 +135,11 @@ impl Runtime {
                 self.engine.local_change(&e.flow.clone());
                 self.refresh_members();
             }
-            Ok(Reply::Created { .. }) => self.refresh_topics(),
+            Ok(Reply::Created { id }) => {
+                let id = id.clone();
+                self.refresh_topics();
+                self.use_dht(&[id], false);
+            }
             Ok(Reply::Invited(i)) if touched => self.engine.local_change(&i.edit.flow.clone()),
             _ => {}
         }

@@ -65,8 +65,10 @@ impl Runtime {
     }
 
     /// Uses the DHT: join it, announce the flows held here under their tags, and look up
-    /// members this node cannot reach by the addresses it knows.
-    pub(super) fn use_dht(&mut self) {
+    /// members this node cannot reach by the addresses it knows. Flows are looked at when
+    /// `flows` names them (their members or connections changed) and, with `sweep`, all of
+    /// them (a new flow is provided, a lonely one asked about again after [`DHT_RETRY`]).
+    pub(super) fn use_dht(&mut self, flows: &[String], sweep: bool) {
         let now = Instant::now();
         let kad = &mut self.swarm.behaviour_mut().kad;
         if self
@@ -77,9 +79,22 @@ impl Runtime {
         {
             self.dht.last_bootstrap = Some(now);
         }
-        for flow in self.engine.repo().flow_ids().unwrap_or_default() {
+        let flows: Vec<String> = if sweep {
+            self.dht
+                .provider_queries
+                .retain(|_, t| now.duration_since(*t) <= DHT_RETRY);
+            self.engine.repo().flow_ids().unwrap_or_default()
+        } else {
+            let repo = self.engine.repo();
+            flows
+                .iter()
+                .filter(|f| matches!(repo.holds(f), Ok(true)))
+                .cloned()
+                .collect()
+        };
+        for flow in &flows {
             if self.dht.provided.insert(flow.clone()) {
-                let key = kad::RecordKey::new(&crate::wire::flow_tag(&flow));
+                let key = kad::RecordKey::new(&crate::wire::flow_tag(flow));
                 let _ = self.swarm.behaviour_mut().kad.start_providing(key);
             }
         }
@@ -88,11 +103,8 @@ impl Runtime {
                 self.swarm.behaviour_mut().kad.get_closest_peers(peer);
             }
         }
-        self.dht
-            .provider_queries
-            .retain(|_, t| now.duration_since(*t) <= DHT_RETRY);
         // Flows with no member connected: ask who provides them.
-        for flow in self.engine.repo().flow_ids().unwrap_or_default() {
+        for flow in flows {
             let members: Vec<PeerId> = self
                 .engine
                 .repo()
@@ -103,7 +115,12 @@ impl Runtime {
                 .filter(|p| p != self.swarm.local_peer_id())
                 .collect();
             let lonely = !members.is_empty() && !members.iter().any(|p| self.swarm.is_connected(p));
-            if lonely && !self.dht.provider_queries.contains_key(&flow) {
+            let asked = self
+                .dht
+                .provider_queries
+                .get(&flow)
+                .is_some_and(|t| now.duration_since(*t) <= DHT_RETRY);
+            if lonely && !asked {
                 self.dht.provider_queries.insert(flow.clone(), now);
                 let key = kad::RecordKey::new(&crate::wire::flow_tag(&flow));
                 self.swarm.behaviour_mut().kad.get_providers(key);

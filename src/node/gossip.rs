@@ -50,10 +50,41 @@ impl Runtime {
     /// that two or more connected peers share.
     pub(super) fn refresh_topics(&mut self) {
         let topics: HashSet<String> = self.engine.member_topics().into_iter().collect();
+        let added = topics.difference(&self.topics.member).cloned().collect();
+        let gone = self.topics.member.difference(&topics).cloned().collect();
+        self.change_topics(added, gone);
+    }
+
+    /// Like [`Runtime::refresh_topics`], for the flows in `flows` only (those whose members
+    /// changed): costs what changed, not every flow held. The relayed topics are chosen again
+    /// every time (from the topics connected peers subscribe to, not from the flows held).
+    pub(super) fn refresh_topics_of(&mut self, flows: &[String]) {
+        let (mut added, mut gone) = (Vec::new(), Vec::new());
+        for flow in flows {
+            match self.engine.member_topic(flow) {
+                Some(t) if !self.topics.member.contains(&t) => added.push(t),
+                Some(_) => {}
+                None => {
+                    let t = crate::wire::flow_topic(flow);
+                    if self.topics.member.contains(&t) {
+                        gone.push(t);
+                    }
+                }
+            }
+        }
+        if !added.is_empty() || !gone.is_empty() {
+            self.change_topics(added, gone);
+        } else {
+            self.choose_relays();
+        }
+    }
+
+    /// Subscribes to `added` and leaves `gone` as a member, then chooses the relayed topics.
+    fn change_topics(&mut self, added: Vec<String>, gone: Vec<String>) {
         let gossip = &mut self.swarm.behaviour_mut().gossip;
         let state = &mut self.topics;
         let mut seen = Vec::new();
-        for t in topics.difference(&state.member) {
+        for t in &added {
             if let Err(e) = net::subscribe(gossip, t) {
                 tracing::warn!(target: "node", topic = %t, "cannot subscribe: {e}");
             }
@@ -62,18 +93,28 @@ impl Runtime {
                 seen.push((*p, t.clone()));
             }
         }
-        for t in state.member.difference(&topics) {
+        for t in &gone {
             if !state.relayed.contains(t) {
                 gossip.unsubscribe(&gossipsub::IdentTopic::new(t.clone()));
             }
+            state.member.remove(t);
         }
-        state.relayed.retain(|t| !topics.contains(t));
-        state.member = topics;
+        for t in added {
+            state.relayed.remove(&t);
+            state.member.insert(t);
+        }
         for (peer, topic) in seen {
             if let Some(node) = node_of(&peer) {
                 self.engine.peer_subscribed(&node, &topic);
             }
         }
+        self.choose_relays();
+    }
+
+    /// Relays the topics that two or more connected peers share (see [`Topics::relay_choice`]).
+    fn choose_relays(&mut self) {
+        let gossip = &mut self.swarm.behaviour_mut().gossip;
+        let state = &mut self.topics;
         let relay = state.relay_choice();
         for t in relay.difference(&state.relayed) {
             tracing::debug!(target: "node", topic = %t, "relaying a topic");

@@ -6,6 +6,19 @@
 //! and the engine's [`Io`](crate::sync::Io). Nothing that tells of a change (a reply, advertised
 //! heads) leaves before the change is durable.
 //!
+//! Time goes into the engine at the start of every turn ([`Engine::set_now`]), and the loop
+//! sleeps until the engine's next deadline ([`Engine::next_wake`]) or the next [`TICK`],
+//! whichever comes first.
+//!
+//! A turn's engine work (verify, authorize, apply) runs inline on the tokio worker that polls
+//! this task; only its fsync is moved off the workers (`block_in_place` in `turn.rs`). That stays
+//! so: the task owns the engine and the swarm and nothing else on the runtime is waiting behind
+//! it but the control socket's accept loop, and a turn's CPU work is bounded (at most
+//! [`MAX_INPUTS_PER_TURN`] inputs, each message at most `wire::MAX_SYNC_MESSAGE` bytes and
+//! `wire::MAX_CHANGES_PER_MESSAGE` changes, whose signatures are checked as one batch), so it
+//! holds a worker for milliseconds, not for a blocking wait. A node that shares a runtime with
+//! latency-sensitive tasks should give it a runtime (or thread) of its own.
+//!
 //! `mod.rs` holds [`run`], the data dir's locks, listening and the turn loop; `turn.rs` a turn's
 //! end (commit, held responses, the engine's `Io`); `swarm.rs` connections, identify, mDNS and
 //! dialing; `rr.rs` the two request-response protocols; `gossip.rs` topics and announcements;
@@ -43,8 +56,15 @@ use crate::wire::{JoinResponse, SyncResponse};
 #[cfg(feature = "testkit")]
 pub use peers::{REQUESTS_PER_SECOND, REQUEST_BURST};
 
-/// How often the engine ticks (anti-entropy, redials, timeouts).
+/// How often the node ticks at the least (anti-entropy, redials, timeouts); the engine's tick
+/// comes sooner when it has a deadline to keep ([`Engine::next_wake`]).
 pub const TICK: Duration = Duration::from_millis(1000);
+/// How often a tick looks at every flow held, not only those whose members or connections
+/// changed: member links (a candidate whose dial backoff ended), topics, DHT provider records and
+/// lookups (as often as they are retried, [`DHT_RETRY`]).
+pub const SWEEP: Duration = DHT_RETRY;
+/// The shortest time between two ticks.
+pub const MIN_TICK: Duration = Duration::from_millis(10);
 /// How long a join may take before the caller is told it failed.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most topics a node relays for flows it is not a member of.
@@ -83,6 +103,11 @@ struct Runtime {
     engine: Engine,
     swarm: Swarm<Behaviour>,
     started: Instant,
+    /// When the runtime's own periodic work (redials, bans, member links, topics, the DHT) is
+    /// next due; the engine's tick may come earlier ([`Engine::next_wake`]).
+    next_full_tick: Instant,
+    /// When the runtime next looks at every flow held (see [`SWEEP`]).
+    next_sweep: Instant,
     sync: rr::Lane<SyncResponse>,
     join: rr::Lane<JoinResponse>,
     pending_joins: HashMap<String, Vec<(Pending, Instant)>>,
@@ -148,6 +173,8 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         engine: Engine::new(repo),
         swarm,
         started: Instant::now(),
+        next_full_tick: Instant::now(),
+        next_sweep: Instant::now(),
         sync: rr::Lane::default(),
         join: rr::Lane::default(),
         pending_joins: HashMap::new(),
@@ -171,14 +198,13 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
     rt.refresh_topics();
     tracing::info!(target: "node", node = %rt.engine.node_id(), "node started");
 
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
+        let wake = rt.next_tick();
         let first = tokio::select! {
             event = rt.swarm.select_next_some() => Input::Swarm(Box::new(event)),
             Some((call, reply)) = calls_rx.recv() => Input::Call(call, reply),
-            _ = tick.tick() => Input::Tick,
+            _ = tokio::time::sleep_until(wake.into()) => Input::Tick,
             _ = tokio::time::sleep_until(
                 rt.peers
                     .next_closing()
@@ -194,6 +220,9 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
                 false
             }
         };
+        // The engine's clock for this turn: it reads none of its own.
+        let now = rt.now_ms();
+        rt.engine.set_now(now, crate::clock::system_clock_ms());
         rt.on_input(first);
         // Whatever else is ready now shares the turn's commit.
         for _ in 1..MAX_INPUTS_PER_TURN {
@@ -285,10 +314,27 @@ impl Runtime {
         }
     }
 
+    /// When the next tick is due: when the engine next has work ([`Engine::next_wake`]), but no
+    /// later than the runtime's own periodic work, every [`TICK`]; and not sooner than
+    /// [`MIN_TICK`] from now, so a deadline the engine keeps reporting cannot spin the loop.
+    fn next_tick(&self) -> Instant {
+        let engine = self
+            .engine
+            .next_wake()
+            .map(|ms| self.started + Duration::from_millis(ms.saturating_sub(1)));
+        let due = engine.map_or(self.next_full_tick, |e| e.min(self.next_full_tick));
+        due.max(Instant::now() + MIN_TICK)
+    }
+
     fn on_tick(&mut self) {
         let now = self.now_ms();
         self.engine.tick(now);
         let instant = Instant::now();
+        if instant < self.next_full_tick {
+            // Woken early for the engine's sake (a deadline): the rest waits for its time.
+            return;
+        }
+        self.next_full_tick = instant + TICK;
         self.close_due();
         // Lift bans whose time is up.
         for peer in self.peers.lift_bans(instant) {
@@ -298,10 +344,26 @@ impl Runtime {
         }
         let swarm = &self.swarm;
         self.peers.prune(instant, |p| swarm.is_connected(p));
-        // Keep in touch with enough members of our flows.
-        self.refresh_members();
-        self.refresh_topics();
-        self.use_dht();
+        // Keep in touch with enough members of our flows: what changed on every tick, every
+        // flow on a sweep.
+        let changed = self.engine.take_changed();
+        let sweep = instant >= self.next_sweep;
+        if sweep {
+            self.next_sweep = instant + SWEEP;
+        }
+        if sweep || !changed.is_empty() {
+            self.refresh_members();
+        } else {
+            for peer in self.wanted_unconnected() {
+                self.dial(peer);
+            }
+        }
+        if sweep {
+            self.refresh_topics();
+        } else {
+            self.refresh_topics_of(&changed);
+        }
+        self.use_dht(&changed, sweep);
         self.expire_joins(instant);
     }
 

@@ -37,7 +37,7 @@ impl<S: Storage> Repo<S> {
         offer: Option<&str>,
     ) -> Result<(Outcome, Offered)> {
         crash_point("receive");
-        let now = (self.clock)();
+        let now = self.now();
         let me = self.identity.node_id().to_string();
         let Repo {
             store,
@@ -48,7 +48,11 @@ impl<S: Storage> Repo<S> {
         } = self;
         let memo = roles.entry(flow_id.to_string()).or_default();
         let mut fate = Offered::NotMember;
-        let result = store.write(|w| {
+        // Everything below reads and writes documents holding what a peer sent. Automerge
+        // trusts its input more than a node can: a panic in it (applying, judging, summarizing,
+        // saving) ends this batch as an error, the transaction rolled back and the flow's
+        // caches dropped, never the node.
+        let guarded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.write(|w| {
             let known = w.has_flow(flow_id)?;
             if !known {
                 match offer {
@@ -133,7 +137,18 @@ impl<S: Storage> Repo<S> {
             crash_point("stored");
             standing.insert(flow_id.to_string(), st);
             Ok(out)
-        });
+        })));
+        let result = match guarded {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!(target: "repo", flow = %flow_id, "Automerge panicked on a received batch; nothing of it was stored");
+                self.roles.remove(flow_id);
+                self.standing.remove(flow_id);
+                Err(Error::Invalid(
+                    "the received changes crash Automerge; nothing of them was stored".into(),
+                ))
+            }
+        };
         // Read again from the store next time it is asked for (`persist` wrote it).
         self.summaries.remove(flow_id);
         if fate == Offered::Kept && result.is_ok() {

@@ -186,7 +186,7 @@ impl<S: Storage> Repo<S> {
     /// offers of it by the members it had are turned away from now on. Returns its id.
     pub fn decline(&mut self, prefix: &str) -> Result<String> {
         let id = self.resolve_offered(prefix)?;
-        let now = (self.clock)();
+        let now = self.now();
         let offered_by = self
             .store
             .reader()

@@ -81,7 +81,11 @@ pub struct Repo<S: Storage = Store> {
     /// ([`Identity::new_incarnation`]), so that a restored copy of this data dir, or the same
     /// key on another machine, never writes under the same (actor, seq) as this one.
     actor: automerge::ActorId,
+    /// The repository's own clock (seconds since the Unix epoch), for what it does with no
+    /// engine around it (the CLI's edits while no node runs); see [`Repo::now`].
     clock: fn() -> i64,
+    /// The time the engine gave ([`Repo::set_now`]), used instead of `clock` while set.
+    given: Option<i64>,
     /// Documents loaded so far. Each is exactly what the store holds for its flow: any write
     /// that fails drops the cached copy, which is then loaded again.
     docs: HashMap<String, Automerge>,
@@ -133,7 +137,20 @@ pub const META_NODE_ID: &str = "node_id";
 pub const META_LISTEN_ADDRS: &str = "listen_addrs";
 
 /// Loads a flow's document from the store: latest snapshot plus the changes stored after it.
+/// The stored changes came from peers: a panic inside Automerge while loading them is an error
+/// (the flow is reported corrupt), not the end of the node.
 pub fn load_doc(w: &impl Tables, flow: &str) -> Result<Automerge> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load_unguarded(w, flow))).unwrap_or_else(
+        |_| {
+            Err(Error::Corrupt {
+                flow: flow.to_string(),
+                reason: "loading it crashes Automerge".into(),
+            })
+        },
+    )
+}
+
+fn load_unguarded(w: &impl Tables, flow: &str) -> Result<Automerge> {
     let corrupt = |reason: String| Error::Corrupt {
         flow: flow.to_string(),
         reason,
@@ -199,6 +216,7 @@ impl<S: Storage> Repo<S> {
             actor: identity.new_incarnation(),
             identity,
             clock: system_clock,
+            given: None,
             docs: HashMap::new(),
             summaries: HashMap::new(),
             roles: HashMap::new(),
@@ -248,8 +266,17 @@ impl<S: Storage> Repo<S> {
         }
     }
 
+    /// The time of what the repository does now, in seconds since the Unix epoch: the time its
+    /// engine gave ([`Repo::set_now`]) if it has one, else its own clock.
     pub fn now(&self) -> i64 {
-        (self.clock)()
+        self.given.unwrap_or_else(self.clock)
+    }
+
+    /// The time the engine runs at, for everything done until it gives another (`None`: back to
+    /// the repository's own clock). The engine calls it with the time its caller gave it, so
+    /// nothing the engine has the repository do reads a clock.
+    pub fn set_now(&mut self, secs: Option<i64>) {
+        self.given = secs;
     }
 
     /// Whether this node holds the flow.
@@ -355,7 +382,7 @@ impl<S: Storage> Repo<S> {
         // A genesis of its own: two flows started alike in the same second by this process
         // would otherwise be one change, and one flow id.
         let actor = self.identity.new_incarnation();
-        let now = (self.clock)();
+        let now = self.now();
         self.store
             .write(|w| {
                 let mut doc = Automerge::new().with_actor(actor);
@@ -392,7 +419,7 @@ impl<S: Storage> Repo<S> {
     pub fn edit(&mut self, flow_prefix: &str, edit: &Edit) -> Result<EditOutcome> {
         let id = self.resolve_held(flow_prefix)?;
         let me = self.identity.clone();
-        let now = (self.clock)();
+        let now = self.now();
         let standing = self.standing(&id)?.clone();
         if let Some(fallen_mine) = standing.fallen.iter().find(|h| {
             self.docs[&id]

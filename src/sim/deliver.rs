@@ -196,6 +196,7 @@ impl<S: Storage> Net<S> {
             self.lost(from, to, msg);
             return;
         }
+        self.clock(to);
         let from_id = self.ids[from].clone();
         let dup = counted && self.chance(self.cfg.dup_percent);
         if counted {

@@ -61,6 +61,9 @@ pub struct Config {
     pub mesh: usize,
     /// Whether users accept offered flows at once.
     pub accept_offers: bool,
+    /// The wall-clock time (Unix ms) at virtual time 0, given to every engine with each input
+    /// (`Engine::set_now`); `None`: the sim gives none, and repositories keep their own clocks.
+    pub unix_ms: Option<i64>,
 }
 
 impl Default for Config {
@@ -73,15 +76,19 @@ impl Default for Config {
             timeout_ms: 10_000,
             mesh: 6,
             accept_offers: true,
+            // 2026-12-01T00:00:00Z
+            unix_ms: Some(1_764_547_200_000),
         }
     }
 }
 
 impl Config {
-    /// No latency, no loss: messages arrive in the order they were sent.
+    /// No latency, no loss: messages arrive in the order they were sent; the engines' stores
+    /// keep their own clocks.
     pub fn instant() -> Config {
         Config {
             latency_ms: (0, 0),
+            unix_ms: None,
             ..Config::default()
         }
     }
@@ -243,6 +250,14 @@ impl<S: Storage> Net<S> {
         self.index.get(id).copied()
     }
 
+    /// Gives `node`'s engine the time, as a runtime does at the start of each turn.
+    pub fn clock(&mut self, node: usize) {
+        if let Some(start) = self.cfg.unix_ms {
+            let unix = start + self.now as i64;
+            self.nodes[node].set_now(self.now, unix);
+        }
+    }
+
     /// How many connections are open.
     pub fn links(&self) -> usize {
         self.links.len()
@@ -284,6 +299,8 @@ impl<S: Storage> Net<S> {
         self.peers[a].push(b);
         self.peers[b].push(a);
         let (ia, ib) = (self.ids[a].clone(), self.ids[b].clone());
+        self.clock(a);
+        self.clock(b);
         self.nodes[a].peer_connected(ib, self.now);
         self.nodes[b].peer_connected(ia, self.now);
         for (x, y) in [(a, b), (b, a)] {
@@ -384,6 +401,7 @@ impl<S: Storage> Net<S> {
     /// be connected to, as the runtime does on its tick.
     pub fn tick_all(&mut self) {
         for node in 0..self.nodes.len() {
+            self.clock(node);
             self.nodes[node].tick(self.now);
             let (must, more) = self.nodes[node].reach_plan();
             let mut wanted: Vec<NodeId> = must;
@@ -439,6 +457,7 @@ impl<S: Storage> Net<S> {
 
     /// Node `node` makes a local edit and tells its engine; the change is tracked from now.
     pub fn edit(&mut self, node: usize, flow: &str, edit: &crate::flow::Edit) -> crate::Result<()> {
+        self.clock(node);
         let outcome = self.nodes[node].repo().edit(flow, edit)?;
         self.nodes[node].local_change(flow);
         if let Ok(hash) = outcome.change.parse::<automerge::ChangeHash>() {

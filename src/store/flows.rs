@@ -31,6 +31,10 @@ pub trait Flows {
     /// The flows this node holds (accepted).
     fn flow_ids(&self) -> Result<Vec<String>, StoreError>;
 
+    /// At most `limit` held flows whose ids sort after `after`, in id order (anti-entropy's
+    /// rotation through the held flows).
+    fn flow_ids_after(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+
     /// Every flow in the store: held, and offered but not yet accepted.
     fn all_flow_ids(&self) -> Result<Vec<String>, StoreError>;
 
@@ -151,6 +155,15 @@ impl Flows for Writer<'_> {
 
     fn flow_ids(&self) -> Result<Vec<String>, StoreError> {
         self.ids("SELECT id FROM flows WHERE consent = 'accepted'")
+    }
+
+    fn flow_ids_after(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        // One walk of the primary key.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM flows WHERE id > ?1 AND consent = 'accepted' ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![after, limit as i64], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn all_flow_ids(&self) -> Result<Vec<String>, StoreError> {

@@ -461,6 +461,18 @@ impl Flows for MemWriter<'_> {
         Ok(self.rows().ids_where(|f| f.offered_by.is_none()))
     }
 
+    fn flow_ids_after(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let rows = self.rows();
+        Ok(rows
+            .flows
+            .range::<str, _>((Excluded(after), Unbounded))
+            .filter(|(_, f)| f.offered_by.is_none())
+            .map(|(id, _)| id.clone())
+            .take(limit)
+            .collect())
+    }
+
     fn all_flow_ids(&self) -> Result<Vec<String>, StoreError> {
         // SQLite reads these from the primary key's index: in id order.
         Ok(self.rows().flows.keys().cloned().collect())

@@ -24,14 +24,18 @@ impl<S: Storage> Engine<S> {
         message: SyncMessage,
         state: &mut sync::State,
     ) -> Result<Absorbed, String> {
-        self.last_heard.insert(peer.clone(), self.repo.now());
+        self.last_heard.insert(peer.clone(), self.unix_secs());
         let everyone_told = message.everyone_told;
         let (am, batch) = unpack(message)?;
-        if !am.heads.is_empty() && self.is_member(flow, peer) {
-            self.holders
+        if !am.heads.is_empty()
+            && self.is_member(flow, peer)
+            && self
+                .holders
                 .entry(flow.to_string())
                 .or_default()
-                .insert(peer.clone());
+                .insert(peer.clone())
+        {
+            self.changed.insert(flow.to_string());
         }
         if !batch.is_empty() {
             let held = matches!(self.repo.holds(flow), Ok(true));
@@ -74,6 +78,10 @@ impl<S: Storage> Engine<S> {
                 }
             }
             if !out.accepted.is_empty() {
+                // Its heads (and perhaps members) changed: other conversations about it may
+                // need a restart.
+                self.touch(flow);
+                self.changed.insert(flow.to_string());
                 self.out.event(Event::FlowUpdated {
                     flow: flow.to_string(),
                     from: peer.clone(),
@@ -140,7 +148,7 @@ impl<S: Storage> Engine<S> {
         flow: &str,
         message: SyncMessage,
     ) -> Result<(), String> {
-        self.last_heard.insert(peer.clone(), self.repo.now());
+        self.last_heard.insert(peer.clone(), self.unix_secs());
         let (am, batch) = unpack(message)?;
         if !batch.is_empty() {
             let out = crate::auth::accept(&mut Automerge::new(), flow, &batch, || {

@@ -123,6 +123,7 @@ impl<S: Storage> Engine<S> {
 
     /// Continues (or starts) our conversation about `flow` with `peer`.
     pub(super) fn sync_with(&mut self, peer: &NodeId, flow: &str) {
+        self.touch(flow);
         let now = self.now;
         let key = (peer.clone(), flow.to_string());
         let mut client = self
@@ -305,12 +306,11 @@ impl<S: Storage> Engine<S> {
         let Ok((am, _)) = unpack(message) else {
             return unavailable;
         };
-        let Ok(mut past) = self.repo.doc(flow).map(|d| d.fork_at(upto)) else {
+        let Ok(Some(Ok(mut past))) = self.repo.doc(flow).map(|d| guarded(|| d.fork_at(upto)))
+        else {
             return unavailable;
         };
-        let Ok(past) = past.as_mut() else {
-            return unavailable;
-        };
+        let past = &mut past;
         let mut state = sync::State::new();
         let reply = match guarded(|| past.receive_sync_message(&mut state, am)) {
             Some(Ok(())) => guarded(|| past.generate_sync_message(&mut state)).flatten(),
@@ -376,6 +376,7 @@ impl<S: Storage> Engine<S> {
                 }
                 self.unserved.insert(key.clone());
                 self.clients.insert(key, client);
+                self.touch(flow);
                 self.pull_ended(peer, flow);
             }
             // The peer had nothing to say. News that arrived while we waited goes out now;
@@ -395,6 +396,7 @@ impl<S: Storage> Engine<S> {
             // next one (a fetch of announced heads) until anti-entropy restarted the session.
             c.state.in_flight = false;
         }
+        self.touch(flow);
         self.pull_ended(peer, flow);
     }
 }

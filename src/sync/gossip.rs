@@ -62,6 +62,12 @@ impl<S: Storage> Engine<S> {
         out
     }
 
+    /// The flow's gossip topic, if this node holds it as a member (see [`Engine::member_topics`]).
+    pub fn member_topic(&mut self, flow: &str) -> Option<String> {
+        let me = self.me.clone();
+        (self.holds(flow) && self.is_member(flow, &me)).then(|| self.topic(flow))
+    }
+
     /// A peer was seen subscribed to a flow's topic: gossip reaches it.
     pub fn peer_subscribed(&mut self, peer: &NodeId, topic: &str) {
         // Not proof that it holds the flow: a node relays topics it is not a member of (a member
@@ -135,10 +141,14 @@ impl<S: Storage> Engine<S> {
         if !self.is_member(&flow, source) {
             return Some(Verdict::Ignore);
         }
-        self.holders
+        if self
+            .holders
             .entry(flow.clone())
             .or_default()
-            .insert(source.clone());
+            .insert(source.clone())
+        {
+            self.changed.insert(flow.clone());
+        }
         // A member that holds the flow passes an announcement on only once it holds what it
         // names (one that does not hold the flow yet relays it, like a non-member).
         let via_serves = via == source || self.holders.get(&flow).is_some_and(|h| h.contains(via));

@@ -106,6 +106,7 @@ impl<S: Storage> Engine<S> {
     pub(super) fn finish_join(&mut self, flow: &str) {
         if self.joining.contains_key(flow) && self.is_member(flow, &self.me.clone()) {
             self.joining.remove(flow);
+            self.changed.insert(flow.to_string());
             self.out.event(Event::Joined {
                 flow: flow.to_string(),
             });

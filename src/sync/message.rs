@@ -34,7 +34,9 @@ pub(super) fn lacking_changes(doc: &Automerge, state: &sync::State) -> Vec<Chang
     {
         return Vec::new();
     }
-    doc.get_changes_meta(theirs)
+    // The heads are the peer's: guarded like every Automerge call on peer input.
+    guarded(|| doc.get_changes_meta(theirs))
+        .unwrap_or_default()
         .into_iter()
         .map(|m| m.hash)
         .filter(|h| !state.sent_hashes.contains(h))

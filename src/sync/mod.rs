@@ -3,7 +3,12 @@
 //! Inputs arrive as method calls (a peer connected, a request or response arrived, a local change
 //! was made, time passed); outputs are queued as [`Io`] and drained with [`Engine::next_io`] by
 //! whoever does the real I/O: the libp2p runtime in `node`, or a simulator in tests. The engine
-//! never touches a socket or a clock of its own.
+//! never touches a socket or a clock of its own: time is an input too ([`Engine::set_now`] at the
+//! start of every turn; [`Engine::tick`] and [`Engine::peer_connected`] also carry it), and
+//! [`Engine::next_wake`] tells the caller when a tick next has work. Nothing here reads the wall
+//! clock or the environment, or spawns a thread (the accept path's batch signature check runs on
+//! a scoped thread of `auth`: it joins before the call returns, so no input is handled
+//! concurrently and nothing depends on scheduling).
 //!
 //! Per (peer, flow) it runs the Automerge sync protocol. Changes never travel inside Automerge's
 //! own sync messages: they are moved out and paired with their signatures, and received ones go
@@ -48,7 +53,7 @@ use join::Joining;
 use message::*;
 
 #[cfg(any(test, feature = "testkit"))]
-pub use anti_entropy::{ANTI_ENTROPY_MS, ANTI_ENTROPY_PEERS};
+pub use anti_entropy::{ANTI_ENTROPY_FLOWS_PER_TICK, ANTI_ENTROPY_MS, ANTI_ENTROPY_PEERS, RECHECK_MS};
 pub use gossip::ANNOUNCE_PATIENCE_MS;
 #[cfg(any(test, feature = "testkit"))]
 pub use gossip::MAX_WAITING_ANNOUNCEMENTS;
@@ -69,7 +74,15 @@ pub use stats::{Arrival, MemberSync, Stats, MAX_ARRIVALS};
 pub struct Engine<S: Storage = Store> {
     repo: Repo<S>,
     me: NodeId,
+    /// The caller's monotonic clock, in ms: the node's is the time since it started, plus one
+    /// (so 0 means "not yet"); a simulator's is virtual. Durations are measured in it: join and
+    /// announcement patience, quiet conversations (anti-entropy), connection times.
     now: u64,
+    /// The wall clock, in ms since the Unix epoch, as the caller last gave it
+    /// ([`Engine::set_now`]; 0 until then): arrivals are stamped with it, a peer's last message
+    /// is dated with it, and the repository is handed it (in seconds) as the time of what it
+    /// does for the engine (changes received, invites redeemed).
+    unix_ms: i64,
     connected: HashMap<NodeId, u64>,
     last_heard: HashMap<NodeId, i64>,
     clients: HashMap<(NodeId, String), Conversation>,
@@ -103,6 +116,11 @@ pub struct Engine<S: Storage = Store> {
     /// its dependencies, so it is not asked for again (two honest nodes holding different
     /// versions would otherwise ask each other for them forever).
     refused: HashMap<ChangeHash, Vec<ChangeHash>>,
+    /// Flows whose members, holders or connected members changed since the runtime last asked
+    /// ([`Engine::take_changed`]): its member links, topics and DHT records follow them.
+    changed: HashSet<String>,
+    /// When anti-entropy looks at which flows (see [`anti_entropy`]).
+    schedule: anti_entropy::Schedule,
     /// (peer, flow) whose last answer to us was "not served here" (for `flow show`; at most
     /// [`MAX_UNSERVED`], then started afresh).
     unserved: HashSet<(NodeId, String)>,
@@ -122,6 +140,7 @@ impl<S: Storage> Engine<S> {
             repo,
             me,
             now: 0,
+            unix_ms: 0,
             connected: HashMap::new(),
             last_heard: HashMap::new(),
             clients: HashMap::new(),
@@ -140,13 +159,30 @@ impl<S: Storage> Engine<S> {
             told_all: HashSet::new(),
             refused: HashMap::new(),
             unserved: HashSet::new(),
+            schedule: anti_entropy::Schedule::default(),
+            changed: HashSet::new(),
             stats: Stats::default(),
         }
     }
 
+    /// The time, given by the caller at the start of every turn: `now_ms` on its monotonic
+    /// clock (see [`Engine::tick`]), `unix_ms` on the wall clock (ms since the Unix epoch).
+    /// Everything the engine does until the next call happens at this time, and so does what
+    /// the repository does on its behalf ([`Repo::set_now`]).
+    pub fn set_now(&mut self, now_ms: u64, unix_ms: i64) {
+        self.now = now_ms;
+        self.unix_ms = unix_ms;
+        self.repo.set_now(Some(unix_ms.div_euclid(1000)));
+    }
+
+    /// The wall-clock time last given, in seconds since the Unix epoch.
+    fn unix_secs(&self) -> i64 {
+        self.unix_ms.div_euclid(1000)
+    }
+
     /// Records changes as arrived (durable) now.
     fn arrived(&mut self, hashes: Vec<String>) {
-        let at_ms = crate::clock::system_clock_ms();
+        let at_ms = self.unix_ms;
         for hash in hashes {
             if self.stats.arrivals.len() >= MAX_ARRIVALS {
                 self.stats.arrivals.pop_front();
@@ -172,6 +208,10 @@ impl<S: Storage> Engine<S> {
                 self.waiting.clear();
                 self.pulling.clear();
                 self.queued.clear();
+                // Every conversation starts again: anti-entropy looks at every flow.
+                for flow in self.repo.flow_ids().unwrap_or_default() {
+                    self.touch(&flow);
+                }
             }
         }
         result
@@ -183,6 +223,13 @@ impl<S: Storage> Engine<S> {
 
     pub fn node_id(&self) -> &NodeId {
         &self.me
+    }
+
+    /// The flows whose members, holders or connected members changed since the last call: the
+    /// runtime refreshes member links, topics and DHT records for them (and sweeps every flow
+    /// now and then).
+    pub fn take_changed(&mut self) -> Vec<String> {
+        self.changed.drain().collect()
     }
 
     /// The next thing to do, if any.
@@ -212,12 +259,20 @@ impl<S: Storage> Engine<S> {
         self.now = now;
         self.connected.insert(peer.clone(), now);
         for flow in self.shared_flows(&peer) {
+            self.changed.insert(flow.clone());
             self.sync_with(&peer, &flow);
         }
     }
 
     pub fn peer_disconnected(&mut self, peer: &NodeId) {
         self.connected.remove(peer);
+        // The flows talked about with it (every flow shared with it, from its connection on).
+        let talked = self.clients.keys().chain(self.servers.keys());
+        let shared: Vec<String> = talked
+            .filter(|(p, _)| p == peer)
+            .map(|(_, f)| f.clone())
+            .collect();
+        self.changed.extend(shared);
         self.clients.retain(|(p, _), _| p != peer);
         self.servers.retain(|(p, _), _| p != peer);
         for s in self.subscribers.values_mut() {
@@ -254,6 +309,8 @@ impl<S: Storage> Engine<S> {
     pub fn accept(&mut self, prefix: &str) -> Result<String> {
         let flow = self.repo.accept(prefix)?;
         self.topic(&flow);
+        self.touch(&flow);
+        self.changed.insert(flow.clone());
         let me = self.me.clone();
         let connected: Vec<NodeId> = self
             .member_ids(&flow)
@@ -269,6 +326,7 @@ impl<S: Storage> Engine<S> {
     /// Declines a flow offered to this node (`coflow flow decline`). Returns the flow's id.
     pub fn decline(&mut self, prefix: &str) -> Result<String> {
         let flow = self.repo.decline(prefix)?;
+        self.changed.insert(flow.clone());
         self.clients.retain(|(_, f), _| *f != flow);
         self.servers.retain(|(_, f), _| *f != flow);
         Ok(flow)

@@ -18,6 +18,8 @@ impl<S: Storage> Engine<S> {
     /// is pushed at once to connected members the announcement may not bring it to: those not
     /// seen subscribed, and those not known to hold the flow (they would only relay it).
     pub fn local_change(&mut self, flow: &str) {
+        self.touch(flow);
+        self.changed.insert(flow.to_string());
         let me = self.me.clone();
         let others: Vec<NodeId> = self
             .member_ids(flow)

@@ -372,3 +372,130 @@ fn after_a_lost_request_the_next_fetch_goes_out_at_once() {
     );
     assert_eq!(syncs_to(&drain(&mut e)), vec![a.clone()]);
 }
+
+/// Runs every exchange between `a` and `b` until both outboxes are empty.
+fn exchange(a: &mut Engine, b: &mut Engine) {
+    while one_way(a, b) | one_way(b, a) {}
+}
+
+/// Delivers `from`'s sync requests to `to` and the answers back; whether there were any.
+fn one_way(from: &mut Engine, to: &mut Engine) -> bool {
+    let (from_id, to_id) = (from.node_id().clone(), to.node_id().clone());
+    let mut moved = false;
+    for io in drain(from) {
+        if let Io::Sync {
+            peer,
+            flow,
+            request,
+        } = io
+        {
+            if peer == to_id {
+                moved = true;
+                let response = to.handle_sync_request(&from_id, request);
+                from.handle_sync_response(&peer, &flow, response);
+            }
+        }
+    }
+    moved
+}
+
+#[test]
+fn arrivals_and_what_the_repository_does_are_stamped_with_the_time_given() {
+    let mut a = engine("author");
+    let (_flow, ids) = flow_with_others(&mut a, "given", 1);
+    let mut b = Engine::new(Repo::new(
+        MemStore::new(),
+        Identity::from_seed("given-0", "Peer"),
+    ));
+    assert_eq!(*b.node_id(), ids[0]);
+    // A wall-clock time no clock of this machine shows now.
+    let unix_ms = 1_234_567_890_123;
+    a.set_now(5, unix_ms);
+    b.set_now(5, unix_ms);
+    assert_eq!(b.repo().now(), unix_ms / 1000, "the repository runs at the time given");
+    a.peer_connected(b.node_id().clone(), 5);
+    exchange(&mut a, &mut b);
+    let arrivals: Vec<i64> = b.stats.arrivals.iter().map(|x| x.at_ms).collect();
+    assert!(!arrivals.is_empty(), "the flow's changes arrived at B");
+    assert!(arrivals.iter().all(|at| *at == unix_ms), "{arrivals:?}");
+    assert_eq!(b.last_heard.get(a.node_id()), Some(&(unix_ms / 1000)));
+}
+
+#[test]
+fn next_wake_reports_a_joins_deadline_and_nothing_once_it_passed() {
+    let mut e = engine("joiner");
+    e.set_now(1_000, 0);
+    assert_eq!(e.next_wake(), None, "nothing to do");
+    let member = Identity::from_seed("member", "Member").node_id().clone();
+    e.start_join(&ticket(&member), "Joiner").unwrap();
+    drain(&mut e);
+    assert_eq!(e.next_wake(), Some(1_000 + JOIN_PATIENCE_MS));
+    e.tick(1_000 + JOIN_PATIENCE_MS);
+    drain(&mut e);
+    assert_eq!(e.next_wake(), None);
+}
+
+#[test]
+fn next_wake_reports_an_announcements_patience() {
+    let mut e = engine("member");
+    let flow = e.repo().create_flow("T", "N", Role::Customer).unwrap();
+    let announcer = Identity::from_seed("announcer", "A").node_id().clone();
+    e.set_now(3_000, 0);
+    e.waiting.push_back(Waiting {
+        id: vec![1],
+        via: announcer,
+        flow,
+        heads: vec![unknown_head(1)],
+        since: 3_000,
+    });
+    assert_eq!(e.next_wake(), Some(3_000 + ANNOUNCE_PATIENCE_MS));
+}
+
+#[test]
+fn next_wake_reports_when_a_quiet_conversation_comes_of_age() {
+    // Every conversation rests at engine time 1, its peer not known to hold our heads.
+    let (mut e, _flow, _ids) = member_of_flow(1);
+    assert_eq!(e.next_wake(), Some(1 + RECHECK_MS), "a member connected: looked at soon");
+    e.tick(1 + RECHECK_MS);
+    assert!(syncs_to(&drain(&mut e)).is_empty(), "not quiet long enough yet");
+    assert_eq!(e.next_wake(), Some(1 + ANTI_ENTROPY_MS));
+    e.tick(1 + ANTI_ENTROPY_MS);
+    assert_eq!(syncs_to(&drain(&mut e)).len(), 1, "restarted when it came of age");
+}
+
+#[test]
+fn anti_entropy_looks_at_a_bounded_share_of_the_flows_and_at_each_in_turn() {
+    let mut e = engine("many");
+    let n = 2 * ANTI_ENTROPY_FLOWS_PER_TICK + 5;
+    let mut all: HashSet<String> = HashSet::new();
+    for i in 0..n {
+        all.insert(e.repo().create_flow(&format!("T{i}"), "N", Role::Customer).unwrap());
+    }
+    let mut seen: HashSet<String> = HashSet::new();
+    for _ in 0..3 {
+        let batch = e.rotation();
+        assert!(batch.len() <= ANTI_ENTROPY_FLOWS_PER_TICK, "{}", batch.len());
+        seen.extend(batch);
+    }
+    assert_eq!(seen, all, "three ticks reach every one of {n} flows");
+    // And round again: the fourth batch starts where the first did.
+    let again = e.rotation();
+    assert_eq!(again.len(), ANTI_ENTROPY_FLOWS_PER_TICK);
+}
+
+#[test]
+fn ticking_more_often_does_not_rotate_more_often() {
+    let mut e = engine("often");
+    for i in 0..ANTI_ENTROPY_FLOWS_PER_TICK + 5 {
+        e.repo()
+            .create_flow(&format!("T{i}"), "N", Role::Customer)
+            .unwrap();
+    }
+    e.tick(1_000);
+    let first = e.schedule.cursor.clone();
+    assert!(first.is_some());
+    e.tick(1_000 + RECHECK_MS - 1);
+    assert_eq!(e.schedule.cursor, first, "too soon: the rotation waits");
+    e.tick(1_000 + RECHECK_MS);
+    assert_ne!(e.schedule.cursor, first, "a second on: it moves on");
+}
