@@ -40,6 +40,11 @@ use crate::wire;
 /// How often [`Net::run_for`] ticks every node, as the node runtime does.
 pub const TICK_MS: u64 = 1_000;
 
+/// How often [`Net::tick_all`] has every node work out its member links afresh, as the node
+/// runtime does ([`crate::node::SWEEP`]).
+pub const SWEEP_MS: u64 = 10_000;
+const _: () = assert!(SWEEP_MS == crate::node::SWEEP.as_millis() as u64);
+
 /// What gossipsub adds to a signed message beyond its payload and topic: the author's peer id,
 /// a sequence number and a signature (protobuf framing not counted).
 pub const GOSSIP_OVERHEAD: usize = 38 + 8 + 64;
@@ -171,6 +176,7 @@ pub struct Net<S: Storage = MemStore> {
     sent: u64,
     rng: u64,
     next_tick: u64,
+    next_sweep: u64,
     /// Connected pairs, as (smaller index, larger index).
     links: HashSet<(usize, usize)>,
     peers: Vec<Vec<usize>>,
@@ -227,6 +233,7 @@ impl<S: Storage> Net<S> {
             packets: HashMap::new(),
             sent: 0,
             next_tick: 1 + TICK_MS,
+            next_sweep: 0,
             links: HashSet::new(),
             peers: vec![Vec::new(); n],
             cut: HashSet::new(),
@@ -398,11 +405,20 @@ impl<S: Storage> Net<S> {
     }
 
     /// Ticks every node at `now` (anti-entropy, expiries), and dials the members each asks to
-    /// be connected to, as the runtime does on its tick.
+    /// be connected to, as the runtime does on its tick: when the flows' members, holders or
+    /// connections changed, and on every flow each [`SWEEP_MS`].
     pub fn tick_all(&mut self) {
+        let sweep = self.now >= self.next_sweep;
+        if sweep {
+            self.next_sweep = self.now + SWEEP_MS;
+        }
         for node in 0..self.nodes.len() {
             self.clock(node);
             self.nodes[node].tick(self.now);
+            if self.nodes[node].take_changed().is_empty() && !sweep {
+                self.collect_from(node);
+                continue;
+            }
             let (must, more) = self.nodes[node].reach_plan();
             let mut wanted: Vec<NodeId> = must;
             for (count, candidates) in more {

@@ -174,7 +174,7 @@ pub(super) fn unrefused(
     }
     let mut out: Vec<ChangeHash> = Vec::new();
     let mut todo = std::mem::take(heads);
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::default();
     while let Some(h) = todo.pop() {
         if !seen.insert(h) {
             continue;

@@ -20,7 +20,18 @@
 //! (taking in a message), `message` (wire messages), `push`, `gossip`, `pull`, `links`,
 //! `anti_entropy`, `join`, [`stats`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+/// The hasher of the engine's maps and sets. Built with `testkit`, it has fixed keys, so the
+/// simulator's runs iterate them, and so send messages, in the same order every time (a run is
+/// reproducible from its seed); a node's build keeps Rust's randomly keyed hasher, so no peer
+/// can choose keys that collide.
+#[cfg(feature = "testkit")]
+type Keys = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+#[cfg(not(feature = "testkit"))]
+type Keys = std::collections::hash_map::RandomState;
+type HashMap<K, V> = std::collections::HashMap<K, V, Keys>;
+type HashSet<T> = std::collections::HashSet<T, Keys>;
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{Automerge, Change, ChangeHash};
@@ -141,26 +152,26 @@ impl<S: Storage> Engine<S> {
             me,
             now: 0,
             unix_ms: 0,
-            connected: HashMap::new(),
-            last_heard: HashMap::new(),
-            clients: HashMap::new(),
-            servers: HashMap::new(),
-            joining: HashMap::new(),
+            connected: HashMap::default(),
+            last_heard: HashMap::default(),
+            clients: HashMap::default(),
+            servers: HashMap::default(),
+            joining: HashMap::default(),
             out: Outbox::default(),
-            topics: HashMap::new(),
-            topic_of: HashMap::new(),
+            topics: HashMap::default(),
+            topic_of: HashMap::default(),
             waiting: VecDeque::new(),
-            holders: HashMap::new(),
-            subscribers: HashMap::new(),
-            parsed: HashMap::new(),
-            pulling: HashMap::new(),
-            queued: HashMap::new(),
+            holders: HashMap::default(),
+            subscribers: HashMap::default(),
+            parsed: HashMap::default(),
+            pulling: HashMap::default(),
+            queued: HashMap::default(),
             uncommitted: Vec::new(),
-            told_all: HashSet::new(),
-            refused: HashMap::new(),
-            unserved: HashSet::new(),
+            told_all: HashSet::default(),
+            refused: HashMap::default(),
+            unserved: HashSet::default(),
             schedule: anti_entropy::Schedule::default(),
-            changed: HashSet::new(),
+            changed: HashSet::default(),
             stats: Stats::default(),
         }
     }

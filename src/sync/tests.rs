@@ -467,11 +467,11 @@ fn next_wake_reports_when_a_quiet_conversation_comes_of_age() {
 fn anti_entropy_looks_at_a_bounded_share_of_the_flows_and_at_each_in_turn() {
     let mut e = engine("many");
     let n = 2 * ANTI_ENTROPY_FLOWS_PER_TICK + 5;
-    let mut all: HashSet<String> = HashSet::new();
+    let mut all: HashSet<String> = HashSet::default();
     for i in 0..n {
         all.insert(e.repo().create_flow(&format!("T{i}"), "N", Role::Customer).unwrap());
     }
-    let mut seen: HashSet<String> = HashSet::new();
+    let mut seen: HashSet<String> = HashSet::default();
     for _ in 0..3 {
         let batch = e.rotation();
         assert!(batch.len() <= ANTI_ENTROPY_FLOWS_PER_TICK, "{}", batch.len());
