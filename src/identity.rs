@@ -63,12 +63,29 @@ pub enum IdentityError {
     Random(String),
 }
 
-/// A node's public identity, printed as the libp2p `PeerId` (base58, `12D3KooW…`).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A node's public identity, printed as the libp2p `PeerId` (base58, `12D3KooW…`). `Copy`: the
+/// key and its printed form are kept inline, so passing one around allocates nothing and
+/// printing it encodes nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId {
     key: [u8; 32],
-    text: String,
+    text: Printed,
 }
+
+/// A node id's base58 form, inline (an ed25519 peer id prints as 52 characters).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Printed {
+    len: u8,
+    bytes: [u8; PRINTED_MAX],
+}
+
+const PRINTED_MAX: usize = 56;
+
+/// The protobuf encoding of an ed25519 public key, before its 32 bytes (libp2p's `PublicKey`:
+/// key type 1, then the key as a 32-byte field), and the identity multihash of that encoding,
+/// which is an ed25519 key's `PeerId`.
+const KEY_PROTOBUF_PREFIX: [u8; 4] = [0x08, 0x01, 0x12, 0x20];
+const PEER_ID_PREFIX: [u8; 2] = [0x00, 0x24];
 
 impl NodeId {
     /// The node id of a 32-byte ed25519 public key; `None` if the bytes are not a valid key.
@@ -76,11 +93,32 @@ impl NodeId {
         let key: [u8; 32] = bytes.try_into().ok()?;
         VerifyingKey::from_bytes(&key).ok()?;
         let public = libp2p_identity::ed25519::PublicKey::try_from_bytes(&key).ok()?;
-        let peer = libp2p_identity::PublicKey::from(public).to_peer_id();
-        Some(NodeId {
-            key,
-            text: peer.to_base58(),
-        })
+        let peer = libp2p_identity::PublicKey::from(public).to_peer_id().to_base58();
+        let mut text = Printed {
+            len: peer.len() as u8,
+            bytes: [0; PRINTED_MAX],
+        };
+        text.bytes.get_mut(..peer.len())?.copy_from_slice(peer.as_bytes());
+        Some(NodeId { key, text })
+    }
+
+    /// The node id of a libp2p peer, read from the key its `PeerId` carries (no base58 round
+    /// trip); `None` if it is not an ed25519 key.
+    pub fn from_peer_id(peer: &libp2p_identity::PeerId) -> Option<NodeId> {
+        let bytes = peer.to_bytes();
+        let key = bytes
+            .strip_prefix(&PEER_ID_PREFIX)?
+            .strip_prefix(&KEY_PROTOBUF_PREFIX)?;
+        NodeId::from_public_key(key)
+    }
+
+    /// This node id as a libp2p `PeerId` (built from the key, not parsed from text).
+    pub fn peer_id(&self) -> libp2p_identity::PeerId {
+        let mut bytes = Vec::with_capacity(38);
+        bytes.extend_from_slice(&PEER_ID_PREFIX);
+        bytes.extend_from_slice(&KEY_PROTOBUF_PREFIX);
+        bytes.extend_from_slice(&self.key);
+        libp2p_identity::PeerId::from_bytes(&bytes).expect("an ed25519 key's peer id")
     }
 
     /// The 32-byte public key (also the Automerge actor id of this node's changes).
@@ -93,7 +131,7 @@ impl NodeId {
     }
 
     pub fn as_str(&self) -> &str {
-        &self.text
+        std::str::from_utf8(&self.text.bytes[..self.text.len as usize]).expect("base58 is ASCII")
     }
 }
 
@@ -121,13 +159,13 @@ impl FromStr for NodeId {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({})", self.text)
+        write!(f, "NodeId({})", self.as_str())
     }
 }
 
@@ -520,6 +558,17 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_id_and_peer_id_convert_without_text() {
+        let alice = Identity::from_seed("alice", "Alice");
+        let peer = alice.libp2p_keypair().public().to_peer_id();
+        assert_eq!(alice.node_id().peer_id(), peer);
+        assert_eq!(NodeId::from_peer_id(&peer).as_ref(), Some(alice.node_id()));
+        assert_eq!(alice.node_id().as_str(), peer.to_base58());
+        // A peer id that is not an ed25519 key's (here a hash of something) is no node id.
+        assert_eq!(NodeId::from_peer_id(&libp2p_identity::PeerId::random()), None);
+    }
 
     #[test]
     fn node_id_round_trips_through_text() {

@@ -7,8 +7,8 @@
 //!
 //! # Layout
 //!
-//! - [`identity`]: the node key (ed25519), `NodeId` (= libp2p `PeerId`), change signing, the key
-//!   file.
+//! - [`identity`]: the node key (ed25519), `NodeId` (= libp2p `PeerId`; `Copy`, converted to and
+//!   from a `PeerId` through the key's bytes), change signing, the key file.
 //! - [`flow`]: the flow document schema: typed reads (`Reader`, at any heads), edits (`Edit`),
 //!   and what a change did, read from its operations (`History`).
 //! - [`auth`]: signed changes and the accept path: batch signature verification, dependency

@@ -121,7 +121,7 @@ fn history(script: &[(u8, u8, u8, u8)]) -> (String, Vec<SignedChange>) {
         let Some(edit) = edit_for(kind, arg, &flow, &people) else {
             continue;
         };
-        let me = people[w].node_id().clone();
+        let me = *people[w].node_id();
         let mut tx = views[w].transaction();
         if edit.apply(&mut tx, &flow, &me, NOW).is_err() {
             tx.rollback();
@@ -432,7 +432,7 @@ proptest! {
         let concurrent_hash = hash_of(&concurrent);
         changes.push(concurrent);
         let equivocated: BTreeSet<ChangeHash> = lineages.iter().flatten().copied().collect();
-        let relay = bea().node_id().clone();
+        let relay = *bea().node_id();
         let mut nodes: Vec<(usize, Node)> = Vec::new();
         for seed in seeds {
             let mut node = Node { doc: Automerge::new(), accepted: BTreeSet::new() };

@@ -595,7 +595,7 @@ fn a_member_over_the_limits_is_refused_and_penalised() {
             .collect()
     };
     let texts: Vec<String> = (0..60).map(|_| noise()).collect();
-    let hugo_id = hugo.node_id().clone();
+    let hugo_id = *hugo.node_id();
     let big = common::peer::change_at(
         &doc,
         &heads,

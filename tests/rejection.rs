@@ -44,7 +44,7 @@ fn alices_node() -> Node {
     let out = repo.receive(&sim.flow_id, &sim.log).unwrap();
     assert_eq!(out.accepted.len(), sim.log.len());
     let mut engine = Engine::new(repo);
-    engine.peer_connected(carl().node_id().clone(), 1);
+    engine.peer_connected(*carl().node_id(), 1);
     while engine.next_io().is_some() {}
     Node {
         _dir: dir,
@@ -158,7 +158,7 @@ fn forged_signature() {
     row("forged signature", true, |n| {
         let mut c = n.change(&carl(), &carl(), add_step("forged", None));
         c.signature[5] ^= 0x10;
-        (eve().node_id().clone(), n.request(vec![c]))
+        (*eve().node_id(), n.request(vec![c]))
     });
 }
 
@@ -170,7 +170,7 @@ fn valid_signature_by_a_non_member() {
     // "Confidentiality from non-members"). A forged one is penalized either way (above).
     row("non-member", false, |n| {
         let c = n.change(&eve(), &eve(), add_step("by a stranger", None));
-        (eve().node_id().clone(), n.request(vec![c]))
+        (*eve().node_id(), n.request(vec![c]))
     });
 }
 
@@ -178,7 +178,7 @@ fn valid_signature_by_a_non_member() {
 fn an_observer_writing_steps() {
     row("observer writes a step", true, |n| {
         let c = n.change(&oscar(), &oscar(), add_step("observer's step", None));
-        (oscar().node_id().clone(), n.request(vec![c]))
+        (*oscar().node_id(), n.request(vec![c]))
     });
 }
 
@@ -186,7 +186,7 @@ fn an_observer_writing_steps() {
 fn an_actor_id_that_is_not_the_signing_key() {
     row("actor is not the signer", true, |n| {
         let c = n.change(&olga(), &eve(), add_step("in Olga's name", None));
-        (eve().node_id().clone(), n.request(vec![c]))
+        (*eve().node_id(), n.request(vec![c]))
     });
     row("actor is no key at all", true, |n| {
         let mut fork = n
@@ -201,7 +201,7 @@ fn an_actor_id_that_is_not_the_signing_key() {
             change: c.bytes().into_owned(),
             signature: eve().sign_change(&hash).to_vec(),
         };
-        (eve().node_id().clone(), n.request(vec![signed]))
+        (*eve().node_id(), n.request(vec![signed]))
     });
 }
 
@@ -217,7 +217,7 @@ fn a_replayed_change_is_harmless_and_ignored() {
             .iter()
             .map(Into::into)
             .collect();
-        (carl().node_id().clone(), n.request(history))
+        (*carl().node_id(), n.request(history))
     });
 }
 
@@ -242,7 +242,7 @@ fn missing_dependencies_are_not_stored() {
             change: c.bytes().into_owned(),
             signature: carl().sign_change(&hash).to_vec(),
         };
-        (carl().node_id().clone(), n.request(vec![second]))
+        (*carl().node_id(), n.request(vec![second]))
     });
 }
 
@@ -251,7 +251,7 @@ fn two_different_changes_with_the_same_actor_and_seq() {
     let mut node = alices_node();
     let a = node.change(&carl(), &carl(), add_step("one", None));
     let b = node.change(&carl(), &carl(), add_step("another", None));
-    let carl_id = carl().node_id().clone();
+    let carl_id = *carl().node_id();
     let req = node.request(vec![a]);
     let (penalized, _) = node.send(&carl_id, req);
     assert!(!penalized);
@@ -271,12 +271,12 @@ fn malformed_automerge_bytes() {
             change: vec![0x85, 0x6f, 0x4a, 0x83, 0xde, 0xad, 0xbe, 0xef],
             signature: vec![0; 64],
         };
-        (eve().node_id().clone(), n.request(vec![garbage]))
+        (*eve().node_id(), n.request(vec![garbage]))
     });
     row("malformed sync message", true, |n| {
         let mut req = n.request(vec![]);
         req.message.as_mut().unwrap().automerge = vec![0x42, 0xff, 0xff, 0xff];
-        (carl().node_id().clone(), req)
+        (*carl().node_id(), req)
     });
     row("changes smuggled inside the Automerge message", true, |n| {
         let c = n.change(&carl(), &carl(), add_step("unsigned", None));
@@ -286,7 +286,7 @@ fn malformed_automerge_bytes() {
         am.changes = vec![c.change].into();
         let mut req = n.request(vec![]);
         req.message.as_mut().unwrap().automerge = am.encode();
-        (carl().node_id().clone(), req)
+        (*carl().node_id(), req)
     });
 }
 
@@ -295,7 +295,7 @@ fn too_many_changes_in_one_message() {
     row("oversized batch", true, |n| {
         let c = n.change(&carl(), &carl(), add_step("x", None));
         (
-            carl().node_id().clone(),
+            *carl().node_id(),
             n.request(vec![c; wire::MAX_CHANGES_PER_MESSAGE + 1]),
         )
     });

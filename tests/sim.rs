@@ -111,7 +111,7 @@ impl Net {
     /// "Consent"). The offer itself is answered "not served here", so the offering side rests.
     fn offer_and_accept(&mut self, flow: &str, from: usize, to: usize) {
         let req = self.offer(flow, from);
-        let from_id = self.ids[from].clone();
+        let from_id = self.ids[from];
         let resp = self.nodes[to].handle_sync_request(&from_id, req);
         assert_eq!(
             resp.result,
@@ -290,7 +290,7 @@ fn a_non_member_learns_nothing() {
         "the outsider holds nothing"
     );
     // The outsider asks outright: it gets the same answer as for a flow nobody holds.
-    let outsider = net.ids[2].clone();
+    let outsider = net.ids[2];
     let ask = |flow: &str| first_request(flow, vec![]);
     let held = net.nodes[0].handle_sync_request(&outsider, ask(&flow));
     let unknown =
@@ -373,12 +373,12 @@ fn announcements_are_judged_before_they_are_passed_on() {
     while net.step() {}
     assert!(net.nodes[1].repo().holds(&flow).unwrap());
     let topic = wire::flow_topic(&flow);
-    let (member, outsider) = (net.ids[0].clone(), net.ids[2].clone());
+    let (member, outsider) = (net.ids[0], net.ids[2]);
     let ours = net.nodes[1].repo().doc(&flow).unwrap().get_heads();
 
     // Node 1's output, with its fetches from node 0 answered at once.
     fn verdicts(net: &mut Net, member: &NodeId, flow: &str) -> Vec<Verdict> {
-        let me = net.ids[1].clone();
+        let me = net.ids[1];
         let mut out = Vec::new();
         while let Some(io) = net.nodes[1].next_io() {
             match io {
@@ -435,7 +435,7 @@ fn announcements_are_judged_before_they_are_passed_on() {
     assert_eq!(fetches.len(), 1, "one fetch, from the announcer");
     let (peer, request) = fetches.pop().unwrap();
     assert_eq!(peer, member);
-    let me = net.ids[1].clone();
+    let me = net.ids[1];
     let response = net.nodes[0].handle_sync_request(&me, request);
     net.nodes[1].handle_sync_response(&member, &flow, response);
     assert_eq!(verdicts(&mut net, &member, &flow), vec![Verdict::Accept]);
@@ -466,7 +466,7 @@ fn a_small_connected_flow_is_told_by_push_alone() {
     assert_eq!(net.announcements, before);
 
     // Node 2 drops off: node 0's next change is announced (and still pushed to node 1).
-    let gone = net.ids[2].clone();
+    let gone = net.ids[2];
     net.nodes[0].peer_disconnected(&gone);
     let sent = net.nodes[0].stats.announcements_sent;
     edit(&mut net, 0, &flow, common::add_step("Announced", None));
@@ -592,7 +592,7 @@ fn a_stranger_learns_nothing_from_a_join_refusal() {
     use prost::Message;
     use wire::{InviteTicket, JoinRequest};
     let alice = Identity::from_seed("join-alice", "Alice");
-    let alice_id = alice.node_id().clone();
+    let alice_id = *alice.node_id();
     let mut node =
         Engine::new(Repo::new(Store::in_memory().unwrap(), alice).with_clock(join_clock));
     let flow = node.repo().create_flow("T", "N", Role::Customer).unwrap();
@@ -817,7 +817,7 @@ fn a_stranger_sending_changes_learns_nothing() {
         }
         other => panic!("unexpected answer {other:?}"),
     };
-    let who = net.ids[2].clone();
+    let who = net.ids[2];
     let unknown_flow = "00000000000000000000000000000000";
     let held = net.nodes[0].handle_sync_request(&who, ask(&flow, &change));
     net.collect();
@@ -927,9 +927,7 @@ fn an_offered_flow_waits_for_its_user_and_a_declined_one_stays_away() {
         assert!(node.member_topics().is_empty(), "no topic for an offer");
     }
     // A stranger asking about the offered flow is answered as about a flow nobody holds.
-    let stranger = Identity::from_seed("sim-stranger", "Stranger")
-        .node_id()
-        .clone();
+    let stranger = *Identity::from_seed("sim-stranger", "Stranger").node_id();
     let strip = |r: wire::SyncResponse| match r.result {
         Some(wire::sync_response::Result::Message(mut m)) => {
             m.flow.clear();
@@ -1043,7 +1041,7 @@ fn offers_are_bounded_per_sender_and_in_all() {
                 .iter()
                 .map(Into::into)
                 .collect();
-            made.push((sender.node_id().clone(), flow, changes));
+            made.push((*sender.node_id(), flow, changes));
         }
     }
     let offer =

@@ -105,6 +105,8 @@ pub fn parse_change(bytes: &[u8]) -> Result<Change, String> {
 /// over through `NodeId`: once per author, not once per change). `None`: not a usable key.
 type Authors = std::collections::HashMap<Vec<u8>, Option<(NodeId, VerifyingKey)>>;
 
+// A rejection names its equivocator inline (a `NodeId` is 89 bytes); rejections are rare.
+#[allow(clippy::result_large_err)]
 fn decode(
     sc: &SignedChange,
     authors: &mut Authors,
@@ -115,7 +117,7 @@ fn decode(
     let change = parse_change(&sc.bytes).map_err(|e| (None, Rejection::Malformed(e)))?;
     let hash = change.hash();
     let actor = change.actor_id().to_bytes();
-    let author = authors
+    let author = (*authors
         .entry(actor.to_vec())
         .or_insert_with(|| {
             crate::identity::actor_key(actor)
@@ -123,8 +125,7 @@ fn decode(
                 .map(|n| (n.verifying_key(), n))
                 .filter(|(k, _)| !k.is_weak())
                 .map(|(k, n)| (n, k))
-        })
-        .clone()
+        }))
         .ok_or((Some(hash), Rejection::BadActor))?;
     let sig = <[u8; 64]>::try_from(sc.signature.as_slice())
         .map(|b| Signature::from_bytes(&b))

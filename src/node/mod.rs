@@ -36,7 +36,6 @@ mod turn;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -131,11 +130,11 @@ fn now_secs() -> i64 {
 }
 
 fn node_of(peer: &PeerId) -> Option<NodeId> {
-    peer.to_base58().parse().ok()
+    NodeId::from_peer_id(peer)
 }
 
 fn peer_of(node: &NodeId) -> Option<PeerId> {
-    PeerId::from_str(node.as_str()).ok()
+    Some(node.peer_id())
 }
 
 /// Runs a node until `shutdown` completes. Everything acknowledged is already durable when this

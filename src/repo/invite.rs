@@ -104,7 +104,7 @@ impl<S: Storage> Repo<S> {
             return Err(RedeemError::Unknown);
         }
         let now = self.now();
-        let me = self.identity.node_id().clone();
+        let me = *self.identity.node_id();
         let current = match self.standing(flow) {
             Ok(_) => stands(&self.docs[flow], &self.standing[flow]).flow_without_comments(flow),
             Err(e) => {

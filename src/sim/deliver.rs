@@ -44,7 +44,7 @@ impl<S: Storage> Net<S> {
 
     /// `x` subscribes to `topic`: peer `y` hears of it, and the two may form a mesh link.
     pub(super) fn tell_subscribed(&mut self, x: usize, y: usize, topic: &str) {
-        let id = self.ids[x].clone();
+        let id = self.ids[x];
         self.nodes[y].peer_subscribed(&id, topic);
         if self.subscribed[y].contains(topic) {
             for (owner, peer) in [(x, y), (y, x)] {
@@ -197,7 +197,7 @@ impl<S: Storage> Net<S> {
             return;
         }
         self.clock(to);
-        let from_id = self.ids[from].clone();
+        let from_id = self.ids[from];
         let dup = counted && self.chance(self.cfg.dup_percent);
         if counted {
             self.delivered += 1;
@@ -241,7 +241,7 @@ impl<S: Storage> Net<S> {
                     return; // a copy of a message this node has seen
                 }
                 self.announcements += 1;
-                let source = self.ids[g.source].clone();
+                let source = self.ids[g.source];
                 let (topic, data) = (g.topic.clone(), g.data.clone());
                 self.nodes[to].handle_announcement(
                     id.to_le_bytes().to_vec(),

@@ -213,7 +213,7 @@ impl Net {
 impl<S: Storage> Net<S> {
     /// A network of the given engines (on any store: the benchmark's are on disk).
     pub fn with_engines(nodes: Vec<Engine<S>>, cfg: Config) -> Net<S> {
-        let ids: Vec<NodeId> = nodes.iter().map(|e| e.node_id().clone()).collect();
+        let ids: Vec<NodeId> = nodes.iter().map(|e| *e.node_id()).collect();
         let n = nodes.len();
         Net {
             index: ids.iter().cloned().zip(0..).collect(),
@@ -305,7 +305,7 @@ impl<S: Storage> Net<S> {
         }
         self.peers[a].push(b);
         self.peers[b].push(a);
-        let (ia, ib) = (self.ids[a].clone(), self.ids[b].clone());
+        let (ia, ib) = (self.ids[a], self.ids[b]);
         self.clock(a);
         self.clock(b);
         self.nodes[a].peer_connected(ib, self.now);
@@ -353,7 +353,7 @@ impl<S: Storage> Net<S> {
         self.peers[a].retain(|p| *p != b);
         self.peers[b].retain(|p| *p != a);
         for (x, y) in [(a, b), (b, a)] {
-            let id = self.ids[y].clone();
+            let id = self.ids[y];
             self.nodes[x].peer_disconnected(&id);
             for m in self.mesh.iter_mut().filter(|((o, _), _)| *o == x) {
                 m.1.retain(|p| *p != y);

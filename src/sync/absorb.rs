@@ -24,7 +24,7 @@ impl<S: Storage> Engine<S> {
         message: SyncMessage,
         state: &mut sync::State,
     ) -> Result<Absorbed, String> {
-        self.last_heard.insert(peer.clone(), self.unix_secs());
+        self.last_heard.insert(*peer, self.unix_secs());
         let everyone_told = message.everyone_told;
         let (am, batch) = unpack(message)?;
         if !am.heads.is_empty()
@@ -33,7 +33,7 @@ impl<S: Storage> Engine<S> {
                 .holders
                 .entry(flow.to_string())
                 .or_default()
-                .insert(peer.clone())
+                .insert(*peer)
         {
             self.changed.insert(flow.to_string());
         }
@@ -70,7 +70,7 @@ impl<S: Storage> Engine<S> {
                         tracing::info!(target: "sync", %peer, %flow, "a flow was offered to this node");
                         self.out.event(Event::Offered {
                             flow: flow.to_string(),
-                            from: peer.clone(),
+                            from: *peer,
                         });
                     }
                     blame(peer, &out.rejected)?;
@@ -84,7 +84,7 @@ impl<S: Storage> Engine<S> {
                 self.changed.insert(flow.to_string());
                 self.out.event(Event::FlowUpdated {
                     flow: flow.to_string(),
-                    from: peer.clone(),
+                    from: *peer,
                 });
                 self.finish_join(flow);
                 self.topic(flow);
@@ -148,7 +148,7 @@ impl<S: Storage> Engine<S> {
         flow: &str,
         message: SyncMessage,
     ) -> Result<(), String> {
-        self.last_heard.insert(peer.clone(), self.unix_secs());
+        self.last_heard.insert(*peer, self.unix_secs());
         let (am, batch) = unpack(message)?;
         if !batch.is_empty() {
             let out = crate::auth::accept(&mut Automerge::new(), flow, &batch, || {

@@ -149,7 +149,7 @@ impl<S: Storage> Engine<S> {
             return;
         }
         let ours = self.heads(flow);
-        let me = self.me.clone();
+        let me = self.me;
         let members: Vec<NodeId> = self
             .member_ids(flow)
             .into_iter()
@@ -160,7 +160,7 @@ impl<S: Storage> Engine<S> {
         let mut due: Vec<(u64, NodeId)> = Vec::new();
         let mut later: Option<u64> = None;
         for peer in members {
-            match self.clients.get(&(peer.clone(), flow.to_string())) {
+            match self.clients.get(&(peer, flow.to_string())) {
                 None => due.push((0, peer)),
                 Some(c)
                     if c.state.their_heads.as_ref().map(|h| sorted(h.clone()))
@@ -184,7 +184,7 @@ impl<S: Storage> Engine<S> {
             self.schedule.by(flow, at);
         }
         for (_, peer) in due.into_iter().take(ANTI_ENTROPY_PEERS) {
-            let key = (peer.clone(), flow.to_string());
+            let key = (peer, flow.to_string());
             let previous = self.clients.remove(&key);
             let session = previous.as_ref().map_or(1, |c| c.session + 1);
             self.clients

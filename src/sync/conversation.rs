@@ -125,12 +125,12 @@ impl<S: Storage> Engine<S> {
     pub(super) fn sync_with(&mut self, peer: &NodeId, flow: &str) {
         self.touch(flow);
         let now = self.now;
-        let key = (peer.clone(), flow.to_string());
+        let key = (*peer, flow.to_string());
         let mut client = self
             .clients
             .remove(&key)
             .unwrap_or_else(|| Conversation::fresh(1, now, None));
-        let me = self.me.clone();
+        let me = self.me;
         let removed = |e: &mut Engine<S>, who: &NodeId| {
             !e.joining.contains_key(flow) && e.holds(flow) && !e.is_member(flow, who)
         };
@@ -251,7 +251,7 @@ impl<S: Storage> Engine<S> {
             }
             return self.empty_answer(&flow);
         }
-        let key = (peer.clone(), flow.clone());
+        let key = (*peer, flow.clone());
         if talk == Talk::Member {
             // It syncs the flow with us: it serves it now.
             self.unserved.remove(&key);
@@ -341,7 +341,7 @@ impl<S: Storage> Engine<S> {
         flow: &str,
         response: wire::SyncResponse,
     ) {
-        let key = (peer.clone(), flow.to_string());
+        let key = (*peer, flow.to_string());
         let Some(mut client) = self.clients.remove(&key) else {
             return; // a conversation we have since dropped
         };
@@ -390,7 +390,7 @@ impl<S: Storage> Engine<S> {
 
     /// One of our sync requests failed (timeout, disconnect): let the next tick retry.
     pub fn sync_failed(&mut self, peer: &NodeId, flow: &str) {
-        if let Some(c) = self.clients.get_mut(&(peer.clone(), flow.to_string())) {
+        if let Some(c) = self.clients.get_mut(&(*peer, flow.to_string())) {
             c.awaiting = false;
             // The message is lost, not in flight: without this, Automerge would hold back the
             // next one (a fetch of announced heads) until anti-entropy restarted the session.

@@ -52,7 +52,7 @@ impl<S: Storage> Engine<S> {
 
     /// The gossip topics this node subscribes to: those of the flows it holds as a member.
     pub fn member_topics(&mut self) -> Vec<String> {
-        let me = self.me.clone();
+        let me = self.me;
         let mut out = Vec::new();
         for flow in self.repo.flow_ids().unwrap_or_default() {
             if self.is_member(&flow, &me) {
@@ -64,7 +64,7 @@ impl<S: Storage> Engine<S> {
 
     /// The flow's gossip topic, if this node holds it as a member (see [`Engine::member_topics`]).
     pub fn member_topic(&mut self, flow: &str) -> Option<String> {
-        let me = self.me.clone();
+        let me = self.me;
         (self.holds(flow) && self.is_member(flow, &me)).then(|| self.topic(flow))
     }
 
@@ -76,7 +76,7 @@ impl<S: Storage> Engine<S> {
             self.subscribers
                 .entry(flow)
                 .or_default()
-                .insert(peer.clone());
+                .insert(*peer);
         }
     }
 
@@ -103,7 +103,7 @@ impl<S: Storage> Engine<S> {
     ) {
         self.stats.announcements_received += 1;
         if let Some(verdict) = self.judge_announcement(&id, via, source, topic, data) {
-            self.out.validate(id, via.clone(), verdict);
+            self.out.validate(id, *via, verdict);
         }
     }
 
@@ -115,7 +115,7 @@ impl<S: Storage> Engine<S> {
         topic: &str,
         data: &[u8],
     ) -> Option<Verdict> {
-        let me = self.me.clone();
+        let me = self.me;
         let flow = match self.flow_of_topic(topic) {
             Some(f) if matches!(self.repo.holds(&f), Ok(true)) && self.is_member(&f, &me) => f,
             // A topic this node relays without being a member: content-free, pass it on.
@@ -145,7 +145,7 @@ impl<S: Storage> Engine<S> {
             .holders
             .entry(flow.clone())
             .or_default()
-            .insert(source.clone())
+            .insert(*source)
         {
             self.changed.insert(flow.clone());
         }
@@ -169,7 +169,7 @@ impl<S: Storage> Engine<S> {
                 .keys()
                 .filter(|p| *p != via)
                 .cloned()
-                .chain(std::iter::once(via.clone()))
+                .chain(std::iter::once(*via))
                 .collect();
             let member = candidates.into_iter().find(|p| self.is_member(&flow, p));
             if let Some(p) = member {
@@ -183,7 +183,7 @@ impl<S: Storage> Engine<S> {
         }
         self.waiting.push_back(Waiting {
             id: id.to_vec(),
-            via: via.clone(),
+            via: *via,
             flow,
             heads: missing,
             since: self.now,

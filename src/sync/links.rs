@@ -42,7 +42,7 @@ impl<S: Storage> Engine<S> {
     /// [`MIN_MEMBER_LINKS`] members connected, how many more to connect and the candidates in
     /// order of preference.
     pub fn reach_plan(&mut self) -> (Vec<NodeId>, Vec<(usize, Vec<NodeId>)>) {
-        let me = self.me.clone();
+        let me = self.me;
         let mut must = Vec::new();
         let mut more = Vec::new();
         for flow in self.repo.flow_ids().unwrap_or_default() {
@@ -68,10 +68,10 @@ impl<S: Storage> Engine<S> {
                         .take(DELIVERERS)
                         .count();
                     if before < DELIVERERS {
-                        must.push(m.clone());
+                        must.push(*m);
                     }
                 }
-                candidates.push(m.clone());
+                candidates.push(*m);
             }
             if connected < MIN_MEMBER_LINKS && !candidates.is_empty() {
                 // Holders first (they can serve the flow), each group in this node's own order.

@@ -146,7 +146,7 @@ const MAX_REFUSED: usize = 4096;
 
 impl<S: Storage> Engine<S> {
     pub fn new(repo: Repo<S>) -> Engine<S> {
-        let me = repo.identity().node_id().clone();
+        let me = *repo.identity().node_id();
         Engine {
             repo,
             me,
@@ -268,7 +268,7 @@ impl<S: Storage> Engine<S> {
 
     pub fn peer_connected(&mut self, peer: NodeId, now: u64) {
         self.now = now;
-        self.connected.insert(peer.clone(), now);
+        self.connected.insert(peer, now);
         for flow in self.shared_flows(&peer) {
             self.changed.insert(flow.clone());
             self.sync_with(&peer, &flow);
@@ -298,10 +298,9 @@ impl<S: Storage> Engine<S> {
         names
             .into_iter()
             .filter_map(|(n, _)| {
-                self.parsed
+                *self.parsed
                     .entry(n)
                     .or_insert_with_key(|n| n.parse().ok())
-                    .clone()
             })
             .collect()
     }
@@ -322,7 +321,7 @@ impl<S: Storage> Engine<S> {
         self.topic(&flow);
         self.touch(&flow);
         self.changed.insert(flow.clone());
-        let me = self.me.clone();
+        let me = self.me;
         let connected: Vec<NodeId> = self
             .member_ids(&flow)
             .into_iter()
@@ -360,7 +359,7 @@ impl<S: Storage> Engine<S> {
             .filter(|(n, _)| n != self.me.as_str())
             .map(|(n, _)| {
                 let node: Option<NodeId> = n.parse().ok();
-                let key = node.as_ref().map(|p| (p.clone(), flow.to_string()));
+                let key = node.as_ref().map(|p| (*p, flow.to_string()));
                 let session =
                     key.as_ref()
                         .and_then(|k| match (self.clients.get(k), self.servers.get(k)) {

@@ -71,7 +71,7 @@ pub(super) struct Outbox {
 impl Outbox {
     pub(super) fn sync(&mut self, peer: &NodeId, flow: &str, request: wire::SyncRequest) {
         self.queue.push_back(Io::Sync {
-            peer: peer.clone(),
+            peer: *peer,
             flow: flow.to_string(),
             request,
         });
@@ -79,7 +79,7 @@ impl Outbox {
 
     pub(super) fn join(&mut self, peer: &NodeId, flow: &str, request: JoinRequest) {
         self.queue.push_back(Io::Join {
-            peer: peer.clone(),
+            peer: *peer,
             flow: flow.to_string(),
             request,
         });
@@ -87,7 +87,7 @@ impl Outbox {
 
     pub(super) fn penalize(&mut self, peer: &NodeId, reason: String) {
         self.queue.push_back(Io::Penalize {
-            peer: peer.clone(),
+            peer: *peer,
             reason,
         });
     }
@@ -101,7 +101,7 @@ impl Outbox {
     }
 
     pub(super) fn dial(&mut self, peer: &NodeId) {
-        self.queue.push_back(Io::Dial { peer: peer.clone() });
+        self.queue.push_back(Io::Dial { peer: *peer });
     }
 
     pub(super) fn event(&mut self, event: Event) {

@@ -34,18 +34,18 @@ impl<S: Storage> Engine<S> {
                             }
                         }
                     }
-                    None => queue.push((peer.clone(), heads.to_vec())),
+                    None => queue.push((*peer, heads.to_vec())),
                 }
                 return;
             }
             _ => {
-                self.pulling.insert(flow.to_string(), peer.clone());
+                self.pulling.insert(flow.to_string(), *peer);
             }
         }
         let now = self.now;
         let c = self
             .clients
-            .entry((peer.clone(), flow.to_string()))
+            .entry((*peer, flow.to_string()))
             .or_insert_with(|| Conversation::fresh(1, now, None));
         for h in heads {
             if !c.wanted.contains(h) {

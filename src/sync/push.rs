@@ -20,7 +20,7 @@ impl<S: Storage> Engine<S> {
     pub fn local_change(&mut self, flow: &str) {
         self.touch(flow);
         self.changed.insert(flow.to_string());
-        let me = self.me.clone();
+        let me = self.me;
         let others: Vec<NodeId> = self
             .member_ids(flow)
             .into_iter()

@@ -31,11 +31,11 @@ fn ticket(via: &NodeId) -> wire::InviteTicket {
 #[test]
 fn a_join_nobody_answers_fails_at_its_deadline_and_is_forgotten() {
     let mut e = engine("joiner");
-    let member = Identity::from_seed("member", "Member").node_id().clone();
+    let member = *Identity::from_seed("member", "Member").node_id();
     e.tick(1_000);
     let t = ticket(&member);
     let via = e.start_join(&t, "Joiner").unwrap();
-    assert_eq!(via, vec![member.clone()]);
+    assert_eq!(via, vec![member]);
     let asked = drain(&mut e);
     assert!(
         matches!(&asked[..], [Io::Join { peer, .. }] if *peer == member),
@@ -64,7 +64,7 @@ fn a_join_nobody_answers_fails_at_its_deadline_and_is_forgotten() {
 #[test]
 fn a_join_refused_by_every_member_fails_at_once() {
     let mut e = engine("joiner");
-    let member = Identity::from_seed("member", "Member").node_id().clone();
+    let member = *Identity::from_seed("member", "Member").node_id();
     let t = ticket(&member);
     e.start_join(&t, "Joiner").unwrap();
     drain(&mut e);
@@ -80,9 +80,8 @@ fn flow_with_others(e: &mut Engine, seed: &str, n: usize) -> (String, Vec<NodeId
     let flow = e.repo().create_flow("T", "N", Role::Customer).unwrap();
     let ids: Vec<NodeId> = (0..n)
         .map(|i| {
-            Identity::from_seed(&format!("{seed}-{i}"), "Peer")
+            *Identity::from_seed(&format!("{seed}-{i}"), "Peer")
                 .node_id()
-                .clone()
         })
         .collect();
     for id in &ids {
@@ -102,7 +101,7 @@ fn one_local_change(others: usize) -> (usize, usize) {
     let mut e = engine("author");
     let (flow, ids) = flow_with_others(&mut e, "other", others);
     for id in &ids {
-        e.peer_connected(id.clone(), 1);
+        e.peer_connected(*id, 1);
     }
     // Each conversation has a request in flight; answering "nothing to say" lets it rest, so
     // the change below starts new exchanges.
@@ -152,7 +151,7 @@ fn member_of_flow(n: usize) -> (Engine, String, Vec<NodeId>) {
     let (flow, ids) = flow_with_others(&mut e, "peer", n);
     e.member_topics();
     for id in &ids {
-        e.peer_connected(id.clone(), 1);
+        e.peer_connected(*id, 1);
     }
     rest(&mut e);
     (e, flow, ids)
@@ -198,7 +197,7 @@ fn verdicts(out: &[Io]) -> Vec<(Vec<u8>, Verdict)> {
 fn syncs_to(out: &[Io]) -> Vec<NodeId> {
     out.iter()
         .filter_map(|io| match io {
-            Io::Sync { peer, .. } => Some(peer.clone()),
+            Io::Sync { peer, .. } => Some(*peer),
             _ => None,
         })
         .collect()
@@ -219,7 +218,7 @@ fn an_announcement_of_missing_heads_waits_for_them_and_is_dropped_after_its_pati
     );
     assert_eq!(
         syncs_to(&out),
-        vec![ids[0].clone()],
+        vec![ids[0]],
         "fetched from the announcer"
     );
     e.tick(10_000 + ANNOUNCE_PATIENCE_MS - 1);
@@ -237,7 +236,7 @@ fn an_announcement_of_missing_heads_waits_for_them_and_is_dropped_after_its_pati
     let ours = e.repo().doc(&flow).unwrap().get_heads();
     let held = wire::encode_announce(&ours);
     e.handle_announcement(vec![2], &ids[1], Some(&ids[1]), &topic, &held);
-    let stranger = Identity::from_seed("stranger", "S").node_id().clone();
+    let stranger = *Identity::from_seed("stranger", "S").node_id();
     e.handle_announcement(vec![3], &ids[1], Some(&stranger), &topic, &held);
     assert_eq!(
         verdicts(&drain(&mut e)),
@@ -275,7 +274,7 @@ fn one_fetch_per_flow_at_a_time_and_the_next_announcer_after_it() {
         &wire::encode_announce(&[unknown_head(1)]),
     );
     let first = drain(&mut e);
-    assert_eq!(syncs_to(&first), vec![a.clone()]);
+    assert_eq!(syncs_to(&first), vec![*a]);
     e.handle_announcement(
         vec![2],
         b,
@@ -292,7 +291,7 @@ fn one_fetch_per_flow_at_a_time_and_the_next_announcer_after_it() {
         result: Some(sync_response::Result::Unavailable(true)),
     };
     e.handle_sync_response(a, &flow, unavailable);
-    assert_eq!(syncs_to(&drain(&mut e)), vec![b.clone()]);
+    assert_eq!(syncs_to(&drain(&mut e)), vec![*b]);
 }
 
 #[test]
@@ -314,9 +313,9 @@ fn member_links_ask_for_enough_members_and_holders_come_first() {
     let (flow, ids) = flow_with_others(&mut e, "link", MIN_MEMBER_LINKS + 3);
     e.member_topics();
     // One member is connected; the last one announced, so it is known to hold the flow.
-    e.peer_connected(ids[0].clone(), 1);
+    e.peer_connected(ids[0], 1);
     rest(&mut e);
-    let holder = ids.last().unwrap().clone();
+    let holder = *ids.last().unwrap();
     let topic = wire::flow_topic(&flow);
     let heads = e.repo().doc(&flow).unwrap().get_heads();
     e.handle_announcement(
@@ -359,7 +358,7 @@ fn after_a_lost_request_the_next_fetch_goes_out_at_once() {
         &topic,
         &wire::encode_announce(&[unknown_head(1)]),
     );
-    assert_eq!(syncs_to(&drain(&mut e)), vec![a.clone()]);
+    assert_eq!(syncs_to(&drain(&mut e)), vec![*a]);
     // The request times out; A announces again: the fetch is asked for now, not after an
     // anti-entropy round.
     e.sync_failed(a, &flow);
@@ -370,7 +369,7 @@ fn after_a_lost_request_the_next_fetch_goes_out_at_once() {
         &topic,
         &wire::encode_announce(&[unknown_head(2)]),
     );
-    assert_eq!(syncs_to(&drain(&mut e)), vec![a.clone()]);
+    assert_eq!(syncs_to(&drain(&mut e)), vec![*a]);
 }
 
 /// Runs every exchange between `a` and `b` until both outboxes are empty.
@@ -380,7 +379,7 @@ fn exchange(a: &mut Engine, b: &mut Engine) {
 
 /// Delivers `from`'s sync requests to `to` and the answers back; whether there were any.
 fn one_way(from: &mut Engine, to: &mut Engine) -> bool {
-    let (from_id, to_id) = (from.node_id().clone(), to.node_id().clone());
+    let (from_id, to_id) = (*from.node_id(), *to.node_id());
     let mut moved = false;
     for io in drain(from) {
         if let Io::Sync {
@@ -413,7 +412,7 @@ fn arrivals_and_what_the_repository_does_are_stamped_with_the_time_given() {
     a.set_now(5, unix_ms);
     b.set_now(5, unix_ms);
     assert_eq!(b.repo().now(), unix_ms / 1000, "the repository runs at the time given");
-    a.peer_connected(b.node_id().clone(), 5);
+    a.peer_connected(*b.node_id(), 5);
     exchange(&mut a, &mut b);
     let arrivals: Vec<i64> = b.stats.arrivals.iter().map(|x| x.at_ms).collect();
     assert!(!arrivals.is_empty(), "the flow's changes arrived at B");
@@ -426,7 +425,7 @@ fn next_wake_reports_a_joins_deadline_and_nothing_once_it_passed() {
     let mut e = engine("joiner");
     e.set_now(1_000, 0);
     assert_eq!(e.next_wake(), None, "nothing to do");
-    let member = Identity::from_seed("member", "Member").node_id().clone();
+    let member = *Identity::from_seed("member", "Member").node_id();
     e.start_join(&ticket(&member), "Joiner").unwrap();
     drain(&mut e);
     assert_eq!(e.next_wake(), Some(1_000 + JOIN_PATIENCE_MS));
@@ -439,7 +438,7 @@ fn next_wake_reports_a_joins_deadline_and_nothing_once_it_passed() {
 fn next_wake_reports_an_announcements_patience() {
     let mut e = engine("member");
     let flow = e.repo().create_flow("T", "N", Role::Customer).unwrap();
-    let announcer = Identity::from_seed("announcer", "A").node_id().clone();
+    let announcer = *Identity::from_seed("announcer", "A").node_id();
     e.set_now(3_000, 0);
     e.waiting.push_back(Waiting {
         id: vec![1],

@@ -157,7 +157,7 @@ impl Sim {
 
     /// `who` makes a typed edit on top of `heads`.
     pub fn edit_change_at(&self, who: &Identity, heads: &[ChangeHash], edit: Edit) -> SignedChange {
-        let id = who.node_id().clone();
+        let id = *who.node_id();
         self.make_at(who, heads, |tx, flow| {
             edit.apply(tx, flow, &id, NOW).expect("the edit applies");
         })

@@ -392,7 +392,7 @@ pub fn edit_at(
     who: &Identity,
     edit: Edit,
 ) -> wire::SignedChange {
-    let id = who.node_id().clone();
+    let id = *who.node_id();
     change_at(doc, heads, flow, actor, who, |tx, current| {
         edit.apply(tx, current, &id, super::NOW)
             .expect("the edit applies");

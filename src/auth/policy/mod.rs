@@ -64,7 +64,7 @@ impl RoleMemo {
         if self.after.len() >= Self::MAX {
             self.after.clear();
         }
-        self.after.insert(hash, (author.clone(), role));
+        self.after.insert(hash, (*author, role));
     }
 }
 
