@@ -169,6 +169,40 @@ impl fmt::Debug for NodeId {
     }
 }
 
+#[cfg(feature = "testkit")]
+thread_local! {
+    static SEEDED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes this thread's random ids (flow, step and comment ids, incarnations, invite secrets)
+/// come from a generator seeded with `seed` instead of the operating system (`None`: from the
+/// operating system again), so that a simulation's changes, and so its run, are the same every
+/// time. With `testkit` only.
+#[cfg(feature = "testkit")]
+pub fn seed_random(seed: Option<u64>) {
+    SEEDED.with(|s| s.set(seed.map(|s| s | 1)));
+}
+
+/// Fills `buf` with random bytes: the operating system's (or, in a `testkit` build after
+/// [`seed_random`], the seeded generator's).
+pub fn random(buf: &mut [u8]) -> Result<(), getrandom::Error> {
+    #[cfg(feature = "testkit")]
+    if SEEDED.with(|s| s.get()).is_some() {
+        SEEDED.with(|s| {
+            let mut x = s.get().expect("seeded");
+            for chunk in buf.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+            }
+            s.set(Some(x));
+        });
+        return Ok(());
+    }
+    getrandom::fill(buf)
+}
+
 /// This node's secret key and name.
 #[derive(Clone)]
 pub struct Identity {
@@ -293,7 +327,7 @@ impl Identity {
         let mut actor = Vec::with_capacity(32 + INCARNATION_LEN);
         actor.extend_from_slice(self.node_id.public_key());
         let mut suffix = [0u8; INCARNATION_LEN];
-        if getrandom::fill(&mut suffix).is_err() {
+        if random(&mut suffix).is_err() {
             // No randomness: the time in nanoseconds still differs between two processes.
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

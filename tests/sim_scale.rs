@@ -39,3 +39,26 @@ fn a_thousand_members_on_a_sparse_network() {
         r.messages_in_mean
     );
 }
+
+/// The simulator is deterministic: the same seed gives the same run, to the byte.
+#[test]
+fn a_run_is_the_same_every_time() {
+    let key = |r: &coflow::sim::scenario::Report| {
+        (
+            r.spread_ms,
+            r.links,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.bytes_in_mean,
+            r.bytes_in_max,
+            r.messages_in_mean.to_bits(),
+            r.heads.clone(),
+            r.bytes_in_total,
+        )
+    };
+    let (a, b) = (one_flow(20, 2, 2, 5), one_flow(20, 2, 2, 5));
+    assert_eq!(key(&a), key(&b), "{a}\n{b}");
+    let c = one_flow(20, 2, 2, 6);
+    assert_ne!(key(&a), key(&c), "another seed, another run: {a}\n{c}");
+}

@@ -50,7 +50,7 @@ impl<S: Storage> Repo<S> {
             return Err(Error::Invalid("an invite must expire in the future".into()));
         }
         let mut secret = [0u8; 16];
-        getrandom::fill(&mut secret).map_err(|e| Error::Invalid(e.to_string()))?;
+        crate::identity::random(&mut secret).map_err(|e| Error::Invalid(e.to_string()))?;
         let expires_at = self.now() + expires_in;
         let edit = self.edit(
             flow_prefix,

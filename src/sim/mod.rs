@@ -200,6 +200,8 @@ impl Net {
     /// `n` nodes named "Node i", with keys from the seeds `sim-node-i`, each on an in-memory
     /// store.
     pub fn new(n: usize, cfg: Config) -> Net {
+        // Ids and incarnations from the seed: the same changes, sizes and hashes every run.
+        crate::identity::seed_random(Some(cfg.seed));
         let engines = (0..n)
             .map(|i| {
                 let id = Identity::from_seed(&format!("sim-node-{i}"), &format!("Node {i}"));

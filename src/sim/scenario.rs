@@ -27,6 +27,9 @@ pub struct Report {
     pub messages_in_mean: f64,
     /// Wall time of the whole run (s).
     pub wall_secs: f64,
+    /// The flow's heads at the end (the same on every node) and all bytes every node received.
+    pub heads: Vec<automerge::ChangeHash>,
+    pub bytes_in_total: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -75,6 +78,7 @@ pub fn one_flow(n: usize, known: usize, writers: usize, seed: u64) -> Report {
         ..Config::default()
     };
     let mut net = Net::new(n, cfg);
+    net.clock(0);
     let flow = net.nodes[0]
         .repo()
         .create_flow("Season vote", "Choose the kit", Role::Customer)
@@ -155,6 +159,8 @@ pub fn one_flow(n: usize, known: usize, writers: usize, seed: u64) -> Report {
     assert!(net.converged(&flow), "every node at the same heads");
     assert!(net.penalties.is_empty(), "{:?}", net.penalties);
     delays.sort_unstable();
+    let heads = net.heads(&flow)[0].clone().unwrap_or_default();
+    let bytes_in_total = net.traffic.iter().map(|t| t.bytes_in).sum();
 
     let received: Vec<(u64, u64)> = net
         .traffic
@@ -178,5 +184,7 @@ pub fn one_flow(n: usize, known: usize, writers: usize, seed: u64) -> Report {
             / n as f64
             / writers.max(1) as f64,
         wall_secs: wall.elapsed().as_secs_f64(),
+        heads,
+        bytes_in_total,
     }
 }

@@ -167,7 +167,7 @@ fn non_empty(what: &str, s: &str) -> Result<String, EditError> {
 /// A fresh random id for a step, decision, comment or invite.
 pub fn new_id() -> String {
     let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the OS random generator works");
+    crate::identity::random(&mut b).expect("the OS random generator works");
     crate::identity::hex(&b)
 }
 
