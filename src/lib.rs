@@ -22,9 +22,9 @@
 //!   changes, snapshots, the removals among each flow's changes, declined flows; group
 //!   transactions whose writes share one commit. Files: `store/mod.rs` (the traits, opening,
 //!   transactions), `schema.rs` (migrations), `flows.rs`, `changes.rs`, `peers.rs` (address
-//!   book, meta): each a table trait and its SQLite implementation; `mem.rs` (with `testkit`
+//!   book, meta): each a table trait and its SQLite implementation; `mem/` (with `testkit`
 //!   only): `MemStore`, the same rules in plain collections with an undo log, for simulations
-//!   and tests.
+//!   and tests (`mem/mod.rs`: the store, its undo log, transactions; `tables.rs`: its tables).
 //! - [`repo`]: identity + store (`Repo<S: Storage = Store>`) + accept path: local edits and received changes go through the
 //!   same verify → authorize → apply → persist path; each process writes under its own
 //!   incarnation actor; flows are read as they stand (without fallen changes); show, log,
