@@ -114,31 +114,35 @@ pub fn seed_change() -> Vec<u8> {
     change.bytes().into_owned()
 }
 
+/// The change a [`receive`] input stands for: after its mode byte, even, a signature (64 bytes)
+/// and change bytes as received; odd, change bytes that `f`'s member signs properly.
+fn received_change(f: &Fixture, data: &[u8]) -> Option<SignedChange> {
+    let (&mode, rest) = data.split_first()?;
+    if mode % 2 == 0 {
+        if rest.len() < 64 {
+            return None;
+        }
+        Some(SignedChange {
+            signature: rest[..64].to_vec(),
+            bytes: rest[64..].to_vec(),
+        })
+    } else {
+        let change = auth::parse_change(rest).ok()?;
+        Some(SignedChange {
+            signature: f.member.sign_change(&change.hash()).to_vec(),
+            bytes: rest.to_vec(),
+        })
+    }
+}
+
 /// The receive path (verify + authorize + apply) on a real flow. The first byte picks a mode:
 /// even, the rest is a signature (64 bytes) and change bytes as received; odd, the rest is
 /// change bytes that a member signs properly, so arbitrary changes get past the signature check
 /// and reach the policy and Automerge.
 pub fn receive(data: &[u8]) {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
     let f = fixture();
-    let signed = if mode % 2 == 0 {
-        if rest.len() < 64 {
-            return;
-        }
-        SignedChange {
-            signature: rest[..64].to_vec(),
-            bytes: rest[64..].to_vec(),
-        }
-    } else {
-        let Ok(change) = auth::parse_change(rest) else {
-            return;
-        };
-        SignedChange {
-            signature: f.member.sign_change(&change.hash()).to_vec(),
-            bytes: rest.to_vec(),
-        }
+    let Some(signed) = received_change(f, data) else {
+        return;
     };
     let mut doc = f.doc.clone();
     let before = doc.clone();
@@ -151,26 +155,9 @@ pub fn receive(data: &[u8]) {
 /// apply, then persist, summarize and snapshot) on the [`receive`] target's flow, held by a
 /// store; the same input as [`receive`]. Afterwards the flow must still load and read.
 pub fn receive_stored(data: &[u8]) {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
     let f = fixture();
-    let signed = if mode % 2 == 0 {
-        if rest.len() < 64 {
-            return;
-        }
-        SignedChange {
-            signature: rest[..64].to_vec(),
-            bytes: rest[64..].to_vec(),
-        }
-    } else {
-        let Ok(change) = auth::parse_change(rest) else {
-            return;
-        };
-        SignedChange {
-            signature: f.member.sign_change(&change.hash()).to_vec(),
-            bytes: rest.to_vec(),
-        }
+    let Some(signed) = received_change(f, data) else {
+        return;
     };
     let mut repo = crate::repo::Repo::new(
         crate::store::Store::in_memory().expect("a store"),
