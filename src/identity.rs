@@ -180,24 +180,21 @@ thread_local! {
 /// time. With `testkit` only.
 #[cfg(feature = "testkit")]
 pub fn seed_random(seed: Option<u64>) {
-    SEEDED.with(|s| s.set(seed.map(|s| s | 1)));
+    SEEDED.set(seed.map(|s| s | 1));
 }
 
 /// Fills `buf` with random bytes: the operating system's (or, in a `testkit` build after
 /// [`seed_random`], the seeded generator's).
 pub fn random(buf: &mut [u8]) -> Result<(), getrandom::Error> {
     #[cfg(feature = "testkit")]
-    if SEEDED.with(|s| s.get()).is_some() {
-        SEEDED.with(|s| {
-            let mut x = s.get().expect("seeded");
-            for chunk in buf.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-            }
-            s.set(Some(x));
-        });
+    if let Some(mut x) = SEEDED.get() {
+        for chunk in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        SEEDED.set(Some(x));
         return Ok(());
     }
     getrandom::fill(buf)
