@@ -360,20 +360,18 @@ impl<S: Storage> Engine<S> {
             .map(|(n, _)| {
                 let node: Option<NodeId> = n.parse().ok();
                 let key = node.as_ref().map(|p| (*p, flow.to_string()));
-                let session =
-                    key.as_ref()
-                        .and_then(|k| match (self.clients.get(k), self.servers.get(k)) {
-                            (Some(c), Some(s)) if s.last_activity > c.last_activity => Some(s),
-                            (Some(c), _) => Some(c),
-                            (None, s) => s,
-                        });
-                let in_sync = session.and_then(|s| {
-                    s.state.their_heads.as_ref().map(|t| {
-                        let mut t = t.clone();
-                        t.sort();
-                        t == heads
-                    })
-                });
+                // What either conversation last heard of the peer's heads: a peer never loses
+                // changes, so heads it once held equal to ours mean it holds all we hold, even
+                // if a request it sent before that arrived later.
+                let heard: Vec<Vec<automerge::ChangeHash>> = key
+                    .as_ref()
+                    .map(|k| [self.clients.get(k), self.servers.get(k)])
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|s| s.state.their_heads.as_ref().map(|t| sorted(t.clone())))
+                    .collect();
+                let in_sync = (!heard.is_empty()).then(|| heard.contains(&heads));
                 MemberSync {
                     connected: node
                         .as_ref()
