@@ -250,6 +250,7 @@
     else if (path.startsWith('/flow/') && path.length > 6) page = flowPage(decodeURIComponent(path.slice(6)));
     else page = flowsPage();
     state.page = page;
+    document.title = page.title ? page.title + ' · coflow' : 'coflow';
     clearError();
     const main = root();
     main.replaceChildren();
@@ -398,6 +399,7 @@
 
   function joinPage() {
     return {
+      title: 'Join a flow',
       mount(main) {
         const ticket = h('textarea', {
           id: 'join-ticket',
@@ -494,6 +496,7 @@
         const flows = reply(await call({ call: 'flow_list' }), 'Flows');
         if (seq !== page.seq || state.page !== page) return;
         renderLists(flows);
+        lists.dataset.loaded = 'true';
       },
     };
 
@@ -575,8 +578,7 @@
       const start = h('button', { type: 'submit', id: 'new-start' }, 'Start flow');
       const form = h(
         'form',
-        { class: 'card', id: 'new-flow' },
-        h('h2', null, 'New flow'),
+        { id: 'new-flow' },
         field('Title', title).wrap,
         field('Need', need, 'What the customer needs, in their words.').wrap,
         field('You are', role).wrap,
@@ -594,7 +596,7 @@
           go(flowHref(created.id) || '/');
         }));
       });
-      return h('section', { 'aria-label': 'New flow' }, form);
+      return h('details', { class: 'card new-flow' }, h('summary', null, 'New flow'), form);
     }
 
     return page;
@@ -650,6 +652,7 @@
       if (seq !== page.seq || state.page !== page) return;
       view = v;
       render();
+      el.title.dataset.loaded = 'true';
     };
 
     const nameOf = (node) => {
@@ -734,11 +737,14 @@
     function waitsOn(s) {
       if (s.status === 'done' || s.status === 'skipped') return [];
       const who = [];
-      if (s.assignee) who.push(nameOf(s.assignee));
+      const name = (node) => (node === view.me ? 'you' : nameOf(node));
+      if (s.assignee) who.push(name(s.assignee));
       if (s.customer_involved) {
         const customers = view.members.filter((m) => m.role === 'customer' && !m.removed);
         if (customers.length) {
-          for (const c of customers) if (c.node_id !== s.assignee) who.push(nameOf(c.node_id) + ' (customer)');
+          for (const c of customers) {
+            if (c.node_id !== s.assignee) who.push(c.node_id === view.me ? 'you' : name(c.node_id) + ' (the customer)');
+          }
         } else {
           who.push('the customer');
         }
