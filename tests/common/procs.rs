@@ -31,20 +31,14 @@ pub struct Participant {
     starts: u32,
     port: Option<u16>,
     listen: Vec<String>,
+    /// Extra arguments for `coflow node` (such as `--web 127.0.0.1:0`).
+    pub node_args: Vec<String>,
 }
 
 impl Participant {
     /// A data dir with a key derived from the name (COFLOW_TEST_KEY_SEED is test-only).
     pub fn new(root: &std::path::Path, name: &str) -> Participant {
-        let home = root.join(name.to_lowercase());
-        let p = Participant {
-            name: name.to_string(),
-            home,
-            node: None,
-            starts: 0,
-            port: None,
-            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        };
+        let p = Participant::without_key(root, name);
         let out = p
             .command()
             .env("COFLOW_TEST_KEY_SEED", format!("e2e-{name}"))
@@ -57,6 +51,21 @@ impl Participant {
             String::from_utf8_lossy(&out.stderr)
         );
         p
+    }
+
+    /// A data dir with no key yet: the node it runs starts in setup mode (`coflow up`).
+    pub fn without_key(root: &std::path::Path, name: &str) -> Participant {
+        let home = root.join(name.to_lowercase());
+        std::fs::create_dir_all(&home).unwrap();
+        Participant {
+            name: name.to_string(),
+            home,
+            node: None,
+            starts: 0,
+            port: None,
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            node_args: Vec::new(),
+        }
     }
 
     pub fn command(&self) -> Command {
@@ -129,6 +138,7 @@ impl Participant {
             std::fs::File::create(self.home.join(format!("node-{}.log", self.starts))).unwrap();
         let mut c = self.command();
         c.args(["node", "--no-mdns"]);
+        c.args(&self.node_args);
         for l in &self.listen {
             c.args(["--listen", l]);
         }
@@ -157,6 +167,57 @@ impl Participant {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Runs `coflow up ARGS` (the node in the foreground with its web page, in setup mode while
+    /// the data dir has no key) and waits for the page's login URL in `web.url`; returns it.
+    pub fn start_up(&mut self, args: &[&str]) -> String {
+        assert!(self.node.is_none(), "{} is already running", self.name);
+        self.starts += 1;
+        let log =
+            std::fs::File::create(self.home.join(format!("node-{}.log", self.starts))).unwrap();
+        let url_file = self.home.join("web.url");
+        let _ = std::fs::remove_file(&url_file);
+        let mut c = self.command();
+        c.arg("up").args(args);
+        c.env("COFLOW_LOG", "info,libp2p=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.node = Some(c.spawn().unwrap());
+        let deadline = Instant::now() + PATIENCE;
+        let mut last = String::new();
+        loop {
+            // The same whole line on two reads in a row: not a file caught half written.
+            let url = std::fs::read_to_string(&url_file).unwrap_or_default();
+            let url = url.trim().to_string();
+            if url.starts_with("http") && url == last {
+                return url;
+            }
+            last = url;
+            if let Some(status) = self.node.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "{}'s `coflow up` exited ({status}):\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}'s `coflow up` wrote no web.url:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The running node's web page address, as `coflow --json status` reports it.
+    pub fn web_url(&self) -> String {
+        let v = self.json(&["status"]);
+        v["web"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}'s status has no web page: {v}", self.name))
+            .to_string()
     }
 
     /// Runs `coflow node` with `args`, which must make it exit with an error at start; returns
