@@ -12,18 +12,23 @@
 //!
 //! A turn's engine work (verify, authorize, apply) runs inline on the tokio worker that polls
 //! this task; only its fsync is moved off the workers (`block_in_place` in `turn.rs`). That stays
-//! so: the task owns the engine and the swarm and nothing else on the runtime is waiting behind
-//! it but the control socket's accept loop, and a turn's CPU work is bounded (at most
+//! so: the task owns the engine and the swarm, and what else runs on the runtime — the control
+//! socket's and the page's servers, which only parse requests and wait for the turn that
+//! answers them — runs on the other worker meanwhile; a turn's CPU work is bounded (at most
 //! [`MAX_INPUTS_PER_TURN`] inputs, each message at most `wire::MAX_SYNC_MESSAGE` bytes and
 //! `wire::MAX_CHANGES_PER_MESSAGE` changes, whose signatures are checked as one batch), so it
 //! holds a worker for milliseconds, not for a blocking wait. A node that shares a runtime with
 //! latency-sensitive tasks should give it a runtime (or thread) of its own.
 //!
+//! With its page served ([`NodeOptions::web`]) on a data dir that has no key yet, the node
+//! first answers only `status` and the page's `init`, which makes the key; then it starts.
+//!
 //! `mod.rs` holds [`run`], the data dir's locks, listening and the turn loop; `turn.rs` a turn's
 //! end (commit, held responses, the engine's `Io`); `swarm.rs` connections, identify, mDNS and
 //! dialing; `rr.rs` the two request-response protocols; `gossip.rs` topics and announcements;
 //! `dht.rs` Kademlia; `peers.rs` the `PeerBook` of per-peer state;
-//! `control.rs` the control socket; `faults.rs` test fault injection.
+//! `control.rs` the control socket; `faults.rs` test fault injection; the page is
+//! [`crate::web`].
 
 mod control;
 mod dht;
