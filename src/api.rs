@@ -10,7 +10,6 @@
 //! runs.
 
 use std::fs::File;
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -90,6 +89,11 @@ pub enum Call {
     TestHeal,
     /// The sync engine's counters and recent arrivals (tests and benchmarks).
     Stats,
+    /// Make this node's key with the given name: answered only by a node started (with its
+    /// page) on a data dir that has no key yet (see [`Status::setup`]).
+    Init {
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -100,6 +104,12 @@ pub struct Status {
     pub listen: Vec<String>,
     pub peers: usize,
     pub flows: usize,
+    /// The page's login URL, while the node serves it.
+    #[serde(default)]
+    pub web: Option<String>,
+    /// The node runs without a key yet: its page asks for a name (`Call::Init`).
+    #[serde(default)]
+    pub setup: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -178,6 +188,11 @@ pub fn execute(repo: &mut Repo, call: Call) -> Result<Reply> {
             expires_in,
             uses,
         } => Reply::Invited(repo.invite(&flow, role, expires_in, uses)?),
+        Call::Init { .. } => {
+            return Err(Error::Invalid(
+                "this node already has its key and name".into(),
+            ))
+        }
         Call::Status
         | Call::Peers
         | Call::Stats
@@ -207,6 +222,8 @@ impl Handle for Local {
                 listen: Vec::new(),
                 peers: 0,
                 flows: self.repo.flow_ids()?.len(),
+                web: None,
+                setup: false,
             })),
             Call::Peers => {
                 let rows = self.repo.store().reader().peers()?;
@@ -242,7 +259,7 @@ impl Handle for Remote {
             Call::Join { .. } => Duration::from_secs(90),
             _ => Duration::from_secs(60),
         };
-        let (status, body) = http_call(&self.socket, &body, timeout)
+        let (status, body) = post(&self.socket, body, timeout)
             .map_err(|e| Error::Invalid(format!("cannot talk to the node: {e}")))?;
         if status == 200 {
             serde_json::from_slice(&body)
@@ -258,6 +275,52 @@ impl Handle for Remote {
             Err(Error::Remote(msg))
         }
     }
+}
+
+/// One `POST /v1/call` over the Unix socket (hyper, on a runtime of its own: the CLI has none,
+/// and a caller inside one gets a thread of its own); the status code and the body.
+fn post(socket: &Path, body: Vec<u8>, timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+    let run = move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async move {
+                tokio::time::timeout(timeout, exchange(socket, body))
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::Error::other("no answer in time")))
+            })
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(run).join().expect("the call's thread does not panic"))
+    } else {
+        run()
+    }
+}
+
+async fn exchange(socket: &Path, body: Vec<u8>) -> std::io::Result<(u16, Vec<u8>)> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+    let conn = tokio::spawn(conn);
+    let request = hyper::Request::post("/v1/call")
+        .header(hyper::header::HOST, "localhost")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(std::io::Error::other)?;
+    let response = tx.send_request(request).await.map_err(std::io::Error::other)?;
+    let status = response.status().as_u16();
+    let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .to_bytes()
+        .to_vec();
+    drop(tx);
+    conn.abort();
+    Ok((status, body))
 }
 
 /// The data dir's lock file (a node holds it exclusively, a local command shared).
@@ -312,109 +375,4 @@ pub fn open(home: &Path) -> Result<Box<dyn Handle>> {
     Err(Error::Invalid(
         "a node holds this data dir but its control socket does not answer".into(),
     ))
-}
-
-/// One HTTP/1.1 POST over a Unix socket; returns the status code and the body.
-fn http_call(socket: &Path, body: &[u8], timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "POST /v1/call HTTP/1.1\r\nHost: coflow\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(body)?;
-    let mut buf = Vec::new();
-    s.take(MAX_BODY as u64 + 64 * 1024).read_to_end(&mut buf)?;
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(bad)?;
-    let head = std::str::from_utf8(&buf[..split]).map_err(|_| bad())?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    Ok((status, buf[split + 4..].to_vec()))
-}
-
-/// A parsed control request (the node's side).
-pub struct HttpRequest {
-    pub method: String,
-    pub path: String,
-    pub body: Vec<u8>,
-}
-
-/// Reads one HTTP/1.1 request with a bounded header and body.
-pub async fn read_request<R: tokio::io::AsyncRead + Unpin>(
-    r: &mut R,
-) -> std::io::Result<HttpRequest> {
-    use tokio::io::AsyncReadExt;
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let split = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
-        }
-        if buf.len() > 16 * 1024 {
-            return Err(bad("header too large"));
-        }
-        let n = r.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(bad("connection closed"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buf[..split]).map_err(|_| bad("header not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or("").split_whitespace();
-    let method = first.next().unwrap_or("").to_string();
-    let path = first.next().unwrap_or("").to_string();
-    let mut len = 0usize;
-    for line in lines {
-        if let Some((k, v)) = line.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().map_err(|_| bad("bad content-length"))?;
-            }
-        }
-    }
-    if len > MAX_BODY {
-        return Err(bad("body too large"));
-    }
-    let mut body = buf[split + 4..].to_vec();
-    while body.len() < len {
-        let n = r.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(bad("body cut short"));
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(len);
-    Ok(HttpRequest { method, path, body })
-}
-
-/// Writes an HTTP/1.1 response with a JSON body.
-pub async fn write_response<W: tokio::io::AsyncWrite + Unpin>(
-    w: &mut W,
-    status: u16,
-    body: &[u8],
-) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        _ => "Error",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    w.write_all(head.as_bytes()).await?;
-    w.write_all(body).await?;
-    w.flush().await
 }

@@ -332,6 +332,10 @@ impl InProcessNode {
             bootstrap,
             mdns: false,
             limits: crate::net::Limits::default(),
+            web: None,
+            web_fall_back: false,
+            print_url: false,
+            open_page: false,
         };
         let task = runtime.spawn(crate::node::run(opts, async {
             let _ = stopped.await;

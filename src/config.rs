@@ -11,6 +11,10 @@
 //! max_incoming = 192          # of which inbound
 //! max_pending_incoming = 32   # inbound handshakes at once
 //! max_per_peer = 2            # connections to one peer
+//!
+//! [web]
+//! listen = "127.0.0.1:7780"   # the page (loopback only); a free port if this one is taken
+//! enabled = true
 //! ```
 
 use std::path::Path;
@@ -33,6 +37,25 @@ pub struct Config {
     /// Discover peers on the local network.
     pub mdns: bool,
     pub limits: LimitsConfig,
+    pub web: WebConfig,
+}
+
+/// The page the node serves (see [`crate::web`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// A loopback address and port.
+    pub listen: String,
+    pub enabled: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen: crate::web::DEFAULT_LISTEN.to_string(),
+            enabled: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,6 +74,7 @@ impl Default for Config {
             bootstrap: Vec::new(),
             mdns: true,
             limits: LimitsConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -104,6 +128,16 @@ impl Config {
                 Error::Invalid(format!("{}: '{a}' is not a multiaddr", path.display()))
             })?;
         }
+        match self.web.listen.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => {}
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "{}: web.listen '{}' is not a loopback address and port (e.g. 127.0.0.1:7780)",
+                    path.display(),
+                    self.web.listen
+                )))
+            }
+        }
         let l = &self.limits;
         if l.max_established == 0 || l.max_per_peer == 0 || l.max_incoming > l.max_established {
             return Err(Error::Invalid(format!(
@@ -112,6 +146,11 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// Where the page is served, if it is (the address was checked at load).
+    pub fn web_addr(&self) -> Option<std::net::SocketAddr> {
+        self.web.enabled.then(|| self.web.listen.parse().ok()).flatten()
     }
 
     pub fn listen_addrs(&self) -> Vec<libp2p::Multiaddr> {
@@ -154,6 +193,8 @@ mod tests {
             "mdsn = true",
             "listen = 5",
             "[limits]\nmax_per_peer = 0",
+            "[web]\nlisten = \"0.0.0.0:7780\"",
+            "[web]\nlisten = \"localhost\"",
         ] {
             std::fs::write(dir.path().join(CONFIG_FILE), bad).unwrap();
             let err = Config::load(dir.path()).unwrap_err().to_string();

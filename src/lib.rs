@@ -10,7 +10,8 @@
 //! - [`identity`]: the node key (ed25519), `NodeId` (= libp2p `PeerId`; `Copy`, converted to and
 //!   from a `PeerId` through the key's bytes), change signing, the key file.
 //! - [`flow`]: the flow document schema: typed reads (`Reader`, at any heads), edits (`Edit`),
-//!   and what a change did, read from its operations (`History`).
+//!   what a change did, read from its operations (`History`), and what a flow waits on a
+//!   member for (`waits.rs`).
 //! - [`auth`]: signed changes and the accept path: batch signature verification, dependency
 //!   ordering, batch apply, [`auth::policy`], the role policy evaluated in each change's
 //!   causal past (with a memo of authors' roles along chains of their changes; `policy/place.rs`
@@ -72,9 +73,15 @@
 //!   changed, all of them every 10 s); `peers.rs`: the `PeerBook`
 //!   of per-peer state (addresses, backoff, bans, penalized peers waiting to be blocked,
 //!   budgets, lookups), each bounded;
-//!   `control.rs`: the control API server; `faults.rs`: test fault injection.
+//!   `control.rs`: the control socket (axum over the Unix socket) and the calls the runtime
+//!   answers itself; `faults.rs`: test fault injection. Started on a data dir with no key and
+//!   its page served, the node first answers only the page's `init` (which makes the key).
 //! - [`api`]: the control API: `Call`/`Reply`, the `Handle` trait with a local (store) and a
-//!   remote (Unix socket) transport.
+//!   remote transport (HTTP over the Unix socket, a hyper client).
+//! - [`web`]: the page the node serves on loopback (`web/mod.rs`: binding, the login token and
+//!   cookie, the Host, Origin and size checks, security headers, server-sent events of what
+//!   changed; `http.rs`: the `POST /v1/call` handler and the connection-bounded listener the
+//!   control socket shares; `assets.rs`: `web/index.html`, `app.js`, `app.css`, compiled in).
 //! - [`cluster`]: several nodes on one machine (as processes, and with `testkit` as tasks),
 //!   driven through the control API: used by the demo, the examples and benchmarks.
 //! - [`demo`]: `coflow demo`, the tailor's story on three real nodes.
@@ -114,7 +121,7 @@ pub mod sim;
 
 internal!(
     api, auth, clock, cluster, config, demo, export, flow, identity, net, node, repo, store, sync,
-    wire,
+    web, wire,
 );
 
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = coflow::cli::Cli::parse();
     let default = match cli.command {
-        coflow::cli::Command::Node(_) => "info",
+        Some(coflow::cli::Command::Node(_) | coflow::cli::Command::Up(_)) | None => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("COFLOW_LOG")

@@ -102,7 +102,7 @@ fn the_customers_own_story() {
     let list = alice.json(&["flow", "list"]);
     assert_eq!(
         list,
-        serde_json::json!([{"id": f, "title": "Navy suit", "status": "open", "pending": false}])
+        serde_json::json!([{"id": f, "title": "Navy suit", "status": "open", "pending": false, "waiting": []}])
     );
 
     let cloth = alice.json(&["step", "add", short, "Choose the cloth", "--customer"]);

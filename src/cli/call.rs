@@ -140,6 +140,8 @@ pub(super) fn to_call(command: Command) -> Result<Call> {
         },
         Command::Init { .. }
         | Command::Node(_)
+        | Command::Up(_)
+        | Command::Open
         | Command::Demo { .. }
         | Command::Config(_)
         | Command::Doctor => {

@@ -28,8 +28,9 @@ pub struct Cli {
     /// Print data as JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// With no command: `coflow up`.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,7 +47,12 @@ pub enum Command {
     },
     /// Print this node's id and name.
     Id,
-    /// Run the node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
+    /// Start the node and open its page in the browser (what `coflow` alone does). With no key
+    /// yet, the page first asks for a name. Ctrl-C or SIGTERM stops it cleanly.
+    Up(UpArgs),
+    /// Open the running node's page in the default browser, logged in (prints its URL too).
+    Open,
+    /// Run the node in the foreground, serving its page too (Ctrl-C or SIGTERM stops it cleanly).
     Node(NodeArgs),
     /// The tailor's story on three real nodes on this machine, narrated.
     Demo {
@@ -141,7 +147,7 @@ pub enum ConfigCmd {
     Show,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct NodeArgs {
     /// Address to listen on (repeatable; replaces the config's `listen`); default: all IPv4
     /// interfaces, the port used last time.
@@ -154,6 +160,22 @@ pub struct NodeArgs {
     /// Do not discover peers on the local network.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Serve the page on this loopback address (replaces the config's `web.listen`), e.g.
+    /// 127.0.0.1:7780; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR")]
+    pub web: Option<std::net::SocketAddr>,
+    /// Do not serve the page.
+    #[arg(long, conflicts_with = "web")]
+    pub no_web: bool,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Do not open a browser (the page's URL is printed on stdout either way).
+    #[arg(long)]
+    pub no_open: bool,
 }
 
 #[derive(Args, Debug)]
@@ -303,9 +325,14 @@ fn parse_creator_role(s: &str) -> std::result::Result<Role, String> {
 
 /// The data dir: `--home`, `$COFLOW_HOME`, else the platform data dir.
 pub fn home_dir(cli: &Cli) -> Result<PathBuf> {
-    if let Some(h) = &cli.home {
-        return Ok(h.clone());
+    match &cli.home {
+        Some(h) => Ok(h.clone()),
+        None => default_home(),
     }
+}
+
+/// The platform's data dir for coflow.
+fn default_home() -> Result<PathBuf> {
     directories::ProjectDirs::from("", "", "coflow")
         .map(|d| d.data_dir().to_path_buf())
         .ok_or_else(|| Error::Invalid("no home directory; pass --home DIR".into()))
@@ -313,12 +340,16 @@ pub fn home_dir(cli: &Cli) -> Result<PathBuf> {
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
-    if let Command::Demo { keep } = cli.command {
+    let command = cli.command.unwrap_or(Command::Up(UpArgs::default()));
+    if let Command::Demo { keep } = command {
         return crate::demo::run(keep);
     }
-    let home = home_dir(&cli)?;
+    let home = match &cli.home {
+        Some(h) => h.clone(),
+        None => default_home()?,
+    };
     let out = print::Out { json: cli.json };
-    match cli.command {
+    match command {
         Command::Init {
             new_store: true, ..
         } => {
@@ -338,7 +369,9 @@ pub fn run(cli: Cli) -> Result<()> {
             eprintln!("created identity '{}' in {}", id.name(), home.display());
             out.id(id.node_id().as_str(), id.name())
         }
-        Command::Node(args) => run_node(home, args),
+        Command::Node(args) => run_node(home, args, false, false),
+        Command::Up(args) => run_node(home, args.node, true, !args.no_open),
+        Command::Open => open_page(&home),
         Command::Doctor => doctor::command(&home, &out),
         Command::Config(ConfigCmd::Show) => out.config(&crate::config::Config::load(&home)?),
         Command::Flow(FlowCmd::Export(args)) => export(&mut *api::open(&home)?, args),
@@ -419,8 +452,37 @@ fn export(handle: &mut dyn api::Handle, args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_node(home: PathBuf, args: NodeArgs) -> Result<()> {
+/// Prints the running node's page URL and opens it in the default browser.
+fn open_page(home: &std::path::Path) -> Result<()> {
+    let Reply::Status(status) = api::open(home)?.call(Call::Status)? else {
+        return Err(Error::Invalid("unexpected answer to a status call".into()));
+    };
+    let url = match status.web {
+        Some(url) if status.running => url,
+        _ if !status.running => {
+            return Err(Error::Invalid(
+                "the node is not running: start it with `coflow up`".into(),
+            ))
+        }
+        _ => {
+            return Err(Error::Invalid(
+                "the node runs without its page (`--no-web`, or `web.enabled = false`)".into(),
+            ))
+        }
+    };
+    println!("{url}");
+    webbrowser::open(&url)
+        .map_err(|e| Error::Invalid(format!("cannot open a browser ({e}): open the URL above")))
+}
+
+/// Runs the node; `up`: print the page's URL on stdout, and `open` it in a browser.
+fn run_node(home: PathBuf, args: NodeArgs, up: bool, open: bool) -> Result<()> {
     let config = crate::config::Config::load(&home)?;
+    let web = if args.no_web {
+        None
+    } else {
+        args.web.or(config.web_addr())
+    };
     let opts = crate::node::NodeOptions {
         listen: if args.listen.is_empty() {
             config.listen_addrs()
@@ -434,6 +496,12 @@ fn run_node(home: PathBuf, args: NodeArgs) -> Result<()> {
         },
         mdns: config.mdns && !args.no_mdns,
         limits: (&config.limits).into(),
+        // The configured address may be taken by another node on this machine: a free port
+        // then. An address given on the command line is served or refused.
+        web_fall_back: args.web.is_none(),
+        web,
+        print_url: up,
+        open_page: open,
         home,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -150,6 +150,14 @@ impl Out {
             for a in &s.listen {
                 t.push_str(&format!("listening on {}\n", one_line(a)));
             }
+            if let Some(url) = &s.web {
+                // The token stays out of a screen others may see: `coflow open` uses it.
+                let page = url.split("/login").next().unwrap_or_default();
+                t.push_str(&format!("page: {} (`coflow open`)\n", one_line(page)));
+            }
+            if s.setup {
+                t.push_str("no key yet: choose a name on the page\n");
+            }
             emit(&t);
         }
         Ok(())
@@ -208,15 +216,24 @@ impl Out {
                     if let Some(offer) = &l.offer {
                         v["offer"] = json!(offer);
                     }
+                    v["waiting"] = json!(l.waiting);
                     v
                 })
                 .collect();
             emit_json(&v);
         } else {
             let mut s = String::new();
-            for r in rows.iter().filter(|l| !l.pending).map(|l| &l.row) {
+            // What waits on this node's user first.
+            let mut held: Vec<&Listed> = rows.iter().filter(|l| !l.pending).collect();
+            held.sort_by_key(|l| l.waiting.is_empty());
+            for l in held {
+                let r = &l.row;
+                let waits = match l.waiting.len() {
+                    0 => String::new(),
+                    n => format!("  ({n} waiting on you)"),
+                };
                 s.push_str(&format!(
-                    "{}  {:<9}  {}\n",
+                    "{}  {:<9}  {}{waits}\n",
                     one_line(&r.id),
                     one_line(&r.status),
                     clip(&r.title, 200)
@@ -278,6 +295,14 @@ impl Out {
                 "This node was removed from this flow: it keeps the history up to its removal \
                  and can no longer change it.\n\n",
             );
+        }
+        if !v.waiting_on_me.is_empty() {
+            let mut w = String::from("Waiting on you:\n");
+            for x in &v.waiting_on_me {
+                w.push_str(&format!("  - {}\n", clip(&x.text, 200)));
+            }
+            w.push('\n');
+            s.insert_str(0, &w);
         }
         let clashing = f.clashing_names();
         for m in f.members.iter().filter(|m| !m.removed) {

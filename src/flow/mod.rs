@@ -11,10 +11,12 @@
 mod edit;
 mod history;
 mod read;
+mod waits;
 
 pub use edit::{new_flow_ops, new_id, resolve_prefix, Applied, Edit, EditError};
 pub use history::{Did, History};
 pub use read::{invisible, Reader};
+pub use waits::Waiting;
 
 use std::collections::BTreeMap;
 use std::fmt;

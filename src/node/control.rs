@@ -1,30 +1,28 @@
-//! The control socket: a Unix socket speaking HTTP/1.1 (one `POST /v1/call` a connection),
-//! whose calls the runtime executes in its turns, and the calls it answers itself.
+//! The control socket: a Unix socket serving `POST /v1/call` (HTTP/1.1, axum), whose calls
+//! the runtime executes in its turns, and the calls it answers itself.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::post;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::watch;
 
 use super::{now_secs, peer_of, Pending, Runtime, JOIN_TIMEOUT};
 use crate::api::{self, Call, PeerInfo, Reply, Status};
 use crate::error::{Error, Result};
 use crate::store::{Peers, Storage};
+use crate::web::http::{self, Calls};
+use crate::web::Change;
 use crate::wire::InviteTicket;
 
 /// Most control connections served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 256;
-
-/// Longest a client may take to send its request (the CLI sends it at once).
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long to wait before accepting again after accepting failed (out of file descriptors).
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Binds the control socket at `path`, readable and writable by this user only.
 pub(super) fn bind(path: &Path) -> Result<UnixListener> {
@@ -39,58 +37,22 @@ pub(super) fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepts control connections and hands their calls to the runtime over `calls`.
-pub(super) async fn serve_api(listener: UnixListener, calls: mpsc::Sender<(Call, Pending)>) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let Ok((mut stream, _)) = listener.accept().await else {
-            tokio::time::sleep(ACCEPT_PAUSE).await;
-            continue;
-        };
-        let calls = calls.clone();
-        tokio::spawn(async move {
-            let (status, body) = answer(&mut stream, &calls).await;
-            let _ = api::write_response(&mut stream, status, &body).await;
-            drop(permit);
-        });
+/// Serves control connections, handing their calls to the runtime over `calls`, until `stop`
+/// turns true. The socket's mode (0600) is its authentication.
+pub(super) async fn serve_api(listener: UnixListener, calls: Calls, mut stop: watch::Receiver<bool>) {
+    let app = axum::Router::new()
+        .route("/v1/call", post(http::call))
+        .fallback(|| async { http::failure(StatusCode::NOT_FOUND, "unknown endpoint") })
+        .layer(DefaultBodyLimit::max(api::MAX_BODY))
+        .with_state(calls);
+    let served = axum::serve(http::Bounded::new(listener, MAX_CONNECTIONS), app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(target: "node", "the control socket's server stopped: {e}");
     }
-}
-
-/// Reads one request and has the runtime execute its call: the status and body to answer.
-async fn answer(
-    stream: &mut tokio::net::UnixStream,
-    calls: &mpsc::Sender<(Call, Pending)>,
-) -> (u16, Vec<u8>) {
-    let req = match tokio::time::timeout(READ_TIMEOUT, api::read_request(stream)).await {
-        Ok(Ok(req)) => req,
-        Ok(Err(e)) => return (400, error_body(&format!("bad request: {e}"))),
-        Err(_) => return (400, error_body("bad request: timed out")),
-    };
-    if req.method != "POST" || req.path != "/v1/call" {
-        return (404, error_body("unknown endpoint"));
-    }
-    let call = match serde_json::from_slice::<Call>(&req.body) {
-        Ok(call) => call,
-        Err(e) => return (400, error_body(&format!("bad call: {e}"))),
-    };
-    let (tx, rx) = oneshot::channel();
-    if calls.send((call, tx)).await.is_err() {
-        return (500, error_body("the node is shutting down"));
-    }
-    match rx.await {
-        Ok(Ok(reply)) => (200, serde_json::to_vec(&reply).expect("replies serialize")),
-        Ok(Err(e)) => (400, error_body(&e.to_string())),
-        Err(_) => (500, error_body("the node dropped the call")),
-    }
-}
-
-fn error_body(msg: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "error": msg })).expect("serializes")
 }
 
 impl Runtime {
@@ -108,11 +70,14 @@ impl Runtime {
             Call::FlowAccept { flow } => self.engine.accept(&flow).map(|id| {
                 self.refresh_members();
                 self.refresh_topics();
+                self.held.changes.push(Change::Flows);
+                self.held.changes.push(Change::Flow(id.clone()));
                 Reply::Accepted { id }
             }),
-            Call::FlowDecline { flow } => {
-                self.engine.decline(&flow).map(|id| Reply::Declined { id })
-            }
+            Call::FlowDecline { flow } => self.engine.decline(&flow).map(|id| {
+                self.held.changes.push(Change::Flows);
+                Reply::Declined { id }
+            }),
             Call::FlowShow { flow } => api::execute(self.engine.repo(), Call::FlowShow { flow })
                 .map(|r| match r {
                     Reply::Flow(mut view) => {
@@ -134,13 +99,18 @@ impl Runtime {
             Ok(Reply::Edited(e)) if touched => {
                 self.engine.local_change(&e.flow.clone());
                 self.refresh_members();
+                self.held.changes.push(Change::Flow(e.flow.clone()));
             }
             Ok(Reply::Created { id }) => {
                 let id = id.clone();
                 self.refresh_topics();
-                self.use_dht(&[id], false);
+                self.use_dht(std::slice::from_ref(&id), false);
+                self.held.changes.push(Change::Flows);
             }
-            Ok(Reply::Invited(i)) if touched => self.engine.local_change(&i.edit.flow.clone()),
+            Ok(Reply::Invited(i)) if touched => {
+                self.engine.local_change(&i.edit.flow.clone());
+                self.held.changes.push(Change::Flow(i.edit.flow.clone()));
+            }
             _ => {}
         }
         result
@@ -158,6 +128,8 @@ impl Runtime {
                 .collect(),
             peers: self.swarm.connected_peers().count(),
             flows: self.engine.repo().flow_ids().map(|f| f.len()).unwrap_or(0),
+            web: self.web.clone(),
+            setup: false,
         }
     }
 

@@ -12,18 +12,23 @@
 //!
 //! A turn's engine work (verify, authorize, apply) runs inline on the tokio worker that polls
 //! this task; only its fsync is moved off the workers (`block_in_place` in `turn.rs`). That stays
-//! so: the task owns the engine and the swarm and nothing else on the runtime is waiting behind
-//! it but the control socket's accept loop, and a turn's CPU work is bounded (at most
+//! so: the task owns the engine and the swarm, and what else runs on the runtime — the control
+//! socket's and the page's servers, which only parse requests and wait for the turn that
+//! answers them — runs on the other worker meanwhile; a turn's CPU work is bounded (at most
 //! [`MAX_INPUTS_PER_TURN`] inputs, each message at most `wire::MAX_SYNC_MESSAGE` bytes and
 //! `wire::MAX_CHANGES_PER_MESSAGE` changes, whose signatures are checked as one batch), so it
 //! holds a worker for milliseconds, not for a blocking wait. A node that shares a runtime with
 //! latency-sensitive tasks should give it a runtime (or thread) of its own.
 //!
+//! With its page served ([`NodeOptions::web`]) on a data dir that has no key yet, the node
+//! first answers only `status` and the page's `init`, which makes the key; then it starts.
+//!
 //! `mod.rs` holds [`run`], the data dir's locks, listening and the turn loop; `turn.rs` a turn's
 //! end (commit, held responses, the engine's `Io`); `swarm.rs` connections, identify, mDNS and
 //! dialing; `rr.rs` the two request-response protocols; `gossip.rs` topics and announcements;
 //! `dht.rs` Kademlia; `peers.rs` the `PeerBook` of per-peer state;
-//! `control.rs` the control socket; `faults.rs` test fault injection.
+//! `control.rs` the control socket; `faults.rs` test fault injection; the page is
+//! [`crate::web`].
 
 mod control;
 mod dht;
@@ -41,7 +46,7 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::api::{self, Call, Reply};
 use crate::error::{Error, Result};
@@ -50,6 +55,7 @@ use crate::net::{self, Behaviour, BehaviourEvent, Limits};
 use crate::repo::Repo;
 use crate::store::{Peers, Storage};
 use crate::sync::Engine;
+use crate::web::{Change, Web};
 use crate::wire::{JoinResponse, SyncResponse};
 
 #[cfg(feature = "testkit")]
@@ -85,6 +91,14 @@ pub struct NodeOptions {
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
     pub limits: Limits,
+    /// Where to serve the page (a loopback address); `None`: no page.
+    pub web: Option<std::net::SocketAddr>,
+    /// If the page's port is taken, serve it on a free one (the default address does).
+    pub web_fall_back: bool,
+    /// Print the page's login URL on stdout once it is served (`coflow up`).
+    pub print_url: bool,
+    /// Open the page in the default browser once it is served (`coflow up`).
+    pub open_page: bool,
 }
 
 type Pending = oneshot::Sender<Result<Reply>>;
@@ -118,6 +132,10 @@ struct Runtime {
     wanted: HashSet<PeerId>,
     topics: gossip::Topics,
     dht: dht::Dht,
+    /// The page's login URL, if it is served.
+    web: Option<String>,
+    /// What the page is told happened (see [`crate::web::Change`]).
+    changes: broadcast::Sender<Change>,
     faults: faults::Faults,
     /// What this turn's inputs produced that must wait for its commit.
     held: turn::Held,
@@ -159,14 +177,43 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
     })?;
     let socket_path = opts.home.join(api::SOCKET_FILE);
     let lock = lock_home(&opts.home, &socket_path).await?;
+    tokio::pin!(shutdown);
+    let (calls_tx, mut calls_rx) = mpsc::channel::<(Call, Pending)>(64);
+    let (changes, _) = broadcast::channel::<Change>(256);
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let named = opts.home.join(crate::identity::KEY_FILE).exists();
+    let mut web_url = None;
+    if !named {
+        // No key yet: the page asks for a name first (with no page, nothing can).
+        if opts.web.is_none() {
+            return Err(Error::Invalid(format!(
+                "no node key in {}: run `coflow init --name NAME`, or `coflow up` and choose a name on the page",
+                opts.home.display()
+            )));
+        }
+        web_url = start_web(&opts, &calls_tx, &changes, &stopped, &mut tasks)?;
+        let url = web_url.clone().unwrap_or_default();
+        if !setup(&opts.home, &mut calls_rx, &url, &mut shutdown).await {
+            let _ = stop.send(true);
+            finish(tasks, calls_rx, &opts.home).await;
+            return Ok(());
+        }
+    }
     let repo = Repo::open(&opts.home)?;
     let keypair = repo.identity().libp2p_keypair();
     let mut swarm =
         net::build(keypair, opts.mdns, opts.limits).map_err(|e| Error::Invalid(e.to_string()))?;
     listen(&mut swarm, &repo, &opts.listen)?;
+    if named {
+        web_url = start_web(&opts, &calls_tx, &changes, &stopped, &mut tasks)?;
+    }
     let listener = control::bind(&socket_path)?;
-    let (calls_tx, mut calls_rx) = mpsc::channel::<(Call, Pending)>(64);
-    let api_task = tokio::spawn(control::serve_api(listener, calls_tx));
+    tasks.push(tokio::spawn(control::serve_api(
+        listener,
+        calls_tx,
+        stopped.clone(),
+    )));
 
     let mut rt = Runtime {
         engine: Engine::new(repo),
@@ -183,6 +230,8 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         wanted: HashSet::new(),
         topics: gossip::Topics::default(),
         dht: dht::Dht::default(),
+        web: web_url,
+        changes,
         faults: faults::Faults::from_env(),
         held: turn::Held::default(),
         answering: HashSet::new(),
@@ -197,7 +246,6 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
     rt.refresh_topics();
     tracing::info!(target: "node", node = %rt.engine.node_id(), "node started");
 
-    tokio::pin!(shutdown);
     loop {
         let wake = rt.next_tick();
         let first = tokio::select! {
@@ -236,11 +284,121 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         }
         rt.end_turn(grouped);
     }
-    api_task.abort();
+    let _ = stop.send(true);
+    finish(tasks, calls_rx, &opts.home).await;
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!(target: "node", "node stopped");
     drop(lock);
     Ok(())
+}
+
+/// Serves the page, if asked to: writes its login URL to [`crate::web::URL_FILE`], prints it
+/// and opens a browser on it as asked. Its URL.
+fn start_web(
+    opts: &NodeOptions,
+    calls: &mpsc::Sender<(Call, Pending)>,
+    changes: &broadcast::Sender<Change>,
+    stopped: &watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<Option<String>> {
+    let Some(addr) = opts.web else {
+        return Ok(None);
+    };
+    let web = Web::bind(&opts.home, addr, opts.web_fall_back)?;
+    let url = web.login_url();
+    tracing::info!(target: "node", "the page is at {} (`coflow open` opens it, logged in)", web.origin());
+    let url_file = opts.home.join(crate::web::URL_FILE);
+    let _ = std::fs::remove_file(&url_file);
+    crate::web::write_private(&url_file, &url).map_err(|source| Error::Io {
+        path: url_file.clone(),
+        source,
+    })?;
+    tasks.push(tokio::spawn(web.serve(
+        calls.clone(),
+        changes.clone(),
+        stopped.clone(),
+    )));
+    if opts.print_url {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{url}").and_then(|()| out.flush());
+    }
+    if opts.open_page {
+        let u = url.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = webbrowser::open(&u) {
+                tracing::warn!(target: "node", "cannot open a browser ({e}): open the page's URL yourself");
+            }
+        });
+    }
+    Ok(Some(url))
+}
+
+/// Lets the servers finish what they are answering (calls still queued are dropped: their
+/// callers hear the node stopped), for a moment at most.
+async fn finish(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    calls: mpsc::Receiver<(Call, Pending)>,
+    home: &Path,
+) {
+    drop(calls);
+    let _ = std::fs::remove_file(home.join(crate::web::URL_FILE));
+    for task in tasks {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+/// A data dir with no node key, served with the page: every call but `status` waits for the
+/// page's `init`, which makes the key and the store. `false`: the node was stopped first.
+async fn setup(
+    home: &Path,
+    calls: &mut mpsc::Receiver<(Call, Pending)>,
+    url: &str,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    tracing::info!(target: "node", "this node has no key yet: choose a name on its page");
+    loop {
+        let (call, reply) = tokio::select! {
+            Some(c) = calls.recv() => c,
+            _ = shutdown.as_mut() => return false,
+        };
+        let answer = match call {
+            Call::Status => Ok(Reply::Status(api::Status {
+                running: true,
+                node_id: String::new(),
+                name: String::new(),
+                listen: Vec::new(),
+                peers: 0,
+                flows: 0,
+                web: Some(url.to_string()),
+                setup: true,
+            })),
+            Call::Init { name } => {
+                let made = crate::identity::Identity::fresh(&name)
+                    .map_err(Error::from)
+                    .and_then(|id| Repo::init(home, id));
+                match made {
+                    Ok(repo) => {
+                        let id = repo.identity();
+                        tracing::info!(target: "node", name = %crate::text::one_line(id.name()), "node key made");
+                        let _ = reply.send(Ok(Reply::Id {
+                            node_id: id.node_id().to_string(),
+                            name: id.name().to_string(),
+                        }));
+                        return true;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Err(Error::Invalid(
+                "this node has no name yet: choose one on its page first".into(),
+            )),
+        };
+        let _ = reply.send(answer);
+    }
 }
 
 /// Takes the data dir's lock for good. A command working on the store holds the lock shared for

@@ -11,6 +11,7 @@ use super::{peer_of, Pending, Runtime};
 use crate::api::Reply;
 use crate::error::{Error, Result};
 use crate::sync::{Event, Io, Verdict};
+use crate::web::Change;
 use crate::wire::Frame;
 
 /// Replies that wait for the turn's commit (responses wait in their [`rr::Lane`]).
@@ -19,6 +20,8 @@ pub(crate) struct Held {
     pub(crate) replies: Vec<(Pending, Result<Reply>)>,
     /// The peers the held responses go to.
     pub(crate) peers: HashSet<PeerId>,
+    /// What the page is told once the turn committed.
+    pub(crate) changes: Vec<Change>,
 }
 
 impl Runtime {
@@ -48,6 +51,12 @@ impl Runtime {
         self.send_held::<Join>(committed.is_err());
         for (reply, result) in held.replies {
             let _ = reply.send(result);
+        }
+        if committed.is_ok() {
+            for change in held.changes {
+                // Nobody listening is no error.
+                let _ = self.changes.send(change);
+            }
         }
         self.answering = held.peers;
         self.drain();
@@ -144,6 +153,8 @@ impl Runtime {
         match event {
             Event::Joined { flow } => {
                 tracing::info!(target: "node", %flow, "joined");
+                let _ = self.changes.send(Change::Flows);
+                let _ = self.changes.send(Change::Flow(flow.clone()));
                 self.refresh_members();
                 self.refresh_topics();
                 for (tx, _) in self.pending_joins.remove(&flow).unwrap_or_default() {
@@ -157,11 +168,13 @@ impl Runtime {
             }
             Event::Offered { flow, from } => {
                 tracing::info!(target: "node", %flow, peer = %from, "a member added this node to a flow: it waits for `coflow flow accept` (or `decline`)");
+                let _ = self.changes.send(Change::Flows);
             }
             Event::FlowUpdated { flow, from } => {
                 // Membership changes it brings are acted on at the next tick: doing it
                 // for every batch received cost a busy node a tenth of its time.
                 tracing::info!(target: "node", %flow, peer = %from, "received changes");
+                let _ = self.changes.send(Change::Flow(flow));
             }
         }
     }

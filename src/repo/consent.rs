@@ -61,6 +61,9 @@ pub struct Listed {
     pub pending: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offer: Option<Offer>,
+    /// What the flow waits on this node's user for ([`crate::flow::Flow::waiting_on`]).
+    #[serde(default)]
+    pub waiting: Vec<crate::flow::Waiting>,
 }
 
 /// The offered flows in `store`.
@@ -108,23 +111,33 @@ pub(super) fn offer_in(flow: &Flow, me: &str) -> Offer {
 impl<S: Storage> Repo<S> {
     /// The flows held here, then those offered and waiting, each oldest first.
     pub fn list(&mut self) -> Result<Vec<Listed>> {
-        let reader = self.store.reader();
-        let mut out: Vec<Listed> = reader
+        let mut out: Vec<Listed> = self
+            .store
+            .reader()
             .flows()?
             .into_iter()
             .map(|row| Listed {
                 row,
                 pending: false,
                 offer: None,
+                waiting: Vec::new(),
             })
             .collect();
         let me = self.identity.node_id().to_string();
+        for listed in &mut out {
+            let id = listed.row.id.clone();
+            self.standing(&id)?;
+            let flow = super::standing::stands(&self.docs[&id], &self.standing[&id]).flow(&id);
+            listed.waiting = flow.waiting_on(&me);
+        }
+        let reader = self.store.reader();
         for (row, _) in reader.offers()? {
             let flow = Reader::now(&load_doc(&reader, &row.id)?).flow(&row.id);
             out.push(Listed {
                 offer: Some(offer_in(&flow, &me)),
                 pending: true,
                 row,
+                waiting: Vec::new(),
             });
         }
         Ok(out)

@@ -24,6 +24,15 @@ pub struct MemberSync {
 pub struct FlowView {
     #[serde(flatten)]
     pub flow: Flow,
+    /// This node's id.
+    #[serde(default)]
+    pub me: String,
+    /// This node's role in the flow (none once removed).
+    #[serde(default)]
+    pub my_role: Option<crate::flow::Role>,
+    /// What the flow waits on this node's user for ([`Flow::waiting_on`]).
+    #[serde(default)]
+    pub waiting_on_me: Vec<crate::flow::Waiting>,
     pub heads: Vec<String>,
     /// Per other member: connected, in sync with this node, last heard from.
     #[serde(default)]
@@ -164,8 +173,18 @@ impl<S: Storage> Repo<S> {
             .offered
             .contains(&id)
             .then(|| consent::offer_in(&flow, &me));
+        let my_role = flow.role_of(&me);
+        // An offered flow waits on its user for one thing: an answer (`offer`).
+        let waiting_on_me = if offer.is_some() {
+            Vec::new()
+        } else {
+            flow.waiting_on(&me)
+        };
         Ok(FlowView {
             flow,
+            me,
+            my_role,
+            waiting_on_me,
             heads,
             sync,
             fallen,
