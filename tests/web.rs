@@ -604,10 +604,12 @@ async fn the_customers_whole_story_in_a_browser() {
     click(&c, "button.option[data-option='Wool']").await;
     until(
         &c,
-        "Wool is marked as her choice",
+        "Wool is her choice and the decision's outcome",
         PATIENCE,
-        "const b = document.querySelector(\"button.option[data-option='Wool']\"); \
-         return b && b.getAttribute('aria-pressed') === 'true' && b.textContent.includes('your choice');",
+        "const d = document.querySelector('.decision'); \
+         const o = d && d.querySelector(\"[data-option='Wool']\"); \
+         return o && o.textContent.includes('your choice') && \
+         d.querySelector('.outcome').textContent === 'Decided: Wool';",
         vec![],
     )
     .await;

@@ -821,7 +821,7 @@
               'data-key': 'choose-' + d.id + '-' + o,
               'data-option': o,
             }, h('span', { class: 'option-label' }, String(o)),
-            chosen ? h('span', { class: 'your-choice' }, 'your choice') : null,
+            chosen ? [' ', h('span', { class: 'your-choice' }, 'your choice')] : null,
             vote ? h('span', { class: 'tally' }, count(o).replace(' · ', '')) : null);
             b.addEventListener('click', () => run(doEdit(b, { op: 'choose', decision: d.id, option: o })));
             return b;
@@ -829,7 +829,7 @@
         } else {
           options = h('ul', { class: 'option-list' }, d.options.map((o) =>
             h('li', { class: o === d.outcome ? 'outcome-option' : null, 'data-option': o },
-              String(o), mine === o ? h('span', { class: 'your-choice' }, 'your choice') : null, count(o))));
+              String(o), mine === o ? [' ', h('span', { class: 'your-choice' }, 'your choice')] : null, count(o))));
         }
         let outcome = null;
         if (d.outcome) outcome = h('p', { class: 'outcome' }, 'Decided: ' + String(d.outcome));
