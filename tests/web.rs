@@ -114,12 +114,69 @@ impl Driver {
                 },
             }),
         );
+        // The browser's console, read with `console_errors`.
+        caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
         ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&self.url)
             .await
             .expect("a chromium session through chromedriver")
     }
+}
+
+impl Driver {
+    /// What the browser logged as errors since the last look: script errors, Content-Security-
+    /// Policy refusals, failed loads.
+    async fn console_errors(&self, c: &Client) -> Vec<String> {
+        let sid = c.session_id().await.unwrap().expect("a session");
+        let addr = self.url.trim_start_matches("http://");
+        let r = http(
+            addr,
+            "POST",
+            &format!("/session/{sid}/se/log"),
+            &[("Content-Type", "application/json")],
+            r#"{"type":"browser"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "chromedriver's log: {}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        v["value"]
+            .as_array()
+            .unwrap_or_else(|| panic!("chromedriver's log: {v}"))
+            .iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            // The browser asks for /favicon.ico on its own; the node serves no icon (yet).
+            .filter(|m| !m.contains("/favicon.ico "))
+            .collect()
+    }
+
+    /// Nothing went wrong in the page since the last look (and every control has a name).
+    async fn quiet(&self, c: &Client, page: &str) {
+        let errors = self.console_errors(c).await;
+        assert!(errors.is_empty(), "{page}: the browser logged {errors:#?}");
+        every_control_named(c, page).await;
+    }
+}
+
+/// Every visible field has a label, every button and link a name.
+async fn every_control_named(c: &Client, page: &str) {
+    let unnamed = js(
+        c,
+        "const bad = []; \
+         for (const el of document.querySelectorAll('input, select, textarea')) { \
+           if (el.closest('[hidden]')) continue; \
+           if (!(el.labels && el.labels.length) && !el.getAttribute('aria-label')) bad.push(el.outerHTML.slice(0, 80)); \
+         } \
+         for (const el of document.querySelectorAll('button, a')) { \
+           if (el.closest('[hidden]')) continue; \
+           if (!(el.getAttribute('aria-label') || el.textContent).trim()) bad.push(el.outerHTML.slice(0, 80)); \
+         } \
+         return bad;",
+        vec![],
+    )
+    .await;
+    assert_eq!(unnamed, json!([]), "{page}: controls without a name");
 }
 
 impl Drop for Driver {
@@ -560,11 +617,13 @@ async fn the_customers_whole_story_in_a_browser() {
     c.goto(&url).await.unwrap();
     labelled(&c, "Your name").await;
     shot(&c, "01-first-run").await;
+    driver.quiet(&c, "01-first-run").await;
     fill(&c, "Your name", "Alice").await;
     click_button(&c, "Start").await;
     flows_page(&c).await;
     no_sideways_scroll(&c, "the empty flows list").await;
     shot(&c, "02-flows-empty").await;
+    driver.quiet(&c, "02-flows-empty").await;
 
     c.find(Locator::LinkText("Join a flow"))
         .await
@@ -576,7 +635,20 @@ async fn the_customers_whole_story_in_a_browser() {
     assert_eq!(c.current_url().await.unwrap().path(), "/join");
     fill(&c, "Ticket", &ticket).await;
     shot(&c, "03-join").await;
+    driver.quiet(&c, "03-join").await;
     click_button(&c, "Join").await;
+    // While the node joins (it may take a while) the page says so and takes no second click.
+    let joining = js(
+        &c,
+        "const b = document.getElementById('join-button'); \
+         return b ? [b.disabled, b.textContent] : 'already on the flow';",
+        vec![],
+    )
+    .await;
+    assert!(
+        joining == json!([true, "Joining…"]) || joining == json!("already on the flow"),
+        "while joining the button shows {joining}"
+    );
     until(
         &c,
         "the joined flow shows her need",
@@ -599,6 +671,7 @@ async fn the_customers_whole_story_in_a_browser() {
     .await;
     no_sideways_scroll(&c, "the flow page").await;
     shot(&c, "04-flow").await;
+    driver.quiet(&c, "04-flow").await;
 
     // Her choice and her comment.
     click(&c, "button.option[data-option='Wool']").await;
@@ -631,6 +704,7 @@ async fn the_customers_whole_story_in_a_browser() {
         "a sent comment leaves the field"
     );
     shot(&c, "05-chosen-and-commented").await;
+    driver.quiet(&c, "05-chosen-and-commented").await;
 
     // Tom sees both; then his CLI moves the steps while she has half a comment typed.
     eventually(
@@ -676,6 +750,7 @@ async fn the_customers_whole_story_in_a_browser() {
         "a live update took what she was typing"
     );
     shot(&c, "06-steps-done-live").await;
+    driver.quiet(&c, "06-steps-done-live").await;
 
     click_button(&c, "Confirm fulfilled").await;
     until(
@@ -687,6 +762,7 @@ async fn the_customers_whole_story_in_a_browser() {
     )
     .await;
     shot(&c, "07-fulfilled").await;
+    driver.quiet(&c, "07-fulfilled").await;
 
     // What Tom's node holds, and who signed it.
     let alice_id = alice.id();
@@ -780,6 +856,7 @@ async fn tom_sees_what_waits_on_him_first() {
     assert_ne!(order[1][1], "waiting-flows", "{order}");
     no_sideways_scroll(&c, "Tom's flows list").await;
     shot(&c, "10-tom-waiting-first").await;
+    driver.quiet(&c, "10-tom-waiting-first").await;
 
     // On the flow, what waits on him; he does it from the page.
     c.find(Locator::LinkText("Navy suit"))
@@ -797,6 +874,7 @@ async fn tom_sees_what_waits_on_him_first() {
     )
     .await;
     shot(&c, "11-tom-flow").await;
+    driver.quiet(&c, "11-tom-flow").await;
     click(&c, "button[aria-label='Done: Cut the cloth']").await;
     until(
         &c,
@@ -900,6 +978,13 @@ async fn the_page_keeps_strangers_out() {
     .await;
     assert_eq!(rest, json!([1, true, 0]), "the login message is not alone");
     shot(&c, "20-login-needed").await;
+    // The browser logs the refused status call; nothing else.
+    let errors = driver.console_errors(&c).await;
+    assert!(
+        errors.iter().all(|e| e.contains("401")),
+        "the login page logged {errors:#?}"
+    );
+    every_control_named(&c, "the login message").await;
     c.close().await.unwrap();
 
     let cookie = page.cookie();
@@ -1043,7 +1128,40 @@ async fn peer_text_is_only_ever_text() {
         ticket,
         "the link did not fill the ticket"
     );
-    click_button(&c, "Join").await;
+    // By keyboard: from the field, Tab to the button (its focus visible), Enter.
+    let field = labelled(&c, "Ticket").await;
+    c.find(Locator::Id(&field))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E004}")
+        .await
+        .unwrap();
+    let focused = js(
+        &c,
+        "const a = document.activeElement; \
+         return [a.tagName, a.textContent, a.matches(':focus-visible'), getComputedStyle(a).outlineStyle];",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        focused[0], "BUTTON",
+        "Tab from the ticket went to {focused}"
+    );
+    assert_eq!(focused[1], "Join", "{focused}");
+    assert_eq!(focused[2], true, "the focus is not shown: {focused}");
+    assert_ne!(focused[3], "none", "the focus has no outline: {focused}");
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
     until(
         &c,
         "the flow shows the step's title as text",
@@ -1080,6 +1198,7 @@ async fn peer_text_is_only_ever_text() {
     assert_eq!(found["option"][0], option, "{found}");
     no_sideways_scroll(&c, "a flow page full of hostile text").await;
     shot(&c, "30-hostile-text").await;
+    driver.quiet(&c, "30-hostile-text").await;
     c.find(Locator::LinkText("All flows"))
         .await
         .unwrap()
@@ -1102,7 +1221,124 @@ async fn peer_text_is_only_ever_text() {
         .unwrap()
         .contains("pwned"));
     shot(&c, "31-flows").await;
+    driver.quiet(&c, "31-flows").await;
+
+    // A flow Tom adds her to waits for her answer.
+    let trousers = id_of(&tom.json(&[
+        "flow",
+        "new",
+        "Trousers",
+        "--need",
+        "Grey trousers",
+        "--as",
+        "owner",
+    ]));
+    tom.json(&[
+        "member",
+        "add",
+        &trousers,
+        &alice.id(),
+        "--role",
+        "contributor",
+        "--name",
+        "Alice",
+    ]);
+    until(
+        &c,
+        "the flow is offered to her",
+        PATIENCE,
+        "const s = document.getElementById('offered-flows'); \
+         return s && s.querySelector('li[data-flow=\"' + arguments[0] + '\"]') && s.textContent.includes('Trousers');",
+        vec![json!(trousers)],
+    )
+    .await;
+    shot(&c, "32-offered").await;
+    driver.quiet(&c, "32-offered").await;
+    click_button(&c, "Accept").await;
+    until(
+        &c,
+        "the accepted flow is listed as hers",
+        PATIENCE,
+        "return !document.getElementById('offered-flows') && \
+         [...document.querySelectorAll('li.flow-item')].some((li) => li.dataset.flow === arguments[0]);",
+        vec![json!(trousers)],
+    )
+    .await;
     c.close().await.unwrap();
     drop(alice);
     println!("the hostile text test took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_follows_its_node_through_restarts() {
+    if !have_browser() {
+        return;
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    // One page address across restarts, as a person's bookmark would have it.
+    let web = format!("127.0.0.1:{}", free_port());
+    let mut tom = Participant::new(tmp.path(), "Tom");
+    tom.node_args = vec!["--web".into(), web];
+    tom.start(&[]);
+    let url = login_url(&tom);
+    let driver = Driver::start();
+    let c = driver.browser().await;
+    c.goto(&url).await.unwrap();
+    flows_page(&c).await;
+
+    tom.stop();
+    until(
+        &c,
+        "the page says the node does not answer",
+        PATIENCE,
+        "const a = document.querySelector('[role=alert]'); \
+         return !a.hidden && a.textContent.includes('does not answer');",
+        vec![],
+    )
+    .await;
+    shot(&c, "40-node-stopped").await;
+    // Made straight on the store while the node is down: listed once it is back, no reload.
+    tom.json(&[
+        "flow",
+        "new",
+        "Made offline",
+        "--need",
+        "A coat",
+        "--as",
+        "owner",
+    ]);
+    js(&c, "window.coflowNoReload = true; return true", vec![]).await;
+    tom.start(&[]);
+    until(
+        &c,
+        "the page is back, with the new flow",
+        PATIENCE,
+        "const a = document.querySelector('[role=alert]'); \
+         return a.hidden && document.getElementById('flow-lists').textContent.includes('Made offline');",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        js(&c, "return window.coflowNoReload === true", vec![]).await,
+        json!(true),
+        "the page reloaded"
+    );
+
+    // A new login token (the old one deleted): the open page asks for its login link.
+    tom.stop();
+    std::fs::remove_file(tom.home.join("web.token")).unwrap();
+    tom.start(&[]);
+    until(
+        &c,
+        "the page asks for its new login link",
+        PATIENCE,
+        "const p = document.getElementById('login-needed'); \
+         return p && p.textContent.startsWith('This page needs its login link');",
+        vec![],
+    )
+    .await;
+    shot(&c, "41-new-login-token").await;
+    c.close().await.unwrap();
+    println!("the restarts test took {:?}", started.elapsed());
 }

@@ -148,6 +148,8 @@
 
   class LoginNeeded extends Error {}
 
+  const LOST = 'The node does not answer. Is coflow still running on this computer?';
+
   async function call(body) {
     let r;
     try {
@@ -159,7 +161,7 @@
         cache: 'no-store',
       });
     } catch (_) {
-      throw new Error('The node does not answer. Is coflow still running on this computer?');
+      throw new Error(LOST);
     }
     if (r.status === 401) {
       showLogin();
@@ -311,21 +313,27 @@
     es.addEventListener('flows', () => scheduleRefresh(null));
     es.onmessage = () => scheduleRefresh(null);
     es.onopen = () => {
-      // After a reconnection something may have changed unseen.
-      if (opened) scheduleRefresh(null);
+      // Back after a break: say so, and fetch what may have changed unseen.
+      if (opened) {
+        if (alertEl().textContent === LOST) clearError();
+        scheduleRefresh(null);
+      }
       opened = true;
     };
     es.onerror = () => {
-      if (es.readyState !== EventSource.CLOSED || events !== es) return;
-      events = null;
+      if (events !== es) return;
+      // CONNECTING: the browser tries again by itself; CLOSED (a refusal such as 401): it
+      // does not. Either way a status call tells whether the node is gone or wants a login.
+      const closed = es.readyState === EventSource.CLOSED;
+      if (closed) events = null;
       call({ call: 'status' }).then(
         () => {
-          retryTimer = setTimeout(startEvents, 2000);
+          if (closed) retryTimer = setTimeout(startEvents, 2000);
         },
         (e) => {
           if (e instanceof LoginNeeded) return;
           showError(e);
-          retryTimer = setTimeout(startEvents, 5000);
+          if (closed) retryTimer = setTimeout(startEvents, 5000);
         }
       );
     };
