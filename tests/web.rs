@@ -462,7 +462,10 @@ fn http(
         return Ok(r);
     }
     let mut rest = buf[head_end + 4..].to_vec();
-    loop {
+    // Until the body's length when the answer gives it (a server may keep the connection
+    // open despite `Connection: close`), else until the server closes it.
+    let length: Option<usize> = r.header("content-length").and_then(|l| l.parse().ok());
+    while length.is_none_or(|l| rest.len() < l) {
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => rest.extend_from_slice(&chunk[..n]),
@@ -618,12 +621,14 @@ async fn the_customers_whole_story_in_a_browser() {
     labelled(&c, "Your name").await;
     shot(&c, "01-first-run").await;
     driver.quiet(&c, "01-first-run").await;
+    eprintln!("{:>6.1?} 01-first-run", started.elapsed());
     fill(&c, "Your name", "Alice").await;
     click_button(&c, "Start").await;
     flows_page(&c).await;
     no_sideways_scroll(&c, "the empty flows list").await;
     shot(&c, "02-flows-empty").await;
     driver.quiet(&c, "02-flows-empty").await;
+    eprintln!("{:>6.1?} 02-flows-empty", started.elapsed());
 
     c.find(Locator::LinkText("Join a flow"))
         .await
@@ -636,6 +641,7 @@ async fn the_customers_whole_story_in_a_browser() {
     fill(&c, "Ticket", &ticket).await;
     shot(&c, "03-join").await;
     driver.quiet(&c, "03-join").await;
+    eprintln!("{:>6.1?} 03-join", started.elapsed());
     click_button(&c, "Join").await;
     // While the node joins (it may take a while) the page says so and takes no second click.
     let joining = js(
@@ -672,6 +678,7 @@ async fn the_customers_whole_story_in_a_browser() {
     no_sideways_scroll(&c, "the flow page").await;
     shot(&c, "04-flow").await;
     driver.quiet(&c, "04-flow").await;
+    eprintln!("{:>6.1?} 04-flow", started.elapsed());
 
     // Her choice and her comment.
     click(&c, "button.option[data-option='Wool']").await;
@@ -705,6 +712,7 @@ async fn the_customers_whole_story_in_a_browser() {
     );
     shot(&c, "05-chosen-and-commented").await;
     driver.quiet(&c, "05-chosen-and-commented").await;
+    eprintln!("{:>6.1?} 05-chosen-and-commented", started.elapsed());
 
     // Tom sees both; then his CLI moves the steps while she has half a comment typed.
     eventually(
@@ -751,6 +759,7 @@ async fn the_customers_whole_story_in_a_browser() {
     );
     shot(&c, "06-steps-done-live").await;
     driver.quiet(&c, "06-steps-done-live").await;
+    eprintln!("{:>6.1?} 06-steps-done-live", started.elapsed());
 
     click_button(&c, "Confirm fulfilled").await;
     until(
@@ -763,6 +772,7 @@ async fn the_customers_whole_story_in_a_browser() {
     .await;
     shot(&c, "07-fulfilled").await;
     driver.quiet(&c, "07-fulfilled").await;
+    eprintln!("{:>6.1?} 07-fulfilled", started.elapsed());
 
     // What Tom's node holds, and who signed it.
     let alice_id = alice.id();
