@@ -1352,3 +1352,165 @@ async fn the_page_follows_its_node_through_restarts() {
     c.close().await.unwrap();
     println!("the restarts test took {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tom_runs_a_flow_from_the_page() {
+    if !have_browser() {
+        return;
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let (tom, url) = web_node(tmp.path(), "Tom");
+    let tom_id = tom.id();
+    let page = Page::of(&url);
+    let driver = Driver::start();
+    let c = driver.browser().await;
+    c.goto(&url).await.unwrap();
+    flows_page(&c).await;
+
+    // A new flow from the folded form.
+    click(&c, "details.new-flow summary").await;
+    fill(&c, "Title", "Wedding suit").await;
+    fill(&c, "Need", "A suit for Sam's wedding").await;
+    click_button(&c, "Start flow").await;
+    heading(&c, "Wedding suit").await;
+    let flow = c
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .strip_prefix("/flow/")
+        .expect("the new flow's page")
+        .to_string();
+
+    // A step for himself that the customer takes part in, due on a date.
+    fill(&c, "Step", "Cut the cloth").await;
+    let assignee = labelled(&c, "Assignee").await;
+    c.find(Locator::Id(&assignee))
+        .await
+        .unwrap()
+        .select_by_value(&tom_id)
+        .await
+        .unwrap();
+    let due = labelled(&c, "Due (optional)").await;
+    js(
+        &c,
+        "document.getElementById(arguments[0]).value = '2026-12-10'; return true",
+        vec![json!(due)],
+    )
+    .await;
+    let customer = labelled(&c, "The customer takes part").await;
+    c.find(Locator::Id(&customer))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    click_button(&c, "Add step").await;
+    until(
+        &c,
+        "the step is listed with its assignee, date and who it waits on",
+        PATIENCE,
+        "const s = document.querySelector('#steps li.step'); \
+         return s && s.textContent.includes('Cut the cloth') && s.textContent.includes('Assigned to Tom (you)') \
+           && s.textContent.includes('due 2026-12-10') && s.textContent.includes('Waits on you and the customer');",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        value_of(&c, "Step").await,
+        "",
+        "an added step leaves the form"
+    );
+    click(&c, "button[aria-label='Start: Cut the cloth']").await;
+    until(
+        &c,
+        "the step is in progress",
+        PATIENCE,
+        "return document.querySelector('#steps li.step[data-status=\"active\"]')",
+        vec![],
+    )
+    .await;
+    shot(&c, "50-tom-step").await;
+    driver.quiet(&c, "50-tom-step").await;
+
+    // A members' vote, his vote, and closing it.
+    fill(&c, "Question", "Lining").await;
+    fill(&c, "Options, one per line", "Silk\nCotton").await;
+    let who = labelled(&c, "Who decides").await;
+    c.find(Locator::Id(&who))
+        .await
+        .unwrap()
+        .select_by_value("members")
+        .await
+        .unwrap();
+    let vote = labelled(&c, "Vote (closed by the customer or an owner)").await;
+    c.find(Locator::Id(&vote))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    click_button(&c, "Open decision").await;
+    click(&c, "button.option[data-option='Silk']").await;
+    until(
+        &c,
+        "his vote is counted",
+        PATIENCE,
+        "const b = document.querySelector(\"button.option[data-option='Silk']\"); \
+         return b && b.getAttribute('aria-pressed') === 'true' && b.textContent.includes('1 vote');",
+        vec![],
+    )
+    .await;
+    click_button(&c, "Close vote").await;
+    until(
+        &c,
+        "the vote is closed with its outcome",
+        PATIENCE,
+        "const d = document.querySelector('.decision'); \
+         return d && d.dataset.closed === 'true' && d.querySelector('.outcome').textContent === 'Decided: Silk';",
+        vec![],
+    )
+    .await;
+    shot(&c, "51-tom-vote").await;
+    driver.quiet(&c, "51-tom-vote").await;
+
+    // A ticket for the customer, as a link to send.
+    click_button(&c, "Create ticket").await;
+    until(
+        &c,
+        "the ticket to send is shown",
+        PATIENCE,
+        "const o = document.getElementById('invite-out'); return o && !o.hidden;",
+        vec![],
+    )
+    .await;
+    let link = value_of(&c, "Ticket to send").await;
+    let ticket = value_of(&c, "The ticket alone (for coflow flow join)").await;
+    assert!(ticket.starts_with("coflow1"), "{ticket}");
+    assert_eq!(link, format!("{}/join#{ticket}", page.origin));
+    shot(&c, "52-tom-invite").await;
+    driver.quiet(&c, "52-tom-invite").await;
+
+    // What his node holds.
+    let v = tom.json(&["flow", "show", &flow]);
+    assert_eq!(v["need"], "A suit for Sam's wedding");
+    let step = &v["steps"][0];
+    assert_eq!(step["title"], "Cut the cloth");
+    assert_eq!(step["assignee"], tom_id.as_str());
+    assert_eq!(step["customer_involved"], true);
+    assert_eq!(step["due"], "2026-12-10");
+    assert_eq!(step["status"], "active");
+    let d = &v["decisions"][0];
+    assert_eq!(d["question"], "Lining");
+    assert_eq!(d["options"], json!(["Silk", "Cotton"]));
+    assert_eq!(d["who"], "members");
+    assert_eq!(d["mode"], "vote");
+    assert_eq!(d["closed"], true);
+    assert_eq!(d["outcome"], "Silk");
+    let invites = v["invites"].as_array().unwrap();
+    assert_eq!(invites.len(), 1, "{v}");
+    assert_eq!(invites[0]["role"], "customer");
+    c.close().await.unwrap();
+    println!("Tom's tools took {:?}", started.elapsed());
+}
