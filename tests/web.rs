@@ -910,6 +910,23 @@ async fn tom_sees_what_waits_on_him_first() {
         vec![],
     )
     .await;
+    // An address of no flow here says so.
+    c.goto(&format!(
+        "{}/flow/{}",
+        Page::of(&url).origin,
+        "0".repeat(32)
+    ))
+    .await
+    .unwrap();
+    heading(&c, "No such flow here").await;
+    until(
+        &c,
+        "the node's answer shows",
+        PATIENCE,
+        "const a = document.querySelector('[role=alert]'); return !a.hidden && a.textContent.length > 0;",
+        vec![],
+    )
+    .await;
     c.close().await.unwrap();
     println!("Tom's list took {:?}", started.elapsed());
 }

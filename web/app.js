@@ -249,7 +249,7 @@
     let page;
     if (state.status && state.status.setup) page = setupPage();
     else if (path === '/join') page = joinPage();
-    else if (path.startsWith('/flow/') && path.length > 6) page = flowPage(decodeURIComponent(path.slice(6)));
+    else if (path.startsWith('/flow/') && path.length > 6) page = flowPage(safeDecode(path.slice(6)));
     else page = flowsPage();
     state.page = page;
     document.title = page.title ? page.title + ' · coflow' : 'coflow';
@@ -258,6 +258,14 @@
     main.replaceChildren();
     page.mount(main);
     run(page.refresh());
+  }
+
+  function safeDecode(s) {
+    try {
+      return decodeURIComponent(s);
+    } catch (_) {
+      return s;
+    }
   }
 
   function go(path) {
@@ -656,8 +664,28 @@
 
     page.refresh = async function () {
       const seq = ++page.seq;
-      const v = reply(await call({ call: 'flow_show', flow: id }), 'Flow');
+      let v;
+      try {
+        v = reply(await call({ call: 'flow_show', flow: id }), 'Flow');
+      } catch (e) {
+        // Never shown (a wrong address, a declined flow): say so instead of an empty page.
+        if (!view && !(e instanceof LoginNeeded) && state.page === page && e.message !== LOST) {
+          page.missing = true;
+          const main = root();
+          main.replaceChildren(
+            h('p', null, navLink('/', 'All flows', 'back')),
+            h('h1', null, 'No such flow here'),
+            h('p', { class: 'quiet' }, 'This computer holds no flow at this address.')
+          );
+        }
+        throw e;
+      }
       if (seq !== page.seq || state.page !== page) return;
+      if (page.missing) {
+        // It arrived after all: build its page afresh.
+        route();
+        return;
+      }
       view = v;
       render();
       el.title.dataset.loaded = 'true';
