@@ -24,7 +24,12 @@ fn comments(p: &Participant, flow: &str) -> BTreeSet<String> {
 }
 
 fn without_sync(mut v: Value) -> Value {
-    v.as_object_mut().unwrap().remove("sync");
+    let o = v.as_object_mut().unwrap();
+    o.remove("sync");
+    // Who is looking, and what waits on them: each node's own.
+    for own in ["me", "my_role", "waiting_on_me"] {
+        o.remove(own);
+    }
     v
 }
 
