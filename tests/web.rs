@@ -1531,3 +1531,63 @@ async fn tom_runs_a_flow_from_the_page() {
     c.close().await.unwrap();
     println!("Tom's tools took {:?}", started.elapsed());
 }
+
+/// Without a browser too: the page's files keep the rules the CSP cannot check by itself.
+#[test]
+fn the_page_has_no_inline_code_and_no_html_sinks() {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    let html = std::fs::read_to_string(web.join("index.html")).unwrap();
+    let lower = html.to_lowercase();
+    for tag in lower.split('<').skip(1) {
+        let tag = tag.split('>').next().unwrap_or_default();
+        let name = tag.split_whitespace().next().unwrap_or_default();
+        assert!(!tag.contains(" style="), "an inline style: <{tag}>");
+        assert!(
+            !tag.split_whitespace()
+                .skip(1)
+                .any(|a| a.starts_with("on") && a.contains('=')),
+            "an event handler attribute: <{tag}>"
+        );
+        if name == "script" {
+            assert!(tag.contains("src=\"/app.js\""), "an inline script: <{tag}>");
+        }
+    }
+    assert!(!lower.contains("<style"), "an inline style sheet");
+    assert!(
+        !lower.contains("http://") && !lower.contains("https://"),
+        "a remote asset"
+    );
+    let js = std::fs::read_to_string(web.join("app.js")).unwrap();
+    for (n, line) in js.lines().enumerate() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "new Function",
+            "setTimeout('",
+            ".href =",
+            ".src =",
+            "srcdoc",
+            "javascript:",
+            ".style.",
+            "'style'",
+        ] {
+            assert!(
+                !code.contains(sink),
+                "web/app.js:{}: {sink} in {code}",
+                n + 1
+            );
+        }
+    }
+    let css = std::fs::read_to_string(web.join("app.css")).unwrap();
+    assert!(
+        !css.contains("@import") && !css.contains("url("),
+        "a remote style or font"
+    );
+}
