@@ -1291,6 +1291,53 @@ async fn peer_text_is_only_ever_text() {
         vec![json!(trousers)],
     )
     .await;
+    // And one she declines: gone from her list and from her node.
+    let waistcoat = id_of(&tom.json(&[
+        "flow",
+        "new",
+        "Waistcoat",
+        "--need",
+        "A waistcoat",
+        "--as",
+        "owner",
+    ]));
+    tom.json(&[
+        "member",
+        "add",
+        &waistcoat,
+        &alice.id(),
+        "--role",
+        "observer",
+    ]);
+    until(
+        &c,
+        "the second flow is offered to her",
+        PATIENCE,
+        "const s = document.getElementById('offered-flows'); \
+         return s && s.textContent.includes('Waistcoat');",
+        vec![],
+    )
+    .await;
+    click_button(&c, "Decline").await;
+    until(
+        &c,
+        "the declined flow is gone",
+        PATIENCE,
+        "return !document.getElementById('offered-flows') && \
+         ![...document.querySelectorAll('li.flow-item')].some((li) => li.dataset.flow === arguments[0]);",
+        vec![json!(waistcoat)],
+    )
+    .await;
+    assert!(
+        !alice
+            .json(&["flow", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"] == waistcoat.as_str()),
+        "her node still lists the declined flow"
+    );
+    driver.quiet(&c, "after declining").await;
     c.close().await.unwrap();
     drop(alice);
     println!("the hostile text test took {:?}", started.elapsed());
