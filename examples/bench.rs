@@ -418,6 +418,30 @@ fn run(tier: &Tier, rt: &tokio::runtime::Runtime, root: &Path, only: Option<&str
             "ms",
             format!("{note}; node answering vs Automerge::load of the stored bytes"),
         ));
+        // The first list reads every document for what waits on its user and stores it; the
+        // next (a fresh process again) reads what was stored.
+        let first = memory::child("list", &home, tier.idle_flows);
+        let again = memory::child("list", &home, tier.idle_flows);
+        out.push(Metric::cost(
+            "flow_list_first",
+            first.ms,
+            am.ms,
+            "ms",
+            format!(
+                "{note}; the first `flow list` (every document read for what waits on its \
+                 user) vs Automerge::load of the stored bytes"
+            ),
+        ));
+        out.push(Metric::cost(
+            "flow_list",
+            again.ms,
+            am.ms,
+            "ms",
+            format!(
+                "{note}; `flow list` in a fresh process after that (what waits, as stored) vs \
+                 Automerge::load of the stored bytes"
+            ),
+        ));
     }
     out.0
 }

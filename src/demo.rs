@@ -71,6 +71,10 @@ pub fn run(keep: bool) -> Result<()> {
             "  coflow --home {} flow log <FLOW>   (and: flow show, flow verify, flow export --format mermaid)",
             root.join("alice").display()
         ));
+        say(&format!(
+            "See Alice's flow as she does, in the browser: coflow --home {} up",
+            root.join("alice").display()
+        ));
         say("Start a node on one of them with `coflow --home DIR node` to take it back online.");
     } else {
         let _ = std::fs::remove_dir_all(&root);

@@ -762,3 +762,50 @@ fn doctor_reports_the_key_and_the_config() {
     assert_eq!(d["ok"], true, "{d}");
     assert_eq!(d["checks"].as_array().unwrap().len(), 4, "{d}");
 }
+
+/// What a flow waits on its customer for, in `flow list` and `flow show`: her decision, then a
+/// step she takes part in, then confirming the need; each gone once done (the list's stored
+/// answer follows every change).
+#[test]
+fn flow_list_and_show_tell_what_waits_on_you_and_forget_it_once_done() {
+    let alice = Node::init("waits-alice", "Alice");
+    let f = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]).to_string();
+    let waiting = |n: &Node| -> Vec<(String, String)> {
+        n.json(&["flow", "list"])[0]["waiting"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| (s(&w["kind"]).to_string(), s(&w["text"]).to_string()))
+            .collect()
+    };
+    let pair = |k: &str, t: &str| (k.to_string(), t.to_string());
+    assert_eq!(waiting(&alice), []);
+    let d = alice.json(&[
+        "decision", "new", &f, "Cloth", "--option", "Wool", "--option", "Linen",
+    ]);
+    let d = s(&d["id"]).to_string();
+    assert_eq!(waiting(&alice), [pair("decision", "Decide: Cloth")]);
+    // Asked again, the stored answer is the same.
+    assert_eq!(waiting(&alice), [pair("decision", "Decide: Cloth")]);
+    assert!(alice.ok(&["flow", "list"]).contains("(1 waiting on you)"));
+    assert!(alice
+        .ok(&["flow", "show", &f])
+        .starts_with("Waiting on you:\n  - Decide: Cloth\n"));
+    alice.json(&["decision", "choose", &f, &d, "Wool"]);
+    assert_eq!(waiting(&alice), []);
+    let step = alice.json(&["step", "add", &f, "First fitting", "--customer"]);
+    let step = s(&step["id"]).to_string();
+    assert_eq!(waiting(&alice), [pair("step", "Step: First fitting")]);
+    alice.json(&["step", "done", &f, &step]);
+    assert_eq!(
+        waiting(&alice),
+        [pair("fulfil", "Confirm your need fulfilled")]
+    );
+    let show = alice.json(&["flow", "show", &f]);
+    assert_eq!(show["my_role"], "customer");
+    assert_eq!(show["me"], alice.id().as_str());
+    assert_eq!(show["waiting_on_me"][0]["kind"], "fulfil");
+    alice.json(&["flow", "fulfil", &f]);
+    assert_eq!(waiting(&alice), []);
+    assert!(!alice.ok(&["flow", "list"]).contains("waiting on you"));
+}

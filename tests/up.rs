@@ -208,6 +208,24 @@ fn up_on_a_fresh_dir_asks_for_a_name_then_runs_and_open_hands_the_page_to_the_br
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), url);
 
+    // `coflow` again, while the node runs, opens its page rather than a second node.
+    std::fs::remove_file(&seen).unwrap();
+    let out = coflow(&home)
+        .env("BROWSER", format!("{} %s", script.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), url);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.exists() {
+        assert!(Instant::now() < deadline, "the browser was not started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     assert!(home.join("web.url").exists());
     assert!(stop(child).success());
     assert!(

@@ -91,7 +91,8 @@ pub fn child(what: &str, home: &Path, n: usize) -> Held {
 
 /// In the child: `node` starts a node on the data dir and waits until it answers (it has then
 /// read every flow's heads and members, from the flows' stored summaries); `automerge` loads the same stored
-/// bytes into plain Automerge documents. Prints RSS growth (bytes) and time (ms).
+/// bytes into plain Automerge documents; `list` opens the repository and lists its flows with
+/// what each waits on its user for. Prints RSS growth (bytes) and time (ms).
 pub fn run_child(what: &str, home: &Path, n: usize) {
     match what {
         "node" => {
@@ -136,6 +137,18 @@ pub fn run_child(what: &str, home: &Path, n: usize) {
             let ms = start.elapsed().as_secs_f64() * 1e3;
             let grew = rss().saturating_sub(before);
             assert!(docs.iter().all(|d| d.get_changes(&[]).len() == 12));
+            println!("{grew} {ms}");
+        }
+        "list" => {
+            // `flow list` on a node's first call: every flow's document is loaded to tell
+            // what waits on its user.
+            let mut repo = Repo::open(home).expect("the repository");
+            let before = rss();
+            let start = Instant::now();
+            let listed = repo.list().expect("lists");
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            let grew = rss().saturating_sub(before);
+            assert_eq!(listed.len(), n);
             println!("{grew} {ms}");
         }
         other => panic!("unknown child '{other}'"),

@@ -370,7 +370,18 @@ pub fn run(cli: Cli) -> Result<()> {
             out.id(id.node_id().as_str(), id.name())
         }
         Command::Node(args) => run_node(home, args, false, false),
-        Command::Up(args) => run_node(home, args.node, true, !args.no_open),
+        Command::Up(args) => {
+            // A node already runs for this data dir: `coflow` again opens its page.
+            if std::os::unix::net::UnixStream::connect(home.join(api::SOCKET_FILE)).is_ok() {
+                eprintln!("the node already runs; its page:");
+                return if args.no_open {
+                    print_page_url(&home).map(|_| ())
+                } else {
+                    open_page(&home)
+                };
+            }
+            run_node(home, args.node, true, !args.no_open)
+        }
         Command::Open => open_page(&home),
         Command::Doctor => doctor::command(&home, &out),
         Command::Config(ConfigCmd::Show) => out.config(&crate::config::Config::load(&home)?),
@@ -454,6 +465,13 @@ fn export(handle: &mut dyn api::Handle, args: ExportArgs) -> Result<()> {
 
 /// Prints the running node's page URL and opens it in the default browser.
 fn open_page(home: &std::path::Path) -> Result<()> {
+    let url = print_page_url(home)?;
+    webbrowser::open(&url)
+        .map_err(|e| Error::Invalid(format!("cannot open a browser ({e}): open the URL above")))
+}
+
+/// Prints the running node's page URL (with its login token) on stdout; the URL.
+fn print_page_url(home: &std::path::Path) -> Result<String> {
     let Reply::Status(status) = api::open(home)?.call(Call::Status)? else {
         return Err(Error::Invalid("unexpected answer to a status call".into()));
     };
@@ -471,8 +489,7 @@ fn open_page(home: &std::path::Path) -> Result<()> {
         }
     };
     println!("{url}");
-    webbrowser::open(&url)
-        .map_err(|e| Error::Invalid(format!("cannot open a browser ({e}): open the URL above")))
+    Ok(url)
 }
 
 /// Runs the node; `up`: print the page's URL on stdout, and `open` it in a browser.

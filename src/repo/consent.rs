@@ -124,11 +124,9 @@ impl<S: Storage> Repo<S> {
             })
             .collect();
         let me = self.identity.node_id().to_string();
-        for listed in &mut out {
-            let id = listed.row.id.clone();
-            self.standing(&id)?;
-            let flow = super::standing::stands(&self.docs[&id], &self.standing[&id]).flow(&id);
-            listed.waiting = flow.waiting_on(&me);
+        let ids: Vec<String> = out.iter().map(|l| l.row.id.clone()).collect();
+        for (listed, waiting) in out.iter_mut().zip(self.waiting(&ids)?) {
+            listed.waiting = waiting;
         }
         let reader = self.store.reader();
         for (row, _) in reader.offers()? {

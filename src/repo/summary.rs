@@ -13,6 +13,10 @@ pub struct Summary {
     /// The names members (removed ones too) gave themselves (raw), for `coflow peers`.
     #[serde(default)]
     pub names: Vec<(String, String)>,
+    /// What the flow waits on this node's user for, at these heads; `None` until asked
+    /// ([`Repo::waiting`]): worked out from the document then, not with every change received.
+    #[serde(default)]
+    pub waiting: Option<Vec<crate::flow::Waiting>>,
     /// `heads` as Automerge hashes, worked out once when the summary is made or read.
     #[serde(skip)]
     hashes: Vec<automerge::ChangeHash>,
@@ -39,6 +43,7 @@ impl Summary {
             heads,
             members,
             names,
+            waiting: None,
             hashes,
         }
     }
@@ -88,5 +93,42 @@ impl<S: Storage> Repo<S> {
             self.summaries.insert(flow.to_string(), summary);
         }
         Ok(self.summaries.get(flow))
+    }
+
+    /// What each of `flows` waits on this node's user for ([`crate::flow::Flow::waiting_on`];
+    /// nothing for a flow not held here), kept in the flows' summaries: a flow's document is
+    /// read for it once after each change, not on every `flow list`, and what was worked out
+    /// is stored in one transaction.
+    pub fn waiting(&mut self, flows: &[String]) -> Result<Vec<Vec<crate::flow::Waiting>>> {
+        let me = self.identity.node_id().to_string();
+        let mut out = Vec::with_capacity(flows.len());
+        let mut fresh = Vec::new();
+        for flow in flows {
+            let Some(mut summary) = self.summary(flow)?.cloned() else {
+                out.push(Vec::new());
+                continue;
+            };
+            if let Some(w) = summary.waiting {
+                out.push(w);
+                continue;
+            }
+            self.standing(flow)?;
+            let waiting = stands(&self.docs[flow], &self.standing[flow])
+                .flow_without_comments(flow)
+                .waiting_on(&me);
+            summary.waiting = Some(waiting.clone());
+            fresh.push((flow.clone(), summary));
+            out.push(waiting);
+        }
+        if !fresh.is_empty() {
+            self.store.write(|w| {
+                for (flow, summary) in &fresh {
+                    w.set_summary(flow, &summary.encode())?;
+                }
+                Ok::<(), Error>(())
+            })?;
+            self.summaries.extend(fresh);
+        }
+        Ok(out)
     }
 }
