@@ -64,8 +64,14 @@ fn request(origin: &str, head: &str, body: &str) -> (u16, String) {
     (status, out)
 }
 
-/// Logs in with the URL's token; the cookie header to send.
-fn log_in(url: &str) -> String {
+/// A login session: the cookie header to send, and the key.
+struct Session {
+    cookie: String,
+    key: String,
+}
+
+/// Logs in with the URL's code and fetches the session's key, as the page does.
+fn log_in(url: &str) -> Session {
     let (origin, query) = url.split_once("/login").unwrap();
     let host = origin.trim_start_matches("http://");
     let (status, res) = request(
@@ -78,17 +84,32 @@ fn log_in(url: &str) -> String {
         .lines()
         .find_map(|l| l.strip_prefix("set-cookie: "))
         .unwrap();
-    cookie.split(';').next().unwrap().to_string()
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let (status, res) = request(
+        origin,
+        &format!(
+            "POST /v1/session HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nCookie: {cookie}\r\n\
+             Content-Type: application/json"
+        ),
+        "{}",
+    );
+    assert_eq!(status, 200, "{res}");
+    let body: Value = serde_json::from_str(res.split_once("\r\n\r\n").unwrap().1).unwrap();
+    Session {
+        cookie,
+        key: body["key"].as_str().unwrap().to_string(),
+    }
 }
 
 /// A call from the page: its status and its JSON answer.
-fn call(origin: &str, cookie: &str, json: &str) -> (u16, Value) {
+fn call(origin: &str, session: &Session, json: &str) -> (u16, Value) {
     let host = origin.trim_start_matches("http://");
     let (status, res) = request(
         origin,
         &format!(
-            "POST /v1/call HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nCookie: {cookie}\r\n\
-             Content-Type: application/json"
+            "POST /v1/call HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nCookie: {}\r\n\
+             X-Coflow-Key: {}\r\nContent-Type: application/json",
+            session.cookie, session.key
         ),
         json,
     );
@@ -126,16 +147,28 @@ fn up_on_a_fresh_dir_asks_for_a_name_then_runs_and_open_hands_the_page_to_the_br
     let home = root.path().join("alice");
     let (child, url) = up(&home);
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    assert!(url.contains("/login?token="), "{url}");
+    assert!(url.contains("/login?code="), "{url}");
     let origin = url.split("/login").next().unwrap().to_string();
     let cookie = log_in(&url);
+    // The code is used up: it logs nobody in again.
+    let host = origin.trim_start_matches("http://");
+    let query = url.split_once("/login").unwrap().1;
+    let (status, _) = request(
+        &origin,
+        &format!("GET /login{query} HTTP/1.1\r\nHost: {host}"),
+        "",
+    );
+    assert_eq!(status, 403);
 
     // Until the page names the node, it has no key: the CLI says so, the page is asked.
     assert!(!home.join("identity.key").exists());
     let (status, v) = call(&origin, &cookie, r#"{"call":"status"}"#);
     assert_eq!(status, 200);
     assert_eq!(v["Status"]["setup"], true, "{v}");
-    assert_eq!(v["Status"]["web"], url.as_str());
+    // A new login URL, the first one being used.
+    let next = v["Status"]["web"].as_str().unwrap().to_string();
+    assert!(next.starts_with(&format!("{origin}/login?code=")), "{next}");
+    assert_ne!(next, url);
     let (status, v) = call(&origin, &cookie, r#"{"call":"flow_list"}"#);
     assert_eq!(status, 400);
     assert!(v["error"].as_str().unwrap().contains("no name yet"), "{v}");
@@ -165,7 +198,9 @@ fn up_on_a_fresh_dir_asks_for_a_name_then_runs_and_open_hands_the_page_to_the_br
     };
     assert_eq!(status["node_id"], node_id.as_str());
     assert_eq!(status["setup"], false);
-    assert_eq!(status["web"], url.as_str());
+    // The same login URL until it is used.
+    assert_eq!(status["web"], next.as_str());
+    let url = next;
     // The same cookie works on; a second init is refused.
     let (status, v) = call(&origin, &cookie, r#"{"call":"init","name":"Mallory"}"#);
     assert_eq!(status, 400, "{v}");
@@ -264,8 +299,73 @@ fn the_page_is_served_on_loopback_only_and_a_stop_during_setup_is_clean() {
     assert!(err.contains("coflow init"), "{err}");
     // Stopped while it waits for a name: it exits cleanly and makes no key.
     let (child, url) = up(&home);
-    assert!(url.contains("/login?token="));
+    assert!(url.contains("/login?code="));
     assert!(stop(child).success());
     assert!(!home.join("identity.key").exists());
     assert!(!home.join("web.url").exists());
+}
+
+/// Requests no browser sends, and a first run's files: what the hostile review of the page
+/// tried. A data dir made by `coflow up` is this user's only; `coflow init` does not race the
+/// page for the name; two Host or Origin headers, a URI naming another host, a content type
+/// that only starts like JSON are refused; another site's odd cookie does not log the page out.
+#[test]
+fn the_page_refuses_requests_no_browser_sends_and_a_first_run_keeps_its_dir_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("carol");
+    let (child, url) = up(&home);
+    let mode = std::fs::metadata(&home).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the data dir's mode");
+    // The CLI does not name a node whose page waits for a name.
+    let out = coflow(&home)
+        .args(["init", "--name", "Mallory"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("choose the name on its page"), "{err}");
+    assert!(!home.join("identity.key").exists());
+
+    let origin = url.split("/login").next().unwrap().to_string();
+    let host = origin.trim_start_matches("http://").to_string();
+    let s = log_in(&url);
+    let head = |extra: &str| {
+        format!(
+            "POST /v1/call HTTP/1.1\r\nHost: {host}\r\nCookie: {}\r\nX-Coflow-Key: {}\r\n{extra}",
+            s.cookie, s.key
+        )
+    };
+    let status = r#"{"call":"status"}"#;
+    let json = "Content-Type: application/json";
+    let with_origin = format!("Origin: {origin}\r\n{json}");
+    // The call as a browser makes it passes; every variation below is refused.
+    assert_eq!(request(&origin, &head(&with_origin), status).0, 200);
+    let two_hosts = format!("Host: evil.example\r\n{with_origin}");
+    assert_eq!(request(&origin, &head(&two_hosts), status).0, 403);
+    let two_origins = format!("Origin: {origin}\r\nOrigin: http://evil.example\r\n{json}");
+    assert_eq!(request(&origin, &head(&two_origins), status).0, 403);
+    let not_json = format!("Origin: {origin}\r\nContent-Type: application/jsonfoo");
+    assert_eq!(request(&origin, &head(&not_json), status).0, 415);
+    let upper = format!("Origin: {origin}\r\nContent-Type: APPLICATION/JSON; charset=utf-8");
+    assert_eq!(request(&origin, &head(&upper), status).0, 200);
+    let absolute = format!(
+        "POST http://evil.example/v1/call HTTP/1.1\r\nHost: {host}\r\nCookie: {}\r\n\
+         X-Coflow-Key: {}\r\n{with_origin}",
+        s.cookie, s.key
+    );
+    assert_eq!(request(&origin, &absolute, status).0, 403);
+    // Another site's cookie on 127.0.0.1 that is not ASCII hides nothing.
+    let odd = format!(
+        "POST /v1/call HTTP/1.1\r\nHost: {host}\r\nCookie: other=\u{e9}; {}\r\n\
+         X-Coflow-Key: {}\r\n{with_origin}",
+        s.cookie, s.key
+    );
+    assert_eq!(request(&origin, &odd, status).0, 200);
+    assert!(stop(child).success());
+    let mode = std::fs::metadata(home.join("web.sessions"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "web.sessions is this user's only");
 }

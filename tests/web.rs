@@ -146,8 +146,6 @@ impl Driver {
             .iter()
             .filter(|e| e["level"] == "SEVERE")
             .map(|e| e["message"].as_str().unwrap_or_default().to_string())
-            // The browser asks for /favicon.ico on its own; the node serves no icon (yet).
-            .filter(|m| !m.contains("/favicon.ico "))
             .collect()
     }
 
@@ -284,10 +282,18 @@ async fn labelled(c: &Client, label: &str) -> String {
 
 /// Types `text` into the field labelled `label`, as a person would.
 async fn fill(c: &Client, label: &str, text: &str) {
-    let id = labelled(c, label).await;
-    let field = c.find(Locator::Id(&id)).await.unwrap();
-    field.clear().await.unwrap();
-    field.send_keys(text).await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let id = labelled(c, label).await;
+        // A live update may draw the field again between finding it and typing: look again.
+        if let Ok(field) = c.find(Locator::Id(&id)).await {
+            if field.clear().await.is_ok() && field.send_keys(text).await.is_ok() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "could not type into '{label}'");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn value_of(c: &Client, label: &str) -> String {
@@ -310,8 +316,11 @@ async fn click_button(c: &Client, text: &str) {
     loop {
         for b in c.find_all(Locator::XPath(&xpath)).await.unwrap() {
             if b.is_displayed().await.unwrap_or(false) && b.is_enabled().await.unwrap_or(false) {
-                b.click().await.unwrap();
-                return;
+                // The page may have drawn this part again since it was found (a live update):
+                // then look again.
+                if b.click().await.is_ok() {
+                    return;
+                }
             }
         }
         if Instant::now() > deadline {
@@ -328,8 +337,10 @@ async fn click(c: &Client, css: &str) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Ok(el) = c.find(Locator::Css(css)).await {
-            if el.is_displayed().await.unwrap_or(false) && el.is_enabled().await.unwrap_or(false) {
-                el.click().await.unwrap();
+            if el.is_displayed().await.unwrap_or(false)
+                && el.is_enabled().await.unwrap_or(false)
+                && el.click().await.is_ok()
+            {
                 return;
             }
         }
@@ -504,14 +515,18 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The page's address split from a login URL `http://HOST:PORT/login?token=T`.
+/// The page's address split from a login URL `http://HOST:PORT/login?code=C`.
 struct Page {
     /// `127.0.0.1:PORT`
     addr: String,
     /// `http://127.0.0.1:PORT`
     origin: String,
-    /// `/login?token=T`
-    login: String,
+}
+
+/// A login session made with plain HTTP: its cookie (`name=value`) and its key.
+struct Session {
+    cookie: String,
+    key: String,
 }
 
 impl Page {
@@ -521,19 +536,24 @@ impl Page {
             .unwrap_or_else(|| panic!("not an http URL: {url}"));
         let (addr, path) = rest.split_once('/').unwrap_or((rest, ""));
         assert!(
-            path.contains("token="),
-            "the page's URL carries no login token: {url}"
+            path.contains("code="),
+            "the page's URL carries no login code: {url}"
         );
         Page {
             addr: addr.to_string(),
             origin: format!("http://{addr}"),
-            login: format!("/{path}"),
         }
     }
 
-    /// Logs in with plain HTTP; returns the session cookie as `name=value`.
-    fn cookie(&self) -> String {
-        let r = http(&self.addr, "GET", &self.login, &[], "").unwrap();
+    /// Logs in with plain HTTP, with a login URL fresh from `p`'s node (a code is good for one
+    /// login), and fetches the session's key as the page does.
+    fn session(&self, p: &Participant) -> Session {
+        let url = login_url(p);
+        let login = format!(
+            "/{}",
+            url.split_once("//").unwrap().1.split_once('/').unwrap().1
+        );
+        let r = http(&self.addr, "GET", &login, &[], "").unwrap();
         assert_eq!(r.status, 303, "login: {}", r.body);
         assert_eq!(r.header("location"), Some("/"));
         let set = r
@@ -544,14 +564,30 @@ impl Page {
         assert!(lower.contains("httponly"), "{set}");
         assert!(lower.contains("samesite=strict"), "{set}");
         assert!(set.starts_with("coflow_"), "{set}");
-        set.split(';').next().unwrap().trim().to_string()
+        let cookie = set.split(';').next().unwrap().trim().to_string();
+        let headers = [
+            ("Cookie", cookie.as_str()),
+            ("Origin", self.origin.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let r = http(&self.addr, "POST", "/v1/session", &headers, "{}").unwrap();
+        assert_eq!(r.status, 200, "the session's key: {}", r.body);
+        let key = serde_json::from_str::<Value>(&r.body).unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // The key is handed out once: the cookie alone does not get it again.
+        let again = http(&self.addr, "POST", "/v1/session", &headers, "{}").unwrap();
+        assert_eq!(again.status, 401, "a session's key handed out twice");
+        Session { cookie, key }
     }
 
-    /// POST /v1/call with `cookie` and `origin` (each left out when `None`).
-    fn call(&self, cookie: Option<&str>, origin: Option<&str>, body: &Value) -> Http {
+    /// POST /v1/call with `session` and `origin` (each left out when `None`).
+    fn call(&self, session: Option<&Session>, origin: Option<&str>, body: &Value) -> Http {
         let mut headers = vec![("Content-Type", "application/json")];
-        if let Some(c) = cookie {
-            headers.push(("Cookie", c));
+        if let Some(s) = session {
+            headers.push(("Cookie", &s.cookie));
+            headers.push(("X-Coflow-Key", &s.key));
         }
         if let Some(o) = origin {
             headers.push(("Origin", o));
@@ -579,7 +615,7 @@ fn web_node(root: &Path, name: &str) -> (Participant, String) {
 /// The running node's login URL: `coflow status`'s `web`, or `web.url` in its data dir.
 fn login_url(p: &Participant) -> String {
     let web = p.web_url();
-    if web.contains("token=") {
+    if web.contains("code=") {
         return web;
     }
     std::fs::read_to_string(p.home.join("web.url"))
@@ -1014,7 +1050,31 @@ async fn the_page_keeps_strangers_out() {
     every_control_named(&c, "the login message").await;
     c.close().await.unwrap();
 
-    let cookie = page.cookie();
+    let session = page.session(&tom);
+    let cookie = session.cookie.clone();
+    // The cookie alone, or with another key, gets nothing.
+    let r = page.call(
+        Some(&Session {
+            cookie: cookie.clone(),
+            key: "0".repeat(64),
+        }),
+        Some(&page.origin),
+        &status,
+    );
+    assert_eq!(r.status, 401, "a cookie with a wrong key: {}", r.body);
+    let r = http(
+        &page.addr,
+        "POST",
+        "/v1/call",
+        &[
+            ("Cookie", &cookie),
+            ("Origin", &page.origin),
+            ("Content-Type", "application/json"),
+        ],
+        &status.to_string(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 401, "a cookie without its key: {}", r.body);
     // (b) Another host name (DNS rebinding) gets nothing, not even the page.
     let evil_host = format!("evil.example:{port}");
     for path in ["/", "/app.js", "/v1/events"] {
@@ -1022,7 +1082,11 @@ async fn the_page_keeps_strangers_out() {
             &page.addr,
             "GET",
             path,
-            &[("Host", &evil_host), ("Cookie", &cookie)],
+            &[
+                ("Host", &evil_host),
+                ("Cookie", &cookie),
+                ("X-Coflow-Key", &session.key),
+            ],
             "",
         )
         .unwrap();
@@ -1035,6 +1099,7 @@ async fn the_page_keeps_strangers_out() {
         &[
             ("Host", &evil_host),
             ("Cookie", &cookie),
+            ("X-Coflow-Key", &session.key),
             ("Origin", &format!("http://{evil_host}")),
             ("Content-Type", "application/json"),
         ],
@@ -1044,9 +1109,9 @@ async fn the_page_keeps_strangers_out() {
     assert_eq!(r.status, 403, "a call under another host name");
 
     // (c) Another origin, no origin, or a form's content type: refused, nothing changed.
-    let r = page.call(Some(&cookie), Some("http://evil.example"), &comment);
+    let r = page.call(Some(&session), Some("http://evil.example"), &comment);
     assert_eq!(r.status, 403, "{}", r.body);
-    let r = page.call(Some(&cookie), None, &comment);
+    let r = page.call(Some(&session), None, &comment);
     assert_eq!(r.status, 403, "a POST without Origin: {}", r.body);
     let r = http(
         &page.addr,
@@ -1054,6 +1119,7 @@ async fn the_page_keeps_strangers_out() {
         "/v1/call",
         &[
             ("Cookie", &cookie),
+            ("X-Coflow-Key", &session.key),
             ("Origin", &page.origin),
             ("Content-Type", "text/plain"),
         ],
@@ -1071,13 +1137,26 @@ async fn the_page_keeps_strangers_out() {
         "a refused call changed the flow"
     );
     // The same call from the page's own origin goes through: the refusals were about origin.
-    let r = page.call(Some(&cookie), Some(&page.origin), &comment);
+    let r = page.call(Some(&session), Some(&page.origin), &comment);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(tom.comments(&flow), vec!["forged".to_string()]);
 
+    // A login code is good for one login: the one used above logs nobody in again.
+    let used = http(
+        &page.addr,
+        "GET",
+        &format!(
+            "/{}",
+            url.split_once("//").unwrap().1.split_once('/').unwrap().1
+        ),
+        &[],
+        "",
+    )
+    .unwrap();
+    assert_eq!(used.status, 403, "a used login code: {}", used.body);
     // A logged-in page shows an error as one line and keeps what was typed.
     let c = driver.browser().await;
-    c.goto(&url).await.unwrap();
+    c.goto(&login_url(&tom)).await.unwrap();
     flows_page(&c).await;
     c.goto(&format!("{}/join", page.origin)).await.unwrap();
     fill(&c, "Ticket", "coflow1nonsense").await;
@@ -1399,9 +1478,9 @@ async fn the_page_follows_its_node_through_restarts() {
         "the page reloaded"
     );
 
-    // A new login token (the old one deleted): the open page asks for its login link.
+    // Every browser logged out (the sessions deleted): the open page asks for its login link.
     tom.stop();
-    std::fs::remove_file(tom.home.join("web.token")).unwrap();
+    std::fs::remove_file(tom.home.join("web.sessions")).unwrap();
     tom.start(&[]);
     until(
         &c,

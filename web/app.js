@@ -150,18 +150,85 @@
 
   const LOST = 'The node does not answer. Is coflow still running on this computer?';
 
-  async function call(body) {
+  // A login makes a session: an HttpOnly cookie, and a key this page fetches once and keeps
+  // in its own origin's storage (other ports of 127.0.0.1 see the cookie, never the key).
+  // Every call sends the key.
+  const KEY = 'coflow-key';
+
+  function storedKey() {
+    try {
+      return localStorage.getItem(KEY) || '';
+    } catch (_) {
+      return '';
+    }
+  }
+
+  function storeKey(key) {
+    try {
+      if (key) localStorage.setItem(KEY, key);
+      else localStorage.removeItem(KEY);
+    } catch (_) {
+      /* storage refused: the key lives as long as this page */
+    }
+    memoryKey = key;
+  }
+
+  let memoryKey = '';
+  const currentKey = () => storedKey() || memoryKey;
+
+  /** The key of the session a login just made ('' if there is none to fetch). */
+  async function fetchKey() {
     let r;
     try {
-      r = await fetch('/v1/call', {
+      r = await fetch('/v1/session', {
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },
+        body: '{}',
+        credentials: 'same-origin',
+        cache: 'no-store',
+      });
+    } catch (_) {
+      throw new Error(LOST);
+    }
+    if (!r.ok) return '';
+    try {
+      const data = await r.json();
+      return typeof data.key === 'string' ? data.key : '';
+    } catch (_) {
+      return '';
+    }
+  }
+
+  async function post(body, key) {
+    try {
+      return await fetch('/v1/call', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'X-Coflow-Key': key },
         body: JSON.stringify(body),
         credentials: 'same-origin',
         cache: 'no-store',
       });
     } catch (_) {
       throw new Error(LOST);
+    }
+  }
+
+  async function call(body) {
+    let key = currentKey();
+    if (!key) {
+      // Right after a login: its key first.
+      key = await fetchKey();
+      if (key) storeKey(key);
+    }
+    let r = await post(body, key);
+    if (r.status === 401) {
+      // A new login (`coflow open`) made a new session: take its key and ask again.
+      const fresh = await fetchKey();
+      if (fresh && fresh !== key) {
+        storeKey(fresh);
+        key = fresh;
+        r = await post(body, key);
+      }
     }
     if (r.status === 401) {
       showLogin();
@@ -307,7 +374,8 @@
   function startEvents() {
     stopEvents();
     if (state.loggedOut) return;
-    const es = new EventSource('/v1/events');
+    // An EventSource sends no headers: the key goes in the query (same origin, no referrer).
+    const es = new EventSource('/v1/events?key=' + encodeURIComponent(currentKey()));
     events = es;
     es.addEventListener('flow', (e) => {
       let flow = null;

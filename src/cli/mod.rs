@@ -363,6 +363,15 @@ pub fn run(cli: Cli) -> Result<()> {
             out.id(id.node_id().as_str(), id.name())
         }
         Command::Init { name, .. } => {
+            // A node running on a data dir with no key waits for its page to name it.
+            if let Ok(lock) = std::fs::File::open(home.join(api::LOCK_FILE)) {
+                if lock.try_lock_shared().is_err() {
+                    return Err(Error::Invalid(
+                        "a node runs for this data dir: choose the name on its page                          (`coflow open`), or stop it first"
+                            .into(),
+                    ));
+                }
+            }
             let identity = Identity::fresh(name.as_deref().unwrap_or_default())?;
             let repo = crate::repo::Repo::init(&home, identity)?;
             let id = repo.identity();
@@ -526,21 +535,26 @@ fn run_node(home: PathBuf, args: NodeArgs, up: bool, open: bool) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Invalid(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(crate::node::run(opts, shutdown_signal()))
+    runtime.block_on(async {
+        // Listening for the signals before the node starts: one arriving while it starts (it
+        // prints the page's URL early) stops it cleanly, rather than killing the process.
+        let shutdown = shutdown_signal()?;
+        crate::node::run(opts, shutdown).await
+    })
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// A future that completes on Ctrl-C or SIGTERM; both are listened for from the moment this
+/// returns (inside a runtime).
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let listen =
+        |kind| signal(kind).map_err(|e| Error::Invalid(format!("cannot listen for signals: {e}")));
+    let mut term = listen(SignalKind::terminate())?;
+    let mut int = listen(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
 }

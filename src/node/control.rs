@@ -45,7 +45,7 @@ pub(super) async fn serve_api(listener: UnixListener, calls: Calls, mut stop: wa
         .fallback(|| async { http::failure(StatusCode::NOT_FOUND, "unknown endpoint") })
         .layer(DefaultBodyLimit::max(api::MAX_BODY))
         .with_state(calls);
-    let served = axum::serve(http::Bounded::new(listener, MAX_CONNECTIONS), app)
+    let served = axum::serve(http::Bounded::new(listener, MAX_CONNECTIONS, None), app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         })
@@ -128,7 +128,7 @@ impl Runtime {
                 .collect(),
             peers: self.swarm.connected_peers().count(),
             flows: self.engine.repo().flow_ids().map(|f| f.len()).unwrap_or(0),
-            web: self.web.clone(),
+            web: self.web.as_ref().and_then(|l| l.url().ok()),
             setup: false,
         }
     }

@@ -132,8 +132,8 @@ struct Runtime {
     wanted: HashSet<PeerId>,
     topics: gossip::Topics,
     dht: dht::Dht,
-    /// The page's login URL, if it is served.
-    web: Option<String>,
+    /// The page's logins (they hand out its login URLs), if it is served.
+    web: Option<crate::web::Logins>,
     /// What the page is told happened (see [`crate::web::Change`]).
     changes: broadcast::Sender<Change>,
     faults: faults::Faults,
@@ -171,7 +171,8 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
 }
 
 async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    std::fs::create_dir_all(&opts.home).map_err(|source| Error::Io {
+    // Mode 0700, as `coflow init` makes it: a first run from the page makes the data dir here.
+    crate::identity::create_data_dir(&opts.home).map_err(|source| Error::Io {
         path: opts.home.clone(),
         source,
     })?;
@@ -193,8 +194,8 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
             )));
         }
         web_url = start_web(&opts, &calls_tx, &changes, &stopped, &mut tasks)?;
-        let url = web_url.clone().unwrap_or_default();
-        if !setup(&opts.home, &mut calls_rx, &url, &mut shutdown).await {
+        let logins = web_url.clone().expect("the page is served");
+        if !setup(&opts.home, &mut calls_rx, &logins, &mut shutdown).await {
             let _ = stop.send(true);
             finish(tasks, calls_rx, &opts.home).await;
             return Ok(());
@@ -292,20 +293,21 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
     Ok(())
 }
 
-/// Serves the page, if asked to: writes its login URL to [`crate::web::URL_FILE`], prints it
-/// and opens a browser on it as asked. Its URL.
+/// Serves the page, if asked to: writes a login URL to [`crate::web::URL_FILE`], prints it
+/// and opens a browser on it as asked. Its logins.
 fn start_web(
     opts: &NodeOptions,
     calls: &mpsc::Sender<(Call, Pending)>,
     changes: &broadcast::Sender<Change>,
     stopped: &watch::Receiver<bool>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<Option<String>> {
+) -> Result<Option<crate::web::Logins>> {
     let Some(addr) = opts.web else {
         return Ok(None);
     };
     let web = Web::bind(&opts.home, addr, opts.web_fall_back)?;
-    let url = web.login_url();
+    let logins = web.logins();
+    let url = logins.url()?;
     tracing::info!(target: "node", "the page is at {} (`coflow open` opens it, logged in)", web.origin());
     let url_file = opts.home.join(crate::web::URL_FILE);
     let _ = std::fs::remove_file(&url_file);
@@ -331,7 +333,7 @@ fn start_web(
             }
         });
     }
-    Ok(Some(url))
+    Ok(Some(logins))
 }
 
 /// Lets the servers finish what they are answering (calls still queued are dropped: their
@@ -356,7 +358,7 @@ async fn finish(
 async fn setup(
     home: &Path,
     calls: &mut mpsc::Receiver<(Call, Pending)>,
-    url: &str,
+    logins: &crate::web::Logins,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> bool {
     tracing::info!(target: "node", "this node has no key yet: choose a name on its page");
@@ -373,7 +375,7 @@ async fn setup(
                 listen: Vec::new(),
                 peers: 0,
                 flows: 0,
-                web: Some(url.to_string()),
+                web: logins.url().ok(),
                 setup: true,
             })),
             Call::Init { name } => {

@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -47,18 +48,21 @@ pub async fn call(State(calls): State<Calls>, body: Bytes) -> Response {
     }
 }
 
-/// A listener that serves at most as many connections at once as its semaphore has permits;
-/// more wait to be accepted.
+/// A listener that serves at most as many connections at once as its semaphore has permits
+/// (more wait to be accepted), and, if given an idle limit, closes a connection on which no
+/// byte moved for that long (one that never sends its request, or sits idle after its answer).
 pub struct Bounded<L> {
     inner: L,
     limit: Arc<Semaphore>,
+    idle: Option<Duration>,
 }
 
 impl<L> Bounded<L> {
-    pub fn new(inner: L, max: usize) -> Bounded<L> {
+    pub fn new(inner: L, max: usize, idle: Option<Duration>) -> Bounded<L> {
         Bounded {
             inner,
             limit: Arc::new(Semaphore::new(max)),
+            idle,
         }
     }
 }
@@ -75,10 +79,12 @@ impl<L: axum::serve::Listener> axum::serve::Listener for Bounded<L> {
             .await
             .expect("the semaphore is never closed");
         let (io, addr) = self.inner.accept().await;
+        let idle = self.idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
         (
             Permitted {
                 io,
                 _permit: permit,
+                idle,
             },
             addr,
         )
@@ -93,6 +99,30 @@ impl<L: axum::serve::Listener> axum::serve::Listener for Bounded<L> {
 pub struct Permitted<I> {
     io: I,
     _permit: OwnedSemaphorePermit,
+    /// The idle limit and when it runs out (moved on by every byte read or written).
+    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl<I> Permitted<I> {
+    /// Something moved: the idle limit starts again.
+    fn moved(&mut self) {
+        if let Some((d, sleep)) = &mut self.idle {
+            sleep.as_mut().reset(tokio::time::Instant::now() + *d);
+        }
+    }
+
+    /// The I/O is pending: whether the connection has been idle too long (the timer then wakes
+    /// the task when it runs out).
+    fn idle_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        use std::future::Future;
+        self.idle
+            .as_mut()
+            .is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready())
+    }
+}
+
+fn idle_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "the connection sat idle")
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Permitted<I> {
@@ -101,7 +131,17 @@ impl<I: AsyncRead + Unpin> AsyncRead for Permitted<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.idle_too_long(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -111,7 +151,16 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Permitted<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        match Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.idle_too_long(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -127,7 +176,16 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Permitted<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.idle_too_long(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -4,16 +4,18 @@
 //! events told by the node's runtime when a flow changed.
 //!
 //! Security (SECURITY.md, "The page"): every request's `Host` must name a loopback address and
-//! the port served, else 403 (DNS rebinding); `/v1/*` needs the login cookie, else 401; it is
-//! set by `GET /login?token=…` with the token from the data dir (`web.token`, mode 0600) and is
-//! HttpOnly and SameSite=Strict; a request that is not GET or HEAD needs `Origin` equal to the
-//! page's own and a JSON body, else 403; every answer carries a Content-Security-Policy that
-//! allows no inline script or style; bodies, requests in flight, connections and event streams
-//! are bounded. The assets themselves hold no data and need no cookie: a page opened from a
-//! link without it shows only how to log in.
+//! the port served, else 403 (DNS rebinding); `/v1/*` needs a login session, its cookie and its
+//! key (`login.rs`), else 401; a request that is not GET or HEAD needs `Origin` equal to the
+//! page's own and a JSON body, else 403 or 415; every answer carries a Content-Security-Policy
+//! that allows no inline script or style; bodies, requests in flight, connections (and how long
+//! they may sit idle) and event streams are bounded. The page's files hold no data and need no
+//! login: a page opened from a link without one shows only how to log in.
 
 mod assets;
 pub mod http;
+mod login;
+
+pub use login::Logins;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,8 +37,6 @@ use http::{failure, Calls};
 
 /// Where the page is served when the configuration says nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7780";
-/// The login token's file in the data dir.
-pub const TOKEN_FILE: &str = "web.token";
 /// While the node runs: the page's login URL, for scripts (mode 0600, removed at stop).
 pub const URL_FILE: &str = "web.url";
 
@@ -48,6 +48,9 @@ const MAX_IN_FLIGHT: usize = 32;
 const MAX_STREAMS: usize = 16;
 /// Largest request body.
 const MAX_BODY: usize = 1024 * 1024;
+/// A connection on which nothing moved for this long is closed: longer than a join may take
+/// (`node::JOIN_TIMEOUT`), and than the event streams' keep-alive (15 s).
+const IDLE: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// What the page is told happened, to fetch again what it shows.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,11 +61,11 @@ pub enum Change {
     Flows,
 }
 
-/// The page's listener, bound, and its login token.
+/// The page's listener, bound, and its logins.
 pub struct Web {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
-    token: String,
+    logins: Logins,
 }
 
 impl Web {
@@ -91,7 +94,7 @@ impl Web {
         Ok(Web {
             listener,
             addr: bound,
-            token: token(home)?,
+            logins: Logins::open(home, format!("http://{bound}"))?,
         })
     }
 
@@ -100,9 +103,9 @@ impl Web {
         format!("http://{}", self.addr)
     }
 
-    /// The URL that logs a browser in.
-    pub fn login_url(&self) -> String {
-        format!("{}/login?token={}", self.origin(), self.token)
+    /// Its logins: they hand out the URLs that log a browser in.
+    pub fn logins(&self) -> Logins {
+        self.logins.clone()
     }
 
     /// Serves the page until `shutdown` turns true; event streams end then too.
@@ -115,13 +118,13 @@ impl Web {
         let page = Page {
             calls,
             changes,
-            port: self.addr.port(),
-            token: self.token.into(),
+            addr: self.addr,
+            logins: self.logins,
             streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             shutdown: shutdown.clone(),
         };
         let mut stop = shutdown;
-        let served = axum::serve(http::Bounded::new(self.listener, MAX_CONNECTIONS), router(page))
+        let served = axum::serve(http::Bounded::new(self.listener, MAX_CONNECTIONS, Some(IDLE)), router(page))
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
@@ -129,36 +132,6 @@ impl Web {
         if let Err(e) = served {
             tracing::warn!(target: "node", "the page's server stopped: {e}");
         }
-    }
-}
-
-/// The login token in `home`, made on first use.
-fn token(home: &Path) -> Result<String> {
-    let path = home.join(TOKEN_FILE);
-    let io = |source| Error::Io {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(t) => {
-            let t = t.trim().to_string();
-            if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Ok(t);
-            }
-            Err(Error::Invalid(format!(
-                "{} is not a login token: delete it and start the node again (a new one is made)",
-                path.display()
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut secret = [0u8; 32];
-            crate::identity::random(&mut secret)
-                .map_err(|e| Error::Invalid(format!("no randomness for the login token: {e}")))?;
-            let t = crate::identity::hex(&secret);
-            write_private(&path, &t).map_err(io)?;
-            Ok(t)
-        }
-        Err(e) => Err(io(e)),
     }
 }
 
@@ -182,8 +155,8 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 struct Page {
     calls: Calls,
     changes: broadcast::Sender<Change>,
-    port: u16,
-    token: Arc<str>,
+    addr: SocketAddr,
+    logins: Logins,
     streams: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 }
@@ -192,34 +165,61 @@ impl Page {
     /// The cookie's name: cookies are kept per host, not per port, so two nodes on one machine
     /// each need their own.
     fn cookie_name(&self) -> String {
-        format!("coflow_{}", self.port)
+        format!("coflow_{}", self.addr.port())
     }
 
-    /// Whether `host` (a `Host` header) names a loopback address and the port served.
+    /// Whether `host` (a `Host` header, or a request URI's authority) names a loopback address
+    /// and the port served.
     fn host_ok(&self, host: &str) -> bool {
-        let port = self.port.to_string();
-        let Some((name, p)) = host.rsplit_once(':') else {
+        let Some((name, port)) = host.rsplit_once(':') else {
             return false;
         };
-        p == port
-            && (name == "127.0.0.1" || name == "[::1]" || name.eq_ignore_ascii_case("localhost"))
+        let bound = match self.addr.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        port == self.addr.port().to_string()
+            && (name == "127.0.0.1"
+                || name == "[::1]"
+                || name == bound
+                || name.eq_ignore_ascii_case("localhost"))
     }
 
-    fn logged_in(&self, headers: &HeaderMap) -> bool {
+    /// The values the request's cookies give this page's cookie name (read as bytes: another
+    /// site's cookie on 127.0.0.1 that is not ASCII does not hide ours).
+    fn cookies(&self, headers: &HeaderMap) -> Vec<String> {
         let name = self.cookie_name();
         headers
             .get_all(header::COOKIE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
+            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .filter_map(|c| std::str::from_utf8(c).ok())
             .filter_map(|c| c.trim().split_once('='))
-            .any(|(k, v)| k == name && same(v, &self.token))
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+            .collect()
     }
-}
 
-/// Compares two secrets in time independent of where they differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    /// Whether the request carries a session's cookie and its key (the `X-Coflow-Key` header,
+    /// or `key=` in the query, which is all an `EventSource` can send).
+    fn logged_in(&self, req: &Request) -> bool {
+        let from_header = req
+            .headers()
+            .get("x-coflow-key")
+            .and_then(|k| k.to_str().ok())
+            .map(str::to_string);
+        let from_query = req.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("key="))
+                .map(str::to_string)
+        });
+        let Some(key) = from_header.or(from_query) else {
+            return false;
+        };
+        self.cookies(req.headers())
+            .iter()
+            .any(|c| self.logins.check(c, &key))
+    }
 }
 
 fn router(page: Page) -> Router {
@@ -229,7 +229,10 @@ fn router(page: Page) -> Router {
         .route("/flow/{id}", get(assets::index))
         .route("/app.js", get(assets::script))
         .route("/app.css", get(assets::style))
+        // Browsers ask for it on their own: no icon, and no error in their console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/login", get(login))
+        .route("/v1/session", post(session))
         .route("/v1/call", post(call))
         .route("/v1/events", get(events))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such page\n").into_response() })
@@ -239,32 +242,44 @@ fn router(page: Page) -> Router {
         .with_state(page)
 }
 
-/// Every request: the Host check, the login cookie for `/v1/*`, the Origin check for what is
-/// not GET or HEAD; every answer: the security headers.
+/// Every request: the Host check, the login for `/v1/*`, the Origin check for what is not GET
+/// or HEAD; every answer: the security headers.
 async fn guard(State(page): State<Page>, req: Request, next: Next) -> Response {
     let headers = req.headers();
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let refused = if !page.host_ok(&host) {
+    let one = |name| {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => Some(v.to_str().unwrap_or("").to_string()),
+            _ => None,
+        }
+    };
+    // Exactly one Host, which the request URI's authority (if it names one) agrees with.
+    let host = one(header::HOST).unwrap_or_default();
+    let uri_host = req.uri().authority().map(|a| a.as_str().to_string());
+    let path = req.uri().path();
+    let session_known = || page.cookies(headers).iter().any(|c| page.logins.known(c));
+    let refused = if !page.host_ok(&host) || uri_host.is_some_and(|a| a != host) {
         Some((
             StatusCode::FORBIDDEN,
             "refused: the page answers only to 127.0.0.1, localhost or [::1] with its port",
         ))
-    } else if req.uri().path().starts_with("/v1/") && !page.logged_in(headers) {
+    } else if (path == "/v1/session" && !session_known())
+        || (path.starts_with("/v1/") && path != "/v1/session" && !page.logged_in(&req))
+    {
         Some((
             StatusCode::UNAUTHORIZED,
             "not logged in: open the page with `coflow open`",
         ))
     } else if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
-        let json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|c| c.to_str().ok())
-            .is_some_and(|c| c.starts_with("application/json"));
-        if origin != Some(format!("http://{host}").as_str()) {
+        let origins = headers.get_all(header::ORIGIN).iter().count();
+        let origin = one(header::ORIGIN);
+        // `application/json`, in any case, with parameters or none.
+        let json = one(header::CONTENT_TYPE).is_some_and(|c| {
+            c.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if origins != 1 || origin != Some(format!("http://{host}")) {
             Some((StatusCode::FORBIDDEN, "refused: a request from another site"))
         } else if !json {
             Some((StatusCode::UNSUPPORTED_MEDIA_TYPE, "a call's body is JSON"))
@@ -301,18 +316,21 @@ async fn guard(State(page): State<Page>, req: Request, next: Next) -> Response {
 
 #[derive(Deserialize)]
 struct Login {
-    token: Option<String>,
+    code: Option<String>,
 }
 
-/// `GET /login?token=…`: the right token sets the login cookie and sends the browser to the
-/// page, without the token in its address bar.
+/// `GET /login?code=…`: the current login code starts a session: its cookie is set, and the
+/// browser is sent to the page, which fetches the session's key.
 async fn login(State(page): State<Page>, Query(q): Query<Login>) -> Response {
-    match q.token {
-        Some(t) if same(&t, &page.token) => {
+    let made = match q.code {
+        Some(code) => page.logins.redeem(&code),
+        None => Ok(None),
+    };
+    match made {
+        Ok(Some(cookie)) => {
             let cookie = format!(
-                "{}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age=31536000",
+                "{}={cookie}; HttpOnly; SameSite=Strict; Path=/; Max-Age=31536000",
                 page.cookie_name(),
-                page.token
             );
             (
                 StatusCode::SEE_OTHER,
@@ -320,11 +338,31 @@ async fn login(State(page): State<Page>, Query(q): Query<Login>) -> Response {
             )
                 .into_response()
         }
-        _ => (
+        Ok(None) => (
             StatusCode::FORBIDDEN,
-            "wrong or missing login token: run `coflow open` on this computer\n",
+            "this login link was used already or is too old: run `coflow open` for a new one\n",
         )
             .into_response(),
+        Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// `POST /v1/session`: the key of the session the cookie names, once (the page keeps it).
+async fn session(State(page): State<Page>, headers: HeaderMap) -> Response {
+    match page
+        .cookies(&headers)
+        .iter()
+        .find_map(|c| page.logins.fetch_key(c))
+    {
+        Some(key) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "key": key }).to_string(),
+        )
+            .into_response(),
+        None => failure(
+            StatusCode::UNAUTHORIZED,
+            "this login was taken up by a page already: open the page with `coflow open`",
+        ),
     }
 }
 
