@@ -78,10 +78,13 @@
 //!   its page served, the node first answers only the page's `init` (which makes the key).
 //! - [`api`]: the control API: `Call`/`Reply`, the `Handle` trait with a local (store) and a
 //!   remote transport (HTTP over the Unix socket, a hyper client).
-//! - [`web`]: the page the node serves on loopback (`web/mod.rs`: binding, the login token and
-//!   cookie, the Host, Origin and size checks, security headers, server-sent events of what
-//!   changed; `http.rs`: the `POST /v1/call` handler and the connection-bounded listener the
-//!   control socket shares; `assets.rs`: `web/index.html`, `app.js`, `app.css`, compiled in).
+//! - [`web`]: the page the node serves on loopback (`web/mod.rs`: binding, the Host, Origin,
+//!   login and size checks, security headers, server-sent events of what changed; `login.rs`:
+//!   single-use login codes and sessions of a cookie and a key, `web.sessions`; `http.rs`: the
+//!   `POST /v1/call` handler and the connection-bounded listener (with an idle limit) the
+//!   control socket shares; `assets.rs`: the page's files, compiled in). The page itself is
+//!   `web/index.html`, `web/app.js` and `web/app.css` at the crate's root: plain JavaScript,
+//!   no build step; it puts peer text into the page only as text.
 //! - [`cluster`]: several nodes on one machine (as processes, and with `testkit` as tasks),
 //!   driven through the control API: used by the demo, the examples and benchmarks.
 //! - [`demo`]: `coflow demo`, the tailor's story on three real nodes.

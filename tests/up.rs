@@ -127,6 +127,35 @@ fn json(home: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `coflow ARGS` prints `url` and hands it to the browser: `script`, as `$BROWSER`, which
+/// writes what it was given to `seen`.
+fn opens_in_browser(home: &Path, args: &[&str], script: &Path, seen: &Path, url: &str) {
+    let _ = std::fs::remove_file(seen);
+    let out = coflow(home)
+        .args(args)
+        .env("BROWSER", format!("{} %s", script.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), url, "{args:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let saw = std::fs::read_to_string(seen).unwrap_or_default();
+        if saw.trim() == url {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?}: the browser was not given the page's URL (it saw {saw:?})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn stop(mut child: Child) -> std::process::ExitStatus {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -224,42 +253,9 @@ fn up_on_a_fresh_dir_asks_for_a_name_then_runs_and_open_hands_the_page_to_the_br
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = coflow(&home)
-        .arg("open")
-        .env("BROWSER", format!("{} %s", script.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), url);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen.exists() {
-        assert!(Instant::now() < deadline, "the browser was not started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(std::fs::read_to_string(&seen).unwrap().trim(), url);
-
+    opens_in_browser(&home, &["open"], &script, &seen, &url);
     // `coflow` again, while the node runs, opens its page rather than a second node.
-    std::fs::remove_file(&seen).unwrap();
-    let out = coflow(&home)
-        .env("BROWSER", format!("{} %s", script.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), url);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !seen.exists() {
-        assert!(Instant::now() < deadline, "the browser was not started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    opens_in_browser(&home, &[], &script, &seen, &url);
 
     assert!(home.join("web.url").exists());
     assert!(stop(child).success());
