@@ -730,14 +730,23 @@ async fn the_customers_whole_story_in_a_browser() {
     )
     .await;
     fill(&c, "Comment", "Fitting on Tuesday works").await;
+    // About the fitting step, as `comment --step` is.
+    let about = labelled(&c, "About").await;
+    c.find(Locator::Id(&about))
+        .await
+        .unwrap()
+        .select_by_value(&fitting)
+        .await
+        .unwrap();
     click_button(&c, "Comment").await;
     until(
         &c,
-        "her comment is listed with her name",
+        "her comment is listed with her name, on the fitting",
         PATIENCE,
         "return [...document.querySelectorAll('#comments .comment')].some((li) => \
          li.querySelector('.comment-text').textContent === arguments[0] && \
-         li.querySelector('.author').textContent.startsWith('Alice'));",
+         li.querySelector('.author').textContent.startsWith('Alice') && \
+         li.querySelector('.comment-meta').textContent.endsWith(' · on First fitting'));",
         vec![json!("Fitting on Tuesday works")],
     )
     .await;
@@ -825,6 +834,11 @@ async fn the_customers_whole_story_in_a_browser() {
         .find(|c| c["text"] == "Fitting on Tuesday works")
         .expect("her comment");
     assert_eq!(comment["author"], alice_id.as_str());
+    assert_eq!(
+        comment["step"],
+        fitting.as_str(),
+        "her comment is on the fitting"
+    );
     let log = tom.json(&["flow", "log", &flow]);
     let by_alice: Vec<&str> = log
         .as_array()
@@ -833,7 +847,11 @@ async fn the_customers_whole_story_in_a_browser() {
         .filter(|e| e["author"] == alice_id.as_str())
         .map(|e| e["summary"].as_str().unwrap())
         .collect();
-    for what in ["chose", "commented: Fitting on Tuesday works", "fulfilled"] {
+    for what in [
+        "chose",
+        "commented on step 'First fitting': Fitting on Tuesday works",
+        "fulfilled",
+    ] {
         assert!(
             by_alice.iter().any(|s| s.contains(what)),
             "no change of Alice's node '{what}' in Tom's log: {by_alice:?}"

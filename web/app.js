@@ -717,6 +717,7 @@
       el.stepForm = stepForm();
       el.decisionForm = decisionForm();
       el.inviteForm = inviteForm();
+      el.commentForm = commentForm();
 
       main.append(
         h('p', null, navLink('/', 'All flows', 'back')),
@@ -725,7 +726,7 @@
         el.waiting,
         h('section', { 'aria-labelledby': 'steps-h' }, h('h2', { id: 'steps-h' }, 'Steps'), el.steps, el.stepForm.form),
         h('section', { 'aria-labelledby': 'decisions-h' }, h('h2', { id: 'decisions-h' }, 'Decisions'), el.decisions, el.decisionForm.form),
-        h('section', { 'aria-labelledby': 'comments-h' }, h('h2', { id: 'comments-h' }, 'Comments'), el.comments, commentForm()),
+        h('section', { 'aria-labelledby': 'comments-h' }, h('h2', { id: 'comments-h' }, 'Comments'), el.comments, el.commentForm.form),
         h('section', { 'aria-labelledby': 'members-h' }, h('h2', { id: 'members-h' }, 'People'), el.members, el.inviteForm.form)
       );
     };
@@ -792,6 +793,7 @@
       el.stepForm.update();
       el.decisionForm.update();
       el.inviteForm.update();
+      el.commentForm.update();
     }
 
     function renderTop() {
@@ -1075,17 +1077,29 @@
 
     function commentForm() {
       const text = h('textarea', { id: 'comment-text', rows: 3 });
+      // A comment is about the whole flow, or about one of its steps (as `comment --step`).
+      const about = select('comment-step', [['', 'The whole flow']]);
       const send = h('button', { type: 'submit', id: 'comment-send' }, 'Comment');
-      const form = h('form', { class: 'card', id: 'comment-form' }, field('Comment', text).wrap, h('div', { class: 'actions' }, send));
+      const form = h('form', { class: 'card', id: 'comment-form' },
+        field('Comment', text).wrap,
+        field('About', about).wrap,
+        h('div', { class: 'actions' }, send));
       form.addEventListener('submit', (e) => {
         e.preventDefault();
         run(act(send, async () => {
-          reply(await edit(id, { op: 'comment', text: text.value, step: null }), 'Edited');
+          reply(await edit(id, { op: 'comment', text: text.value, step: about.value || null }), 'Edited');
           text.value = '';
+          about.value = '';
           await page.refresh();
         }));
       });
-      return form;
+      return {
+        form,
+        update() {
+          setOptions(about, [['', 'The whole flow']].concat(
+            view.steps.map((st) => [String(st.id), 'Step: ' + String(st.title)])));
+        },
+      };
     }
 
     function inviteForm() {
