@@ -80,7 +80,8 @@
 //!   remote transport (HTTP over the Unix socket, a hyper client).
 //! - [`web`]: the page the node serves on loopback (`web/mod.rs`: binding, the Host, Origin,
 //!   login and size checks, security headers, server-sent events of what changed; `login.rs`:
-//!   single-use login codes and sessions of a cookie and a key, `web.sessions`; `http.rs`: the
+//!   single-use login codes (a browser is opened on a 0600 file that leads to one) and
+//!   sessions of a cookie and a key, `web.sessions`; `http.rs`: the
 //!   `POST /v1/call` handler and the connection-bounded listener (with an idle limit) the
 //!   control socket shares; `assets.rs`: the page's files, compiled in). The page itself is
 //!   `web/index.html`, `web/app.js` and `web/app.css` at the crate's root: plain JavaScript,

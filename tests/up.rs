@@ -70,7 +70,7 @@ struct Session {
     key: String,
 }
 
-/// Logs in with the URL's code and fetches the session's key, as the page does.
+/// Logs in with the URL's code; the session's cookie and key.
 fn log_in(url: &str) -> Session {
     let (origin, query) = url.split_once("/login").unwrap();
     let host = origin.trim_start_matches("http://");
@@ -79,26 +79,19 @@ fn log_in(url: &str) -> Session {
         &format!("GET /login{query} HTTP/1.1\r\nHost: {host}"),
         "",
     );
-    assert_eq!(status, 303, "{res}");
+    assert_eq!(status, 200, "{res}");
     let cookie = res
         .lines()
         .find_map(|l| l.strip_prefix("set-cookie: "))
         .unwrap();
     let cookie = cookie.split(';').next().unwrap().to_string();
-    let (status, res) = request(
-        origin,
-        &format!(
-            "POST /v1/session HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nCookie: {cookie}\r\n\
-             Content-Type: application/json"
-        ),
-        "{}",
-    );
-    assert_eq!(status, 200, "{res}");
-    let body: Value = serde_json::from_str(res.split_once("\r\n\r\n").unwrap().1).unwrap();
-    Session {
-        cookie,
-        key: body["key"].as_str().unwrap().to_string(),
-    }
+    // The key comes in the login's answer (the page), never in a URL.
+    let key = res
+        .split_once("<meta name=\"coflow-key\" content=\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(key, _)| key.to_string())
+        .unwrap();
+    Session { cookie, key }
 }
 
 /// A call from the page: its status and its JSON answer.
@@ -142,18 +135,37 @@ fn opens_in_browser(home: &Path, args: &[&str], script: &Path, seen: &Path, url:
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), url, "{args:?}");
+    // The browser is given a file only this user may read, which sends it on to the URL: a
+    // URL on its command line would be every local user's to read, and to use first.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let given = loop {
         let saw = std::fs::read_to_string(seen).unwrap_or_default();
-        if saw.trim() == url {
-            return;
+        if !saw.trim().is_empty() {
+            break saw.trim().to_string();
         }
         assert!(
             Instant::now() < deadline,
-            "{args:?}: the browser was not given the page's URL (it saw {saw:?})"
+            "{args:?}: no browser was started"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    assert!(
+        !given.contains("code="),
+        "{args:?}: the browser was given {given}"
+    );
+    let file = given
+        .strip_prefix("file://")
+        .unwrap_or_else(|| panic!("{args:?}: the browser was given {given}"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{file} is this user's only");
+    let page = std::fs::read_to_string(file).unwrap();
+    assert!(
+        page.contains(&format!(
+            "<meta http-equiv=\"refresh\" content=\"0;url={url}\">"
+        )),
+        "{page}"
+    );
 }
 
 fn stop(mut child: Child) -> std::process::ExitStatus {

@@ -150,10 +150,11 @@
 
   const LOST = 'The node does not answer. Is coflow still running on this computer?';
 
-  // A login makes a session: an HttpOnly cookie, and a key this page fetches once and keeps
-  // in its own origin's storage (other ports of 127.0.0.1 see the cookie, never the key).
-  // Every call sends the key.
+  // A login makes a session: an HttpOnly cookie, and a key that comes with the login's answer
+  // (a <meta> element of this page) and that this page keeps in its own origin's storage
+  // (other ports of 127.0.0.1 see the cookie, never the key). Every call sends the key.
   const KEY = 'coflow-key';
+  let memoryKey = '';
 
   function storedKey() {
     try {
@@ -164,71 +165,38 @@
   }
 
   function storeKey(key) {
+    memoryKey = key;
     try {
       if (key) localStorage.setItem(KEY, key);
       else localStorage.removeItem(KEY);
     } catch (_) {
       /* storage refused: the key lives as long as this page */
     }
-    memoryKey = key;
   }
 
-  let memoryKey = '';
   const currentKey = () => storedKey() || memoryKey;
 
-  /** The key of the session a login just made ('' if there is none to fetch). */
-  async function fetchKey() {
-    let r;
-    try {
-      r = await fetch('/v1/session', {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: '{}',
-        credentials: 'same-origin',
-        cache: 'no-store',
-      });
-    } catch (_) {
-      throw new Error(LOST);
-    }
-    if (!r.ok) return '';
-    try {
-      const data = await r.json();
-      return typeof data.key === 'string' ? data.key : '';
-    } catch (_) {
-      return '';
-    }
+  /** Right after a login: keep its key, and take the login's address out of the address bar. */
+  function takeLoginKey() {
+    const m = document.querySelector('meta[name="coflow-key"]');
+    if (!m) return;
+    storeKey(m.getAttribute('content') || '');
+    m.remove();
+    history.replaceState(null, '', '/');
   }
 
-  async function post(body, key) {
+  async function call(body) {
+    let r;
     try {
-      return await fetch('/v1/call', {
+      r = await fetch('/v1/call', {
         method: 'POST',
-        headers: { 'Content-Type': 'application/json', 'X-Coflow-Key': key },
+        headers: { 'Content-Type': 'application/json', 'X-Coflow-Key': currentKey() },
         body: JSON.stringify(body),
         credentials: 'same-origin',
         cache: 'no-store',
       });
     } catch (_) {
       throw new Error(LOST);
-    }
-  }
-
-  async function call(body) {
-    let key = currentKey();
-    if (!key) {
-      // Right after a login: its key first.
-      key = await fetchKey();
-      if (key) storeKey(key);
-    }
-    let r = await post(body, key);
-    if (r.status === 401) {
-      // A new login (`coflow open`) made a new session: take its key and ask again.
-      const fresh = await fetchKey();
-      if (fresh && fresh !== key) {
-        storeKey(fresh);
-        key = fresh;
-        r = await post(body, key);
-      }
     }
     if (r.status === 401) {
       showLogin();
@@ -1165,6 +1133,7 @@
   // ---------------------------------------------------------------- start
 
   async function boot() {
+    takeLoginKey();
     try {
       state.status = reply(await call({ call: 'status' }), 'Status');
     } catch (e) {

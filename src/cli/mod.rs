@@ -475,11 +475,10 @@ fn export(handle: &mut dyn api::Handle, args: ExportArgs) -> Result<()> {
 /// Prints the running node's page URL and opens it in the default browser.
 fn open_page(home: &std::path::Path) -> Result<()> {
     let url = print_page_url(home)?;
-    webbrowser::open(&url)
-        .map_err(|e| Error::Invalid(format!("cannot open a browser ({e}): open the URL above")))
+    crate::web::open_in_browser(home, &url)
 }
 
-/// Prints the running node's page URL (with its login token) on stdout; the URL.
+/// Prints the running node's login URL (a single-use code) on stdout; the URL.
 fn print_page_url(home: &std::path::Path) -> Result<String> {
     let Reply::Status(status) = api::open(home)?.call(Call::Status)? else {
         return Err(Error::Invalid("unexpected answer to a status call".into()));

@@ -326,10 +326,10 @@ fn start_web(
         let _ = writeln!(out, "{url}").and_then(|()| out.flush());
     }
     if opts.open_page {
-        let u = url.clone();
+        let (home, u) = (opts.home.clone(), url.clone());
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = webbrowser::open(&u) {
-                tracing::warn!(target: "node", "cannot open a browser ({e}): open the page's URL yourself");
+            if let Err(e) = crate::web::open_in_browser(&home, &u) {
+                tracing::warn!(target: "node", "{e}");
             }
         });
     }
@@ -345,6 +345,7 @@ async fn finish(
 ) {
     drop(calls);
     let _ = std::fs::remove_file(home.join(crate::web::URL_FILE));
+    let _ = std::fs::remove_file(home.join(crate::web::OPEN_FILE));
     for task in tasks {
         let abort = task.abort_handle();
         if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {

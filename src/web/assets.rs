@@ -12,6 +12,16 @@ fn file(content_type: &'static str, body: &'static [u8]) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
+/// The page with a login session's key for its script to keep (the answer to a login).
+pub(super) fn index_with_key(key: &str) -> Response {
+    let page = std::str::from_utf8(INDEX).expect("the page is UTF-8");
+    let hex = key.bytes().all(|b| b.is_ascii_hexdigit());
+    assert!(hex, "a session key is hex");
+    let meta = format!("<head>\n<meta name=\"coflow-key\" content=\"{key}\">");
+    let body = page.replacen("<head>", &meta, 1);
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
 /// The page (every path of it: `/`, `/join`, `/flow/{id}`).
 pub(super) async fn index() -> Response {
     file("text/html; charset=utf-8", INDEX)

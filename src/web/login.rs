@@ -4,11 +4,12 @@
 //!   (`/login?code=…`): one at a time, good for one login within [`CODE_TTL`]. It ends up in
 //!   the browser's history and, for a moment, in its process arguments; used or old, it is
 //!   worth nothing there.
-//! - **A session** made by that login: a cookie (HttpOnly, SameSite=Strict) and a key the page
-//!   fetches once (`POST /v1/session`, with the cookie) and keeps in its own origin's storage.
-//!   Every `/v1` call needs both. A cookie is sent by the browser to every port of 127.0.0.1, so
-//!   whatever else listens there may see it; the key stays with this page's origin (its port
-//!   included), and the cookie alone cannot fetch it once the page has.
+//! - **A session** made by that login: a cookie (HttpOnly, SameSite=Strict) and a key, which
+//!   comes in the login's answer (the page itself, in a `<meta>` element) and which the page
+//!   keeps in its own origin's storage. Every `/v1` call needs both. A cookie is sent by the
+//!   browser to every port of 127.0.0.1, so whatever else listens there may see it; the key is
+//!   never in a URL nor in any answer to a cookie, and stays with this page's origin (its port
+//!   included). A session lasts [`SESSION_TTL`].
 //! - Sessions are kept in `web.sessions` in the data dir (mode 0600; only SHA-256 digests of
 //!   their secrets), so a browser stays logged in across node restarts; deleting the file logs
 //!   every browser out. At most [`MAX_SESSIONS`], the oldest dropped first.
@@ -29,12 +30,17 @@ pub const SESSIONS_FILE: &str = "web.sessions";
 pub const CODE_TTL: Duration = Duration::from_secs(600);
 /// Most sessions kept (browsers, profiles) at once.
 pub const MAX_SESSIONS: usize = 32;
+/// How long a session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Stored {
     /// SHA-256 of the cookie's value and of the key, in hex.
     cookie: String,
     key: String,
+    /// When the session was made (Unix seconds).
+    #[serde(default)]
+    made: i64,
 }
 
 struct Inner {
@@ -42,8 +48,6 @@ struct Inner {
     path: PathBuf,
     code: Option<(String, Instant)>,
     sessions: Vec<Stored>,
-    /// Per session made since the node started, its key until the page fetched it.
-    unfetched: Vec<(String, String)>,
 }
 
 /// The page's logins: the current code and the sessions (shared by the page's server and the
@@ -72,12 +76,12 @@ impl Logins {
     pub fn open(home: &Path, origin: String) -> Result<Logins> {
         let path = home.join(SESSIONS_FILE);
         let sessions = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                Error::Invalid(format!(
-                    "{} is damaged ({e}): delete it (every browser then logs in again)",
-                    path.display()
-                ))
-            })?,
+            // Damaged, it logs every browser out, and the node runs on (the page asks for a
+            // new login, which writes the file again).
+            Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+                tracing::warn!(target: "node", "{} is damaged ({e}): every browser logs in again", path.display());
+                Vec::new()
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => return Err(Error::Io { path, source }),
         };
@@ -86,7 +90,6 @@ impl Logins {
             path,
             code: None,
             sessions,
-            unfetched: Vec::new(),
         }))))
     }
 
@@ -110,8 +113,8 @@ impl Logins {
         Ok(format!("{}/login?code={code}", inner.origin))
     }
 
-    /// Uses `code` up: a new session's cookie value, if it was the current code.
-    pub(super) fn redeem(&self, code: &str) -> Result<Option<String>> {
+    /// Uses `code` up: a new session's cookie value and key, if it was the current code.
+    pub(super) fn redeem(&self, code: &str) -> Result<Option<(String, String)>> {
         let mut inner = self.inner();
         let good = inner
             .code
@@ -122,46 +125,33 @@ impl Logins {
         }
         inner.code = None;
         let (cookie, key) = (secret()?, secret()?);
+        let now = crate::clock::system_clock();
+        let ttl = SESSION_TTL.as_secs() as i64;
+        inner.sessions.retain(|s| now.saturating_sub(s.made) < ttl);
         inner.sessions.push(Stored {
             cookie: digest(&cookie),
             key: digest(&key),
+            made: now,
         });
         if inner.sessions.len() > MAX_SESSIONS {
             let extra = inner.sessions.len() - MAX_SESSIONS;
             inner.sessions.drain(..extra);
-        }
-        inner.unfetched.push((digest(&cookie), key));
-        if inner.unfetched.len() > MAX_SESSIONS {
-            inner.unfetched.remove(0);
         }
         let text = serde_json::to_string(&inner.sessions).expect("sessions serialize");
         super::write_private(&inner.path, &text).map_err(|source| Error::Io {
             path: inner.path.clone(),
             source,
         })?;
-        Ok(Some(cookie))
-    }
-
-    /// The key of the session `cookie` names, once: the page fetches it right after its login.
-    pub(super) fn fetch_key(&self, cookie: &str) -> Option<String> {
-        let mut inner = self.inner();
-        let d = digest(cookie);
-        let at = inner.unfetched.iter().position(|(c, _)| same(c, &d))?;
-        Some(inner.unfetched.remove(at).1)
-    }
-
-    /// Whether `cookie` names a session here (whose key may still wait to be fetched).
-    pub(super) fn known(&self, cookie: &str) -> bool {
-        let d = digest(cookie);
-        self.inner().sessions.iter().any(|s| same(&s.cookie, &d))
+        Ok(Some((cookie, key)))
     }
 
     /// Whether `cookie` and `key` are one session's.
     pub(super) fn check(&self, cookie: &str, key: &str) -> bool {
         let (c, k) = (digest(cookie), digest(key));
-        self.inner()
-            .sessions
-            .iter()
-            .any(|s| same(&s.cookie, &c) & same(&s.key, &k))
+        let now = crate::clock::system_clock();
+        let ttl = SESSION_TTL.as_secs() as i64;
+        self.inner().sessions.iter().any(|s| {
+            same(&s.cookie, &c) & same(&s.key, &k) && now.saturating_sub(s.made) < ttl
+        })
     }
 }

@@ -37,7 +37,8 @@ use http::{failure, Calls};
 
 /// Where the page is served when the configuration says nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7780";
-/// While the node runs: the page's login URL, for scripts (mode 0600, removed at stop).
+/// While the node runs: the first login URL it made, for scripts (mode 0600, removed at stop;
+/// used once, `coflow --json status` gives the next).
 pub const URL_FILE: &str = "web.url";
 
 /// Most connections the page's listener serves at once.
@@ -80,6 +81,7 @@ impl Web {
         let listener = match std::net::TcpListener::bind(addr) {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && fall_back => {
+                tracing::warn!(target: "node", "{addr} is taken (another node, or another program): the page is served on a free port instead");
                 std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
                     .map_err(|e| Error::Invalid(format!("cannot serve the page: {e}")))?
             }
@@ -135,11 +137,39 @@ impl Web {
     }
 }
 
+/// The file a browser is opened on: it sends the browser on to a login URL. A URL on a
+/// browser's command line can be read by every local user (`ps`), before the browser uses it;
+/// this file only by this one.
+pub const OPEN_FILE: &str = "web.open.html";
+
+/// Opens the default browser on `url` through [`OPEN_FILE`] in `home`.
+pub fn open_in_browser(home: &Path, url: &str) -> Result<()> {
+    let path = home.join(OPEN_FILE);
+    let safe = url
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b":/.?=[]_-".contains(&b));
+    if !safe {
+        return Err(Error::Invalid(format!("not a login URL: {url}")));
+    }
+    let page = format!(
+        "<!doctype html>\n<meta charset=\"utf-8\">\n<meta http-equiv=\"refresh\" content=\"0;url={url}\">\n\
+         <title>coflow</title>\n<p><a href=\"{url}\">Open coflow</a></p>\n"
+    );
+    write_private(&path, &page).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    webbrowser::open(&format!("file://{}", path.display()))
+        .map_err(|e| Error::Invalid(format!("cannot open a browser ({e}): open the URL above")))
+}
+
 /// Writes `text` to a new file only this user may read.
 pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -168,21 +198,11 @@ impl Page {
         format!("coflow_{}", self.addr.port())
     }
 
-    /// Whether `host` (a `Host` header, or a request URI's authority) names a loopback address
-    /// and the port served.
+    /// Whether `host` (a `Host` header, or a request URI's authority) is the address served,
+    /// port included. Not `localhost`: it also names `[::1]`, where another local user could
+    /// listen on the same port and receive what a browser sends to `localhost`.
     fn host_ok(&self, host: &str) -> bool {
-        let Some((name, port)) = host.rsplit_once(':') else {
-            return false;
-        };
-        let bound = match self.addr.ip() {
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-        };
-        port == self.addr.port().to_string()
-            && (name == "127.0.0.1"
-                || name == "[::1]"
-                || name == bound
-                || name.eq_ignore_ascii_case("localhost"))
+        host == self.addr.to_string()
     }
 
     /// The values the request's cookies give this page's cookie name (read as bytes: another
@@ -232,7 +252,6 @@ fn router(page: Page) -> Router {
         // Browsers ask for it on their own: no icon, and no error in their console.
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/login", get(login))
-        .route("/v1/session", post(session))
         .route("/v1/call", post(call))
         .route("/v1/events", get(events))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such page\n").into_response() })
@@ -257,15 +276,12 @@ async fn guard(State(page): State<Page>, req: Request, next: Next) -> Response {
     let host = one(header::HOST).unwrap_or_default();
     let uri_host = req.uri().authority().map(|a| a.as_str().to_string());
     let path = req.uri().path();
-    let session_known = || page.cookies(headers).iter().any(|c| page.logins.known(c));
     let refused = if !page.host_ok(&host) || uri_host.is_some_and(|a| a != host) {
         Some((
             StatusCode::FORBIDDEN,
             "refused: the page answers only to 127.0.0.1, localhost or [::1] with its port",
         ))
-    } else if (path == "/v1/session" && !session_known())
-        || (path.starts_with("/v1/") && path != "/v1/session" && !page.logged_in(&req))
-    {
+    } else if path.starts_with("/v1/") && !page.logged_in(&req) {
         Some((
             StatusCode::UNAUTHORIZED,
             "not logged in: open the page with `coflow open`",
@@ -319,24 +335,31 @@ struct Login {
     code: Option<String>,
 }
 
-/// `GET /login?code=…`: the current login code starts a session: its cookie is set, and the
-/// browser is sent to the page, which fetches the session's key.
-async fn login(State(page): State<Page>, Query(q): Query<Login>) -> Response {
+/// `GET /login?code=…`: the current login code starts a session. The answer sets its cookie
+/// and is the page itself, carrying the session's key in a `<meta>` element for the page's
+/// script to keep: the key is never in a URL and never in an answer to a cookie alone. (A
+/// `HEAD` uses up nothing: a link previewer does not spend the code.)
+async fn login(State(page): State<Page>, method: Method, Query(q): Query<Login>) -> Response {
+    if method == Method::HEAD {
+        return StatusCode::OK.into_response();
+    }
     let made = match q.code {
         Some(code) => page.logins.redeem(&code),
         None => Ok(None),
     };
     match made {
-        Ok(Some(cookie)) => {
+        Ok(Some((cookie, key))) => {
             let cookie = format!(
-                "{}={cookie}; HttpOnly; SameSite=Strict; Path=/; Max-Age=31536000",
+                "{}={cookie}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
                 page.cookie_name(),
+                login::SESSION_TTL.as_secs()
             );
-            (
-                StatusCode::SEE_OTHER,
-                [(header::LOCATION, "/".to_string()), (header::SET_COOKIE, cookie)],
-            )
-                .into_response()
+            let mut res = assets::index_with_key(&key);
+            res.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_str(&cookie).expect("a cookie of hex digits"),
+            );
+            res
         }
         Ok(None) => (
             StatusCode::FORBIDDEN,
@@ -344,25 +367,6 @@ async fn login(State(page): State<Page>, Query(q): Query<Login>) -> Response {
         )
             .into_response(),
         Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
-}
-
-/// `POST /v1/session`: the key of the session the cookie names, once (the page keeps it).
-async fn session(State(page): State<Page>, headers: HeaderMap) -> Response {
-    match page
-        .cookies(&headers)
-        .iter()
-        .find_map(|c| page.logins.fetch_key(c))
-    {
-        Some(key) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({ "key": key }).to_string(),
-        )
-            .into_response(),
-        None => failure(
-            StatusCode::UNAUTHORIZED,
-            "this login was taken up by a page already: open the page with `coflow open`",
-        ),
     }
 }
 
