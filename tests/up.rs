@@ -156,6 +156,11 @@ fn opens_in_browser(home: &Path, args: &[&str], script: &Path, seen: &Path, url:
     let file = given
         .strip_prefix("file://")
         .unwrap_or_else(|| panic!("{args:?}: the browser was given {given}"));
+    assert!(
+        !file.contains(' '),
+        "a file URL is percent-encoded: {given}"
+    );
+    let file = &percent_decoded(file);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(file).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0, "{file} is this user's only");
@@ -166,6 +171,23 @@ fn opens_in_browser(home: &Path, args: &[&str], script: &Path, seen: &Path, url:
         )),
         "{page}"
     );
+}
+
+/// `s` with its `%XX` escapes decoded.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
 }
 
 fn stop(mut child: Child) -> std::process::ExitStatus {
@@ -185,7 +207,8 @@ fn stop(mut child: Child) -> std::process::ExitStatus {
 #[test]
 fn up_on_a_fresh_dir_asks_for_a_name_then_runs_and_open_hands_the_page_to_the_browser() {
     let root = tempfile::tempdir().unwrap();
-    let home = root.path().join("alice");
+    // A space in the data dir's path, as in "Application Support".
+    let home = root.path().join("alice home");
     let (child, url) = up(&home);
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     assert!(url.contains("/login?code="), "{url}");

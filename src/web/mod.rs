@@ -159,7 +159,18 @@ pub fn open_in_browser(home: &Path, url: &str) -> Result<()> {
         path: path.clone(),
         source,
     })?;
-    webbrowser::open(&format!("file://{}", path.display()))
+    // Percent-encoded: a data dir's path may hold spaces ("Application Support") or more.
+    use std::os::unix::ffi::OsStrExt;
+    let mut file = String::from("file://");
+    for b in path.as_os_str().as_bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                file.push(*b as char)
+            }
+            _ => file.push_str(&format!("%{b:02X}")),
+        }
+    }
+    webbrowser::open(&file)
         .map_err(|e| Error::Invalid(format!("cannot open a browser ({e}): open the URL above")))
 }
 
