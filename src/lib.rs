@@ -51,7 +51,8 @@
 //!   per part, each an `impl Engine` block: `sync/{outbox, conversation, absorb, message, push,
 //!   gossip, pull, links, anti_entropy, join, stats}.rs` around the façade in `sync/mod.rs`
 //!   (`Engine<S: Storage = Store>`, generic over the repository's store);
-//!   `sync/tests.rs` tests single parts with virtual time and a `MemStore`.
+//!   `sync/tests/` tests single parts with virtual time and a `MemStore` (`in_sync.rs`: the
+//!   sync state `flow show` reports).
 //! - [`net`]: the libp2p swarm: TCP + Noise + Yamux, identify, ping, mDNS, Kademlia (coflow's
 //!   own DHT), gossipsub (announcements), the two request-response protocols, block list,
 //!   connection limits.

@@ -121,6 +121,26 @@ impl<I> Permitted<I> {
     }
 }
 
+impl<I> Permitted<I> {
+    /// What a write gave: bytes written move the idle limit on; a write pending past it fails.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        match written {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.idle_too_long(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 fn idle_error() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, "the connection sat idle")
 }
@@ -151,16 +171,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Permitted<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    self.moved();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending if self.idle_too_long(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => Poll::Pending,
-        }
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(cx, written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -176,16 +188,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Permitted<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    self.moved();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending if self.idle_too_long(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => Poll::Pending,
-        }
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
