@@ -110,6 +110,32 @@ pub struct Status {
     /// The node runs without a key yet: its page asks for a name (`Call::Init`).
     #[serde(default)]
     pub setup: bool,
+    /// Whether other nodes can dial this one.
+    #[serde(default = "unknown")]
+    pub reachability: crate::node::Reachability,
+    /// Addresses of this node confirmed reachable from outside.
+    #[serde(default)]
+    pub external: Vec<String>,
+    /// Relays (node ids) this node is reachable through: they hold a reservation for it.
+    #[serde(default)]
+    pub relays: Vec<String>,
+}
+
+fn unknown() -> crate::node::Reachability {
+    crate::node::Reachability::Unknown
+}
+
+/// How this node is connected to a peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Link {
+    /// A connection of their own (a hole punched through NATs counts).
+    Direct,
+    /// Only through a relay (end-to-end encrypted; the relay passes ciphertext).
+    Relayed,
+    /// Not connected.
+    #[default]
+    Absent,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -118,6 +144,8 @@ pub struct PeerInfo {
     pub name: String,
     pub addrs: Vec<String>,
     pub connected: bool,
+    #[serde(default)]
+    pub link: Link,
     pub last_seen: Option<i64>,
 }
 
@@ -224,6 +252,9 @@ impl Handle for Local {
                 flows: self.repo.flow_ids()?.len(),
                 web: None,
                 setup: false,
+                reachability: crate::node::Reachability::Unknown,
+                external: Vec::new(),
+                relays: Vec::new(),
             })),
             Call::Peers => {
                 let rows = self.repo.store().reader().peers()?;
@@ -234,6 +265,7 @@ impl Handle for Local {
                             node_id: p.node,
                             addrs: p.addrs,
                             connected: false,
+                            link: Link::Absent,
                             last_seen: Some(p.last_seen),
                         })
                         .collect(),

@@ -5,12 +5,22 @@
 //! listen = ["/ip4/0.0.0.0/tcp/4001"]
 //! bootstrap = ["/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW…"]
 //! mdns = true
+//! upnp = true                 # ask the home router for a port mapping
+//! external = []               # addresses others reach this node at (e.g. a forwarded port)
 //!
 //! [limits]
 //! max_established = 256       # connections in all
 //! max_incoming = 192          # of which inbound
 //! max_pending_incoming = 32   # inbound handshakes at once
 //! max_per_peer = 2            # connections to one peer
+//!
+//! [relay]                     # what this node offers others once it is reachable
+//! serve = true
+//! max_reservations = 128      # nodes behind NATs that may be reached through this one
+//! max_circuits = 64           # relayed connections at once
+//! max_circuits_per_peer = 8
+//! max_circuit_secs = 3600     # a relayed connection's longest life (it is dialed again)
+//! max_circuit_bytes = 0       # bytes each way per relayed connection; 0: no limit
 //!
 //! [web]
 //! listen = "127.0.0.1:7780"   # the page (loopback only); a free port if this one is taken
@@ -22,7 +32,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::net::Limits;
+use crate::net::{Limits, RelayLimits};
 
 /// File name of the configuration inside the data dir.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -36,7 +46,12 @@ pub struct Config {
     pub bootstrap: Vec<String>,
     /// Discover peers on the local network.
     pub mdns: bool,
+    /// Ask the router for a port mapping (UPnP), when listening beyond loopback.
+    pub upnp: bool,
+    /// Addresses others can reach this node at, beyond what AutoNAT finds (a forwarded port).
+    pub external: Vec<String>,
     pub limits: LimitsConfig,
+    pub relay: RelayConfig,
     pub web: WebConfig,
 }
 
@@ -67,13 +82,55 @@ pub struct LimitsConfig {
     pub max_per_peer: u32,
 }
 
+/// The relay this node offers once reachable ([`RelayLimits`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    pub serve: bool,
+    pub max_reservations: usize,
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    pub max_circuit_secs: u64,
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let r = RelayLimits::default();
+        RelayConfig {
+            serve: r.serve,
+            max_reservations: r.max_reservations,
+            max_circuits: r.max_circuits,
+            max_circuits_per_peer: r.max_circuits_per_peer,
+            max_circuit_secs: r.max_circuit_duration.as_secs(),
+            max_circuit_bytes: r.max_circuit_bytes,
+        }
+    }
+}
+
+impl From<&RelayConfig> for RelayLimits {
+    fn from(c: &RelayConfig) -> RelayLimits {
+        RelayLimits {
+            serve: c.serve,
+            max_reservations: c.max_reservations,
+            max_circuits: c.max_circuits,
+            max_circuits_per_peer: c.max_circuits_per_peer,
+            max_circuit_duration: std::time::Duration::from_secs(c.max_circuit_secs),
+            max_circuit_bytes: c.max_circuit_bytes,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: Vec::new(),
             bootstrap: Vec::new(),
             mdns: true,
+            upnp: true,
+            external: Vec::new(),
             limits: LimitsConfig::default(),
+            relay: RelayConfig::default(),
             web: WebConfig::default(),
         }
     }
@@ -123,7 +180,7 @@ impl Config {
     }
 
     fn check(&self, path: &Path) -> Result<()> {
-        for a in self.listen.iter().chain(&self.bootstrap) {
+        for a in self.listen.iter().chain(&self.bootstrap).chain(&self.external) {
             a.parse::<libp2p::Multiaddr>().map_err(|_| {
                 Error::Invalid(format!("{}: '{a}' is not a multiaddr", path.display()))
             })?;
@@ -145,7 +202,18 @@ impl Config {
                 path.display()
             )));
         }
+        let r = &self.relay;
+        if r.serve && (r.max_circuits == 0 || r.max_circuit_secs == 0) {
+            return Err(Error::Invalid(format!(
+                "{}: relay.max_circuits and relay.max_circuit_secs must be positive (or relay.serve = false)",
+                path.display()
+            )));
+        }
         Ok(())
+    }
+
+    pub fn external_addrs(&self) -> Vec<libp2p::Multiaddr> {
+        self.external.iter().filter_map(|a| a.parse().ok()).collect()
     }
 
     /// Where the page is served, if it is (the address was checked at load).

@@ -1,6 +1,8 @@
-//! The libp2p side: transport (TCP + Noise + Yamux), and the protocols composed into one
-//! behaviour — identify, ping, mDNS, Kademlia, gossipsub (head announcements),
-//! `/coflow/sync/1`, `/coflow/join/2`, a block list for penalized peers and connection limits.
+//! The libp2p side: transports (TCP + Noise + Yamux, QUIC, and circuits through a relay), and
+//! the protocols composed into one behaviour — identify, ping, mDNS, Kademlia, gossipsub (head
+//! announcements), `/coflow/sync/1`, `/coflow/join/2`, a block list for penalized peers,
+//! connection limits, and what reaches across NATs: AutoNAT v2 (client and server), circuit
+//! relay v2 (server and client), DCUtR (hole punching) and UPnP.
 
 use std::time::Duration;
 
@@ -8,8 +10,8 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, connection_limits, gossipsub, identify, kad, mdns, noise, ping, tcp, yamux,
-    Multiaddr, StreamProtocol, Swarm,
+    allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, noise,
+    ping, relay, tcp, upnp, yamux, Multiaddr, StreamProtocol, Swarm,
 };
 
 use crate::wire::{self, Codec, JoinRequest, JoinResponse, SyncRequest, SyncResponse};
@@ -41,6 +43,53 @@ impl Default for Limits {
     }
 }
 
+/// What this node offers as a relay to others (circuit relay v2). It serves only while
+/// AutoNAT (or UPnP, or the user) has confirmed an external address: a node behind a NAT is no
+/// use as a relay.
+///
+/// rust-libp2p's defaults are for coordinating a hole punch (2 min and 128 KiB a circuit);
+/// coflow's circuits also carry a flow's traffic between members whose NATs cannot be punched
+/// through, so a circuit lasts an hour (the node dials again after) and has no byte cap.
+/// Relayed bytes are Noise ciphertext between the two members: the relay holds no flow
+/// content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Offer a relay at all (once reachable).
+    pub serve: bool,
+    pub max_reservations: usize,
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    pub max_circuit_duration: Duration,
+    /// Bytes a circuit may carry each way; 0: no limit.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            serve: true,
+            max_reservations: 128,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            max_circuit_duration: Duration::from_secs(3600),
+            max_circuit_bytes: 0,
+        }
+    }
+}
+
+/// The protocol a relay advertises (identify) when it serves circuits.
+pub const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
+
+/// How the swarm is built ([`build`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetOptions {
+    pub mdns: bool,
+    /// Ask the router for a port mapping (UPnP IGD).
+    pub upnp: bool,
+    pub limits: Limits,
+    pub relay: RelayLimits,
+}
+
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
@@ -52,6 +101,19 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub sync: request_response::Behaviour<Codec<SyncRequest, SyncResponse>>,
     pub join: request_response::Behaviour<Codec<JoinRequest, JoinResponse>>,
+    /// Tests whether this node's addresses are reachable from outside, by asking peers it
+    /// dialed to dial them back from another port (AutoNAT v2).
+    pub autonat: autonat::v2::client::Behaviour,
+    /// Dials back the addresses peers that dialed this node ask about.
+    pub autonat_server: autonat::v2::server::Behaviour,
+    /// AutoNAT v1, client and server: a v2 server answers only over a connection its client
+    /// dialed, so a public node that others dial and that dials no one (a relay known only as
+    /// the others' bootstrap) could never be told it is reachable. v1 asks any connected peer.
+    pub autonat_v1: autonat::v1::Behaviour,
+    pub relay: relay::Behaviour,
+    pub relay_client: relay::client::Behaviour,
+    pub dcutr: dcutr::Behaviour,
+    pub upnp: Toggle<upnp::tokio::Behaviour>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,9 +280,14 @@ pub fn subscribe(gossip: &mut gossipsub::Behaviour, topic: &str) -> Result<bool,
 /// Builds the swarm for a node key.
 pub fn build(
     keypair: libp2p::identity::Keypair,
-    mdns_on: bool,
-    limits: Limits,
+    options: NetOptions,
 ) -> Result<Swarm<Behaviour>, NetError> {
+    let NetOptions {
+        mdns: mdns_on,
+        upnp: upnp_on,
+        limits,
+        relay: relay_limits,
+    } = options;
     let err = |e: &dyn std::fmt::Display| NetError(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -230,9 +297,12 @@ pub fn build(
             yamux::Config::default,
         )
         .map_err(|e| err(&e))?
+        .with_quic()
         .with_dns()
         .map_err(|e| err(&e))?
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| err(&e))?
+        .with_behaviour(|key, relay_client| {
             let peer = key.public().to_peer_id();
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
@@ -254,10 +324,12 @@ pub fn build(
                         .with_max_pending_incoming(Some(limits.max_pending_incoming))
                         .with_max_established_per_peer(Some(limits.max_per_peer)),
                 ),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    PROTOCOL_VERSION.to_string(),
-                    key.public(),
-                )),
+                // Peers hear of new addresses (a relay's circuit, one AutoNAT confirmed) at
+                // once: the DHT hands out what they hear.
+                identify: identify::Behaviour::new(
+                    identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
+                        .with_push_listen_addr_updates(true),
+                ),
                 ping: ping::Behaviour::default(),
                 kad: kad::Behaviour::with_config(
                     peer,
@@ -282,6 +354,25 @@ pub fn build(
                     )],
                     rr(Duration::from_secs(20)),
                 ),
+                autonat: autonat::v2::client::Behaviour::default(),
+                autonat_server: autonat::v2::server::Behaviour::default(),
+                autonat_v1: autonat::v1::Behaviour::new(
+                    peer,
+                    autonat::v1::Config {
+                        boot_delay: Duration::from_secs(2),
+                        retry_interval: Duration::from_secs(20),
+                        throttle_server_period: Duration::from_secs(15),
+                        // Peers on private addresses count: what is reachable from where is
+                        // judged by [`crate::node`] (only a public address makes a node
+                        // reachable from outside).
+                        only_global_ips: false,
+                        ..autonat::v1::Config::default()
+                    },
+                ),
+                relay: relay::Behaviour::new(peer, relay_config(&relay_limits)),
+                relay_client,
+                dcutr: dcutr::Behaviour::new(peer),
+                upnp: Toggle::from(upnp_on.then(upnp::tokio::Behaviour::default)),
             })
         })
         .map_err(|e| err(&e))?
@@ -291,7 +382,33 @@ pub fn build(
     // Every node serves the DHT: there is no special server role, and on a LAN or loopback no
     // node could otherwise confirm it is reachable.
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+    if !relay_limits.serve {
+        swarm
+            .behaviour_mut()
+            .relay
+            .set_status(Some(relay::Status::Disable));
+    }
     Ok(swarm)
+}
+
+/// The relay server's configuration from coflow's limits; the rate limits stay rust-libp2p's
+/// (per peer and per IP address: a reservation or circuit every minute or two, 30 to 60 an
+/// hour).
+fn relay_config(limits: &RelayLimits) -> relay::Config {
+    relay::Config {
+        max_reservations: limits.max_reservations,
+        max_circuits: limits.max_circuits,
+        max_circuits_per_peer: limits.max_circuits_per_peer,
+        max_circuit_duration: limits.max_circuit_duration,
+        max_circuit_bytes: limits.max_circuit_bytes,
+        ..relay::Config::default()
+    }
+}
+
+/// Whether an address goes through a relay (`…/p2p-circuit…`).
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
 }
 
 #[cfg(test)]
@@ -302,7 +419,7 @@ mod tests {
 
     fn node(seed: u8) -> Swarm<Behaviour> {
         let key = libp2p::identity::Keypair::ed25519_from_bytes([seed; 32]).unwrap();
-        build(key, false, Limits::default()).unwrap()
+        build(key, NetOptions::default()).unwrap()
     }
 
     /// A forwarder of an announcement the application rejects loses exactly the invalid

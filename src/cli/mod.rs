@@ -157,6 +157,10 @@ pub struct NodeArgs {
     /// `bootstrap`), e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3…
     #[arg(long)]
     pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// An address others reach this node at that it cannot find out itself, such as a port
+    /// forwarded on the router (repeatable; replaces the config's `external`).
+    #[arg(long, value_name = "ADDR")]
+    pub external: Vec<libp2p::Multiaddr>,
     /// Do not discover peers on the local network.
     #[arg(long)]
     pub no_mdns: bool,
@@ -520,7 +524,14 @@ fn run_node(home: PathBuf, args: NodeArgs, up: bool, open: bool) -> Result<()> {
             args.bootstrap
         },
         mdns: config.mdns && !args.no_mdns,
+        upnp: config.upnp,
+        external: if args.external.is_empty() {
+            config.external_addrs()
+        } else {
+            args.external
+        },
         limits: (&config.limits).into(),
+        relay: (&config.relay).into(),
         // The configured address may be taken by another node on this machine: a free port
         // then. An address given on the command line is served or refused.
         web_fall_back: args.web.is_none(),

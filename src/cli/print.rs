@@ -158,6 +158,20 @@ impl Out {
             if s.setup {
                 t.push_str("no key yet: choose a name on the page\n");
             }
+            if s.running && !s.setup {
+                t.push_str(match s.reachability {
+                    crate::node::Reachability::Public => "reachable from outside",
+                    crate::node::Reachability::Private => "not reachable from outside (behind a NAT or firewall)",
+                    crate::node::Reachability::Unknown => "reachability not known yet",
+                });
+                for a in &s.external {
+                    t.push_str(&format!("; at {}", one_line(a)));
+                }
+                t.push('\n');
+                for r in &s.relays {
+                    t.push_str(&format!("reachable through relay {}\n", one_line(r)));
+                }
+            }
             emit(&t);
         }
         Ok(())
@@ -171,10 +185,14 @@ impl Out {
             for p in peers {
                 // The name is what the peer calls itself: never more than a hint.
                 t.push_str(&format!(
-                    "{}  {:<12} {:<12} {}\n",
+                    "{}  {:<12} {:<9} {}\n",
                     one_line(&p.node_id),
                     text::name(&p.name),
-                    if p.connected { "connected" } else { "" },
+                    match p.link {
+                        crate::api::Link::Direct => "direct",
+                        crate::api::Link::Relayed => "relayed",
+                        crate::api::Link::Absent => "",
+                    },
                     one_line(p.addrs.first().map(|s| s.as_str()).unwrap_or(""))
                 ));
             }
@@ -313,9 +331,14 @@ impl Out {
                     (true, _) => "connected, syncing",
                     (false, _) => "offline",
                 };
+                let link = match x.link {
+                    crate::api::Link::Direct => "; direct",
+                    crate::api::Link::Relayed => "; through a relay",
+                    crate::api::Link::Absent => "",
+                };
                 match x.last_heard {
-                    Some(t) => format!("  ({state}; last heard {})", time(t)),
-                    None => format!("  ({state})"),
+                    Some(t) => format!("  ({state}{link}; last heard {})", time(t)),
+                    None => format!("  ({state}{link})"),
                 }
             });
             let clash = if clashing.contains(&m.node_id) {

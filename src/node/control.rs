@@ -9,13 +9,14 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::post;
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::PeerId;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
 use super::{now_secs, peer_of, Pending, Runtime, JOIN_TIMEOUT};
 use crate::api::{self, Call, PeerInfo, Reply, Status};
 use crate::error::{Error, Result};
+use crate::identity::NodeId;
 use crate::store::{Peers, Storage};
 use crate::web::http::{self, Calls};
 use crate::web::Change;
@@ -82,6 +83,15 @@ impl Runtime {
                 .map(|r| match r {
                     Reply::Flow(mut view) => {
                         view.sync = self.engine.member_sync(&view.flow.id);
+                        for m in &mut view.sync {
+                            m.link = m
+                                .node_id
+                                .parse::<NodeId>()
+                                .ok()
+                                .and_then(|n| peer_of(&n))
+                                .map(|p| self.peers.link(&p))
+                                .unwrap_or_default();
+                        }
                         Reply::Flow(view)
                     }
                     other => other,
@@ -130,6 +140,14 @@ impl Runtime {
             flows: self.engine.repo().flow_ids().map(|f| f.len()).unwrap_or(0),
             web: self.web.as_ref().and_then(|l| l.url().ok()),
             setup: false,
+            reachability: self.reach.reachability(),
+            external: self.reach.external().map(|a| a.to_string()).collect(),
+            relays: self
+                .reach
+                .relays()
+                .iter()
+                .map(|p| p.to_base58())
+                .collect(),
         }
     }
 
@@ -145,12 +163,12 @@ impl Runtime {
         match self.engine.start_join(&ticket, &name) {
             Ok(via) => {
                 for addr in &ticket.addrs {
-                    if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-                        let base: Multiaddr = addr
-                            .iter()
-                            .filter(|p| !matches!(p, Protocol::P2p(_)))
-                            .collect();
-                        self.learn_addr(peer, base);
+                    // A circuit address names the relay too: only the last `/p2p` goes.
+                    let mut base = addr.clone();
+                    if let Some(Protocol::P2p(peer)) = base.pop() {
+                        if !base.is_empty() {
+                            self.learn_addr(peer, base);
+                        }
                     }
                 }
                 for node in via {
@@ -186,6 +204,7 @@ impl Runtime {
                 name: names.get(&p.to_base58()).cloned().unwrap_or_default(),
                 addrs: self.peers.addr_strings(p),
                 connected: true,
+                link: self.peers.link(p),
                 last_seen: Some(now_secs()),
             })
             .collect();
@@ -196,6 +215,7 @@ impl Runtime {
                     node_id: row.node,
                     addrs: row.addrs,
                     connected: false,
+                    link: crate::api::Link::Absent,
                     last_seen: Some(row.last_seen),
                 });
             }

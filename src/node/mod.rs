@@ -34,7 +34,9 @@ mod control;
 mod dht;
 mod faults;
 mod gossip;
+mod nat;
 mod peers;
+mod reach;
 mod rr;
 mod swarm;
 mod turn;
@@ -51,7 +53,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::api::{self, Call, Reply};
 use crate::error::{Error, Result};
 use crate::identity::NodeId;
-use crate::net::{self, Behaviour, BehaviourEvent, Limits};
+use crate::net::{self, Behaviour, BehaviourEvent, Limits, RelayLimits};
 use crate::repo::Repo;
 use crate::store::{Peers, Storage};
 use crate::sync::Engine;
@@ -60,6 +62,7 @@ use crate::wire::{JoinResponse, SyncResponse};
 
 #[cfg(feature = "testkit")]
 pub use peers::{REQUESTS_PER_SECOND, REQUEST_BURST};
+pub use reach::Reachability;
 
 /// How often the node ticks at the least (anti-entropy, redials, timeouts); the engine's tick
 /// comes sooner when it has a deadline to keep ([`Engine::next_wake`]).
@@ -83,6 +86,8 @@ pub const MAX_BAN: Duration = Duration::from_secs(3600);
 
 /// Meta key: the TCP port the node last listened on by default.
 const META_LISTEN_PORT: &str = "listen_port";
+/// Meta key: the UDP port the node last listened on by default (QUIC).
+const META_LISTEN_PORT_QUIC: &str = "listen_port_quic";
 
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
@@ -90,7 +95,13 @@ pub struct NodeOptions {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Ask the router for a port mapping (UPnP); only when listening beyond loopback.
+    pub upnp: bool,
+    /// Addresses others reach this node at that it cannot find out itself (a forwarded port).
+    pub external: Vec<Multiaddr>,
     pub limits: Limits,
+    /// What this node offers as a relay once it is reachable.
+    pub relay: RelayLimits,
     /// Where to serve the page (a loopback address); `None`: no page.
     pub web: Option<std::net::SocketAddr>,
     /// If the page's port is taken, serve it on a free one (the default address does).
@@ -132,6 +143,12 @@ struct Runtime {
     wanted: HashSet<PeerId>,
     topics: gossip::Topics,
     dht: dht::Dht,
+    /// Whether peers can dial this node, and the relays it is reachable through.
+    reach: reach::Reach,
+    /// Offer a relay to others once reachable.
+    relay_serve: bool,
+    /// Join requests for inviters with no known address, held until the DHT finds them.
+    joins_waiting: HashMap<PeerId, Vec<nat::WaitingJoin>>,
     /// The page's logins (they hand out its login URLs), if it is served.
     web: Option<crate::web::Logins>,
     /// What the page is told happened (see [`crate::web::Change`]).
@@ -203,8 +220,19 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
     }
     let repo = Repo::open(&opts.home)?;
     let keypair = repo.identity().libp2p_keypair();
-    let mut swarm =
-        net::build(keypair, opts.mdns, opts.limits).map_err(|e| Error::Invalid(e.to_string()))?;
+    // A node that listens on loopback only has no router to ask.
+    let beyond_loopback = opts.listen.is_empty() || opts.listen.iter().any(|a| !is_loopback(a));
+    let mut swarm = net::build(
+        keypair,
+        net::NetOptions {
+            mdns: opts.mdns,
+            upnp: opts.upnp && beyond_loopback,
+            limits: opts.limits,
+            relay: opts.relay,
+        },
+    )
+    .map_err(|e| Error::Invalid(e.to_string()))?;
+    let external = opts.external.clone();
     listen(&mut swarm, &repo, &opts.listen)?;
     if named {
         web_url = start_web(&opts, &calls_tx, &changes, &stopped, &mut tasks)?;
@@ -231,12 +259,19 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         wanted: HashSet::new(),
         topics: gossip::Topics::default(),
         dht: dht::Dht::default(),
+        reach: reach::Reach::default(),
+        relay_serve: opts.relay.serve,
+        joins_waiting: HashMap::new(),
         web: web_url,
         changes,
         faults: faults::Faults::from_env(),
         held: turn::Held::default(),
         answering: HashSet::new(),
     };
+    for addr in external {
+        rt.reach.confirmed(addr.clone());
+        rt.swarm.add_external_address(addr);
+    }
     rt.load_address_book();
     for addr in rt.bootstrap.clone() {
         if let Err(e) = rt.swarm.dial(addr.clone()) {
@@ -378,6 +413,9 @@ async fn setup(
                 flows: 0,
                 web: logins.url().ok(),
                 setup: true,
+                reachability: crate::node::Reachability::Unknown,
+                external: Vec::new(),
+                relays: Vec::new(),
             })),
             Call::Init { name } => {
                 let made = crate::identity::Identity::fresh(&name)
@@ -437,20 +475,27 @@ async fn lock_home(home: &Path, socket_path: &Path) -> Result<std::fs::File> {
     Ok(lock)
 }
 
-/// Listens on `addrs`; with none, on all interfaces, on the port used last time if it is free
-/// (so peers that remember this node's address find it again after a restart), else a fresh one.
+/// Listens on `addrs`; with none, on all IPv4 interfaces over TCP and over QUIC, each on the
+/// port it used last time if that is free (so peers that remember this node's address find it
+/// again after a restart), else a fresh one.
 fn listen(swarm: &mut Swarm<Behaviour>, repo: &Repo, addrs: &[Multiaddr]) -> Result<()> {
     if addrs.is_empty() {
-        let last = repo.store().reader().meta(META_LISTEN_PORT)?;
-        let preferred = last.and_then(|p| p.parse::<u16>().ok()).map(|port| {
-            format!("/ip4/0.0.0.0/tcp/{port}")
-                .parse::<Multiaddr>()
-                .expect("valid multiaddr")
-        });
-        let fresh: Multiaddr = "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr");
-        let listening = preferred.is_some_and(|a| net::listen(swarm, &a).is_ok());
-        if !listening {
-            net::listen(swarm, &fresh).map_err(|e| Error::Invalid(e.to_string()))?;
+        for (key, template) in [
+            (META_LISTEN_PORT, "/ip4/0.0.0.0/tcp/{}"),
+            (META_LISTEN_PORT_QUIC, "/ip4/0.0.0.0/udp/{}/quic-v1"),
+        ] {
+            let at = |port: &str| -> Multiaddr {
+                template
+                    .replace("{}", port)
+                    .parse()
+                    .expect("valid multiaddr")
+            };
+            let last = repo.store().reader().meta(key)?;
+            let preferred = last.filter(|p| p.parse::<u16>().is_ok()).map(|p| at(&p));
+            let listening = preferred.is_some_and(|a| net::listen(swarm, &a).is_ok());
+            if !listening {
+                net::listen(swarm, &at("0")).map_err(|e| Error::Invalid(e.to_string()))?;
+            }
         }
     } else {
         for addr in addrs {
@@ -458,6 +503,16 @@ fn listen(swarm: &mut Swarm<Behaviour>, repo: &Repo, addrs: &[Multiaddr]) -> Res
         }
     }
     Ok(())
+}
+
+/// Whether an address is on a loopback interface.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
 }
 
 impl Runtime {
@@ -524,6 +579,8 @@ impl Runtime {
             self.refresh_topics_of(&changed);
         }
         self.use_dht(&changed, sweep);
+        self.plan_reach(instant);
+        self.send_waiting_joins(instant);
         self.expire_joins(instant);
     }
 

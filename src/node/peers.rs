@@ -7,7 +7,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
+
+use crate::api::Link;
 
 use super::{DHT_RETRY, MAX_BAN};
 
@@ -86,6 +89,16 @@ pub(crate) struct PeerBook {
     budgets: HashMap<PeerId, Bucket>,
     /// When we last asked the DHT for a peer's addresses.
     lookups: HashMap<PeerId, Instant>,
+    /// Open connections per peer: through a relay or not, and the address dialed, if this
+    /// node dialed.
+    conns: HashMap<PeerId, Vec<Conn>>,
+}
+
+/// One open connection to a peer.
+struct Conn {
+    id: ConnectionId,
+    relayed: bool,
+    dialed: Option<Multiaddr>,
 }
 
 impl PeerBook {
@@ -259,6 +272,62 @@ impl PeerBook {
             self.lookups.insert(peer, now);
         }
         due
+    }
+
+    /// A connection to `peer` opened; `dialed`: the address this node dialed, if it did.
+    pub(crate) fn opened(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        relayed: bool,
+        dialed: Option<Multiaddr>,
+    ) {
+        self.conns.entry(peer).or_default().push(Conn {
+            id,
+            relayed,
+            dialed,
+        });
+    }
+
+    pub(crate) fn closed(&mut self, peer: &PeerId, id: ConnectionId) {
+        if let Some(list) = self.conns.get_mut(peer) {
+            list.retain(|c| c.id != id);
+            if list.is_empty() {
+                self.conns.remove(peer);
+            }
+        }
+    }
+
+    /// How this node is connected to `peer`: directly if any connection is direct.
+    pub(crate) fn link(&self, peer: &PeerId) -> Link {
+        match self.conns.get(peer) {
+            Some(list) if list.iter().any(|c| !c.relayed) => Link::Direct,
+            Some(list) if !list.is_empty() => Link::Relayed,
+            _ => Link::Absent,
+        }
+    }
+
+    /// The connection `id` to `peer`, if this node dialed it directly: the address dialed.
+    pub(crate) fn dialed_directly(&self, peer: &PeerId, id: ConnectionId) -> Option<Multiaddr> {
+        self.conns
+            .get(peer)?
+            .iter()
+            .find(|c| c.id == id && !c.relayed)?
+            .dialed
+            .clone()
+    }
+
+    /// Relayed connections to `peer` while a direct one is open (a hole was punched): the relay
+    /// need not carry them any more.
+    pub(crate) fn superseded_relayed(&self, peer: &PeerId) -> Vec<ConnectionId> {
+        match self.conns.get(peer) {
+            Some(list) if list.iter().any(|c| !c.relayed) => list
+                .iter()
+                .filter(|c| c.relayed)
+                .map(|c| c.id)
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Drops what no longer changes a decision (full budgets, lookups older than

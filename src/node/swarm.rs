@@ -10,7 +10,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, mdns, Multiaddr, PeerId};
 
-use super::{node_of, now_secs, peer_of, Runtime, META_LISTEN_PORT};
+use super::{node_of, now_secs, peer_of, Runtime, META_LISTEN_PORT, META_LISTEN_PORT_QUIC};
 use crate::net::{self, BehaviourEvent};
 use crate::repo::META_LISTEN_ADDRS;
 use crate::store::{Peers, Storage};
@@ -20,15 +20,21 @@ impl Runtime {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(target: "node", "listening on {address}/p2p/{}", self.swarm.local_peer_id());
-                if let Some(Protocol::Tcp(port)) =
-                    address.iter().find(|p| matches!(p, Protocol::Tcp(_)))
-                {
+                let port = match (address.iter().nth(1), address.iter().nth(2)) {
+                    _ if net::is_relayed(&address) => None,
+                    (Some(Protocol::Tcp(port)), _) => Some((META_LISTEN_PORT, port)),
+                    (Some(Protocol::Udp(port)), Some(Protocol::QuicV1)) => {
+                        Some((META_LISTEN_PORT_QUIC, port))
+                    }
+                    _ => None,
+                };
+                if let Some((key, port)) = port {
                     let _ = self
                         .engine
                         .repo()
                         .store()
                         .reader()
-                        .set_meta(META_LISTEN_PORT, &port.to_string());
+                        .set_meta(key, &port.to_string());
                 }
                 self.listen.push(address);
                 self.record_listen_addrs();
@@ -39,6 +45,7 @@ impl Runtime {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
@@ -47,9 +54,16 @@ impl Runtime {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 };
-                if endpoint.is_dialer() {
-                    self.learn_addr(peer_id, endpoint.get_remote_address().clone());
+                let relayed = endpoint.is_relayed();
+                let dialed = endpoint
+                    .is_dialer()
+                    .then(|| endpoint.get_remote_address().clone());
+                if let Some(addr) = &dialed {
+                    self.learn_addr(peer_id, addr.clone());
                 }
+                self.peers
+                    .opened(peer_id, connection_id, relayed, dialed.filter(|_| !relayed));
+                self.reach.connected(Instant::now());
                 self.peers.clear_backoff(&peer_id);
                 self.remember_peer(&peer_id);
                 if num_established.get() == 1 {
@@ -60,14 +74,46 @@ impl Runtime {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                self.peers.closed(&peer_id, connection_id);
+                if num_established > 0 {
+                    return;
+                }
                 if let Some(node) = node_of(&peer_id) {
                     tracing::info!(target: "node", peer = %node, "disconnected");
                     self.engine.peer_disconnected(&node);
                 }
                 self.topics.peer_gone(&peer_id);
+                self.reach.disconnected(&peer_id);
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                if !net::is_relayed(&address) {
+                    tracing::info!(target: "node", "reachable from outside at {address}");
+                }
+                self.reach.confirmed(address);
+                self.follow_reachability();
+                self.record_listen_addrs();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                self.reach.expired(&address);
+                self.follow_reachability();
+                self.record_listen_addrs();
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Err(e) = reason {
+                    tracing::info!(target: "node", "a listener closed: {e}");
+                }
+                self.reach.listener_closed(listener_id, Instant::now());
+            }
+            SwarmEvent::NewExternalAddrCandidate { address } => {
+                tracing::debug!(target: "node", "peers see this node at {address}");
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
@@ -90,7 +136,19 @@ impl Runtime {
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(
+                identify::Event::Received {
+                    peer_id,
+                    info,
+                    connection_id,
+                }
+                | identify::Event::Pushed {
+                    peer_id,
+                    info,
+                    connection_id,
+                },
+            ) => {
+                self.on_identify_relay(peer_id, connection_id, &info);
                 let dht = info
                     .protocols
                     .iter()
@@ -120,17 +178,27 @@ impl Runtime {
             }
             BehaviourEvent::Sync(event) => self.on_rr_event::<super::rr::Sync>(event),
             BehaviourEvent::Join(event) => self.on_rr_event::<super::rr::Join>(event),
+            BehaviourEvent::Autonat(event) => self.on_autonat_event(event),
+            BehaviourEvent::AutonatV1(event) => self.on_autonat_v1_event(event),
+            BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
+            BehaviourEvent::Relay(event) => self.on_relay_event(event),
+            BehaviourEvent::Dcutr(event) => self.on_dcutr_event(event),
+            BehaviourEvent::Upnp(event) => self.on_upnp_event(event),
             _ => {}
         }
     }
 
     fn record_listen_addrs(&mut self) {
         let me = *self.swarm.local_peer_id();
-        let addrs: Vec<String> = self
-            .listen
-            .iter()
-            .map(|a| a.clone().with(Protocol::P2p(me)).to_string())
-            .collect();
+        // Where tickets say this node is: what it listens on (circuits through relays too) and
+        // the addresses confirmed reachable from outside (a router's mapped port).
+        let mut addrs: Vec<String> = Vec::new();
+        for a in self.listen.iter().chain(self.reach.external()) {
+            let a = a.clone().with(Protocol::P2p(me)).to_string();
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
         let json = serde_json::to_string(&addrs).expect("serializes");
         if let Err(e) = self
             .engine

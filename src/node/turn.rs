@@ -100,16 +100,7 @@ impl Runtime {
                 peer,
                 flow,
                 request,
-            } => {
-                let Some(p) = peer_of(&peer) else { return };
-                let addrs = self.peers.addrs(&p);
-                let id = self.swarm.behaviour_mut().join.send_request_with_addresses(
-                    &p,
-                    Frame::Message(request),
-                    addrs,
-                );
-                self.join.sent.insert(id, (peer, flow));
-            }
+            } => self.send_join(peer, flow, request),
             Io::Penalize { peer, reason } => {
                 let Some(p) = peer_of(&peer) else { return };
                 let ban = self.peers.ban(p, Instant::now());

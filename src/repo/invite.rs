@@ -61,7 +61,7 @@ impl<S: Storage> Repo<S> {
                 uses,
             },
         )?;
-        let addrs = self
+        let mut addrs = self
             .store
             .reader()
             .meta(META_LISTEN_ADDRS)?
@@ -69,7 +69,13 @@ impl<S: Storage> Repo<S> {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|a| a.parse().ok())
-            .collect();
+            .collect::<Vec<libp2p::Multiaddr>>();
+        if addrs.is_empty() {
+            // No address known yet (the node never ran): the ticket still names the node, and
+            // the joiner looks it up in the DHT.
+            let me = self.identity().node_id().peer_id();
+            addrs.push(libp2p::Multiaddr::empty().with(libp2p::multiaddr::Protocol::P2p(me)));
+        }
         let ticket = crate::wire::InviteTicket {
             flow: edit.flow.clone(),
             invite: edit.id.clone().expect("an invite has an id"),

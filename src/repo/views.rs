@@ -17,6 +17,9 @@ pub struct MemberSync {
     /// offered to them and waits for them to accept it (SECURITY.md, "Consent").
     #[serde(default)]
     pub not_serving: bool,
+    /// How this node is connected to them: directly, through a relay, or not.
+    #[serde(default)]
+    pub link: crate::api::Link,
 }
 
 /// A flow as `flow show` reports it.
@@ -165,6 +168,7 @@ impl<S: Storage> Repo<S> {
                 connected: false,
                 in_sync: None,
                 not_serving: false,
+                link: crate::api::Link::Absent,
                 last_heard: seen.get(&m.node_id).copied(),
             })
             .collect();

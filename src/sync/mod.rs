@@ -380,6 +380,8 @@ impl<S: Storage> Engine<S> {
                     not_serving: key.as_ref().is_some_and(|k| self.unserved.contains(k)),
                     node_id: n,
                     in_sync,
+                    // The runtime knows the connections: it fills this in.
+                    link: crate::api::Link::Absent,
                 }
             })
             .collect()

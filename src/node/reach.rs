@@ -1,0 +1,365 @@
+//! [`Reach`]: whether others can dial this node, and the relays it is reachable through when
+//! they cannot. A small state machine with no I/O: the runtime feeds it what the swarm reports
+//! (confirmed external addresses, AutoNAT results, relays seen, reservations made and lost) and
+//! carries out the [`Action`]s it returns.
+//!
+//! rust-libp2p has no AutoRelay: the application picks relays. A node reserves a circuit on up
+//! to [`MAX_RELAYS`] relays while it is not known to be reachable: once AutoNAT reported an
+//! address of its unreachable, or [`GRACE`] after its first connection with no address
+//! confirmed (behind a NAT, AutoNAT can run out of addresses to test and say nothing more). It
+//! gives its reservations up once an address is confirmed. A relay is any peer that advertises
+//! the relay protocol on a direct connection, which rust-libp2p's relay server does only once it
+//! has a confirmed external address; a relay whose reservation failed or closed is tried again
+//! after [`RETRY`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+/// Most relays a node that is not reachable holds a reservation on.
+pub const MAX_RELAYS: usize = 2;
+/// How long a node with connections but no confirmed address waits for AutoNAT before it
+/// reserves on relays anyway.
+pub const GRACE: Duration = Duration::from_secs(15);
+/// How long a relay whose reservation failed or closed waits before it is asked again.
+pub const RETRY: Duration = Duration::from_secs(30);
+
+/// Whether peers can dial this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachability {
+    /// An address of this node was confirmed reachable from outside (AutoNAT, UPnP, or given).
+    Public,
+    /// A peer could not dial this node back, and no address is confirmed.
+    Private,
+    /// Not known yet.
+    Unknown,
+}
+
+/// What the runtime is to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Listen through this relay: `listen_on(addr)`, an address ending in `/p2p-circuit`.
+    Reserve { relay: PeerId, addr: Multiaddr },
+    /// Give this relay listener up.
+    Release(ListenerId),
+}
+
+struct Reservation {
+    relay: PeerId,
+    accepted: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Reach {
+    /// Addresses confirmed reachable from outside.
+    external: BTreeSet<Multiaddr>,
+    /// An AutoNAT test of one of this node's addresses failed since the last that succeeded.
+    refused: bool,
+    /// When this node first had a connection (the start of [`GRACE`]).
+    first_connection: Option<Instant>,
+    /// Peers offering a relay, each with an address this node reaches it at directly.
+    relays: HashMap<PeerId, Multiaddr>,
+    /// Relay listeners, accepted or still asking.
+    reservations: HashMap<ListenerId, Reservation>,
+    /// Relays not to ask again before the time given.
+    resting: HashMap<PeerId, Instant>,
+}
+
+impl Reach {
+    pub fn reachability(&self) -> Reachability {
+        if !self.external.is_empty() {
+            Reachability::Public
+        } else if self.refused {
+            Reachability::Private
+        } else {
+            Reachability::Unknown
+        }
+    }
+
+    /// Confirmed external addresses.
+    pub fn external(&self) -> impl Iterator<Item = &Multiaddr> {
+        self.external.iter()
+    }
+
+    /// Relays holding a reservation for this node.
+    pub fn relays(&self) -> Vec<PeerId> {
+        let mut out: Vec<PeerId> = self
+            .reservations
+            .values()
+            .filter(|r| r.accepted)
+            .map(|r| r.relay)
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    pub fn connected(&mut self, now: Instant) {
+        self.first_connection.get_or_insert(now);
+    }
+
+    /// A peer reached this node at `addr` (AutoNAT), or the router mapped it (UPnP), or the
+    /// user gave it. Only a public address makes this node reachable from outside: a peer on
+    /// the same LAN reaching it says nothing about the internet, and a circuit is a relay's.
+    pub fn confirmed(&mut self, addr: Multiaddr) {
+        if is_public(&addr) {
+            self.external.insert(addr);
+            self.refused = false;
+        }
+    }
+
+    pub fn expired(&mut self, addr: &Multiaddr) {
+        self.external.remove(addr);
+    }
+
+    /// An AutoNAT test of one of this node's addresses came back.
+    pub fn tested(&mut self, reachable: bool) {
+        if !reachable {
+            self.refused = true;
+        }
+    }
+
+    /// A peer told (identify) whether it offers a relay; `direct`: an address this node has a
+    /// direct connection to it at, if any.
+    pub fn relay_offered(&mut self, peer: PeerId, offers: bool, direct: Option<Multiaddr>) {
+        match (offers, direct) {
+            (true, Some(addr)) => {
+                self.relays.insert(peer, addr);
+            }
+            _ => {
+                self.relays.remove(&peer);
+            }
+        }
+    }
+
+    /// The connection to a peer closed: it is no relay for this node until it is seen again.
+    pub fn disconnected(&mut self, peer: &PeerId) {
+        self.relays.remove(peer);
+    }
+
+    /// A reservation was accepted by `relay`.
+    pub fn accepted(&mut self, relay: &PeerId) {
+        for r in self.reservations.values_mut() {
+            if r.relay == *relay {
+                r.accepted = true;
+            }
+        }
+    }
+
+    /// A listener closed; if it was a relay's, that relay rests a while.
+    pub fn listener_closed(&mut self, id: ListenerId, now: Instant) {
+        if let Some(r) = self.reservations.remove(&id) {
+            self.resting.insert(r.relay, now + RETRY);
+        }
+    }
+
+    /// A reservation the runtime could not even start.
+    pub fn reserve_failed(&mut self, relay: PeerId, now: Instant) {
+        self.resting.insert(relay, now + RETRY);
+    }
+
+    /// The runtime started listening through a relay (after [`Action::Reserve`]).
+    pub fn reserving(&mut self, id: ListenerId, relay: PeerId) {
+        self.reservations.insert(
+            id,
+            Reservation {
+                relay,
+                accepted: false,
+            },
+        );
+    }
+
+    /// What to do now.
+    pub fn plan(&mut self, now: Instant) -> Vec<Action> {
+        self.resting.retain(|_, until| *until > now);
+        if self.reachability() == Reachability::Public {
+            return self
+                .reservations
+                .keys()
+                .map(|id| Action::Release(*id))
+                .collect();
+        }
+        let waited = self
+            .first_connection
+            .is_some_and(|t| now.duration_since(t) >= GRACE);
+        if !(self.refused || waited) {
+            return Vec::new();
+        }
+        let held: Vec<PeerId> = self.reservations.values().map(|r| r.relay).collect();
+        let mut candidates: Vec<(&PeerId, &Multiaddr)> = self
+            .relays
+            .iter()
+            .filter(|(p, _)| !held.contains(p) && !self.resting.contains_key(p))
+            .collect();
+        // The same relays on every call, not whichever the map yields first.
+        candidates.sort_by_key(|(p, _)| **p);
+        candidates
+            .into_iter()
+            .take(MAX_RELAYS.saturating_sub(held.len()))
+            .map(|(relay, addr)| Action::Reserve {
+                relay: *relay,
+                addr: circuit_listen_addr(addr, relay),
+            })
+            .collect()
+    }
+}
+
+/// Whether an address is a direct one on a public IP: not through a relay, and not loopback,
+/// private (RFC 1918, IPv6 unique local), link-local, shared (CGNAT, 100.64.0.0/10) or
+/// unspecified.
+pub fn is_public(addr: &Multiaddr) -> bool {
+    if crate::net::is_relayed(addr) {
+        return false;
+    }
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => {
+            let [a, b, ..] = ip.octets();
+            !(ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        Some(Protocol::Ip6(ip)) => {
+            let first = ip.segments()[0];
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+        // A DNS name given by the user (`external`): taken as public.
+        Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)) => true,
+        _ => false,
+    }
+}
+
+/// The address to listen on through `relay` reached at `addr`: `addr/p2p/RELAY/p2p-circuit`.
+fn circuit_listen_addr(addr: &Multiaddr, relay: &PeerId) -> Multiaddr {
+    let mut base: Multiaddr = addr
+        .iter()
+        .take_while(|p| !matches!(p, Protocol::P2p(_)))
+        .collect();
+    base.push(Protocol::P2p(*relay));
+    base.push(Protocol::P2pCircuit);
+    base
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(n: u8) -> PeerId {
+        libp2p::identity::Keypair::ed25519_from_bytes([n; 32])
+            .unwrap()
+            .public()
+            .to_peer_id()
+    }
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    fn reserves(actions: &[Action]) -> Vec<PeerId> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reserve { relay, .. } => Some(*relay),
+                Action::Release(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_node_refused_by_autonat_reserves_on_two_relays_and_gives_them_up_once_reachable() {
+        let t0 = Instant::now();
+        let mut r = Reach::default();
+        r.connected(t0);
+        for n in 1..=3 {
+            r.relay_offered(peer(n), true, Some(addr("/ip4/10.0.0.1/tcp/4001")));
+        }
+        assert_eq!(r.reachability(), Reachability::Unknown);
+        assert!(r.plan(t0).is_empty(), "no reservation while it may be reachable");
+        r.tested(false);
+        assert_eq!(r.reachability(), Reachability::Private);
+        let first = r.plan(t0);
+        assert_eq!(reserves(&first).len(), MAX_RELAYS);
+        let Action::Reserve { relay, addr: a } = &first[0] else {
+            panic!("{first:?}")
+        };
+        assert_eq!(
+            a.to_string(),
+            format!("/ip4/10.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit")
+        );
+        for (i, a) in first.iter().enumerate() {
+            let Action::Reserve { relay, .. } = a else {
+                unreachable!()
+            };
+            r.reserving(ListenerId::next(), *relay);
+            if i == 0 {
+                r.accepted(relay);
+            }
+        }
+        assert_eq!(r.relays(), vec![*relay]);
+        assert!(r.plan(t0).is_empty(), "two held (one still asking): no more");
+        r.confirmed(addr("/ip4/198.51.100.7/tcp/4001"));
+        assert_eq!(r.reachability(), Reachability::Public);
+        let release = r.plan(t0);
+        assert_eq!(release.len(), MAX_RELAYS);
+        assert!(release.iter().all(|a| matches!(a, Action::Release(_))));
+    }
+
+    #[test]
+    fn with_autonat_silent_the_node_reserves_after_the_grace_period() {
+        let t0 = Instant::now();
+        let mut r = Reach::default();
+        r.relay_offered(peer(1), true, Some(addr("/ip4/10.0.0.1/tcp/4001")));
+        assert!(r.plan(t0 + GRACE * 2).is_empty(), "no connection yet");
+        r.connected(t0);
+        assert!(r.plan(t0 + GRACE - Duration::from_millis(1)).is_empty());
+        assert_eq!(reserves(&r.plan(t0 + GRACE)), vec![peer(1)]);
+    }
+
+    #[test]
+    fn a_relay_that_failed_rests_and_only_direct_offers_count() {
+        let t0 = Instant::now();
+        let mut r = Reach::default();
+        r.connected(t0);
+        r.tested(false);
+        // Offered over a relayed connection only: no relay for us.
+        r.relay_offered(peer(2), true, None);
+        assert!(r.plan(t0).is_empty());
+        r.relay_offered(peer(1), true, Some(addr("/ip4/10.0.0.1/udp/4001/quic-v1")));
+        let id = ListenerId::next();
+        assert_eq!(reserves(&r.plan(t0)), vec![peer(1)]);
+        r.reserving(id, peer(1));
+        r.accepted(&peer(1));
+        r.listener_closed(id, t0);
+        assert!(r.relays().is_empty());
+        assert!(r.plan(t0 + RETRY - Duration::from_millis(1)).is_empty());
+        assert_eq!(reserves(&r.plan(t0 + RETRY)), vec![peer(1)]);
+        // A relay that stops offering (or disconnects) is not asked.
+        r.relay_offered(peer(1), false, None);
+        assert!(r.plan(t0 + RETRY).is_empty());
+        // A relayed address is never an external address, nor one a LAN peer reached.
+        r.confirmed(addr("/ip4/198.51.100.1/tcp/4001/p2p-circuit"));
+        for lan in [
+            "/ip4/192.168.1.2/tcp/4001",
+            "/ip4/10.1.2.3/tcp/4001",
+            "/ip4/100.64.0.9/udp/4001/quic-v1",
+            "/ip4/127.0.0.1/tcp/4001",
+            "/ip6/fe80::1/tcp/4001",
+            "/ip6/fd00::1/tcp/4001",
+        ] {
+            r.confirmed(addr(lan));
+        }
+        assert_eq!(r.reachability(), Reachability::Private);
+        assert!(is_public(&addr("/ip6/2001:db8::1/tcp/4001")));
+        assert!(is_public(&addr("/ip4/100.128.0.1/tcp/4001")));
+    }
+}
