@@ -166,11 +166,6 @@ impl NatWorld {
         self.kind
     }
 
-    /// The public host's address ([`PUBLIC_ADDR`]).
-    pub fn public_addr(&self) -> &'static str {
-        PUBLIC_ADDR
-    }
-
     /// The public host's namespace.
     pub fn public(&self) -> &str {
         &self.public
@@ -298,8 +293,18 @@ fn sweep_dead_worlds() {
         let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if !alive(pid) {
             remove_namespace(name);
         }
     }
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie (a killed test run lingers as one
+/// until its parent reaps it).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // "PID (COMM) STATE ...": COMM may hold spaces and parentheses; STATE follows the last ')'.
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
+    })
 }
