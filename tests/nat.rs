@@ -206,6 +206,85 @@ fn a_random_port_nat_does_not_keep_the_source_port() {
     );
 }
 
+/// One side of a hole punch from a home: `udp` sends to `sys.argv[2]:sys.argv[3]` from the
+/// same port for three seconds and prints `heard` if anything came back; `tcp` connects from
+/// the same port within five seconds (a simultaneous open when the other side does the same)
+/// and prints `connected`.
+const PUNCH: &str = r#"
+import socket, sys, time
+proto, peer = sys.argv[1], (sys.argv[2], int(sys.argv[3]))
+if proto == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", peer[1]))
+    s.settimeout(0.1)
+    heard = False
+    end = time.time() + 3
+    while time.time() < end:
+        s.sendto(b"punch", peer)
+        try:
+            s.recvfrom(100)
+            heard = True
+        except socket.timeout:
+            pass
+    print("heard" if heard else "silence")
+else:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", peer[1]))
+    s.settimeout(5)
+    try:
+        s.connect(peer)
+        print("connected")
+    except Exception as e:
+        print(e)
+"#;
+
+/// Both homes punch at once, each to the other's router on the same port (what each would
+/// have learnt of the other from the public host, were the mapping kept); what each printed.
+fn punch(world: &NatWorld, proto: &str, port: u16) -> [String; 2] {
+    let side = |i: usize| {
+        world
+            .command(world.home(i), "python3")
+            .args([
+                "-c",
+                PUNCH,
+                proto,
+                &world.router_wan(1 - i),
+                &port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs")
+    };
+    let (a, b) = (side(0), side(1));
+    [a, b].map(|c| {
+        let out = c.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+}
+
+/// Through port-preserving routers the two homes punch a hole, in UDP (as QUIC would) and in
+/// TCP (a simultaneous open, as DCUtR does); through random-port routers neither gets through.
+#[test]
+fn only_port_preserving_nats_let_two_homes_punch_a_hole() {
+    for kind in [NatKind::PortPreserving, NatKind::RandomPorts] {
+        let Some(world) = probe_world(kind) else {
+            return;
+        };
+        let udp = punch(&world, "udp", 41000);
+        let tcp = punch(&world, "tcp", 42000);
+        eprintln!("{kind:?}: udp {udp:?}, tcp {tcp:?}");
+        if kind == NatKind::PortPreserving {
+            assert_eq!(udp, ["heard", "heard"], "{kind:?}");
+            assert_eq!(tcp, ["connected", "connected"], "{kind:?}");
+        } else {
+            assert_eq!(udp, ["silence", "silence"], "{kind:?}");
+            assert!(tcp.iter().all(|t| t != "connected"), "{kind:?}: {tcp:?}");
+        }
+    }
+}
+
 /// Nodes started in a world: the public node P first, then the tailor at home 0 and the
 /// customer at home 1, each given only P's address. Fields drop in order: the nodes, then the
 /// world (killing anything left in it), then the data dirs.
