@@ -470,7 +470,12 @@ fn run(tier: &Tier, rt: &tokio::runtime::Runtime, root: &Path, only: Option<&str
 
 /// The NAT group's metrics; a number the run could not measure is left out, with why.
 fn nat_metrics(out: &mut Reported, n: &nat::Nat) {
-    let base_reach = "baseline: two nodes on the public host, no NAT";
+    let baseline = "baseline: two nodes on the public host, no NAT";
+    step(&format!(
+        "nat: {baseline}: reach {} ms, live {} ms",
+        fmt(n.base_reach_ms),
+        fmt(n.base_live_ms)
+    ));
     let reach = [
         ("reach_nat_ms", &n.preserving, "port-preserving routers"),
         ("reach_nat_random_ms", &n.random, "random-port routers"),
@@ -484,7 +489,7 @@ fn nat_metrics(out: &mut Reported, n: &nat::Nat) {
                 "ms",
                 format!(
                     "{routers}: a member added at one home until the flow is held at the \
-                     other, through the public node; {base_reach}"
+                     other, through the public node; {baseline}"
                 ),
             )),
             Err(e) => step(&format!("nat: {name} not measured: {e}")),
@@ -507,7 +512,7 @@ fn nat_metrics(out: &mut Reported, n: &nat::Nat) {
                 "ms",
                 format!(
                     "{routers}, link {link}: median of {NAT_SAMPLES} edits, the edit call \
-                     until durable at the other home; {base_reach}"
+                     until durable at the other home; {baseline}"
                 ),
             )),
             Err(e) => step(&format!("nat: {name} not measured: {e}")),
