@@ -19,6 +19,8 @@ mod live;
 mod local;
 #[path = "bench/memory.rs"]
 mod memory;
+#[path = "bench/nat.rs"]
+mod nat;
 
 use std::path::{Path, PathBuf};
 
@@ -86,6 +88,9 @@ const SMOKE: Tier = Tier {
     wire_samples: 3,
 };
 
+/// Edits timed per link in the NAT group.
+const NAT_SAMPLES: usize = 10;
+
 /// Changes per `Repo::receive` call in the ingest metric.
 const INGEST_BATCH: usize = 10;
 /// Each propagation writer's edits per second.
@@ -142,6 +147,16 @@ impl Metric {
 fn main() {
     coflow::cluster::init_logging();
     let args: Vec<String> = std::env::args().collect();
+    // `--coflow ARGS`: this run is the `coflow` CLI (a node of the NAT group, started inside a
+    // network namespace; examples cannot count on the `coflow` binary being built).
+    if args.get(1).is_some_and(|a| a == "--coflow") {
+        let cli = <coflow::cli::Cli as clap::Parser>::parse_from(&args[1..]);
+        if let Err(e) = coflow::cli::run(cli) {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--child") {
         let what = &args[i + 1];
         let home = PathBuf::from(&args[i + 2]);
@@ -184,7 +199,7 @@ fn main() {
         .expect("a tokio runtime");
     let started = std::time::Instant::now();
     // `--only GROUP` (live, catchup, trace, propagation, ingest, removal, idle) runs one group, for
-    // profiling.
+    // profiling. `--only nat` runs the NAT group, which runs only when asked for (it needs root).
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -443,7 +458,66 @@ fn run(tier: &Tier, rt: &tokio::runtime::Runtime, root: &Path, only: Option<&str
             ),
         ));
     }
+    if only == Some("nat") {
+        step("nat: homes behind NAT (network namespaces)");
+        match nat::nat(&root.join("nat"), NAT_SAMPLES) {
+            Ok(n) => nat_metrics(&mut out, &n),
+            Err(reason) => step(&format!("nat: skipping: {reason}")),
+        }
+    }
     out.0
+}
+
+/// The NAT group's metrics; a number the run could not measure is left out, with why.
+fn nat_metrics(out: &mut Reported, n: &nat::Nat) {
+    let baseline = "baseline: two nodes on the public host, no NAT";
+    step(&format!(
+        "nat: {baseline}: reach {} ms, live {} ms",
+        fmt(n.base_reach_ms),
+        fmt(n.base_live_ms)
+    ));
+    let reach = [
+        ("reach_nat_ms", &n.preserving, "port-preserving routers"),
+        ("reach_nat_random_ms", &n.random, "random-port routers"),
+    ];
+    for (name, world, routers) in reach {
+        match &world.reach_ms {
+            Ok(ms) => out.push(Metric::cost(
+                name,
+                *ms,
+                n.base_reach_ms,
+                "ms",
+                format!(
+                    "{routers}: a member added at one home until the flow is held at the \
+                     other, through the public node; {baseline}"
+                ),
+            )),
+            Err(e) => step(&format!("nat: {name} not measured: {e}")),
+        }
+    }
+    let live = [
+        (
+            "live_nat_direct_ms",
+            &n.preserving,
+            "port-preserving routers",
+        ),
+        ("live_nat_relayed_ms", &n.random, "random-port routers"),
+    ];
+    for (name, world, routers) in live {
+        match &world.live_ms {
+            Ok((ms, link)) => out.push(Metric::cost(
+                name,
+                *ms,
+                n.base_live_ms,
+                "ms",
+                format!(
+                    "{routers}, link {link}: median of {NAT_SAMPLES} edits, the edit call \
+                     until durable at the other home; {baseline}"
+                ),
+            )),
+            Err(e) => step(&format!("nat: {name} not measured: {e}")),
+        }
+    }
 }
 
 /// The metrics so far; each is also printed to stderr as it is measured, so a run cut short

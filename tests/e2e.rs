@@ -152,6 +152,48 @@ fn three_nodes_tailor_customer_mill() {
     assert_eq!(show["sync"].as_array().unwrap().len(), 2);
 }
 
+/// Two members who are never online at the same time meet through a third who is: A's edit
+/// reaches B through C after A has stopped, and B's edit reaches A through C after B has.
+#[test]
+fn members_never_online_together_meet_through_one_who_is() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Participant::new(root.path(), "Ann");
+    let mut b = Participant::new(root.path(), "Ben");
+    let mut c = Participant::new(root.path(), "Cat");
+    a.start(&[]);
+    c.start(&[]);
+    let flow = shared_flow(&a, &[&c]);
+    // B is a member by node id alone; its node has not run yet.
+    a.json(&[
+        "member",
+        "add",
+        &flow,
+        &b.id(),
+        "--role",
+        "owner",
+        "--name",
+        "Ben",
+    ]);
+    a.json(&["comment", &flow, "Ann, before leaving"]);
+    converged(&flow, &[&a, &c]);
+    a.stop();
+
+    b.start(&[c.addr()]);
+    b.accept_offer(&flow);
+    eventually("Ann's comment reaches Ben through Cat", &[&b, &c], || {
+        b.comments(&flow) == ["Ann, before leaving"]
+    });
+    b.json(&["comment", &flow, "Ben, while Ann is away"]);
+    converged(&flow, &[&b, &c]);
+    b.stop();
+
+    a.start(&[c.addr()]);
+    eventually("Ben's comment reaches Ann through Cat", &[&a, &c], || {
+        a.comments(&flow) == ["Ann, before leaving", "Ben, while Ann is away"]
+    });
+    converged(&flow, &[&a, &c]);
+}
+
 /// A node killed with SIGKILL catches up on restart, and edits made with its CLI while it was
 /// down go out when it starts.
 #[test]

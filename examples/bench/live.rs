@@ -17,12 +17,12 @@ use rusqlite::{Connection, OpenFlags};
 use crate::baseline::automerge_sync;
 use crate::gen::{seed_home, FlowGen};
 
-fn reader(home: &Path) -> Connection {
+pub fn reader(home: &Path) -> Connection {
     Connection::open_with_flags(home.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("the node's database opens read-only")
 }
 
-fn max_seq(db: &Connection) -> i64 {
+pub fn max_seq(db: &Connection) -> i64 {
     db.query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
         r.get(0)
     })

@@ -1,5 +1,6 @@
 //! Real `coflow` processes for end-to-end tests: a data dir per participant, nodes started and
-//! killed as separate processes on 127.0.0.1, and the CLI contract to drive them.
+//! killed as separate processes (on 127.0.0.1, or inside a network namespace of a NAT world,
+//! `coflow::cluster::nat`), and the CLI contract to drive them.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -33,6 +34,10 @@ pub struct Participant {
     listen: Vec<String>,
     /// Extra arguments for `coflow node` (such as `--web 127.0.0.1:0`).
     pub node_args: Vec<String>,
+    /// The network namespace the node runs in (`None`: this process's). Only the node: CLI
+    /// calls stay here and reach it over its control socket, a file in the data dir, which
+    /// works across network namespaces.
+    pub netns: Option<String>,
 }
 
 impl Participant {
@@ -65,11 +70,29 @@ impl Participant {
             port: None,
             listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
             node_args: Vec::new(),
+            netns: None,
         }
     }
 
+    /// This participant's node to run in network namespace `netns` (of a NAT world),
+    /// listening on `listen` there, with no page (nobody browses inside a namespace).
+    pub fn in_netns(mut self, netns: &str, listen: &[String]) -> Participant {
+        self.netns = Some(netns.to_string());
+        self.listen = listen.to_vec();
+        self.node_args.push("--no-web".into());
+        self
+    }
+
     pub fn command(&self) -> Command {
-        let mut c = Command::new(bin());
+        self.command_in(None)
+    }
+
+    /// `coflow --home HOME`, run inside network namespace `netns` if one is given.
+    fn command_in(&self, netns: Option<&str>) -> Command {
+        let mut c = match netns {
+            Some(ns) => coflow::cluster::nat::netns_command(ns, bin()),
+            None => Command::new(bin()),
+        };
         c.env_remove("COFLOW_TEST_KEY_SEED")
             .env_remove("COFLOW_HOME")
             .arg("--home")
@@ -117,7 +140,7 @@ impl Participant {
         self.start_with(bootstrap, &[]);
     }
 
-    /// Restarts the node on the loopback port it had, so peers that remember it find it.
+    /// Restarts the node on the loopback TCP port it had, so peers that remember it find it.
     pub fn restart_same_port(&mut self, env: &[(&str, &str)]) {
         let port = self.port.expect("started before");
         self.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}")];
@@ -136,7 +159,7 @@ impl Participant {
         self.starts += 1;
         let log =
             std::fs::File::create(self.home.join(format!("node-{}.log", self.starts))).unwrap();
-        let mut c = self.command();
+        let mut c = self.command_in(self.netns.as_deref());
         c.args(["node", "--no-mdns"]);
         c.args(&self.node_args);
         for l in &self.listen {
@@ -156,8 +179,7 @@ impl Participant {
             if ok {
                 let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
                 if v["running"] == true && !v["listen"].as_array().unwrap().is_empty() {
-                    let addr = v["listen"][0].as_str().unwrap();
-                    self.port = addr.split('/').nth(4).and_then(|p| p.parse().ok());
+                    self.port = tcp_port(&v["listen"]);
                     return;
                 }
             }
@@ -364,6 +386,15 @@ impl Drop for Participant {
             let _ = child.wait();
         }
     }
+}
+
+/// The TCP port among a node's listen addresses (`/ip4/A/tcp/PORT/p2p/ID`; QUIC ones are UDP).
+fn tcp_port(listen: &Value) -> Option<u16> {
+    listen.as_array()?.iter().find_map(|a| {
+        let parts: Vec<&str> = a.as_str()?.split('/').collect();
+        let i = parts.iter().position(|p| *p == "tcp")?;
+        parts.get(i + 1)?.parse().ok()
+    })
 }
 
 fn send_signal(pid: u32, signal: i32) {

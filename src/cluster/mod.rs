@@ -15,6 +15,9 @@ use crate::identity::Identity;
 use crate::repo::FlowView;
 
 #[cfg(feature = "testkit")]
+pub mod nat;
+
+#[cfg(feature = "testkit")]
 /// Logs to stderr as `COFLOW_LOG` says (e.g. `COFLOW_LOG=sync=debug`); nothing if unset.
 pub fn init_logging() {
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("COFLOW_LOG") {
@@ -238,6 +241,16 @@ pub struct ProcessNode {
 impl ProcessNode {
     /// Creates the data dir's key if needed and starts `exe node` on 127.0.0.1.
     pub fn start(exe: &Path, home: &Path, name: &str) -> Result<ProcessNode> {
+        let mut node = Command::new(exe);
+        node.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+        ProcessNode::spawn(node, home, name)
+    }
+
+    /// Creates the data dir's key if needed, runs `node` (a `coflow node` command line with
+    /// its options, `--home` left out: it is added) and waits until the node answers. The
+    /// command may be anything that ends up running the node, such as the node in another
+    /// network namespace (`nat::netns_command`, with the `testkit` feature).
+    pub fn spawn(mut node: Command, home: &Path, name: &str) -> Result<ProcessNode> {
         let node_id = create_identity(home, name)?;
         let log_path = home.join("node.log");
         let io = |source| Error::Io {
@@ -246,10 +259,9 @@ impl ProcessNode {
         };
         let log = std::fs::File::create(&log_path).map_err(io)?;
         let err = log.try_clone().map_err(io)?;
-        let child = Command::new(exe)
+        let child = node
             .arg("--home")
             .arg(home)
-            .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
             .env_remove("COFLOW_HOME")
             .stdin(Stdio::null())
             .stdout(log)
