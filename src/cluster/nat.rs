@@ -2,9 +2,9 @@
 //! homes sit behind their own home router and one public host is reachable by all.
 //!
 //! ```text
-//!             public (10.99.0.10)
+//!             public (198.51.100.10)
 //!                    |
-//!   internet: a bridge, 10.99.0.0/24
+//!   internet: a bridge, 198.51.100.0/24 (TEST-NET-2: public, as an address must be to count)
 //!          |                    |
 //!   router 0 (WAN .21)    router 1 (WAN .22)      MASQUERADE, inbound only ESTABLISHED
 //!          |                    |
@@ -26,11 +26,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The public host's address, the same in every world (worlds do not share a network).
-pub const PUBLIC_ADDR: &str = "10.99.0.10";
+pub const PUBLIC_ADDR: &str = "198.51.100.10";
 
-/// Whether nodes in a world also listen on QUIC (UDP) ([`listen`]). Off until the node takes a
-/// QUIC listen address; then hole punching can use UDP as well as TCP.
-pub const QUIC: bool = false;
+/// Whether nodes in a world also listen on QUIC (UDP) ([`listen`]): hole punching can then use
+/// UDP as well as TCP.
+pub const QUIC: bool = true;
 
 /// What a node in a world listens on: every address of its namespace, TCP `port` (and UDP
 /// `port` for QUIC, if [`QUIC`]); 0 picks a free one.
@@ -222,7 +222,7 @@ fn lan_gateway(i: usize) -> String {
 }
 
 fn router_wan(i: usize) -> String {
-    format!("10.99.0.{}", 21 + i)
+    format!("198.51.100.{}", 21 + i)
 }
 
 /// Runs `ip ARGS`; Err with what it printed if it fails.

@@ -108,13 +108,13 @@ impl Reach {
     /// the same LAN reaching it says nothing about the internet, and a circuit is a relay's.
     pub fn confirmed(&mut self, addr: Multiaddr) {
         if is_public(&addr) {
-            self.external.insert(addr);
+            self.external.insert(without_peer(addr));
             self.refused = false;
         }
     }
 
     pub fn expired(&mut self, addr: &Multiaddr) {
-        self.external.remove(addr);
+        self.external.remove(&without_peer(addr.clone()));
     }
 
     /// An AutoNAT test of one of this node's addresses came back.
@@ -239,6 +239,14 @@ pub fn is_public(addr: &Multiaddr) -> bool {
     }
 }
 
+/// `addr` without a trailing `/p2p/…` (AutoNAT v1 confirms addresses with one).
+fn without_peer(mut addr: Multiaddr) -> Multiaddr {
+    if let Some(Protocol::P2p(_)) = addr.iter().last() {
+        addr.pop();
+    }
+    addr
+}
+
 /// The address to listen on through `relay` reached at `addr`: `addr/p2p/RELAY/p2p-circuit`.
 fn circuit_listen_addr(addr: &Multiaddr, relay: &PeerId) -> Multiaddr {
     let mut base: Multiaddr = addr
@@ -307,8 +315,10 @@ mod tests {
         }
         assert_eq!(r.relays(), vec![*relay]);
         assert!(r.plan(t0).is_empty(), "two held (one still asking): no more");
-        r.confirmed(addr("/ip4/198.51.100.7/tcp/4001"));
+        r.confirmed(addr(&format!("/ip4/198.51.100.7/tcp/4001/p2p/{relay}")));
         assert_eq!(r.reachability(), Reachability::Public);
+        let external: Vec<String> = r.external().map(|a| a.to_string()).collect();
+        assert_eq!(external, vec!["/ip4/198.51.100.7/tcp/4001".to_string()]);
         let release = r.plan(t0);
         assert_eq!(release.len(), MAX_RELAYS);
         assert!(release.iter().all(|a| matches!(a, Action::Release(_))));
