@@ -53,9 +53,10 @@
 //!   (`Engine<S: Storage = Store>`, generic over the repository's store);
 //!   `sync/tests/` tests single parts with virtual time and a `MemStore` (`in_sync.rs`: the
 //!   sync state `flow show` reports).
-//! - [`net`]: the libp2p swarm: TCP + Noise + Yamux, identify, ping, mDNS, Kademlia (coflow's
-//!   own DHT), gossipsub (announcements), the two request-response protocols, block list,
-//!   connection limits.
+//! - [`net`]: the libp2p swarm: TCP + Noise + Yamux, QUIC, relay circuits, identify, ping,
+//!   mDNS, Kademlia (coflow's own DHT), gossipsub (announcements), the two request-response
+//!   protocols, block list, connection limits, AutoNAT v2 and v1, relay server and client,
+//!   DCUtR, UPnP.
 //! - [`config`]: `config.toml` in the data dir.
 //! - `fuzz` (with `testkit` only): entry points for the fuzz targets and their regression tests.
 //! - `sim` (with `testkit` only): the deterministic network simulator the tests and the
@@ -73,7 +74,11 @@
 //!   announcements; `dht.rs`: Kademlia lookups and provider records (for the flows that
 //!   changed, all of them every 10 s); `peers.rs`: the `PeerBook`
 //!   of per-peer state (addresses, backoff, bans, penalized peers waiting to be blocked,
-//!   budgets, lookups), each bounded;
+//!   budgets, lookups, open connections and whether each is relayed), each bounded;
+//!   `reach.rs`: `Reach`, the state machine (no I/O) that says whether the node is reachable
+//!   from outside and which relays to reserve on or give up; `nat.rs`: AutoNAT, relay, DCUtR
+//!   and UPnP events into it and its actions out, the relay served following reachability,
+//!   and join requests held until the DHT finds an inviter with no known address;
 //!   `control.rs`: the control socket (axum over the Unix socket) and the calls the runtime
 //!   answers itself; `faults.rs`: test fault injection. Started on a data dir with no key and
 //!   its page served, the node first answers only the page's `init` (which makes the key).
@@ -89,6 +94,8 @@
 //!   no build step; it puts peer text into the page only as text.
 //! - [`cluster`]: several nodes on one machine (as processes, and with `testkit` as tasks),
 //!   driven through the control API: used by the demo, the examples and benchmarks.
+//!   `cluster/nat.rs` (with `testkit` only): a world of Linux network namespaces with two homes
+//!   behind iptables NAT routers and a public host, for the NAT tests and benchmark.
 //! - [`demo`]: `coflow demo`, the tailor's story on three real nodes.
 //! - [`cli`]: clap commands (`cli/mod.rs`), the API call each makes (`call.rs`), their human /
 //!   `--json` output (`print.rs`), `coflow doctor` (`doctor.rs`).

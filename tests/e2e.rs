@@ -194,6 +194,36 @@ fn members_never_online_together_meet_through_one_who_is() {
     converged(&flow, &[&a, &c]);
 }
 
+/// A ticket made before the inviter's node ever ran has no address in it, only the inviter's
+/// node id: the joiner, which knows only a third node, finds the inviter through the DHT once
+/// its node runs, and joins.
+#[test]
+fn a_ticket_made_before_the_inviters_node_ever_ran_finds_it_through_the_dht() {
+    let root = tempfile::tempdir().unwrap();
+    let mut hub = Participant::new(root.path(), "Hub");
+    let mut tom = Participant::new(root.path(), "Tom");
+    let mut alice = Participant::new(root.path(), "Alice");
+    let flow = tom.json(&["flow", "new", "Suit", "--need", "A linen suit", "--as", "owner"])
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ticket = tom.json(&["flow", "invite", &flow, "--role", "customer"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    hub.start(&[]);
+    tom.start(&[hub.addr()]);
+    alice.start(&[hub.addr()]);
+    let joined = alice.json(&["flow", "join", &ticket]);
+    assert_eq!(joined["id"], flow.as_str());
+    eventually("Alice holds the flow", &[&alice, &tom, &hub], || {
+        alice.heads(&flow).is_some()
+    });
+    assert_eq!(alice.json(&["flow", "show", &flow])["need"], "A linen suit");
+    assert_eq!(hub.json(&["flow", "list"]), serde_json::json!([]));
+}
+
 /// A node killed with SIGKILL catches up on restart, and edits made with its CLI while it was
 /// down go out when it starts.
 #[test]
