@@ -12,7 +12,7 @@
 //! max_established = 256       # connections in all
 //! max_incoming = 192          # of which inbound
 //! max_pending_incoming = 32   # inbound handshakes at once
-//! max_per_peer = 2            # connections to one peer
+//! max_per_peer = 3            # connections to one peer (a hole punched beside two relayed)
 //!
 //! [relay]                     # what this node offers others once it is reachable
 //! serve = true

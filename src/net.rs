@@ -23,7 +23,9 @@ pub const KAD_PROTOCOL: &str = "/coflow/kad/1.0.0";
 /// Identify's protocol version string.
 pub const PROTOCOL_VERSION: &str = "/coflow/1";
 
-/// Connection limits (total, per direction, per peer).
+/// Connection limits (total, per direction, per peer). Three per peer: two members behind NATs
+/// that dial each other through a relay at the same moment hold two relayed connections, and the
+/// hole punched after must still fit (the relayed ones are closed once it is open).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_established: u32,
@@ -38,7 +40,7 @@ impl Default for Limits {
             max_established: 256,
             max_incoming: 192,
             max_pending_incoming: 32,
-            max_per_peer: 2,
+            max_per_peer: 3,
         }
     }
 }

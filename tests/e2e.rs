@@ -203,8 +203,15 @@ fn a_ticket_made_before_the_inviters_node_ever_ran_finds_it_through_the_dht() {
     let mut hub = Participant::new(root.path(), "Hub");
     let mut tom = Participant::new(root.path(), "Tom");
     let mut alice = Participant::new(root.path(), "Alice");
-    let flow = tom.json(&["flow", "new", "Suit", "--need", "A linen suit", "--as", "owner"])
-        ["id"]
+    let flow = tom.json(&[
+        "flow",
+        "new",
+        "Suit",
+        "--need",
+        "A linen suit",
+        "--as",
+        "owner",
+    ])["id"]
         .as_str()
         .unwrap()
         .to_string();

@@ -946,10 +946,11 @@
       if (m.removed) return 'removed';
       const s = (view.sync || []).find((x) => x.node_id === m.node_id);
       if (!s) return '';
+      const via = s.link === 'relayed' ? ' (through a relay)' : '';
       if (s.not_serving) return 'has not accepted yet';
-      if (s.in_sync === true) return s.connected ? 'in sync' : 'in sync, not connected now';
-      if (s.in_sync === false) return 'catching up';
-      if (s.connected) return 'connected';
+      if (s.in_sync === true) return s.connected ? 'in sync' + via : 'in sync, not connected now';
+      if (s.in_sync === false) return 'catching up' + via;
+      if (s.connected) return 'connected' + via;
       return s.last_heard ? 'not connected, last heard ' + when(s.last_heard) : 'not connected yet';
     }
 

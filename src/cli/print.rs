@@ -161,7 +161,9 @@ impl Out {
             if s.running && !s.setup {
                 t.push_str(match s.reachability {
                     crate::node::Reachability::Public => "reachable from outside",
-                    crate::node::Reachability::Private => "not reachable from outside (behind a NAT or firewall)",
+                    crate::node::Reachability::Private => {
+                        "not reachable from outside (behind a NAT or firewall)"
+                    }
                     crate::node::Reachability::Unknown => "reachability not known yet",
                 });
                 for a in &s.external {

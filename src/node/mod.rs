@@ -274,6 +274,12 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
     }
     rt.load_address_book();
     for addr in rt.bootstrap.clone() {
+        // Known by id, a bootstrap node is dialed again whenever the node loses it (it is often
+        // the only relay and way into the DHT a node behind a NAT has).
+        let mut base = addr.clone();
+        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = base.pop() {
+            rt.learn_addr(peer, base);
+        }
         if let Err(e) = rt.swarm.dial(addr.clone()) {
             tracing::warn!(target: "node", "cannot dial bootstrap {addr}: {e}");
         }
@@ -574,6 +580,7 @@ impl Runtime {
             }
         }
         if sweep {
+            self.redial_bootstrap();
             self.refresh_topics();
         } else {
             self.refresh_topics_of(&changed);

@@ -40,7 +40,12 @@ impl Runtime {
             // reach it at from here; keep what we knew.
             return;
         }
-        self.reach.relay_offered(peer, offers, direct);
+        let bootstrap = self
+            .bootstrap
+            .iter()
+            .any(|a| a.iter().last() == Some(libp2p::multiaddr::Protocol::P2p(peer)));
+        let preferred = bootstrap || self.wanted.contains(&peer);
+        self.reach.relay_offered(peer, offers, direct, preferred);
     }
 
     pub(super) fn on_autonat_event(&mut self, event: autonat::v2::client::Event) {

@@ -62,8 +62,9 @@ pub(crate) struct Reach {
     refused: bool,
     /// When this node first had a connection (the start of [`GRACE`]).
     first_connection: Option<Instant>,
-    /// Peers offering a relay, each with an address this node reaches it at directly.
-    relays: HashMap<PeerId, Multiaddr>,
+    /// Peers offering a relay, each with an address this node reaches it at directly, and
+    /// whether it is preferred.
+    relays: HashMap<PeerId, (Multiaddr, bool)>,
     /// Relay listeners, accepted or still asking.
     reservations: HashMap<ListenerId, Reservation>,
     /// Relays not to ask again before the time given.
@@ -125,11 +126,19 @@ impl Reach {
     }
 
     /// A peer told (identify) whether it offers a relay; `direct`: an address this node has a
-    /// direct connection to it at, if any.
-    pub fn relay_offered(&mut self, peer: PeerId, offers: bool, direct: Option<Multiaddr>) {
+    /// direct connection to it at, if any. `preferred`: a node this node has reason to trust
+    /// with its circuits (a bootstrap node, a member of its flows), asked before any other:
+    /// anyone can offer a relay, and make node ids that sort first.
+    pub fn relay_offered(
+        &mut self,
+        peer: PeerId,
+        offers: bool,
+        direct: Option<Multiaddr>,
+        preferred: bool,
+    ) {
         match (offers, direct) {
             (true, Some(addr)) => {
-                self.relays.insert(peer, addr);
+                self.relays.insert(peer, (addr, preferred));
             }
             _ => {
                 self.relays.remove(&peer);
@@ -191,17 +200,19 @@ impl Reach {
             return Vec::new();
         }
         let held: Vec<PeerId> = self.reservations.values().map(|r| r.relay).collect();
-        let mut candidates: Vec<(&PeerId, &Multiaddr)> = self
+        let mut candidates: Vec<(&PeerId, &Multiaddr, bool)> = self
             .relays
             .iter()
             .filter(|(p, _)| !held.contains(p) && !self.resting.contains_key(p))
+            .map(|(p, (a, preferred))| (p, a, *preferred))
             .collect();
-        // The same relays on every call, not whichever the map yields first.
-        candidates.sort_by_key(|(p, _)| **p);
+        // Preferred relays first; then the same ones on every call, not whichever the map
+        // yields first.
+        candidates.sort_by_key(|(p, _, preferred)| (!preferred, **p));
         candidates
             .into_iter()
             .take(MAX_RELAYS.saturating_sub(held.len()))
-            .map(|(relay, addr)| Action::Reserve {
+            .map(|(relay, addr, _)| Action::Reserve {
                 relay: *relay,
                 addr: circuit_listen_addr(addr, relay),
             })
@@ -289,7 +300,7 @@ mod tests {
         let mut r = Reach::default();
         r.connected(t0);
         for n in 1..=3 {
-            r.relay_offered(peer(n), true, Some(addr("/ip4/10.0.0.1/tcp/4001")));
+            r.relay_offered(peer(n), true, Some(addr("/ip4/10.0.0.1/tcp/4001")), false);
         }
         assert_eq!(r.reachability(), Reachability::Unknown);
         assert!(r.plan(t0).is_empty(), "no reservation while it may be reachable");
@@ -325,10 +336,27 @@ mod tests {
     }
 
     #[test]
+    fn preferred_relays_are_asked_before_any_other() {
+        let t0 = Instant::now();
+        let mut r = Reach::default();
+        r.connected(t0);
+        r.tested(false);
+        let mut ids: Vec<PeerId> = (1..=4).map(peer).collect();
+        ids.sort();
+        // The two that sort last are the preferred ones.
+        for (i, p) in ids.iter().enumerate() {
+            r.relay_offered(*p, true, Some(addr("/ip4/10.0.0.1/tcp/4001")), i >= 2);
+        }
+        let mut chosen = reserves(&r.plan(t0));
+        chosen.sort();
+        assert_eq!(chosen, ids[2..].to_vec());
+    }
+
+    #[test]
     fn with_autonat_silent_the_node_reserves_after_the_grace_period() {
         let t0 = Instant::now();
         let mut r = Reach::default();
-        r.relay_offered(peer(1), true, Some(addr("/ip4/10.0.0.1/tcp/4001")));
+        r.relay_offered(peer(1), true, Some(addr("/ip4/10.0.0.1/tcp/4001")), false);
         assert!(r.plan(t0 + GRACE * 2).is_empty(), "no connection yet");
         r.connected(t0);
         assert!(r.plan(t0 + GRACE - Duration::from_millis(1)).is_empty());
@@ -342,9 +370,9 @@ mod tests {
         r.connected(t0);
         r.tested(false);
         // Offered over a relayed connection only: no relay for us.
-        r.relay_offered(peer(2), true, None);
+        r.relay_offered(peer(2), true, None, true);
         assert!(r.plan(t0).is_empty());
-        r.relay_offered(peer(1), true, Some(addr("/ip4/10.0.0.1/udp/4001/quic-v1")));
+        r.relay_offered(peer(1), true, Some(addr("/ip4/10.0.0.1/udp/4001/quic-v1")), false);
         let id = ListenerId::next();
         assert_eq!(reserves(&r.plan(t0)), vec![peer(1)]);
         r.reserving(id, peer(1));
@@ -354,7 +382,7 @@ mod tests {
         assert!(r.plan(t0 + RETRY - Duration::from_millis(1)).is_empty());
         assert_eq!(reserves(&r.plan(t0 + RETRY)), vec![peer(1)]);
         // A relay that stops offering (or disconnects) is not asked.
-        r.relay_offered(peer(1), false, None);
+        r.relay_offered(peer(1), false, None, false);
         assert!(r.plan(t0 + RETRY).is_empty());
         // A relayed address is never an external address, nor one a LAN peer reached.
         r.confirmed(addr("/ip4/198.51.100.1/tcp/4001/p2p-circuit"));

@@ -18,7 +18,11 @@ use crate::store::{Peers, Storage};
 impl Runtime {
     pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr { mut address, .. } => {
+                // A relay's circuit comes with this node's id at the end; the others without.
+                if address.iter().last() == Some(Protocol::P2p(*self.swarm.local_peer_id())) {
+                    address.pop();
+                }
                 tracing::info!(target: "node", "listening on {address}/p2p/{}", self.swarm.local_peer_id());
                 let port = match (address.iter().nth(1), address.iter().nth(2)) {
                     _ if net::is_relayed(&address) => None,
@@ -39,7 +43,10 @@ impl Runtime {
                 self.listen.push(address);
                 self.record_listen_addrs();
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
+            SwarmEvent::ExpiredListenAddr { mut address, .. } => {
+                if address.iter().last() == Some(Protocol::P2p(*self.swarm.local_peer_id())) {
+                    address.pop();
+                }
                 self.listen.retain(|a| a != &address);
                 self.record_listen_addrs();
             }
@@ -148,13 +155,14 @@ impl Runtime {
                     connection_id,
                 },
             ) => {
+                tracing::debug!(target: "node", peer = %peer_id, addrs = ?info.listen_addrs, "identified");
                 self.on_identify_relay(peer_id, connection_id, &info);
                 let dht = info
                     .protocols
                     .iter()
                     .any(|p| p.as_ref() == net::KAD_PROTOCOL);
                 for addr in info.listen_addrs {
-                    if !is_unspecified(&addr) {
+                    if let Some(addr) = self.addr_of(&peer_id, addr) {
                         if dht {
                             self.swarm
                                 .behaviour_mut()
@@ -231,7 +239,34 @@ impl Runtime {
         }
     }
 
+    /// `addr` as an address to reach `peer` at, without a trailing `/p2p/<peer>`; `None` for
+    /// what cannot be one: an unspecified IP, an address naming another node last, or one of
+    /// this node's own addresses. A peer's identify record has been seen to list the addresses
+    /// of the node it tells them to (a relay's, say), and a node that records those under the
+    /// peer dials itself, or its relay, for it: `WrongPeerId`, and the peer is never reached.
+    pub(super) fn addr_of(&self, peer: &PeerId, mut addr: Multiaddr) -> Option<Multiaddr> {
+        match addr.iter().last() {
+            Some(Protocol::P2p(p)) if p == *peer => {
+                addr.pop();
+            }
+            Some(Protocol::P2p(_)) => return None,
+            _ => {}
+        }
+        // A circuit through the relay this node uses too reads the same as its own until the
+        // peer's id is put back at the end (as a dial does): never taken for ours.
+        let ours = !net::is_relayed(&addr)
+            && self
+                .listen
+                .iter()
+                .chain(self.reach.external())
+                .any(|a| *a == addr);
+        (!addr.is_empty() && !is_unspecified(&addr) && !ours).then_some(addr)
+    }
+
     pub(super) fn learn_addr(&mut self, peer: PeerId, addr: Multiaddr) {
+        let Some(addr) = self.addr_of(&peer, addr) else {
+            return;
+        };
         let swarm = &self.swarm;
         if self
             .peers
@@ -269,6 +304,23 @@ impl Runtime {
         }
         self.wanted = wanted;
         for peer in self.wanted_unconnected() {
+            self.dial(peer);
+        }
+    }
+
+    /// Dials the bootstrap nodes (those given with their id) this node is not connected to, as
+    /// their dial backoff allows.
+    pub(super) fn redial_bootstrap(&mut self) {
+        let peers: Vec<PeerId> = self
+            .bootstrap
+            .iter()
+            .filter_map(|a| match a.iter().last() {
+                Some(Protocol::P2p(peer)) => Some(peer),
+                _ => None,
+            })
+            .filter(|p| !self.swarm.is_connected(p))
+            .collect();
+        for peer in peers {
             self.dial(peer);
         }
     }
