@@ -488,8 +488,8 @@ fn nat_metrics(out: &mut Reported, n: &nat::Nat) {
                 n.base_reach_ms,
                 "ms",
                 format!(
-                    "{routers}: a member added at one home until the flow is held at the \
-                     other, through the public node; {baseline}"
+                    "{routers}: a member added at one home (both reachable through the \
+                     public node) until the flow is held at the other; {baseline}"
                 ),
             )),
             Err(e) => step(&format!("nat: {name} not measured: {e}")),

@@ -20,7 +20,7 @@
 //! max_circuits = 64           # relayed connections at once
 //! max_circuits_per_peer = 8
 //! max_circuit_secs = 3600     # a relayed connection's longest life (it is dialed again)
-//! max_circuit_bytes = 0       # bytes each way per relayed connection; 0: no limit
+//! max_circuit_bytes = 67108864 # bytes each way per relayed connection (64 MiB); 0: no limit
 //!
 //! [web]
 //! listen = "127.0.0.1:7780"   # the page (loopback only); a free port if this one is taken

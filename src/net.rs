@@ -51,7 +51,9 @@ impl Default for Limits {
 ///
 /// rust-libp2p's defaults are for coordinating a hole punch (2 min and 128 KiB a circuit);
 /// coflow's circuits also carry a flow's traffic between members whose NATs cannot be punched
-/// through, so a circuit lasts an hour (the node dials again after) and has no byte cap.
+/// through, so a circuit lasts an hour and carries up to 64 MiB each way (then the members dial
+/// again, for a new one): a flow's traffic is far less, and a stranger using the relay for
+/// bulk data is cut off.
 /// Relayed bytes are Noise ciphertext between the two members: the relay holds no flow
 /// content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +76,7 @@ impl Default for RelayLimits {
             max_circuits: 64,
             max_circuits_per_peer: 8,
             max_circuit_duration: Duration::from_secs(3600),
-            max_circuit_bytes: 0,
+            max_circuit_bytes: 64 << 20,
         }
     }
 }
@@ -332,7 +334,12 @@ pub fn build(
                     identify::Config::new(PROTOCOL_VERSION.to_string(), key.public())
                         .with_push_listen_addr_updates(true),
                 ),
-                ping: ping::Behaviour::default(),
+                // Every 10 s, 10 s to answer: a dead link is closed after two (`node::peers`).
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(Duration::from_secs(10))
+                        .with_timeout(Duration::from_secs(10)),
+                ),
                 kad: kad::Behaviour::with_config(
                     peer,
                     kad::store::MemoryStore::new(peer),
@@ -361,9 +368,10 @@ pub fn build(
                 autonat_v1: autonat::v1::Behaviour::new(
                     peer,
                     autonat::v1::Config {
+                        // Soon and often, until two servers agreed (`node::reach`).
                         boot_delay: Duration::from_secs(2),
-                        retry_interval: Duration::from_secs(20),
-                        throttle_server_period: Duration::from_secs(15),
+                        retry_interval: Duration::from_secs(5),
+                        throttle_server_period: Duration::from_secs(5),
                         // Peers on private addresses count: what is reachable from where is
                         // judged by [`crate::node`] (only a public address makes a node
                         // reachable from outside).
@@ -384,12 +392,12 @@ pub fn build(
     // Every node serves the DHT: there is no special server role, and on a LAN or loopback no
     // node could otherwise confirm it is reachable.
     swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
-    if !relay_limits.serve {
-        swarm
-            .behaviour_mut()
-            .relay
-            .set_status(Some(relay::Status::Disable));
-    }
+    // Off until the node decides otherwise (`node::nat`): the relay's own rule would turn it
+    // on for a circuit address through another relay.
+    swarm
+        .behaviour_mut()
+        .relay
+        .set_status(Some(relay::Status::Disable));
     Ok(swarm)
 }
 

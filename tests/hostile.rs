@@ -11,7 +11,7 @@ use automerge::transaction::CommitOptions;
 use automerge::{Automerge, ReadDoc};
 use coflow::flow::{Edit, Reader};
 use coflow::identity::Identity;
-use coflow::net::{self, Behaviour, BehaviourEvent, Limits};
+use coflow::net::{self, Behaviour, BehaviourEvent};
 use coflow::wire::{self, sync_response};
 use common::peer::RawCodec;
 use common::procs::{converged, shared_flow, Participant, PATIENCE};
@@ -79,7 +79,7 @@ async fn inject_then(
     wait_close: bool,
 ) -> (Outcome, bool) {
     let mut swarm: Swarm<Behaviour> =
-        net::build(who.libp2p_keypair(), false, Limits::default()).unwrap();
+        net::build(who.libp2p_keypair(), net::NetOptions::default()).unwrap();
     let target: PeerId = match addr.iter().last() {
         Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
         _ => panic!("address without /p2p/"),
@@ -131,7 +131,7 @@ async fn inject_then(
 /// Whether `who` can still hold a connection to the node for a moment.
 async fn can_stay_connected(who: &Identity, addr: &Multiaddr) -> bool {
     let mut swarm: Swarm<Behaviour> =
-        net::build(who.libp2p_keypair(), false, Limits::default()).unwrap();
+        net::build(who.libp2p_keypair(), net::NetOptions::default()).unwrap();
     swarm.dial(addr.clone()).unwrap();
     let mut connected = false;
     let end = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -259,7 +259,7 @@ fn a_request_flood_is_throttled_and_memory_stays_bounded() {
         .unwrap();
     let (sent, answered, cut_off) = runtime.block_on(async {
         let mut swarm: Swarm<Behaviour> =
-            net::build(flooder.libp2p_keypair(), false, Limits::default()).unwrap();
+            net::build(flooder.libp2p_keypair(), net::NetOptions::default()).unwrap();
         swarm.dial(addr.clone()).unwrap();
         let (mut sent, mut answered, mut cut_off) = (0usize, 0usize, false);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

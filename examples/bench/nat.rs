@@ -1,10 +1,11 @@
 //! Behind real NAT: node processes in Linux network namespaces (`coflow::cluster::nat`), two
 //! homes behind home routers and a public node, member of nothing, that both homes know. Each
 //! node is this benchmark run again as the `coflow` CLI (`--coflow`), inside its namespace.
-//! Measured: how long a member added at one home takes to hold the flow at the other, and one
-//! edit's latency from home to home, relayed (random-port routers: no hole can be punched) and
-//! direct (port-preserving routers, once punched), each next to the same between two nodes on
-//! the public host, with no NAT. Needs root; without, it says why and measures nothing.
+//! Measured: how long a member added at one home (once both homes hold a reservation on the
+//! public node, which waits for AutoNAT's verdict first: printed) takes to hold the flow at
+//! the other, and one edit's latency from home to home, relayed (random-port routers: no hole
+//! can be punched) and direct (port-preserving routers, once punched), each next to the same
+//! between two nodes on the public host, with no NAT. Needs root; without, it says why and measures nothing.
 
 use std::path::Path;
 use std::process::Command;
@@ -76,8 +77,19 @@ fn homes(exe: &Path, world: &NatWorld, root: &Path, samples: usize, link: &str) 
         "nat: {kind:?} routers, the public node and two homes"
     ));
     let p = node(exe, world.public(), root, "P", 4001, None);
+    let started = Instant::now();
     let a = node(exe, world.home(0), root, "A", 0, Some(&p));
     let b = node(exe, world.home(1), root, "B", 0, Some(&p));
+    // From a cold start, the homes first learn they are not reachable (AutoNAT) and reserve a
+    // circuit on P; the member is added once both can be reached through it.
+    let reserved = [&a, &b].iter().try_for_each(|h| reserved_on(h, &p));
+    match &reserved {
+        Ok(()) => crate::step(&format!(
+            "nat: {kind:?}: both homes reachable through P {:.0} ms after they started",
+            started.elapsed().as_secs_f64() * 1e3
+        )),
+        Err(e) => crate::step(&format!("nat: {kind:?}: {e}")),
+    }
     let flow = flow(&a);
     let reach_ms = reach(&a, &b, &flow);
     let live_ms = match &reach_ms {
@@ -94,6 +106,22 @@ fn homes(exe: &Path, world: &NatWorld, root: &Path, samples: usize, link: &str) 
     };
     drop((a, b, p));
     World { reach_ms, live_ms }
+}
+
+/// Waits until `home` holds a reservation on `relay` (its `status` says so).
+fn reserved_on(home: &ProcessNode, relay: &ProcessNode) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Reply::Status(s)) = home.call(Call::Status) {
+            if s.relays.iter().any(|r| r == relay.node_id()) {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > PATIENCE {
+            return Err(format!("{} holds no reservation on the relay", home.name()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Starts `name`'s node in `ns` on TCP `port` (0: any), bootstrapped to `boot` (on the public

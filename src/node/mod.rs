@@ -147,8 +147,13 @@ struct Runtime {
     reach: reach::Reach,
     /// Offer a relay to others once reachable.
     relay_serve: bool,
+    /// Whether the relay is offered now.
+    relay_serving: bool,
     /// Join requests for inviters with no known address, held until the DHT finds them.
     joins_waiting: HashMap<PeerId, Vec<nat::WaitingJoin>>,
+    /// Join requests on their way, by inviter and flow, and whether each was sent again
+    /// after the DHT was asked (see [`Runtime::join_again`]).
+    joins_sent: HashMap<(NodeId, String), (crate::wire::JoinRequest, bool)>,
     /// The page's logins (they hand out its login URLs), if it is served.
     web: Option<crate::web::Logins>,
     /// What the page is told happened (see [`crate::web::Change`]).
@@ -261,7 +266,9 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         dht: dht::Dht::default(),
         reach: reach::Reach::default(),
         relay_serve: opts.relay.serve,
+        relay_serving: false,
         joins_waiting: HashMap::new(),
+        joins_sent: HashMap::new(),
         web: web_url,
         changes,
         faults: faults::Faults::from_env(),

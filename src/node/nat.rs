@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use libp2p::{autonat, dcutr, identify, relay, upnp, PeerId};
+use libp2p::{autonat, dcutr, identify, relay, upnp, Multiaddr, PeerId};
 
 use super::reach::{Action, Reachability};
 use super::Runtime;
@@ -48,28 +48,68 @@ impl Runtime {
         self.reach.relay_offered(peer, offers, direct, preferred);
     }
 
+    /// AutoNAT v2: a server dialed one of our addresses back (with a nonce) or could not. A
+    /// success counts from a server on a public address only (one on our LAN reaching us says
+    /// nothing of the internet).
     pub(super) fn on_autonat_event(&mut self, event: autonat::v2::client::Event) {
+        let addr = event.tested_addr;
         match &event.result {
-            Ok(()) => tracing::info!(target: "node", addr = %event.tested_addr, server = %event.server, "reachable at this address"),
-            Err(e) => tracing::info!(target: "node", addr = %event.tested_addr, server = %event.server, "not reachable at this address: {e}"),
+            Ok(()) => {
+                let outside = self
+                    .peers
+                    .ip(&event.server)
+                    .is_some_and(|ip| super::reach::is_public(&Multiaddr::from(ip)));
+                tracing::info!(target: "node", %addr, server = %event.server, outside, "reachable at this address");
+                if outside {
+                    self.accept_external(addr);
+                }
+            }
+            Err(e) => {
+                tracing::info!(target: "node", %addr, server = %event.server, "not reachable at this address: {e}");
+                self.reach.tested(false, Some(&addr));
+                self.swarm.remove_external_address(&addr);
+                self.record_listen_addrs();
+            }
         }
-        self.reach.tested(event.result.is_ok());
         self.follow_reachability();
     }
 
+    /// Takes `addr` as reachable from outside, if [`Reach`](super::reach::Reach) agrees:
+    /// identify tells peers of it, tickets carry it.
+    pub(super) fn accept_external(&mut self, addr: Multiaddr) {
+        if self.reach.confirmed(addr.clone()) {
+            tracing::info!(target: "node", "reachable from outside at {addr}");
+            self.swarm.add_external_address(addr);
+            self.record_listen_addrs();
+        }
+    }
+
+    /// AutoNAT v1: a server's word that it reached an address counts once servers at two
+    /// public IPs gave it ([`Reach::vouched`](super::reach::Reach::vouched)).
     pub(super) fn on_autonat_v1_event(&mut self, event: autonat::v1::Event) {
         match event {
+            autonat::v1::Event::OutboundProbe(autonat::v1::OutboundProbeEvent::Response {
+                peer,
+                address,
+                ..
+            }) => {
+                tracing::debug!(target: "node", %peer, %address, "AutoNAT v1: reached");
+                let Some(ip) = self.peers.ip(&peer) else {
+                    return;
+                };
+                if self.reach.vouched(address.clone(), ip) {
+                    self.accept_external(address);
+                }
+            }
             autonat::v1::Event::StatusChanged { new, .. } => {
                 tracing::info!(target: "node", "AutoNAT v1: {new:?}");
-                match new {
-                    autonat::v1::NatStatus::Public(_) => self.reach.tested(true),
-                    autonat::v1::NatStatus::Private => self.reach.tested(false),
-                    autonat::v1::NatStatus::Unknown => {}
+                if new == autonat::v1::NatStatus::Private {
+                    self.reach.tested(false, None);
                 }
-                self.follow_reachability();
             }
             other => tracing::debug!(target: "node", "AutoNAT v1: {other:?}"),
         }
+        self.follow_reachability();
     }
 
     pub(super) fn on_relay_client_event(&mut self, event: relay::client::Event) {
@@ -115,10 +155,15 @@ impl Runtime {
     pub(super) fn on_upnp_event(&mut self, event: upnp::Event) {
         match event {
             upnp::Event::NewExternalAddr { external_addr, .. } => {
-                tracing::info!(target: "node", addr = %external_addr, "port mapped by the router (UPnP)")
+                tracing::info!(target: "node", addr = %external_addr, "port mapped by the router (UPnP)");
+                self.accept_external(external_addr);
+                self.follow_reachability();
             }
             upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
-                tracing::info!(target: "node", addr = %external_addr, "the router's port mapping expired (UPnP)")
+                tracing::info!(target: "node", addr = %external_addr, "the router's port mapping expired (UPnP)");
+                self.reach.expired(&external_addr);
+                self.record_listen_addrs();
+                self.follow_reachability();
             }
             upnp::Event::GatewayNotFound => {
                 tracing::debug!(target: "node", "no UPnP router found")
@@ -156,15 +201,26 @@ impl Runtime {
     /// The relay served follows this node's reachability as [`Reach`] judges it (rust-libp2p's
     /// own rule would count a circuit address through another relay as reachable).
     ///
+    /// libp2p-relay 0.22 tells every connection it knows of when its status changes, relayed
+    /// ones too, whose handler cannot take the message: their task panics and leaves a
+    /// connection that looks open and carries nothing (found in review: a home whose router
+    /// started forwarding its port lost its relayed link to the other member for good). So the
+    /// status changes only while this node has no relayed connection; until then it waits.
+    ///
     /// [`Reach`]: super::reach::Reach
     pub(super) fn follow_reachability(&mut self) {
         let serve = self.relay_serve && self.reach.reachability() == Reachability::Public;
+        if serve == self.relay_serving || self.peers.any_relayed() {
+            return;
+        }
         let status = if serve {
             relay::Status::Enable
         } else {
             relay::Status::Disable
         };
         self.swarm.behaviour_mut().relay.set_status(Some(status));
+        self.relay_serving = serve;
+        tracing::info!(target: "node", "{} a relay", if serve { "offering" } else { "no longer offering" });
     }
 
     /// Sends a join request now, or holds it until the DHT finds the inviter (a ticket made
@@ -176,20 +232,15 @@ impl Runtime {
         };
         let addrs = self.peers.addrs(&peer);
         if addrs.is_empty() && !self.swarm.is_connected(&peer) {
-            if self.peers.lookup_due(peer, Instant::now()) {
-                self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-            }
-            self.joins_waiting
-                .entry(peer)
-                .or_default()
-                .push(WaitingJoin {
-                    node,
-                    flow,
-                    request,
-                    since: Instant::now(),
-                });
+            self.hold_join(peer, node, flow, request);
             return;
         }
+        let retried = self
+            .joins_sent
+            .get(&(node, flow.clone()))
+            .is_some_and(|(_, retried)| *retried);
+        self.joins_sent
+            .insert((node, flow.clone()), (request.clone(), retried));
         let id = self.swarm.behaviour_mut().join.send_request_with_addresses(
             &peer,
             Frame::Message(request),
@@ -198,25 +249,68 @@ impl Runtime {
         self.join.sent.insert(id, (node, flow));
     }
 
-    /// Sends the held join requests whose inviter is now known, asks the DHT again about the
-    /// others, and drops those older than a join may take.
+    /// A join request could not reach the inviter at the addresses known: the first time, it
+    /// waits for the DHT (true); the second, it fails (false).
+    pub(super) fn join_again(&mut self, node: &NodeId, flow: &str) -> bool {
+        let key = (*node, flow.to_string());
+        let Some((request, retried)) = self.joins_sent.get_mut(&key) else {
+            return false;
+        };
+        if *retried {
+            return false;
+        }
+        *retried = true;
+        let request = request.clone();
+        let Some(peer) = super::peer_of(node) else {
+            return false;
+        };
+        tracing::info!(target: "node", %node, "the ticket's addresses did not answer; asking the DHT");
+        // Asked now, whatever the last lookup: the addresses known are stale.
+        self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        self.hold_join(peer, *node, flow.to_string(), request);
+        true
+    }
+
+    fn hold_join(&mut self, peer: PeerId, node: NodeId, flow: String, request: JoinRequest) {
+        if self.peers.lookup_due(peer, Instant::now()) {
+            self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        }
+        self.joins_waiting
+            .entry(peer)
+            .or_default()
+            .push(WaitingJoin {
+                node,
+                flow,
+                request,
+                since: Instant::now(),
+            });
+    }
+
+    /// Sends the held join requests whose inviter is now connected; dials the others (by the
+    /// addresses the DHT may have brought meanwhile) and asks the DHT again as often as it is
+    /// asked; drops those older than a join may take.
     pub(super) fn send_waiting_joins(&mut self, now: Instant) {
         let peers: Vec<PeerId> = self.joins_waiting.keys().copied().collect();
         for peer in peers {
-            let known = self.swarm.is_connected(&peer) || !self.peers.addrs(&peer).is_empty();
-            if known {
+            if self.swarm.is_connected(&peer) {
                 for w in self.joins_waiting.remove(&peer).unwrap_or_default() {
                     self.send_join(w.node, w.flow, w.request);
                 }
                 continue;
             }
-            if let Some(list) = self.joins_waiting.get_mut(&peer) {
-                list.retain(|w| now.duration_since(w.since) < super::JOIN_TIMEOUT);
-                if list.is_empty() {
-                    self.joins_waiting.remove(&peer);
-                } else if self.peers.lookup_due(peer, now) {
-                    self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-                }
+            let Some(list) = self.joins_waiting.get_mut(&peer) else {
+                continue;
+            };
+            list.retain(|w| now.duration_since(w.since) < super::JOIN_TIMEOUT);
+            if list.is_empty() {
+                self.joins_waiting.remove(&peer);
+                continue;
+            }
+            if !self.peers.addrs(&peer).is_empty() {
+                self.dial(peer);
+            }
+            if self.peers.lookup_due(peer, now) {
+                self.swarm.behaviour_mut().kad.get_closest_peers(peer);
             }
         }
     }

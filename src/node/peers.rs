@@ -24,6 +24,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a penalized peer's connection stays up after its last answer went out.
 const LINGER: Duration = Duration::from_millis(200);
 
+/// Pings in a row with no answer after which a connection is closed (see
+/// [`PeerBook::pinged`]).
+pub const PINGS_UNANSWERED: u32 = 2;
+
 /// Addresses kept per peer (the oldest goes first).
 const ADDRS_PER_PEER: usize = 8;
 
@@ -99,6 +103,10 @@ struct Conn {
     id: ConnectionId,
     relayed: bool,
     dialed: Option<Multiaddr>,
+    /// The peer's IP address on this connection (none if relayed).
+    ip: Option<std::net::IpAddr>,
+    /// Pings in a row that got no answer.
+    unanswered: u32,
 }
 
 impl PeerBook {
@@ -275,18 +283,50 @@ impl PeerBook {
     }
 
     /// A connection to `peer` opened; `dialed`: the address this node dialed, if it did.
+    /// `remote`: the peer's address on it.
     pub(crate) fn opened(
         &mut self,
         peer: PeerId,
         id: ConnectionId,
+        remote: &Multiaddr,
         relayed: bool,
         dialed: Option<Multiaddr>,
     ) {
+        let ip = match remote.iter().next() {
+            _ if relayed => None,
+            Some(libp2p::multiaddr::Protocol::Ip4(ip)) => Some(ip.into()),
+            Some(libp2p::multiaddr::Protocol::Ip6(ip)) => Some(ip.into()),
+            _ => None,
+        };
         self.conns.entry(peer).or_default().push(Conn {
             id,
             relayed,
             dialed,
+            ip,
+            unanswered: 0,
         });
+    }
+
+    /// A ping on connection `id` to `peer` was answered or not; true if the connection is to
+    /// be closed: [`PINGS_UNANSWERED`] in a row went unanswered. A link that died (a NAT
+    /// dropped its mapping, a route went) otherwise stays open for minutes while TCP retries,
+    /// and what is sent over it goes nowhere; closed, the peer is dialed again, through a relay
+    /// if need be.
+    pub(crate) fn pinged(&mut self, peer: &PeerId, id: ConnectionId, answered: bool) -> bool {
+        let Some(c) = self
+            .conns
+            .get_mut(peer)
+            .and_then(|l| l.iter_mut().find(|c| c.id == id))
+        else {
+            return false;
+        };
+        c.unanswered = if answered { 0 } else { c.unanswered + 1 };
+        c.unanswered >= PINGS_UNANSWERED
+    }
+
+    /// The peer's IP address on a direct connection, if it has one open.
+    pub(crate) fn ip(&self, peer: &PeerId) -> Option<std::net::IpAddr> {
+        self.conns.get(peer)?.iter().find_map(|c| c.ip)
     }
 
     pub(crate) fn closed(&mut self, peer: &PeerId, id: ConnectionId) {
@@ -305,6 +345,11 @@ impl PeerBook {
             Some(list) if !list.is_empty() => Link::Relayed,
             _ => Link::Absent,
         }
+    }
+
+    /// Whether any connection open is relayed.
+    pub(crate) fn any_relayed(&self) -> bool {
+        self.conns.values().flatten().any(|c| c.relayed)
     }
 
     /// The connection `id` to `peer`, if this node dialed it directly: the address dialed.

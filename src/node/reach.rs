@@ -27,6 +27,10 @@ pub const MAX_RELAYS: usize = 2;
 pub const GRACE: Duration = Duration::from_secs(15);
 /// How long a relay whose reservation failed or closed waits before it is asked again.
 pub const RETRY: Duration = Duration::from_secs(30);
+/// AutoNAT v1 servers, at different public IPs, that must say they reached an address.
+pub const V1_QUORUM: usize = 2;
+/// Addresses with AutoNAT v1 answers kept (past it they are forgotten, and counted again).
+const MAX_VOUCHED: usize = 16;
 
 /// Whether peers can dial this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,10 +58,11 @@ struct Reservation {
     accepted: bool,
 }
 
-#[derive(Default)]
 pub(crate) struct Reach {
     /// Addresses confirmed reachable from outside.
     external: BTreeSet<Multiaddr>,
+    /// AutoNAT v1 answers: per address, the IPs of the servers that said they reached it.
+    vouches: HashMap<Multiaddr, BTreeSet<std::net::IpAddr>>,
     /// An AutoNAT test of one of this node's addresses failed since the last that succeeded.
     refused: bool,
     /// When this node first had a connection (the start of [`GRACE`]).
@@ -69,6 +74,37 @@ pub(crate) struct Reach {
     reservations: HashMap<ListenerId, Reservation>,
     /// Relays not to ask again before the time given.
     resting: HashMap<PeerId, Instant>,
+    /// This node's own order of relays that are not preferred ([`salted`]).
+    salt: u64,
+}
+
+/// `peer` mixed with `salt`: an order of node ids no one else can predict.
+fn salted(salt: u64, peer: &PeerId) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    salt.hash(&mut h);
+    peer.hash(&mut h);
+    h.finish()
+}
+
+impl Default for Reach {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // A random key per process (the standard library seeds each `RandomState` so).
+        let salt = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Reach {
+            external: BTreeSet::new(),
+            vouches: HashMap::new(),
+            refused: false,
+            first_connection: None,
+            relays: HashMap::new(),
+            reservations: HashMap::new(),
+            resting: HashMap::new(),
+            salt,
+        }
+    }
 }
 
 impl Reach {
@@ -104,24 +140,55 @@ impl Reach {
         self.first_connection.get_or_insert(now);
     }
 
-    /// A peer reached this node at `addr` (AutoNAT), or the router mapped it (UPnP), or the
-    /// user gave it. Only a public address makes this node reachable from outside: a peer on
-    /// the same LAN reaching it says nothing about the internet, and a circuit is a relay's.
-    pub fn confirmed(&mut self, addr: Multiaddr) {
-        if is_public(&addr) {
-            self.external.insert(without_peer(addr));
-            self.refused = false;
+    /// `addr` is reachable from outside, on evidence that cannot be faked by one peer: an
+    /// AutoNAT v2 dial-back (it carries a nonce) from a server on a public address, the router's
+    /// mapping (UPnP), or the user's word. Only a public address makes this node reachable from
+    /// outside: a peer on the same LAN reaching it says nothing about the internet, and a
+    /// circuit is a relay's. True if `addr` is new as external.
+    pub fn confirmed(&mut self, addr: Multiaddr) -> bool {
+        if !is_public(&addr) {
+            return false;
         }
+        self.refused = false;
+        self.external.insert(without_peer(addr))
+    }
+
+    /// An AutoNAT v1 server at `server` (its IP) says it reached this node at `addr`. A v1
+    /// answer is the server's word alone, so it counts once servers at [`V1_QUORUM`] different
+    /// public IP addresses have said so: one lying peer cannot make a node behind a NAT give
+    /// its relays up. True once that many have: then [`Reach::confirmed`] takes it.
+    pub fn vouched(&mut self, addr: Multiaddr, server: std::net::IpAddr) -> bool {
+        let addr = without_peer(addr);
+        if !is_public(&addr) || !is_public(&Multiaddr::from(server)) {
+            return false;
+        }
+        if self.vouches.len() >= MAX_VOUCHED && !self.vouches.contains_key(&addr) {
+            self.vouches.clear();
+        }
+        let servers = self.vouches.entry(addr.clone()).or_default();
+        servers.insert(server);
+        servers.len() >= V1_QUORUM
+    }
+
+    /// Whether `addr` is taken as external.
+    pub fn is_external(&self, addr: &Multiaddr) -> bool {
+        self.external.contains(&without_peer(addr.clone()))
     }
 
     pub fn expired(&mut self, addr: &Multiaddr) {
         self.external.remove(&without_peer(addr.clone()));
     }
 
-    /// An AutoNAT test of one of this node's addresses came back.
-    pub fn tested(&mut self, reachable: bool) {
+    /// An AutoNAT test of one of this node's addresses came back; a failed one (`addr`, when
+    /// known) is no longer external (the port forward went, the laptop moved).
+    pub fn tested(&mut self, reachable: bool, addr: Option<&Multiaddr>) {
         if !reachable {
             self.refused = true;
+            if let Some(addr) = addr {
+                let addr = without_peer(addr.clone());
+                self.external.remove(&addr);
+                self.vouches.remove(&addr);
+            }
         }
     }
 
@@ -206,9 +273,10 @@ impl Reach {
             .filter(|(p, _)| !held.contains(p) && !self.resting.contains_key(p))
             .map(|(p, (a, preferred))| (p, a, *preferred))
             .collect();
-        // Preferred relays first; then the same ones on every call, not whichever the map
-        // yields first.
-        candidates.sort_by_key(|(p, _, preferred)| (!preferred, **p));
+        // Preferred relays first; then in an order of this node's own (the same on every call):
+        // not by node id, which anyone can make sort first.
+        let salt = self.salt;
+        candidates.sort_by_key(|(p, _, preferred)| (!preferred, salted(salt, p)));
         candidates
             .into_iter()
             .take(MAX_RELAYS.saturating_sub(held.len()))
@@ -221,8 +289,9 @@ impl Reach {
 }
 
 /// Whether an address is a direct one on a public IP: not through a relay, and not loopback,
-/// private (RFC 1918, IPv6 unique local), link-local, shared (CGNAT, 100.64.0.0/10) or
-/// unspecified.
+/// private (RFC 1918, IPv6 unique local), link-local, shared (CGNAT, 100.64.0.0/10),
+/// benchmarking (198.18.0.0/15), reserved (0/8, 240/4), multicast, IPv4-mapped or NAT64, or
+/// unspecified. The documentation ranges count as public: the NAT tests' "internet" is one.
 pub fn is_public(addr: &Multiaddr) -> bool {
     if crate::net::is_relayed(addr) {
         return false;
@@ -235,14 +304,22 @@ pub fn is_public(addr: &Multiaddr) -> bool {
                 || ip.is_link_local()
                 || ip.is_unspecified()
                 || ip.is_broadcast()
-                || (a == 100 && (64..128).contains(&b)))
+                || ip.is_multicast()
+                || a == 0
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19)))
         }
         Some(Protocol::Ip6(ip)) => {
-            let first = ip.segments()[0];
+            let s = ip.segments();
             !(ip.is_loopback()
                 || ip.is_unspecified()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+                || ip.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                // IPv4-mapped, and the NAT64 prefix: IPv4 in disguise.
+                || ip.to_ipv4_mapped().is_some()
+                || (s[0] == 0x64 && s[1] == 0xff9b))
         }
         // A DNS name given by the user (`external`): taken as public.
         Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)) => true,
@@ -304,7 +381,7 @@ mod tests {
         }
         assert_eq!(r.reachability(), Reachability::Unknown);
         assert!(r.plan(t0).is_empty(), "no reservation while it may be reachable");
-        r.tested(false);
+        r.tested(false, None);
         assert_eq!(r.reachability(), Reachability::Private);
         let first = r.plan(t0);
         assert_eq!(reserves(&first).len(), MAX_RELAYS);
@@ -340,7 +417,7 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Reach::default();
         r.connected(t0);
-        r.tested(false);
+        r.tested(false, None);
         let mut ids: Vec<PeerId> = (1..=4).map(peer).collect();
         ids.sort();
         // The two that sort last are the preferred ones.
@@ -350,6 +427,30 @@ mod tests {
         let mut chosen = reserves(&r.plan(t0));
         chosen.sort();
         assert_eq!(chosen, ids[2..].to_vec());
+    }
+
+    #[test]
+    fn one_lying_autonat_v1_server_cannot_make_a_node_public_and_a_failed_test_ends_it() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let mut r = Reach::default();
+        r.tested(false, None);
+        let lie = addr("/ip4/203.0.113.66/tcp/4444");
+        // One server, however often it says so.
+        assert!(!r.vouched(lie.clone(), ip("198.51.100.66")));
+        assert!(!r.vouched(lie.clone(), ip("198.51.100.66")));
+        // A second on the LAN does not count.
+        assert!(!r.vouched(lie.clone(), ip("192.168.1.5")));
+        assert_eq!(r.reachability(), Reachability::Private);
+        assert!(!r.is_external(&lie));
+        // Two at different public IPs do.
+        assert!(r.vouched(lie.clone(), ip("198.51.100.21")));
+        assert!(r.confirmed(lie.clone()));
+        assert_eq!(r.reachability(), Reachability::Public);
+        assert!(r.is_external(&lie));
+        // A failed dial-back of it ends it.
+        r.tested(false, Some(&lie));
+        assert_eq!(r.reachability(), Reachability::Private);
+        assert!(!r.is_external(&lie));
     }
 
     #[test]
@@ -368,7 +469,7 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Reach::default();
         r.connected(t0);
-        r.tested(false);
+        r.tested(false, None);
         // Offered over a relayed connection only: no relay for us.
         r.relay_offered(peer(2), true, None, true);
         assert!(r.plan(t0).is_empty());
@@ -398,6 +499,17 @@ mod tests {
         }
         assert_eq!(r.reachability(), Reachability::Private);
         assert!(is_public(&addr("/ip6/2001:db8::1/tcp/4001")));
+        for bogon in [
+            "/ip4/0.1.2.3/tcp/1",
+            "/ip4/240.0.0.1/tcp/1",
+            "/ip4/198.18.0.1/tcp/1",
+            "/ip4/224.0.0.1/udp/1/quic-v1",
+            "/ip6/::ffff:198.51.100.1/tcp/1",
+            "/ip6/64:ff9b::1/tcp/1",
+            "/ip6/ff02::1/tcp/1",
+        ] {
+            assert!(!is_public(&addr(bogon)), "{bogon}");
+        }
         assert!(is_public(&addr("/ip4/100.128.0.1/tcp/4001")));
     }
 }

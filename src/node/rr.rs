@@ -77,9 +77,16 @@ impl Protocol for Join {
         response
     }
     fn response(rt: &mut Runtime, peer: &NodeId, flow: &str, response: JoinResponse) {
+        rt.joins_sent.remove(&(*peer, flow.to_string()));
         rt.engine.handle_join_response(peer, flow, response);
     }
     fn failed(rt: &mut Runtime, peer: &NodeId, flow: &str, error: OutboundFailure) {
+        // The ticket's addresses may be old (made while the inviter's node was stopped): once,
+        // the request waits for the DHT to find the inviter instead of failing.
+        if matches!(error, OutboundFailure::DialFailure) && rt.join_again(peer, flow) {
+            return;
+        }
+        rt.joins_sent.remove(&(*peer, flow.to_string()));
         rt.engine.join_failed(peer, flow, error.to_string());
     }
     fn parts(rt: &mut Runtime) -> (&mut Behaviour<Self>, &mut Lane<JoinResponse>) {

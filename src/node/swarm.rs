@@ -8,7 +8,7 @@ use std::time::Instant;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, mdns, Multiaddr, PeerId};
+use libp2p::{identify, mdns, ping, Multiaddr, PeerId};
 
 use super::{node_of, now_secs, peer_of, Runtime, META_LISTEN_PORT, META_LISTEN_PORT_QUIC};
 use crate::net::{self, BehaviourEvent};
@@ -23,7 +23,6 @@ impl Runtime {
                 if address.iter().last() == Some(Protocol::P2p(*self.swarm.local_peer_id())) {
                     address.pop();
                 }
-                tracing::info!(target: "node", "listening on {address}/p2p/{}", self.swarm.local_peer_id());
                 let port = match (address.iter().nth(1), address.iter().nth(2)) {
                     _ if net::is_relayed(&address) => None,
                     (Some(Protocol::Tcp(port)), _) => Some((META_LISTEN_PORT, port)),
@@ -40,6 +39,18 @@ impl Runtime {
                         .reader()
                         .set_meta(key, &port.to_string());
                 }
+                // A reservation's renewal tells the same address again; a relay (which chooses
+                // the addresses and how often it renews) gets at most a few circuits in.
+                let through_same_relay = |a: &Multiaddr| {
+                    net::is_relayed(a) && relay_of(a).is_some() && relay_of(a) == relay_of(&address)
+                };
+                let crowded = net::is_relayed(&address)
+                    && self.listen.iter().filter(|a| through_same_relay(a)).count()
+                        >= MAX_CIRCUITS_PER_RELAY;
+                if self.listen.contains(&address) || crowded {
+                    return;
+                }
+                tracing::info!(target: "node", "listening on {address}/p2p/{}", self.swarm.local_peer_id());
                 self.listen.push(address);
                 self.record_listen_addrs();
             }
@@ -68,8 +79,13 @@ impl Runtime {
                 if let Some(addr) = &dialed {
                     self.learn_addr(peer_id, addr.clone());
                 }
-                self.peers
-                    .opened(peer_id, connection_id, relayed, dialed.filter(|_| !relayed));
+                self.peers.opened(
+                    peer_id,
+                    connection_id,
+                    endpoint.get_remote_address(),
+                    relayed,
+                    dialed.filter(|_| !relayed),
+                );
                 self.reach.connected(Instant::now());
                 self.peers.clear_backoff(&peer_id);
                 self.remember_peer(&peer_id);
@@ -97,12 +113,12 @@ impl Runtime {
                 self.reach.disconnected(&peer_id);
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
-                if !net::is_relayed(&address) {
-                    tracing::info!(target: "node", "reachable from outside at {address}");
+                // A behaviour's word is not enough (AutoNAT v1 takes one server's): what `Reach`
+                // has not taken stays out of what identify tells peers. A relay's circuit stays.
+                if !net::is_relayed(&address) && !self.reach.is_external(&address) {
+                    tracing::debug!(target: "node", "not taken as external (yet): {address}");
+                    self.swarm.remove_external_address(&address);
                 }
-                self.reach.confirmed(address);
-                self.follow_reachability();
-                self.record_listen_addrs();
             }
             SwarmEvent::ExternalAddrExpired { address } => {
                 self.reach.expired(&address);
@@ -111,12 +127,22 @@ impl Runtime {
             }
             SwarmEvent::ListenerClosed {
                 listener_id,
+                addresses,
                 reason,
-                ..
             } => {
                 if let Err(e) = reason {
                     tracing::info!(target: "node", "a listener closed: {e}");
                 }
+                // The swarm tells of no expired address for a listener that closed: its
+                // addresses (a relay's circuit, say) go here, or tickets would keep them.
+                let me = *self.swarm.local_peer_id();
+                for mut a in addresses {
+                    if a.iter().last() == Some(Protocol::P2p(me)) {
+                        a.pop();
+                    }
+                    self.listen.retain(|l| *l != a);
+                }
+                self.record_listen_addrs();
                 self.reach.listener_closed(listener_id, Instant::now());
             }
             SwarmEvent::NewExternalAddrCandidate { address } => {
@@ -174,6 +200,20 @@ impl Runtime {
                 }
                 self.remember_peer(&peer_id);
             }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => {
+                let answered = !matches!(
+                    result,
+                    Err(ping::Failure::Timeout | ping::Failure::Other { .. })
+                );
+                if self.peers.pinged(&peer, connection, answered) {
+                    tracing::info!(target: "node", %peer, "closing a connection that answers no ping");
+                    self.swarm.close_connection(connection);
+                }
+            }
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Gossip(event) => self.on_gossip_event(event),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
@@ -196,7 +236,7 @@ impl Runtime {
         }
     }
 
-    fn record_listen_addrs(&mut self) {
+    pub(super) fn record_listen_addrs(&mut self) {
         let me = *self.swarm.local_peer_id();
         // Where tickets say this node is: what it listens on (circuits through relays too) and
         // the addresses confirmed reachable from outside (a router's mapped port).
@@ -349,6 +389,22 @@ impl Runtime {
         }
         self.peers.dialing(peer, Instant::now());
     }
+}
+
+/// Most circuit addresses kept through one relay.
+const MAX_CIRCUITS_PER_RELAY: usize = 4;
+
+/// The relay a circuit address goes through (the `/p2p/…` before `/p2p-circuit`).
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut last = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => last = Some(peer),
+            Protocol::P2pCircuit => return last,
+            _ => {}
+        }
+    }
+    None
 }
 
 fn is_unspecified(addr: &Multiaddr) -> bool {
