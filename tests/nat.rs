@@ -292,7 +292,7 @@ struct Homes {
     p: Participant,
     a: Participant,
     b: Participant,
-    _world: NatWorld,
+    world: NatWorld,
     _root: tempfile::TempDir,
 }
 
@@ -312,7 +312,7 @@ impl Homes {
             p,
             a,
             b,
-            _world: world,
+            world,
             _root: root,
         };
         let (a_id, b_id) = (homes.a.id(), homes.b.id());
@@ -505,5 +505,43 @@ fn homes_behind_random_port_nats_stay_relayed_and_work() {
     homes.a.json(&["comment", &flow, LATER]);
     homes.arrives(&homes.b, &flow, LATER);
     assert_eq!(homes.a_to_b()["link"], "relayed", "{}", homes.a_to_b());
+    homes.check_public_holds_nothing(&[NEED, FROM_TAILOR, FROM_CUSTOMER, LATER]);
+}
+
+/// After the hole is punched, the path between the two homes dies (a router drops all traffic
+/// to and from the other home's router, as when a mapping is dropped): the direct connection
+/// answers no ping and is closed, the homes reach each other through the relay again, and an
+/// edit made after the path died arrives.
+#[test]
+fn when_the_punched_path_dies_the_homes_fall_back_to_the_relay() {
+    let Some(homes) = Homes::start(NatKind::PortPreserving) else {
+        return;
+    };
+    homes.check_reachability();
+    let flow = homes.converge();
+    homes.eventually("A's link to B is direct (a hole punched)", || {
+        let to_b = homes.a_to_b();
+        seen(to_b["link"] == "direct", to_b)
+    });
+    let other = homes.world.router_wan(1);
+    for rule in [["-d", other.as_str()], ["-s", other.as_str()]] {
+        let out = homes
+            .world
+            .command(homes.world.router(0), "iptables")
+            .args(["-I", "FORWARD", rule[0], rule[1], "-j", "DROP"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    homes.a.json(&["comment", &flow, LATER]);
+    homes.arrives(&homes.b, &flow, LATER);
+    homes.eventually("A's link to B is relayed", || {
+        let to_b = homes.a_to_b();
+        seen(to_b["link"] == "relayed", to_b)
+    });
     homes.check_public_holds_nothing(&[NEED, FROM_TAILOR, FROM_CUSTOMER, LATER]);
 }

@@ -176,6 +176,11 @@ impl NatWorld {
         &self.homes[i]
     }
 
+    /// Router `i`'s namespace (0 or 1).
+    pub fn router(&self, i: usize) -> &str {
+        &self.routers[i]
+    }
+
     /// Home `i`'s address on its LAN.
     pub fn home_addr(&self, i: usize) -> String {
         home_addr(i)
