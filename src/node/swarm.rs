@@ -112,13 +112,13 @@ impl Runtime {
                 self.topics.peer_gone(&peer_id);
                 self.reach.disconnected(&peer_id);
             }
-            SwarmEvent::ExternalAddrConfirmed { address } => {
-                // A behaviour's word is not enough (AutoNAT v1 takes one server's): what `Reach`
-                // has not taken stays out of what identify tells peers. A relay's circuit stays.
-                if !net::is_relayed(&address) && !self.reach.is_external(&address) {
-                    tracing::debug!(target: "node", "not taken as external (yet): {address}");
-                    self.swarm.remove_external_address(&address);
-                }
+            // A behaviour's word is not enough (AutoNAT v1 takes one server's): what `Reach` has
+            // not taken stays out of what identify tells peers. A relay's circuit stays.
+            SwarmEvent::ExternalAddrConfirmed { address }
+                if !net::is_relayed(&address) && !self.reach.is_external(&address) =>
+            {
+                tracing::debug!(target: "node", "not taken as external (yet): {address}");
+                self.swarm.remove_external_address(&address);
             }
             SwarmEvent::ExternalAddrExpired { address } => {
                 self.reach.expired(&address);
