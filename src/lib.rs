@@ -66,9 +66,9 @@
 //!   as one flow with a thousand members).
 //! - [`node`]: the runtime: one task owning the engine and swarm, handling the inputs ready in a
 //!   turn under one commit and sending what they produced after it. `node/mod.rs`: `run`, the
-//!   data dir's locks, listening, the turn loop (the engine's time in, sleeping until its next
-//!   wake or the next second); `turn.rs`: a turn's commit, held responses and
-//!   the engine's `Io`; `swarm.rs`: connections, identify, mDNS, dialing; `rr.rs`: one routing
+//!   data dir's locks, the turn loop (the engine's time in, sleeping until its next wake or the
+//!   next second); `turn.rs`: a turn's commit, held responses and the engine's `Io`;
+//!   `swarm.rs`: listening (TCP and QUIC), connections, identify, mDNS, dialing; `rr.rs`: one routing
 //!   for both request-response protocols (sync, join); `gossip.rs`: member topics (refreshed
 //!   for the flows that changed, all of them every 10 s) and relayed ones (chosen every tick),
 //!   announcements; `dht.rs`: Kademlia lookups and provider records (for the flows that

@@ -23,9 +23,9 @@
 //! With its page served ([`NodeOptions::web`]) on a data dir that has no key yet, the node
 //! first answers only `status` and the page's `init`, which makes the key; then it starts.
 //!
-//! `mod.rs` holds [`run`], the data dir's locks, listening and the turn loop; `turn.rs` a turn's
-//! end (commit, held responses, the engine's `Io`); `swarm.rs` connections, identify, mDNS and
-//! dialing; `rr.rs` the two request-response protocols; `gossip.rs` topics and announcements;
+//! `mod.rs` holds [`run`], the data dir's locks and the turn loop; `turn.rs` a turn's end
+//! (commit, held responses, the engine's `Io`); `swarm.rs` listening, connections, identify,
+//! mDNS and dialing; `reach.rs` and `nat.rs` reachability, relays and hole punching; `rr.rs` the two request-response protocols; `gossip.rs` topics and announcements;
 //! `dht.rs` Kademlia; `peers.rs` the `PeerBook` of per-peer state;
 //! `control.rs` the control socket; `faults.rs` test fault injection; the page is
 //! [`crate::web`].
@@ -55,7 +55,6 @@ use crate::error::{Error, Result};
 use crate::identity::NodeId;
 use crate::net::{self, Behaviour, BehaviourEvent, Limits, RelayLimits};
 use crate::repo::Repo;
-use crate::store::{Peers, Storage};
 use crate::sync::Engine;
 use crate::web::{Change, Web};
 use crate::wire::{JoinResponse, SyncResponse};
@@ -226,7 +225,8 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
     let repo = Repo::open(&opts.home)?;
     let keypair = repo.identity().libp2p_keypair();
     // A node that listens on loopback only has no router to ask.
-    let beyond_loopback = opts.listen.is_empty() || opts.listen.iter().any(|a| !is_loopback(a));
+    let beyond_loopback =
+        opts.listen.is_empty() || opts.listen.iter().any(|a| !swarm::is_loopback(a));
     let mut swarm = net::build(
         keypair,
         net::NetOptions {
@@ -238,7 +238,7 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
     )
     .map_err(|e| Error::Invalid(e.to_string()))?;
     let external = opts.external.clone();
-    listen(&mut swarm, &repo, &opts.listen)?;
+    swarm::listen(&mut swarm, &repo, &opts.listen)?;
     if named {
         web_url = start_web(&opts, &calls_tx, &changes, &stopped, &mut tasks)?;
     }
@@ -486,46 +486,6 @@ async fn lock_home(home: &Path, socket_path: &Path) -> Result<std::fs::File> {
     // Commands that now get through the gate find the lock held, and talk to this node.
     drop(gate);
     Ok(lock)
-}
-
-/// Listens on `addrs`; with none, on all IPv4 interfaces over TCP and over QUIC, each on the
-/// port it used last time if that is free (so peers that remember this node's address find it
-/// again after a restart), else a fresh one.
-fn listen(swarm: &mut Swarm<Behaviour>, repo: &Repo, addrs: &[Multiaddr]) -> Result<()> {
-    if addrs.is_empty() {
-        for (key, template) in [
-            (META_LISTEN_PORT, "/ip4/0.0.0.0/tcp/{}"),
-            (META_LISTEN_PORT_QUIC, "/ip4/0.0.0.0/udp/{}/quic-v1"),
-        ] {
-            let at = |port: &str| -> Multiaddr {
-                template
-                    .replace("{}", port)
-                    .parse()
-                    .expect("valid multiaddr")
-            };
-            let last = repo.store().reader().meta(key)?;
-            let preferred = last.filter(|p| p.parse::<u16>().is_ok()).map(|p| at(&p));
-            let listening = preferred.is_some_and(|a| net::listen(swarm, &a).is_ok());
-            if !listening {
-                net::listen(swarm, &at("0")).map_err(|e| Error::Invalid(e.to_string()))?;
-            }
-        }
-    } else {
-        for addr in addrs {
-            net::listen(swarm, addr).map_err(|e| Error::Invalid(e.to_string()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Whether an address is on a loopback interface.
-fn is_loopback(addr: &Multiaddr) -> bool {
-    use libp2p::multiaddr::Protocol;
-    addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_loopback(),
-        Protocol::Ip6(ip) => ip.is_loopback(),
-        _ => false,
-    })
 }
 
 impl Runtime {

@@ -1,5 +1,5 @@
-//! Swarm events (listening, connections, identify, mDNS) and dialing: which members to stay
-//! connected to, and the address book they are dialed by.
+//! Listening, swarm events (listen addresses, connections, identify, mDNS) and dialing: which
+//! members to stay connected to, and the address book they are dialed by.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -8,10 +8,12 @@ use std::time::Instant;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, mdns, ping, Multiaddr, PeerId};
+use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
 
 use super::{node_of, now_secs, peer_of, Runtime, META_LISTEN_PORT, META_LISTEN_PORT_QUIC};
-use crate::net::{self, BehaviourEvent};
+use crate::error::{Error, Result};
+use crate::net::{self, Behaviour, BehaviourEvent};
+use crate::repo::Repo;
 use crate::repo::META_LISTEN_ADDRS;
 use crate::store::{Peers, Storage};
 
@@ -411,6 +413,46 @@ fn is_unspecified(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| match p {
         Protocol::Ip4(ip) => ip.is_unspecified(),
         Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+/// Listens on `addrs`; with none, on all IPv4 interfaces over TCP and over QUIC, each on the
+/// port it used last time if that is free (so peers that remember this node's address find it
+/// again after a restart), else a fresh one.
+pub(super) fn listen(swarm: &mut Swarm<Behaviour>, repo: &Repo, addrs: &[Multiaddr]) -> Result<()> {
+    if addrs.is_empty() {
+        for (key, template) in [
+            (META_LISTEN_PORT, "/ip4/0.0.0.0/tcp/{}"),
+            (META_LISTEN_PORT_QUIC, "/ip4/0.0.0.0/udp/{}/quic-v1"),
+        ] {
+            let at = |port: &str| -> Multiaddr {
+                template
+                    .replace("{}", port)
+                    .parse()
+                    .expect("valid multiaddr")
+            };
+            let last = repo.store().reader().meta(key)?;
+            let preferred = last.filter(|p| p.parse::<u16>().is_ok()).map(|p| at(&p));
+            let listening = preferred.is_some_and(|a| net::listen(swarm, &a).is_ok());
+            if !listening {
+                net::listen(swarm, &at("0")).map_err(|e| Error::Invalid(e.to_string()))?;
+            }
+        }
+    } else {
+        for addr in addrs {
+            net::listen(swarm, addr).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether an address is on a loopback interface.
+pub(super) fn is_loopback(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
         _ => false,
     })
 }
