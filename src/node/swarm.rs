@@ -183,7 +183,6 @@ impl Runtime {
                     connection_id,
                 },
             ) => {
-                tracing::debug!(target: "node", peer = %peer_id, addrs = ?info.listen_addrs, "identified");
                 self.on_identify_relay(peer_id, connection_id, &info);
                 let dht = info
                     .protocols
