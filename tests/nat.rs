@@ -350,6 +350,14 @@ impl Homes {
         panic!("{why}");
     }
 
+    /// Waits until A's link to B is `link` (`why` it should be, for the failure message).
+    fn link_becomes(&self, link: &str, why: &str) {
+        self.eventually(&format!("A's link to B is {link} ({why})"), || {
+            let to_b = self.a_to_b();
+            seen(to_b["link"] == link, to_b)
+        });
+    }
+
     /// A's entry for B in A's `peers` (null if there is none).
     fn a_to_b(&self) -> Value {
         find(&self.a.json(&["peers"]), &self.b.id())
@@ -482,10 +490,7 @@ fn homes_behind_port_preserving_nats_converge_and_punch_through() {
     };
     homes.check_reachability();
     let flow = homes.converge();
-    homes.eventually("A's link to B is direct (a hole punched)", || {
-        let to_b = homes.a_to_b();
-        seen(to_b["link"] == "direct", to_b)
-    });
+    homes.link_becomes("direct", "a hole punched");
     let sync = homes.a.json(&["flow", "show", &flow])["sync"].clone();
     assert_eq!(find(&sync, &homes.b.id())["link"], "direct", "{sync}");
     homes.check_public_holds_nothing(&[NEED, FROM_TAILOR, FROM_CUSTOMER]);
@@ -519,10 +524,7 @@ fn when_the_punched_path_dies_the_homes_fall_back_to_the_relay() {
     };
     homes.check_reachability();
     let flow = homes.converge();
-    homes.eventually("A's link to B is direct (a hole punched)", || {
-        let to_b = homes.a_to_b();
-        seen(to_b["link"] == "direct", to_b)
-    });
+    homes.link_becomes("direct", "a hole punched");
     let other = homes.world.router_wan(1);
     for rule in [["-d", other.as_str()], ["-s", other.as_str()]] {
         let out = homes
@@ -539,9 +541,6 @@ fn when_the_punched_path_dies_the_homes_fall_back_to_the_relay() {
     }
     homes.a.json(&["comment", &flow, LATER]);
     homes.arrives(&homes.b, &flow, LATER);
-    homes.eventually("A's link to B is relayed", || {
-        let to_b = homes.a_to_b();
-        seen(to_b["link"] == "relayed", to_b)
-    });
+    homes.link_becomes("relayed", "the relay carries it again");
     homes.check_public_holds_nothing(&[NEED, FROM_TAILOR, FROM_CUSTOMER, LATER]);
 }

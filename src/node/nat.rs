@@ -40,11 +40,7 @@ impl Runtime {
             // reach it at from here; keep what we knew.
             return;
         }
-        let bootstrap = self
-            .bootstrap
-            .iter()
-            .any(|a| a.iter().last() == Some(libp2p::multiaddr::Protocol::P2p(peer)));
-        let preferred = bootstrap || self.wanted.contains(&peer);
+        let preferred = self.wanted.contains(&peer) || self.bootstrap_peers().any(|b| b == peer);
         self.reach.relay_offered(peer, offers, direct, preferred);
     }
 

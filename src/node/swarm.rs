@@ -20,11 +20,8 @@ use crate::store::{Peers, Storage};
 impl Runtime {
     pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { mut address, .. } => {
-                // A relay's circuit comes with this node's id at the end; the others without.
-                if address.iter().last() == Some(Protocol::P2p(*self.swarm.local_peer_id())) {
-                    address.pop();
-                }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let address = self.without_own_id(address);
                 let port = match (address.iter().nth(1), address.iter().nth(2)) {
                     _ if net::is_relayed(&address) => None,
                     (Some(Protocol::Tcp(port)), _) => Some((META_LISTEN_PORT, port)),
@@ -56,10 +53,8 @@ impl Runtime {
                 self.listen.push(address);
                 self.record_listen_addrs();
             }
-            SwarmEvent::ExpiredListenAddr { mut address, .. } => {
-                if address.iter().last() == Some(Protocol::P2p(*self.swarm.local_peer_id())) {
-                    address.pop();
-                }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let address = self.without_own_id(address);
                 self.listen.retain(|a| a != &address);
                 self.record_listen_addrs();
             }
@@ -137,11 +132,8 @@ impl Runtime {
                 }
                 // The swarm tells of no expired address for a listener that closed: its
                 // addresses (a relay's circuit, say) go here, or tickets would keep them.
-                let me = *self.swarm.local_peer_id();
-                for mut a in addresses {
-                    if a.iter().last() == Some(Protocol::P2p(me)) {
-                        a.pop();
-                    }
+                for a in addresses {
+                    let a = self.without_own_id(a);
                     self.listen.retain(|l| *l != a);
                 }
                 self.record_listen_addrs();
@@ -349,16 +341,28 @@ impl Runtime {
         }
     }
 
+    /// One of this node's listen addresses as it keeps them: a relay's circuit comes with this
+    /// node's id at the end, the others without.
+    fn without_own_id(&self, mut addr: Multiaddr) -> Multiaddr {
+        if addr.iter().last() == Some(Protocol::P2p(*self.swarm.local_peer_id())) {
+            addr.pop();
+        }
+        addr
+    }
+
+    /// The bootstrap nodes given with their id.
+    pub(super) fn bootstrap_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.bootstrap.iter().filter_map(|a| match a.iter().last() {
+            Some(Protocol::P2p(peer)) => Some(peer),
+            _ => None,
+        })
+    }
+
     /// Dials the bootstrap nodes (those given with their id) this node is not connected to, as
     /// their dial backoff allows.
     pub(super) fn redial_bootstrap(&mut self) {
         let peers: Vec<PeerId> = self
-            .bootstrap
-            .iter()
-            .filter_map(|a| match a.iter().last() {
-                Some(Protocol::P2p(peer)) => Some(peer),
-                _ => None,
-            })
+            .bootstrap_peers()
             .filter(|p| !self.swarm.is_connected(p))
             .collect();
         for peer in peers {
