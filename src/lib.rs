@@ -64,10 +64,12 @@
 //!   duplication, partitions, gossip subscriptions and mesh (`sim/mod.rs`: the network and
 //!   its clock; `deliver.rs`: engine output and arrivals; `scenario.rs`: runs both use, such
 //!   as one flow with a thousand members).
-//! - [`node`]: the runtime: one task owning the engine and swarm, handling the inputs ready in a
-//!   turn under one commit and sending what they produced after it. `node/mod.rs`: `run`, the
-//!   data dir's locks, the turn loop (the engine's time in, sleeping until its next wake or the
-//!   next second); `turn.rs`: a turn's commit, held responses and the engine's `Io`;
+//! - [`node`]: the runtime: one loop owning the engine and swarm, on a thread of its own (the
+//!   servers and libp2p's connection tasks stay on the tokio workers), handling the inputs
+//!   ready in a turn under one commit and sending what they produced after it. `node/mod.rs`:
+//!   `run`, the turn loop (the engine's time in, sleeping until its next wake or the next
+//!   second); `start.rs`: the data dir's lock, setup on a data dir with no key, the page, the
+//!   drain; `turn.rs`: a turn's commit, held responses and the engine's `Io`;
 //!   `swarm.rs`: listening (TCP and QUIC), connections, identify, mDNS, dialing; `rr.rs`: one routing
 //!   for both request-response protocols (sync, join); `gossip.rs`: member topics (refreshed
 //!   for the flows that changed, all of them every 10 s) and relayed ones (chosen every tick),

@@ -10,20 +10,25 @@
 //! sleeps until the engine's next deadline ([`Engine::next_wake`]) or the next [`TICK`],
 //! whichever comes first.
 //!
-//! A turn's engine work (verify, authorize, apply) runs inline on the tokio worker that polls
-//! this task; only its fsync is moved off the workers (`block_in_place` in `turn.rs`). That stays
-//! so: the task owns the engine and the swarm, and what else runs on the runtime — the control
-//! socket's and the page's servers, which only parse requests and wait for the turn that
-//! answers them — runs on the other worker meanwhile; a turn's CPU work is bounded (at most
-//! [`MAX_INPUTS_PER_TURN`] inputs, each message at most `wire::MAX_SYNC_MESSAGE` bytes and
-//! `wire::MAX_CHANGES_PER_MESSAGE` changes, whose signatures are checked as one batch), so it
-//! holds a worker for milliseconds, not for a blocking wait. A node that shares a runtime with
-//! latency-sensitive tasks should give it a runtime (or thread) of its own.
+//! The turns run on a thread of their own (`coflow-turns`), not on a tokio worker: a turn's
+//! work is synchronous and CPU- or disk-bound (SQLite reads and writes, batch signature
+//! verification, Automerge apply and save, the commit's fsync), and while it runs, the
+//! runtime's workers go on serving the control socket and the page, libp2p's connection tasks
+//! (Noise, Yamux, QUIC, pings) and, in one process, other nodes. The thread drives the loop with
+//! the runtime's handle, so the swarm stays async code: its sockets and timers are the
+//! runtime's, and the tasks it spawns run on the workers. A turn is still one piece, inline on
+//! that thread, rather than handed out in parts with the results fed back: the engine's inputs
+//! are taken in order and a turn's writes share one commit, so a second thread of engine work
+//! could only wait for the first; its length is bounded (at most [`MAX_INPUTS_PER_TURN`] inputs,
+//! each message at most `wire::MAX_SYNC_MESSAGE` bytes and `wire::MAX_CHANGES_PER_MESSAGE`
+//! changes, their signatures checked as one batch). On a current-thread runtime (some tests)
+//! the loop runs inline in the caller's task instead.
 //!
 //! With its page served ([`NodeOptions::web`]) on a data dir that has no key yet, the node
 //! first answers only `status` and the page's `init`, which makes the key; then it starts.
 //!
-//! `mod.rs` holds [`run`], the data dir's locks and the turn loop; `turn.rs` a turn's end
+//! `mod.rs` holds [`run`] and the turn loop; `start.rs` the data dir's lock, setup, the page
+//! and the drain; `turn.rs` a turn's end
 //! (commit, held responses, the engine's `Io`); `swarm.rs` listening, connections, identify,
 //! mDNS and dialing; `reach.rs` and `nat.rs` reachability, relays and hole punching; `rr.rs` the two request-response protocols; `gossip.rs` topics and announcements;
 //! `dht.rs` Kademlia; `peers.rs` the `PeerBook` of per-peer state;
@@ -38,11 +43,12 @@ mod nat;
 mod peers;
 mod reach;
 mod rr;
+mod start;
 mod swarm;
 mod turn;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
@@ -56,7 +62,8 @@ use crate::identity::NodeId;
 use crate::net::{self, Behaviour, BehaviourEvent, Limits, RelayLimits};
 use crate::repo::Repo;
 use crate::sync::Engine;
-use crate::web::{Change, Web};
+use crate::web::Change;
+use start::{finish, lock_home, setup, start_web, until_stopped};
 use crate::wire::{JoinResponse, SyncResponse};
 
 #[cfg(feature = "testkit")]
@@ -192,6 +199,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl std::future::Future<Output = 
 }
 
 async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    use tracing::Instrument;
     // Mode 0700, as `coflow init` makes it: a first run from the page makes the data dir here.
     crate::identity::create_data_dir(&opts.home).map_err(|source| Error::Io {
         path: opts.home.clone(),
@@ -218,7 +226,7 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         let logins = web_url.clone().expect("the page is served");
         if !setup(&opts.home, &mut calls_rx, &logins, &mut shutdown).await {
             let _ = stop.send(true);
-            finish(tasks, calls_rx, &opts.home).await;
+            finish(tasks, Some(calls_rx), &opts.home).await;
             return Ok(());
         }
     }
@@ -295,44 +303,30 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
     rt.refresh_topics();
     tracing::info!(target: "node", node = %rt.engine.node_id(), "node started");
 
-    loop {
-        let wake = rt.next_tick();
-        let first = tokio::select! {
-            event = rt.swarm.select_next_some() => Input::Swarm(Box::new(event)),
-            Some((call, reply)) = calls_rx.recv() => Input::Call(call, reply),
-            _ = tokio::time::sleep_until(wake.into()) => Input::Tick,
-            _ = tokio::time::sleep_until(
-                rt.peers
-                    .next_closing()
-                    .unwrap_or_else(|| Instant::now() + TICK)
-                    .into(),
-            ), if rt.peers.next_closing().is_some() => Input::Close,
-            _ = &mut shutdown => break,
-        };
-        let grouped = match rt.engine.repo().begin_group() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(target: "node", "cannot open a store transaction: {e}");
-                false
-            }
-        };
-        // The engine's clock for this turn: it reads none of its own.
-        let now = rt.now_ms();
-        rt.engine.set_now(now, crate::clock::system_clock_ms());
-        rt.on_input(first);
-        // Whatever else is ready now shares the turn's commit.
-        for _ in 1..MAX_INPUTS_PER_TURN {
-            let next = if let Some(Some(event)) = rt.swarm.next().now_or_never() {
-                Input::Swarm(Box::new(event))
-            } else if let Ok((call, reply)) = calls_rx.try_recv() {
-                Input::Call(call, reply)
-            } else {
-                break;
-            };
-            rt.on_input(next);
-        }
-        rt.end_turn(grouped);
-    }
+    // The turns run on a thread of their own (see the module's doc); the servers, libp2p's
+    // connection tasks and the caller stay on the runtime's workers.
+    let (stop_turns, turns_stopped) = oneshot::channel::<()>();
+    let turns = rt
+        .turns(calls_rx, turns_stopped)
+        .instrument(tracing::Span::current());
+    let threaded = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
+    let calls_rx = if threaded {
+        let (done, turns_done) = oneshot::channel();
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("coflow-turns".into())
+            .spawn(move || {
+                let _ = done.send(handle.block_on(turns));
+            })
+            .map_err(|source| Error::Io {
+                path: opts.home.clone(),
+                source,
+            })?;
+        until_stopped(turns_done.map(Result::ok), shutdown, stop_turns).await
+    } else {
+        until_stopped(turns.map(Some), shutdown, stop_turns).await
+    };
     let _ = stop.send(true);
     finish(tasks, calls_rx, &opts.home).await;
     let _ = std::fs::remove_file(&socket_path);
@@ -341,154 +335,54 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
     Ok(())
 }
 
-/// Serves the page, if asked to: writes a login URL to [`crate::web::URL_FILE`], prints it
-/// and opens a browser on it as asked. Its logins.
-fn start_web(
-    opts: &NodeOptions,
-    calls: &mpsc::Sender<(Call, Pending)>,
-    changes: &broadcast::Sender<Change>,
-    stopped: &watch::Receiver<bool>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<Option<crate::web::Logins>> {
-    let Some(addr) = opts.web else {
-        return Ok(None);
-    };
-    let web = Web::bind(&opts.home, addr, opts.web_fall_back)?;
-    let logins = web.logins();
-    let url = logins.url()?;
-    tracing::info!(target: "node", "the page is at {} (`coflow open` opens it, logged in)", web.origin());
-    let url_file = opts.home.join(crate::web::URL_FILE);
-    let _ = std::fs::remove_file(&url_file);
-    crate::web::write_private(&url_file, &url).map_err(|source| Error::Io {
-        path: url_file.clone(),
-        source,
-    })?;
-    tasks.push(tokio::spawn(web.serve(
-        calls.clone(),
-        changes.clone(),
-        stopped.clone(),
-    )));
-    if opts.print_url {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{url}").and_then(|()| out.flush());
-    }
-    if opts.open_page {
-        let (home, u) = (opts.home.clone(), url.clone());
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::web::open_in_browser(&home, &u) {
-                tracing::warn!(target: "node", "{e}");
-            }
-        });
-    }
-    Ok(Some(logins))
-}
-
-/// Lets the servers finish what they are answering (calls still queued are dropped: their
-/// callers hear the node stopped), for a moment at most.
-async fn finish(
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    calls: mpsc::Receiver<(Call, Pending)>,
-    home: &Path,
-) {
-    drop(calls);
-    let _ = std::fs::remove_file(home.join(crate::web::URL_FILE));
-    let _ = std::fs::remove_file(home.join(crate::web::OPEN_FILE));
-    for task in tasks {
-        let abort = task.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
-            abort.abort();
-        }
-    }
-}
-
-/// A data dir with no node key, served with the page: every call but `status` waits for the
-/// page's `init`, which makes the key and the store. `false`: the node was stopped first.
-async fn setup(
-    home: &Path,
-    calls: &mut mpsc::Receiver<(Call, Pending)>,
-    logins: &crate::web::Logins,
-    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> bool {
-    tracing::info!(target: "node", "this node has no key yet: choose a name on its page");
-    loop {
-        let (call, reply) = tokio::select! {
-            Some(c) = calls.recv() => c,
-            _ = shutdown.as_mut() => return false,
-        };
-        let answer = match call {
-            Call::Status => Ok(Reply::Status(api::Status {
-                running: true,
-                node_id: String::new(),
-                name: String::new(),
-                listen: Vec::new(),
-                peers: 0,
-                flows: 0,
-                web: logins.url().ok(),
-                setup: true,
-                reachability: crate::node::Reachability::Unknown,
-                external: Vec::new(),
-                relays: Vec::new(),
-            })),
-            Call::Init { name } => {
-                let made = crate::identity::Identity::fresh(&name)
-                    .map_err(Error::from)
-                    .and_then(|id| Repo::init(home, id));
-                match made {
-                    Ok(repo) => {
-                        let id = repo.identity();
-                        tracing::info!(target: "node", name = %crate::text::one_line(id.name()), "node key made");
-                        let _ = reply.send(Ok(Reply::Id {
-                            node_id: id.node_id().to_string(),
-                            name: id.name().to_string(),
-                        }));
-                        return true;
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            _ => Err(Error::Invalid(
-                "this node has no name yet: choose one on its page first".into(),
-            )),
-        };
-        let _ = reply.send(answer);
-    }
-}
-
-/// Takes the data dir's lock for good. A command working on the store holds the lock shared for
-/// a moment: close the gate to new ones, and wait for those already in. A node that answers on
-/// the socket holds the lock for good: refuse.
-async fn lock_home(home: &Path, socket_path: &Path) -> Result<std::fs::File> {
-    let lock = api::lock_file(home)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let gate = api::gate_file(home)?;
-    while gate.try_lock().is_err() {
-        if Instant::now() > deadline {
-            return Err(Error::Invalid(
-                "another coflow process keeps this data dir locked".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    while lock.try_lock().is_err() {
-        if std::os::unix::net::UnixStream::connect(socket_path).is_ok() {
-            return Err(Error::Invalid(
-                "a coflow node is already running for this data dir".into(),
-            ));
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Invalid(
-                "another coflow process keeps this data dir locked".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Commands that now get through the gate find the lock held, and talk to this node.
-    drop(gate);
-    Ok(lock)
-}
-
 impl Runtime {
+    /// The turn loop, until `stop` fires (or its sender is dropped): the calls not taken.
+    async fn turns(
+        mut self,
+        mut calls_rx: mpsc::Receiver<(Call, Pending)>,
+        mut stop: oneshot::Receiver<()>,
+    ) -> mpsc::Receiver<(Call, Pending)> {
+        let rt = &mut self;
+        loop {
+            let wake = rt.next_tick();
+            let first = tokio::select! {
+                event = rt.swarm.select_next_some() => Input::Swarm(Box::new(event)),
+                Some((call, reply)) = calls_rx.recv() => Input::Call(call, reply),
+                _ = tokio::time::sleep_until(wake.into()) => Input::Tick,
+                _ = tokio::time::sleep_until(
+                    rt.peers
+                        .next_closing()
+                        .unwrap_or_else(|| Instant::now() + TICK)
+                        .into(),
+                ), if rt.peers.next_closing().is_some() => Input::Close,
+                _ = &mut stop => break,
+            };
+            let grouped = match rt.engine.repo().begin_group() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(target: "node", "cannot open a store transaction: {e}");
+                    false
+                }
+            };
+            // The engine's clock for this turn: it reads none of its own.
+            let now = rt.now_ms();
+            rt.engine.set_now(now, crate::clock::system_clock_ms());
+            rt.on_input(first);
+            // Whatever else is ready now shares the turn's commit.
+            for _ in 1..MAX_INPUTS_PER_TURN {
+                let next = if let Some(Some(event)) = rt.swarm.next().now_or_never() {
+                    Input::Swarm(Box::new(event))
+                } else if let Ok((call, reply)) = calls_rx.try_recv() {
+                    Input::Call(call, reply)
+                } else {
+                    break;
+                };
+                rt.on_input(next);
+            }
+            rt.end_turn(grouped);
+        }
+        calls_rx
+    }
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64 + 1
     }

@@ -30,16 +30,11 @@ impl Runtime {
     /// responses say the flow is unavailable, join responses are dropped, API calls get the
     /// error, and the engine forgets its unsent messages (see [`crate::sync::Engine::commit`]).
     pub(super) fn end_turn(&mut self, grouped: bool) {
-        let committed = if !grouped {
-            Ok(())
-        } else if self.engine.repo().group_wrote()
-            && tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            // The fsync blocks this thread: let the runtime move other tasks off it.
-            tokio::task::block_in_place(|| self.engine.commit())
-        } else {
+        // The fsync blocks this thread, which is the turns' own (see the module doc of `node`).
+        let committed = if grouped {
             self.engine.commit()
+        } else {
+            Ok(())
         };
         let mut held = std::mem::take(&mut self.held);
         if let Err(e) = &committed {

@@ -238,7 +238,8 @@ impl<S: Storage> Repo<S> {
         Ok(self.store.begin_group()?)
     }
 
-    /// Whether the open group has written anything (its commit will cost an fsync).
+    /// Whether the open group has written anything (its commit will cost an fsync); for tests.
+    #[cfg(feature = "testkit")]
     pub fn group_wrote(&self) -> bool {
         self.store.group_wrote()
     }

@@ -59,7 +59,8 @@ pub trait Storage {
     /// Whether a group is open.
     fn in_group(&self) -> bool;
 
-    /// Whether the open group has written anything.
+    /// Whether the open group has written anything; for tests.
+    #[cfg(feature = "testkit")]
     fn group_wrote(&self) -> bool;
 
     /// Commits the open group durably; if that fails, nothing written in it is kept.
@@ -310,6 +311,7 @@ impl Storage for Store {
         self.group.is_some()
     }
 
+    #[cfg(feature = "testkit")]
     fn group_wrote(&self) -> bool {
         self.group
             .is_some_and(|start| self.conn.total_changes() != start)

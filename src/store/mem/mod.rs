@@ -313,6 +313,7 @@ impl Storage for MemStore {
         self.group.is_some()
     }
 
+    #[cfg(feature = "testkit")]
     fn group_wrote(&self) -> bool {
         self.group.is_some_and(|start| self.changed.get() != start)
     }
