@@ -47,7 +47,8 @@ on_both_stores!(
         changes_keep_their_insertion_order,
         a_declined_flow_leaves_its_id_and_members_and_the_oldest_go_first,
         offers_are_not_held_until_accepted,
-        the_address_book_and_meta;
+        the_address_book_and_meta,
+        the_address_book_forgets_the_oldest_and_the_long_unseen;
     repo: snapshots_load_the_same_document_and_survive_reopen,
         received_changes_take_the_same_path_and_bad_ones_leave_no_trace,
         grouped_writes_are_durable_together_at_the_commit_and_not_before,
@@ -619,4 +620,40 @@ fn the_address_book_and_meta(s: impl Storage) {
     r.set_meta("m", "1").unwrap();
     r.set_meta("m", "2").unwrap();
     assert_eq!(r.meta("m").unwrap().as_deref(), Some("2"));
+}
+
+/// The book keeps the nodes seen last, and none unseen since the cutoff; what it forgot is gone
+/// for good (the rest keep their rows), and a forgotten node seen again is back.
+fn the_address_book_forgets_the_oldest_and_the_long_unseen(s: impl Storage) {
+    let r = s.reader();
+    for i in 0..10 {
+        r.saw_peer(
+            &format!("n{i}"),
+            &[format!("/ip4/10.0.0.{i}/tcp/1")],
+            100 + i,
+        )
+        .unwrap();
+    }
+    // Two seen at the same time as n9: ties go by node id, as in the book's order.
+    r.saw_peer("m", &[], 109).unwrap();
+    r.peer_failed("n8").unwrap();
+    let nodes =
+        |r: &dyn Peers| -> Vec<String> { r.peers().unwrap().into_iter().map(|p| p.node).collect() };
+    assert_eq!(r.forget_peers(20, 0).unwrap(), 0);
+    assert_eq!(nodes(&r).len(), 11);
+    // Keep 4: m and n9 (both at 109), n8, n7.
+    assert_eq!(r.forget_peers(4, 0).unwrap(), 7);
+    assert_eq!(nodes(&r), ["m", "n9", "n8", "n7"]);
+    let n8 = r
+        .peers()
+        .unwrap()
+        .into_iter()
+        .find(|p| p.node == "n8")
+        .unwrap();
+    assert_eq!((n8.addrs.len(), n8.failures), (1, 1));
+    // Last seen before 109: n8 and n7 go, though there is room.
+    assert_eq!(r.forget_peers(100, 109).unwrap(), 2);
+    assert_eq!(nodes(&r), ["m", "n9"]);
+    r.saw_peer("n0", &[], 200).unwrap();
+    assert_eq!(nodes(&r), ["n0", "m", "n9"]);
 }

@@ -90,6 +90,11 @@ pub const MAX_INPUTS_PER_TURN: usize = 64;
 /// Longest a penalized peer stays blocked.
 pub const MAX_BAN: Duration = Duration::from_secs(3600);
 
+/// Most nodes the stored address book keeps (those seen last).
+pub const ADDRESS_BOOK_SIZE: usize = 1024;
+/// Days after which a node not seen again leaves the stored address book.
+pub const ADDRESS_BOOK_DAYS: i64 = 90;
+
 /// Meta key: the TCP port the node last listened on by default.
 const META_LISTEN_PORT: &str = "listen_port";
 /// Meta key: the UDP port the node last listened on by default (QUIC).
@@ -441,6 +446,7 @@ impl Runtime {
             }
         }
         if sweep {
+            self.prune_address_book();
             self.redial_bootstrap();
             self.refresh_topics();
         } else {

@@ -10,7 +10,10 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
 
-use super::{node_of, now_secs, peer_of, Runtime, META_LISTEN_PORT, META_LISTEN_PORT_QUIC};
+use super::{
+    node_of, now_secs, peer_of, Runtime, ADDRESS_BOOK_DAYS, ADDRESS_BOOK_SIZE, META_LISTEN_PORT,
+    META_LISTEN_PORT_QUIC,
+};
 use crate::error::{Error, Result};
 use crate::net::{self, Behaviour, BehaviourEvent};
 use crate::repo::Repo;
@@ -306,6 +309,18 @@ impl Runtime {
             .learn_addr(peer, &addr, Instant::now(), |p| swarm.is_connected(p))
         {
             self.swarm.add_peer_address(peer, addr);
+        }
+    }
+
+    /// Keeps the stored address book within [`ADDRESS_BOOK_SIZE`] rows of nodes seen in the
+    /// last [`ADDRESS_BOOK_DAYS`]: every node that connects gets a row, strangers included.
+    pub(super) fn prune_address_book(&mut self) {
+        let since = now_secs() - ADDRESS_BOOK_DAYS * 24 * 3600;
+        let store = self.engine.repo().store();
+        match store.reader().forget_peers(ADDRESS_BOOK_SIZE, since) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(target: "node", "forgot {n} nodes in the address book"),
+            Err(e) => tracing::warn!(target: "node", "cannot prune the address book: {e}"),
         }
     }
 

@@ -15,8 +15,12 @@ pub trait Peers {
     /// in the book is not added.
     fn peer_failed(&self, node: &str) -> Result<(), StoreError>;
 
-    /// The address book, most recently seen first.
+    /// The address book, most recently seen first (ties by node id).
     fn peers(&self) -> Result<Vec<PeerRow>, StoreError>;
+
+    /// Forgets the nodes last seen before `seen_since`, and all but the `keep` seen last (the
+    /// book would otherwise keep a row for every node that ever connected); how many it forgot.
+    fn forget_peers(&self, keep: usize, seen_since: i64) -> Result<usize, StoreError>;
 }
 
 impl Peers for Writer<'_> {
@@ -59,7 +63,7 @@ impl Peers for Writer<'_> {
 
     fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT node, addrs, last_seen, failures FROM peers ORDER BY last_seen DESC",
+            "SELECT node, addrs, last_seen, failures FROM peers ORDER BY last_seen DESC, node",
         )?;
         let rows = stmt.query_map([], |r| {
             let addrs: String = r.get(1)?;
@@ -71,5 +75,14 @@ impl Peers for Writer<'_> {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn forget_peers(&self, keep: usize, seen_since: i64) -> Result<usize, StoreError> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        Ok(self.conn.execute(
+            "DELETE FROM peers WHERE last_seen < ?2 OR node NOT IN
+                 (SELECT node FROM peers ORDER BY last_seen DESC, node LIMIT ?1)",
+            params![keep, seen_since],
+        )?)
     }
 }

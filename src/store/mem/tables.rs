@@ -331,7 +331,24 @@ impl Peers for MemWriter<'_> {
 
     fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
         let mut rows: Vec<PeerRow> = self.rows().peers.values().cloned().collect();
-        rows.sort_by_key(|p| std::cmp::Reverse(p.last_seen));
+        rows.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then_with(|| a.node.cmp(&b.node)));
         Ok(rows)
+    }
+
+    fn forget_peers(&self, keep: usize, seen_since: i64) -> Result<usize, StoreError> {
+        let mut rows: Vec<(i64, String)> = (self.rows().peers.values())
+            .map(|p| (p.last_seen, p.node.clone()))
+            .collect();
+        // Most recently seen first, ties by node id: as the SQLite store orders them.
+        rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let gone: Vec<String> = (rows.into_iter().enumerate())
+            .filter(|(i, (seen, _))| *i >= keep || *seen < seen_since)
+            .map(|(_, (_, node))| node)
+            .collect();
+        for node in &gone {
+            let old = self.rows_mut().peers.remove(node);
+            self.store.wrote([Undo::Peer(node.clone(), old)]);
+        }
+        Ok(gone.len())
     }
 }
