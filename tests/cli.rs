@@ -1,82 +1,11 @@
 //! CLI transcripts: the tailor's flow through the `coflow` binary, with deterministic keys.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use assert_cmd::Command;
+use std::path::Path;
+
+use common::cli::{s, Node};
 use serde_json::Value;
-
-struct Node {
-    _dir: tempfile::TempDir,
-    home: PathBuf,
-}
-
-impl Node {
-    /// A node with a key derived from `seed` (COFLOW_TEST_KEY_SEED, test-only).
-    fn init(seed: &str, name: &str) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let home = dir.path().join("home");
-        let node = Node { _dir: dir, home };
-        node.cmd()
-            .env("COFLOW_TEST_KEY_SEED", seed)
-            .args(["init", "--name", name])
-            .assert()
-            .success();
-        node
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("coflow").unwrap();
-        c.env_remove("COFLOW_TEST_KEY_SEED")
-            .env_remove("COFLOW_HOME")
-            .arg("--home")
-            .arg(&self.home);
-        c
-    }
-
-    /// Runs a command that must succeed and returns its JSON output.
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.cmd().arg("--json").args(args).assert().success();
-        serde_json::from_slice(&out.get_output().stdout)
-            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {:?}", out.get_output()))
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd().args(args).assert().success();
-        String::from_utf8(out.get_output().stdout.clone()).unwrap()
-    }
-
-    /// Runs a command that must fail with one clear line on stderr; returns that line.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.cmd().args(args).assert().code(1);
-        let err = String::from_utf8(out.get_output().stderr.clone()).unwrap();
-        assert_eq!(err.lines().count(), 1, "one line on stderr, got: {err}");
-        assert!(err.starts_with("error: "), "{err}");
-        assert!(out.get_output().stdout.is_empty(), "no data on failure");
-        err
-    }
-
-    fn id(&self) -> String {
-        self.json(&["id"])["node_id"].as_str().unwrap().to_string()
-    }
-
-    fn heads(&self, flow: &str) -> Value {
-        self.json(&["flow", "show", flow])["heads"].clone()
-    }
-
-    /// Digests of the database and its write-ahead log (no process has them open).
-    fn db(&self) -> Vec<String> {
-        use sha2::Digest;
-        ["coflow.db", "coflow.db-wal"]
-            .iter()
-            .filter_map(|f| std::fs::read(self.home.join(f)).ok())
-            .map(|b| coflow::identity::hex(&sha2::Sha256::digest(&b)))
-            .collect()
-    }
-}
-
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap()
-}
 
 #[test]
 fn the_customers_own_story() {

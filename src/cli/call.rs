@@ -14,7 +14,11 @@ pub(super) fn to_call(command: Command) -> Result<Call> {
         Command::Peers => Call::Peers,
         Command::Stats => Call::Stats,
         Command::Flow(cmd) => match cmd {
-            FlowCmd::New { title, need, role } => Call::FlowNew { title, need, role },
+            FlowCmd::New { title, need, role } => Call::FlowNew {
+                title: text_arg(title)?,
+                need: text_arg(need)?,
+                role,
+            },
             FlowCmd::List => Call::FlowList,
             FlowCmd::Show { flow } => Call::FlowShow { flow },
             FlowCmd::Log { flow } => Call::FlowLog { flow },
@@ -81,8 +85,8 @@ pub(super) fn to_call(command: Command) -> Result<Call> {
             } => edit(
                 flow,
                 Edit::AddStep {
-                    title,
-                    detail,
+                    title: text_arg(title)?,
+                    detail: detail.map(text_arg).transpose()?,
                     assignee,
                     customer_involved: customer,
                     due,
@@ -112,7 +116,13 @@ pub(super) fn to_call(command: Command) -> Result<Call> {
                 },
             ),
         },
-        Command::Comment { flow, text, step } => edit(flow, Edit::Comment { text, step }),
+        Command::Comment { flow, text, step } => edit(
+            flow,
+            Edit::Comment {
+                text: text_arg(text)?,
+                step,
+            },
+        ),
         Command::Decision(cmd) => match cmd {
             DecisionCmd::New {
                 flow,
@@ -124,7 +134,7 @@ pub(super) fn to_call(command: Command) -> Result<Call> {
             } => edit(
                 flow,
                 Edit::NewDecision {
-                    question,
+                    question: text_arg(question)?,
                     options,
                     who,
                     mode: if vote { Mode::Vote } else { Mode::Choice },
@@ -143,6 +153,8 @@ pub(super) fn to_call(command: Command) -> Result<Call> {
         | Command::Up(_)
         | Command::Open
         | Command::Demo { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Config(_)
         | Command::Doctor => {
             unreachable!("handled in run")

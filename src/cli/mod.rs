@@ -3,6 +3,7 @@
 
 mod call;
 mod doctor;
+mod manual;
 mod print;
 
 use std::io::Write;
@@ -14,6 +15,8 @@ use crate::api::{self, Call, Reply};
 use crate::error::{Error, Result};
 use crate::flow::{Edit, FlowStatus, Mode, Role, StepStatus, Who};
 use crate::identity::Identity;
+
+pub use manual::json_error;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,6 +40,7 @@ pub struct Cli {
 pub enum Command {
     /// Create this node's key and its empty store (refuses to overwrite either).
     Init {
+        /// Your name, as the members of your flows see it.
         #[arg(long, required_unless_present = "new_store")]
         name: Option<String>,
         /// Keep the existing key and create an empty store next to it: for a node whose
@@ -85,21 +89,39 @@ pub enum Command {
     Step(StepCmd),
     /// Comment on a flow or one of its steps.
     Comment {
+        /// The flow: its id, or any unique prefix of it.
         flow: String,
+        /// What you say (`-`: read it from stdin).
         text: String,
+        /// The step the comment is about.
         #[arg(long)]
         step: Option<String>,
     },
     /// Open decisions and choose.
     #[command(subcommand)]
     Decision(DecisionCmd),
+    /// Print a completion script for a shell, e.g. `coflow completions bash >
+    /// ~/.local/share/bash-completion/completions/coflow`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff: `coflow man | man -l -`), or write one page per command.
+    Man {
+        /// Write `coflow.1` and a page for every command (`coflow-flow-show.1`, …) into this
+        /// directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum FlowCmd {
     /// Start a flow from a customer's need.
     New {
+        /// A short title (`-`: read it from stdin).
         title: String,
+        /// The customer's need, in the customer's own words (`-`: read it from stdin).
         #[arg(long)]
         need: String,
         /// Your role in the new flow.
@@ -109,33 +131,63 @@ pub enum FlowCmd {
     /// List the flows this node holds, and those offered to it that wait for an answer.
     List,
     /// Show a flow.
-    Show { flow: String },
+    Show {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+    },
     /// The flow's history: every change, who made it, when.
-    Log { flow: String },
+    Log {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+    },
     /// Re-check every stored change: signature, dependencies, and the role policy.
-    Verify { flow: String },
+    Verify {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+    },
     /// Export a flow.
     Export(ExportArgs),
     /// Confirm the need fulfilled (customers only).
-    Fulfil { flow: String },
+    Fulfil {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+    },
     /// Close the flow without fulfilment.
-    Close { flow: String },
+    Close {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+    },
     /// Reopen a closed or fulfilled flow.
-    Reopen { flow: String },
+    Reopen {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+    },
     /// Invite someone: prints a ticket (`flow invite revoke FLOW INVITE` revokes one).
     Invite(InviteArgs),
     /// Join a flow with a ticket (needs the node running).
-    Join { ticket: String },
+    Join {
+        /// The ticket (`coflow1…`) the inviter sent, or a page link with one after `#`.
+        ticket: String,
+    },
     /// Take part in a flow someone added this node to (`flow list` shows those waiting).
-    Accept { flow: String },
+    Accept {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+    },
     /// Turn down a flow someone added this node to: what arrived of it is deleted, and its
     /// members' further offers of it are turned away.
-    Decline { flow: String },
+    Decline {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+    },
     /// Change the title or the need.
     Edit {
+        /// The flow: its id, or any unique prefix of it.
         flow: String,
+        /// The new title (`-`: read it from stdin).
         #[arg(long)]
         title: Option<String>,
+        /// The new need, in the customer's own words (`-`: read it from stdin).
         #[arg(long)]
         need: Option<String>,
     },
@@ -187,6 +239,7 @@ pub struct UpArgs {
 pub struct InviteArgs {
     #[command(subcommand)]
     pub action: Option<InviteAction>,
+    /// The flow: its id, or any unique prefix of it.
     #[arg(required = true)]
     pub flow: Option<String>,
     /// The role the invitee gets.
@@ -203,12 +256,20 @@ pub struct InviteArgs {
 #[derive(Subcommand, Debug)]
 pub enum InviteAction {
     /// Revoke an invite so its ticket no longer works.
-    Revoke { flow: String, invite: String },
+    Revoke {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+        /// The invite: its id (the ticket names it), or any unique prefix of it.
+        invite: String,
+    },
 }
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
+    /// The flow: its id, or any unique prefix of it.
     pub flow: String,
+    /// `json`: the flow as `flow show --json` reads it; `automerge`: the whole document with its
+    /// history; `dot`, `mermaid`: a diagram of its steps and decisions.
     #[arg(long, value_parser = ["json", "automerge", "dot", "mermaid"])]
     pub format: String,
     /// Write to this file instead of stdout.
@@ -220,22 +281,33 @@ pub struct ExportArgs {
 pub enum MemberCmd {
     /// Add a member by node id.
     Add {
+        /// The flow: its id, or any unique prefix of it.
         flow: String,
+        /// The new member's node id (`coflow id` on their machine prints it).
         node_id: String,
+        /// customer, owner, contributor or observer.
         #[arg(long, value_parser = parse_enum::<Role>)]
         role: Role,
+        /// What to call them until their node tells their own name.
         #[arg(long)]
         name: Option<String>,
     },
     /// Remove a member (by node id prefix or name).
-    Remove { flow: String, member: String },
+    Remove {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+        /// The member: a unique prefix of their node id, or their name.
+        member: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum StepCmd {
     /// Add a step at the end of the flow.
     Add {
+        /// The flow: its id, or any unique prefix of it.
         flow: String,
+        /// What is to be done (`-`: read it from stdin).
         title: String,
         /// Node id (or unique prefix, or name) of the member doing the step.
         #[arg(long)]
@@ -243,37 +315,75 @@ pub enum StepCmd {
         /// The customer takes part in this step.
         #[arg(long)]
         customer: bool,
+        /// More about the step (`-`: read it from stdin).
         #[arg(long)]
         detail: Option<String>,
+        /// When it is due.
         #[arg(long)]
         due: Option<String>,
     },
     /// Mark a step active.
-    Start { flow: String, step: String },
+    Start {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+        /// The step: its id, or any unique prefix of it.
+        step: String,
+    },
     /// Mark a step waiting.
-    Wait { flow: String, step: String },
+    Wait {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+        /// The step: its id, or any unique prefix of it.
+        step: String,
+    },
     /// Mark a step done.
-    Done { flow: String, step: String },
+    Done {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+        /// The step: its id, or any unique prefix of it.
+        step: String,
+    },
     /// Skip a step.
-    Skip { flow: String, step: String },
+    Skip {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+        /// The step: its id, or any unique prefix of it.
+        step: String,
+    },
     /// Set a step back to todo.
-    Reopen { flow: String, step: String },
+    Reopen {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+        /// The step: its id, or any unique prefix of it.
+        step: String,
+    },
     /// Assign a step to a member.
     Assign {
+        /// The flow: its id, or any unique prefix of it.
         flow: String,
+        /// The step: its id, or any unique prefix of it.
         step: String,
+        /// The member doing it: a unique prefix of their node id, or their name.
         node_id: String,
     },
     /// Remove a step's assignee.
-    Unassign { flow: String, step: String },
+    Unassign {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+        /// The step: its id, or any unique prefix of it.
+        step: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum DecisionCmd {
     /// Open a decision.
     New {
+        /// The flow: its id, or any unique prefix of it.
         flow: String,
+        /// What is to be decided (`-`: read it from stdin).
         question: String,
+        /// An option to choose from (repeat for each).
         #[arg(long = "option", required = true)]
         options: Vec<String>,
         /// Who chooses.
@@ -288,12 +398,60 @@ pub enum DecisionCmd {
     },
     /// Choose (or vote for) an option.
     Choose {
+        /// The flow: its id, or any unique prefix of it.
         flow: String,
+        /// The decision: its id, or any unique prefix of it.
         decision: String,
+        /// The option: as written, or any unique prefix of it.
         option: String,
     },
     /// Close a vote; its outcome is the option with the most votes.
-    Close { flow: String, decision: String },
+    Close {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+        /// The decision: its id, or any unique prefix of it.
+        decision: String,
+    },
+}
+
+/// Most bytes a text argument read from stdin may have (the flow's own limits are far lower,
+/// and refuse what is over them with their own message).
+const MAX_STDIN_TEXT: u64 = 1024 * 1024;
+
+/// A text argument as given, or, given as `-`, read from stdin (one trailing newline dropped).
+/// Stdin can be read once per command.
+fn text_arg(arg: String) -> Result<String> {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STDIN_TAKEN: AtomicBool = AtomicBool::new(false);
+    if arg != "-" {
+        return Ok(arg);
+    }
+    if STDIN_TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(Error::Invalid(
+            "only one argument can be read from stdin (`-`)".into(),
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_STDIN_TEXT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::Invalid(format!("cannot read the text from stdin: {e}")))?;
+    if bytes.len() as u64 > MAX_STDIN_TEXT {
+        return Err(Error::Invalid(format!(
+            "the text on stdin is over {MAX_STDIN_TEXT} bytes"
+        )));
+    }
+    let mut text = String::from_utf8(bytes)
+        .map_err(|_| Error::Invalid("the text on stdin is not UTF-8".into()))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
 }
 
 fn parse_enum<T: std::str::FromStr<Err = String>>(s: &str) -> std::result::Result<T, String> {
@@ -345,8 +503,11 @@ fn default_home() -> Result<PathBuf> {
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
     let command = cli.command.unwrap_or(Command::Up(UpArgs::default()));
-    if let Command::Demo { keep } = command {
-        return crate::demo::run(keep);
+    match command {
+        Command::Demo { keep } => return crate::demo::run(keep),
+        Command::Completions { shell } => return manual::completions(shell),
+        Command::Man { dir } => return manual::man(dir),
+        _ => {}
     }
     let home = match &cli.home {
         Some(h) => h.clone(),
@@ -404,6 +565,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 return Err(Error::Invalid("give --title or --need (or both)".into()));
             }
             let mut handle = api::open(&home)?;
+            let (title, need) = (
+                title.map(text_arg).transpose()?,
+                need.map(text_arg).transpose()?,
+            );
             if let Some(title) = title {
                 let edit = Edit::SetTitle { title };
                 out.reply(handle.call(Call::Edit {

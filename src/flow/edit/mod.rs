@@ -20,11 +20,12 @@ pub enum EditError {
     Invalid(String),
     #[error("no {what} matches '{prefix}'")]
     NotFound { what: &'static str, prefix: String },
-    #[error("'{prefix}' matches {count} {what}s; give more characters")]
+    #[error("'{prefix}' matches {} {what}s ({}); give more characters", .candidates.len(), listed(.candidates))]
     Ambiguous {
         what: &'static str,
         prefix: String,
-        count: usize,
+        /// Every id the prefix matches.
+        candidates: Vec<String>,
     },
     #[error("document error: {0}")]
     Document(String),
@@ -136,23 +137,51 @@ pub fn resolve_prefix<'a>(
         return Err(not_found());
     }
     let mut matches: Vec<&str> = Vec::new();
+    // Ids that match only when case is ignored (hex ids typed in capitals, say), in case
+    // nothing matches as typed.
+    let mut caseless: Vec<&str> = Vec::new();
     for c in candidates {
         if c == prefix {
             return Ok(c.to_string());
         }
-        if c.starts_with(prefix) && !matches.contains(&c) {
-            matches.push(c);
+        if c.starts_with(prefix) {
+            if !matches.contains(&c) {
+                matches.push(c);
+            }
+        } else if c.len() >= prefix.len()
+            && c.is_char_boundary(prefix.len())
+            && c[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && !caseless.contains(&c)
+        {
+            caseless.push(c);
         }
+    }
+    if matches.is_empty() {
+        matches = caseless;
     }
     match matches.len() {
         0 => Err(not_found()),
         1 => Ok(matches[0].to_string()),
-        count => Err(EditError::Ambiguous {
+        _ => Err(EditError::Ambiguous {
             what,
             prefix: prefix.to_string(),
-            count,
+            candidates: matches.into_iter().map(str::to_string).collect(),
         }),
     }
+}
+
+/// Most candidates an ambiguous prefix's error names.
+const LISTED_CANDIDATES: usize = 8;
+
+/// The candidates an ambiguous prefix matched, as the error names them (peer text escaped).
+fn listed(candidates: &[String]) -> String {
+    let mut list: Vec<String> = (candidates.iter().take(LISTED_CANDIDATES))
+        .map(|c| crate::text::one_line(c).into_owned())
+        .collect();
+    if candidates.len() > LISTED_CANDIDATES {
+        list.push(format!("and {} more", candidates.len() - LISTED_CANDIDATES));
+    }
+    list.join(", ")
 }
 
 fn non_empty(what: &str, s: &str) -> Result<String, EditError> {

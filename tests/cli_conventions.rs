@@ -1,0 +1,203 @@
+//! CLI conventions, through the `coflow` binary: completions, manual pages, a help text on every
+//! argument, errors as JSON with `--json`, text from stdin, and prefixes that are ambiguous or
+//! typed in capitals.
+
+mod common;
+
+use clap::CommandFactory;
+use common::cli::{s, Node};
+use serde_json::Value;
+
+#[test]
+fn completions_and_manual_pages_cover_every_command() {
+    let alice = Node::init("alice", "Alice");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = alice.ok(&["completions", shell]);
+        for word in ["flow", "decision", "completions", "assignee"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    alice.cmd().args(["completions", "tcsh"]).assert().code(2);
+
+    let page = alice.ok(&["man"]);
+    assert!(
+        page.starts_with(".ie") && page.contains(".TH coflow 1"),
+        "{page:.200}"
+    );
+    assert!(page.contains("decision"), "the page lists the commands");
+    let dir = tempfile::tempdir().unwrap();
+    let out = alice
+        .cmd()
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    assert!(out.get_output().stdout.is_empty());
+    let show = std::fs::read_to_string(dir.path().join("coflow-flow-show.1")).unwrap();
+    assert!(show.contains(".TH coflow-flow-show 1"), "{show:.200}");
+    assert!(
+        show.contains("unique prefix"),
+        "the FLOW argument's help is on the page"
+    );
+    for page in ["coflow.1", "coflow-step-add.1", "coflow-decision-choose.1"] {
+        assert!(dir.path().join(page).exists(), "{page}");
+    }
+}
+
+#[test]
+fn every_argument_has_a_help_text() {
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let path = format!("{path} {}", cmd.get_name());
+        if cmd.get_about().is_none() && path != "coflow" {
+            missing.push(format!("{path}: the command"));
+        }
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id != "help" && id != "version" && arg.get_help().is_none() {
+                missing.push(format!("{path}: {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &path, missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&coflow::cli::Cli::command(), "", &mut missing);
+    assert!(missing.is_empty(), "no help text: {missing:#?}");
+}
+
+/// Runs `args` with `--json`, expecting failure with `code`: the one JSON object on stderr.
+fn json_failure(node: &Node, args: &[&str], code: i32) -> Value {
+    let out = node.cmd().arg("--json").args(args).assert().code(code);
+    let out = out.get_output();
+    assert!(out.stdout.is_empty(), "no data on failure");
+    let err = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
+    serde_json::from_str(&err).unwrap_or_else(|e| panic!("not JSON ({e}): {err}"))
+}
+
+#[test]
+fn with_json_errors_are_a_json_object_on_stderr() {
+    let alice = Node::init("alice", "Alice");
+    let err = json_failure(&alice, &["flow", "show", "ffff"], 1);
+    assert_eq!(s(&err["error"]), "no flow matches 'ffff'");
+    assert!(err.get("usage").is_none());
+    let err = json_failure(&alice, &["flow", "show"], 2);
+    assert_eq!(err["usage"], true);
+    assert!(s(&err["error"]).contains("<FLOW>"), "{err}");
+    let err = json_failure(&alice, &["flow", "frobnicate"], 2);
+    assert!(s(&err["error"]).contains("frobnicate"), "{err}");
+    // Peer or user text in an error is escaped as in the human line.
+    let err = json_failure(&alice, &["flow", "show", "x\u{1b}[2J"], 1);
+    assert!(!s(&err["error"]).contains('\u{1b}'), "{err}");
+    // Without --json: the human line.
+    let human = alice.fails(&["flow", "show", "ffff"]);
+    assert_eq!(human.trim_end(), "error: no flow matches 'ffff'");
+    // Help and version are not errors.
+    alice.cmd().args(["--json", "--version"]).assert().success();
+}
+
+#[test]
+fn a_text_given_as_a_dash_is_read_from_stdin() {
+    let alice = Node::init("alice", "Alice");
+    let need = "My wedding suit:\n\twool, dark blue,\nready by June.";
+    let out = alice
+        .cmd()
+        .args(["--json", "flow", "new", "Suit", "--need", "-"])
+        .write_stdin(format!("{need}\n"))
+        .assert()
+        .success();
+    let id: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let flow = s(&id["id"]).to_string();
+    let comment = "Line one\nline two";
+    alice
+        .cmd()
+        .args(["comment", &flow, "-"])
+        .write_stdin(format!("{comment}\r\n"))
+        .assert()
+        .success();
+    alice
+        .cmd()
+        .args(["flow", "edit", &flow, "--title", "-"])
+        .write_stdin("A suit for June")
+        .assert()
+        .success();
+    let shown = alice.json(&["flow", "show", &flow]);
+    assert_eq!(s(&shown["need"]), need);
+    assert_eq!(s(&shown["title"]), "A suit for June");
+    assert_eq!(s(&shown["comments"][0]["text"]), comment);
+
+    let before = alice.json(&["flow", "show", &flow]);
+    let err = alice
+        .cmd()
+        .args(["flow", "edit", &flow, "--title", "-", "--need", "-"])
+        .write_stdin("x")
+        .assert()
+        .code(1);
+    let err = String::from_utf8(err.get_output().stderr.clone()).unwrap();
+    assert!(
+        err.contains("only one argument can be read from stdin"),
+        "{err}"
+    );
+    let err = alice
+        .cmd()
+        .args(["comment", &flow, "-"])
+        .write_stdin(vec![b'a'; 1024 * 1024 + 1])
+        .assert()
+        .code(1);
+    let err = String::from_utf8(err.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("over 1048576 bytes"), "{err}");
+    let err = alice
+        .cmd()
+        .args(["comment", &flow, "-"])
+        .write_stdin(vec![0xff, 0xfe])
+        .assert()
+        .code(1);
+    let err = String::from_utf8(err.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("not UTF-8"), "{err}");
+    // Over the flow's own limit: its own message.
+    let long = "x".repeat(10_001);
+    let err = alice
+        .cmd()
+        .args(["comment", &flow, "-"])
+        .write_stdin(long)
+        .assert()
+        .code(1);
+    let err = String::from_utf8(err.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("over the limit of 10000"), "{err}");
+    assert_eq!(
+        alice.json(&["flow", "show", &flow]),
+        before,
+        "refusals change nothing"
+    );
+}
+
+#[test]
+fn an_ambiguous_prefix_lists_its_candidates_and_case_does_not_matter() {
+    let alice = Node::init("alice", "Alice");
+    let mut ids: Vec<String> = Vec::new();
+    // 17 flows: two of them share a first hex digit.
+    for i in 0..17 {
+        let id = alice.json(&["flow", "new", &format!("Flow {i}"), "--need", "x"]);
+        ids.push(s(&id["id"]).to_string());
+    }
+    let prefix = ids
+        .iter()
+        .map(|i| &i[..1])
+        .find(|p| ids.iter().filter(|i| i.starts_with(*p)).count() > 1)
+        .unwrap()
+        .to_string();
+    let sharing: Vec<&String> = ids.iter().filter(|i| i.starts_with(&prefix)).collect();
+    let err = alice.fails(&["flow", "show", &prefix]);
+    for id in &sharing {
+        assert!(err.contains(id.as_str()), "{err} names {id}");
+    }
+    assert!(
+        err.contains(&format!("matches {} flows", sharing.len())),
+        "{err}"
+    );
+    // An id typed in capitals still names its flow.
+    let upper = ids[0][..12].to_uppercase();
+    let shown = alice.json(&["flow", "show", &upper]);
+    assert_eq!(s(&shown["id"]), ids[0]);
+}
