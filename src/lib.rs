@@ -101,7 +101,8 @@
 //! - [`demo`]: `coflow demo`, the tailor's story on three real nodes.
 //! - [`cli`]: clap commands (`cli/mod.rs`), the API call each makes (`call.rs`), their human /
 //!   `--json` output (`print.rs`), `coflow doctor` (`doctor.rs`), completions, manual pages and
-//!   errors as JSON (`manual.rs`).
+//!   errors as JSON (`manual.rs`), `step show`, `decision show`, `flow invite list` and the
+//!   check before fulfilling a flow with work open (`show.rs`).
 //! - [`text`]: makes peer text safe to print (escapes, names with role and node id suffix, log
 //!   sentences); the CLI, the demo and the repository's log summaries use it.
 //! - [`error`]: the crate's error type.

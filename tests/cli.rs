@@ -60,7 +60,8 @@ fn the_customers_own_story() {
     alice.json(&["comment", short, "The wool is lovely", "--step", &cloth]);
     alice.json(&["step", "start", short, &fitting]);
     alice.json(&["step", "done", short, &fitting]);
-    alice.json(&["flow", "fulfil", short]);
+    // "Cut and baste" is still to do: confirmed on purpose.
+    alice.json(&["flow", "fulfil", short, "--force"]);
 
     let show = alice.json(&["flow", "show", short]);
     assert_eq!(show["id"], f.as_str());

@@ -201,3 +201,142 @@ fn an_ambiguous_prefix_lists_its_candidates_and_case_does_not_matter() {
     let shown = alice.json(&["flow", "show", &upper]);
     assert_eq!(s(&shown["id"]), ids[0]);
 }
+
+#[test]
+fn step_show_decision_show_and_invite_list() {
+    let alice = Node::init("alice", "Alice");
+    let f = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]).to_string();
+    let cloth = alice.json(&[
+        "step",
+        "add",
+        &f,
+        "Choose the cloth",
+        "--customer",
+        "--detail",
+        "Wool or linen,\nsee the samples",
+        "--due",
+        "2027-05-01",
+    ]);
+    let cloth = s(&cloth["id"]).to_string();
+    let d = alice.json(&[
+        "decision",
+        "new",
+        &f,
+        "Which cloth?",
+        "--option",
+        "Wool",
+        "--option",
+        "Linen",
+        "--step",
+        &cloth,
+    ]);
+    let d = s(&d["id"]).to_string();
+    alice.json(&["comment", &f, "Wool, I think", "--step", &cloth]);
+    alice.json(&["comment", &f, "About the whole flow"]);
+    alice.json(&["decision", "choose", &f, &d, "Wo"]);
+
+    let step = alice.json(&["step", "show", &f, &cloth[..6]]);
+    assert_eq!(step["id"], cloth.as_str());
+    assert_eq!(step["flow"], f.as_str());
+    assert_eq!(step["detail"], "Wool or linen,\nsee the samples");
+    assert_eq!(step["due"], "2027-05-01");
+    assert_eq!(step["comments"].as_array().unwrap().len(), 1, "{step}");
+    assert_eq!(step["comments"][0]["text"], "Wool, I think");
+    assert_eq!(step["decisions"][0]["id"], d.as_str());
+    let human = alice.ok(&["step", "show", &f, &cloth]);
+    for part in [
+        "Choose the cloth",
+        "Due: 2027-05-01",
+        "see the samples",
+        "Wool, I think",
+        "The customer takes part",
+    ] {
+        assert!(human.contains(part), "{part} in {human}");
+    }
+    assert!(!human.contains("About the whole flow"), "{human}");
+
+    let decision = alice.json(&["decision", "show", &f, &d[..6]]);
+    assert_eq!(decision["outcome"], "Wool");
+    assert_eq!(decision["step"], cloth.as_str());
+    let human = alice.ok(&["decision", "show", &f, &d]);
+    for part in [
+        "Which cloth?",
+        "decided: Wool",
+        "For step: Choose the cloth",
+        "Alice",
+    ] {
+        assert!(human.contains(part), "{part} in {human}");
+    }
+
+    assert_eq!(
+        alice.json(&["flow", "invite", "list", &f]),
+        serde_json::json!([])
+    );
+    alice.ok(&["flow", "invite", &f, "--role", "owner", "--uses", "2"]);
+    alice.ok(&["flow", "invite", &f, "--role", "observer"]);
+    let invites = alice.json(&["flow", "invite", "list", &f]);
+    let invites = invites.as_array().unwrap();
+    assert_eq!(invites.len(), 2);
+    let owner = invites.iter().find(|i| i["role"] == "owner").unwrap();
+    assert_eq!(
+        (owner["uses_left"].as_i64(), s(&owner["state"])),
+        (Some(2), "open")
+    );
+    let observer = s(&invites.iter().find(|i| i["role"] == "observer").unwrap()["id"]).to_string();
+    alice.json(&["flow", "invite", "revoke", &f, &observer]);
+    let invites = alice.json(&["flow", "invite", "list", &f]);
+    let revoked = invites
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == observer.as_str());
+    assert_eq!(revoked.unwrap()["state"], "revoked");
+    let human = alice.ok(&["flow", "invite", "list", &f]);
+    assert!(
+        human.contains("revoked") && human.contains("owner"),
+        "{human}"
+    );
+
+    // Unknown ids: one clear line.
+    let err = alice.fails(&["step", "show", &f, "zzzz"]);
+    assert!(err.contains("no step matches 'zzzz'"), "{err}");
+    let err = alice.fails(&["decision", "show", &f, "zzzz"]);
+    assert!(err.contains("no decision matches 'zzzz'"), "{err}");
+}
+
+#[test]
+fn fulfilment_with_open_work_must_be_confirmed() {
+    let alice = Node::init("alice", "Alice");
+    let f = s(&alice.json(&["flow", "new", "Suit", "--need", "A suit"])["id"]).to_string();
+    let step = s(&alice.json(&["step", "add", &f, "Cut"])["id"]).to_string();
+    let d = alice.json(&[
+        "decision", "new", &f, "Colour?", "--option", "Navy", "--option", "Grey",
+    ]);
+    let d = s(&d["id"]).to_string();
+    let heads = alice.heads(&f);
+    // Not a terminal: refused with what is open, and nothing written.
+    let err = alice.fails(&["flow", "fulfil", &f]);
+    assert!(
+        err.contains("1 step(s) not done ('Cut')")
+            && err.contains("1 decision(s) open ('Colour?')")
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(alice.heads(&f), heads);
+    alice.json(&["step", "done", &f, &step]);
+    let err = alice.fails(&["flow", "fulfil", &f]);
+    assert!(
+        !err.contains("step(s)") && err.contains("decision(s) open"),
+        "{err}"
+    );
+    alice.json(&["decision", "choose", &f, &d, "Navy"]);
+    // Nothing open: no question asked.
+    alice.json(&["flow", "fulfil", &f]);
+    assert_eq!(alice.json(&["flow", "show", &f])["status"], "fulfilled");
+    // --force confirms with work open.
+    alice.json(&["flow", "reopen", &f]);
+    alice.json(&["step", "add", &f, "Alter"]);
+    alice.fails(&["flow", "fulfil", &f]);
+    alice.json(&["flow", "fulfil", &f, "--force"]);
+    assert_eq!(alice.json(&["flow", "show", &f])["status"], "fulfilled");
+}

@@ -22,12 +22,6 @@ pub(super) fn to_call(command: Command) -> Result<Call> {
             FlowCmd::List => Call::FlowList,
             FlowCmd::Show { flow } => Call::FlowShow { flow },
             FlowCmd::Log { flow } => Call::FlowLog { flow },
-            FlowCmd::Fulfil { flow } => edit(
-                flow,
-                Edit::SetStatus {
-                    status: FlowStatus::Fulfilled,
-                },
-            ),
             FlowCmd::Close { flow } => edit(
                 flow,
                 Edit::SetStatus {
@@ -44,6 +38,7 @@ pub(super) fn to_call(command: Command) -> Result<Call> {
                 Some(InviteAction::Revoke { flow, invite }) => {
                     edit(flow, Edit::RevokeInvite { invite })
                 }
+                Some(InviteAction::List { .. }) => unreachable!("handled in run"),
                 None => Call::Invite {
                     flow: args.flow.expect("clap requires FLOW"),
                     role: args.role.expect("clap requires --role"),
@@ -54,7 +49,10 @@ pub(super) fn to_call(command: Command) -> Result<Call> {
             FlowCmd::Join { ticket } => Call::Join { ticket },
             FlowCmd::Accept { flow } => Call::FlowAccept { flow },
             FlowCmd::Decline { flow } => Call::FlowDecline { flow },
-            FlowCmd::Export(_) | FlowCmd::Edit { .. } | FlowCmd::Verify { .. } => {
+            FlowCmd::Export(_)
+            | FlowCmd::Edit { .. }
+            | FlowCmd::Verify { .. }
+            | FlowCmd::Fulfil { .. } => {
                 unreachable!("handled in run")
             }
         },
@@ -75,6 +73,7 @@ pub(super) fn to_call(command: Command) -> Result<Call> {
             MemberCmd::Remove { flow, member } => edit(flow, Edit::RemoveMember { member }),
         },
         Command::Step(cmd) => match cmd {
+            StepCmd::Show { .. } => unreachable!("handled in run"),
             StepCmd::Add {
                 flow,
                 title,
@@ -124,6 +123,7 @@ pub(super) fn to_call(command: Command) -> Result<Call> {
             },
         ),
         Command::Decision(cmd) => match cmd {
+            DecisionCmd::Show { .. } => unreachable!("handled in run"),
             DecisionCmd::New {
                 flow,
                 question,

@@ -5,6 +5,7 @@ mod call;
 mod doctor;
 mod manual;
 mod print;
+mod show;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -147,10 +148,14 @@ pub enum FlowCmd {
     },
     /// Export a flow.
     Export(ExportArgs),
-    /// Confirm the need fulfilled (customers only).
+    /// Confirm the need fulfilled (customers only). With steps or decisions still open, a
+    /// terminal is asked to confirm; a script must pass `--force`.
     Fulfil {
         /// The flow: its id, or any unique prefix of it.
         flow: String,
+        /// Confirm even though steps or decisions are still open.
+        #[arg(long)]
+        force: bool,
     },
     /// Close the flow without fulfilment.
     Close {
@@ -255,6 +260,11 @@ pub struct InviteArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum InviteAction {
+    /// List the flow's invites: role, uses left, expiry, and whether each is still open.
+    List {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+    },
     /// Revoke an invite so its ticket no longer works.
     Revoke {
         /// The flow: its id, or any unique prefix of it.
@@ -303,6 +313,13 @@ pub enum MemberCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum StepCmd {
+    /// Show one step: its detail, due date, assignee, and the comments and decisions about it.
+    Show {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+        /// The step: its id, or any unique prefix of it.
+        step: String,
+    },
     /// Add a step at the end of the flow.
     Add {
         /// The flow: its id, or any unique prefix of it.
@@ -377,6 +394,14 @@ pub enum StepCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum DecisionCmd {
+    /// Show one decision: who chooses, the options and their votes, who chose what, and the
+    /// outcome.
+    Show {
+        /// The flow: its id, or any unique prefix of it.
+        flow: String,
+        /// The decision: its id, or any unique prefix of it.
+        decision: String,
+    },
     /// Open a decision.
     New {
         /// The flow: its id, or any unique prefix of it.
@@ -560,6 +585,25 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Doctor => doctor::command(&home, &out),
         Command::Config(ConfigCmd::Show) => out.config(&crate::config::Config::load(&home)?),
         Command::Flow(FlowCmd::Export(args)) => export(&mut *api::open(&home)?, args),
+        Command::Flow(FlowCmd::Invite(InviteArgs {
+            action: Some(InviteAction::List { flow }),
+            ..
+        })) => show::invite_list(&mut *api::open(&home)?, out.json, &flow),
+        Command::Step(StepCmd::Show { flow, step }) => {
+            show::step_show(&mut *api::open(&home)?, out.json, &flow, &step)
+        }
+        Command::Decision(DecisionCmd::Show { flow, decision }) => {
+            show::decision_show(&mut *api::open(&home)?, out.json, &flow, &decision)
+        }
+        Command::Flow(FlowCmd::Fulfil { flow, force }) => {
+            let mut handle = api::open(&home)?;
+            show::confirm_fulfil(&mut *handle, out.json, &flow, force)?;
+            let status = FlowStatus::Fulfilled;
+            out.reply(handle.call(Call::Edit {
+                flow,
+                edit: Edit::SetStatus { status },
+            })?)
+        }
         Command::Flow(FlowCmd::Edit { flow, title, need }) => {
             if title.is_none() && need.is_none() {
                 return Err(Error::Invalid("give --title or --need (or both)".into()));

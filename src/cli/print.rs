@@ -16,19 +16,19 @@ pub struct Out {
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
-fn emit(text: &str) {
+pub(super) fn emit(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
 }
 
-fn emit_json(value: &impl Serialize) {
+pub(super) fn emit_json(value: &impl Serialize) {
     let mut s = serde_json::to_string_pretty(value).expect("output serializes");
     s.push('\n');
     emit(&s);
 }
 
-fn time(secs: i64) -> String {
+pub(super) fn time(secs: i64) -> String {
     // UTC, without pulling in a date library: days since the epoch → civil date.
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
