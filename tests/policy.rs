@@ -167,6 +167,47 @@ fn removals() {
     assert_eq!(sim.flow().role_of(alice().node_id().as_str()), None);
 }
 
+/// The last current customer or owner can neither leave a flow nor step down: a flow always
+/// keeps someone who can manage it (members, invites, the need). The rule judges received
+/// changes, so a peer's change doing it is refused as well.
+#[test]
+fn a_flow_keeps_someone_who_manages_it() {
+    let remove = |who: &Identity| Edit::RemoveMember {
+        member: who.node_id().to_string(),
+    };
+    let last = "last customer or owner";
+    // Alone in her flow, Alice can neither leave nor step down.
+    let mut sim = Sim::new(&alice(), Role::Customer);
+    assert!(forbidden(sim.refused(&alice(), remove(&alice()))).contains(last));
+    for role in ["observer", "contributor"] {
+        let c = put_member_field(&sim, &alice(), &alice(), "role", role.into());
+        assert!(
+            forbidden(sim.receive(&[c]).unwrap_err()).contains(last),
+            "{role}"
+        );
+    }
+    // Stepping to another managing role is fine.
+    let c = put_member_field(&sim, &alice(), &alice(), "role", "owner".into());
+    sim.receive(&[c]).unwrap();
+    assert!(forbidden(sim.refused(&alice(), remove(&alice()))).contains(last));
+
+    // In the tailor's flow the owner may leave while the customer stays; then the customer is
+    // the last one, and contributors and observers still come and go.
+    let mut sim = Sim::tailor();
+    sim.edit(&olga(), remove(&olga())).unwrap();
+    assert!(forbidden(sim.refused(&alice(), remove(&alice()))).contains(last));
+    sim.edit(&carl(), remove(&carl())).unwrap();
+    sim.edit(&oscar(), remove(&oscar())).unwrap();
+    // A new owner lets her go.
+    sim.edit(&alice(), add_member(&bea(), Role::Owner)).unwrap();
+    sim.edit(&alice(), remove(&alice())).unwrap();
+    assert!(forbidden(sim.refused(&bea(), remove(&bea()))).contains(last));
+
+    // A flow started by its owner keeps that owner until someone else manages it.
+    let mut sim = Sim::new(&olga(), Role::Owner);
+    assert!(forbidden(sim.refused(&olga(), remove(&olga()))).contains(last));
+}
+
 // --- edit title / need; close / reopen: customer and owner ---
 
 #[test]
