@@ -182,7 +182,7 @@ pub fn execute(repo: &mut Repo, call: Call) -> Result<Reply> {
             name: repo.identity().name().to_string(),
         },
         Call::FlowNew { title, need, role } => Reply::Created {
-            id: repo.create_flow(&title, &need, role)?,
+            id: repo.create_flow(&title, &need, role)?.to_string(),
         },
         Call::FlowList => Reply::Flows(repo.list()?),
         Call::FlowShow { flow } => Reply::Flow(Box::new(repo.show(&flow)?)),
@@ -196,7 +196,7 @@ pub fn execute(repo: &mut Repo, call: Call) -> Result<Reply> {
                     v.push(b'\n');
                     v
                 }
-                "automerge" => repo.save_standing(&view.flow.id)?,
+                "automerge" => repo.save_standing(&view.flow.id.parse().map_err(Error::Invalid)?)?,
                 "dot" => crate::export::dot(&view.flow).into_bytes(),
                 "mermaid" => crate::export::mermaid(&view.flow).into_bytes(),
                 other => return Err(Error::Invalid(format!("unknown export format '{other}'"))),
@@ -205,10 +205,10 @@ pub fn execute(repo: &mut Repo, call: Call) -> Result<Reply> {
         }
         Call::Edit { flow, edit } => Reply::Edited(repo.edit(&flow, &edit)?),
         Call::FlowAccept { flow } => Reply::Accepted {
-            id: repo.accept(&flow)?,
+            id: repo.accept(&flow)?.to_string(),
         },
         Call::FlowDecline { flow } => Reply::Declined {
-            id: repo.decline(&flow)?,
+            id: repo.decline(&flow)?.to_string(),
         },
         Call::Invite {
             flow,

@@ -17,7 +17,7 @@ use automerge::Automerge;
 use prost::Message as _;
 
 use crate::auth::{self, SignedChange};
-use crate::flow::{flow_id_of_genesis, new_flow_ops, Edit, Reader, Role};
+use crate::flow::{flow_id_of_genesis, new_flow_ops, Edit, FlowId, Reader, Role};
 use crate::identity::Identity;
 
 /// Ticket parsing: any string.
@@ -45,7 +45,7 @@ pub fn sync_message(data: &[u8]) {
 
 struct Fixture {
     doc: Automerge,
-    flow: String,
+    flow: FlowId,
     member: Identity,
 }
 
@@ -72,7 +72,7 @@ fn fixture() -> &'static Fixture {
             .0
             .expect("a genesis change");
         let flow = flow_id_of_genesis(&genesis);
-        let current = Reader::now(&doc).flow(&flow);
+        let current = Reader::now(&doc).flow(flow.as_str());
         let mut tx = doc.transaction();
         Edit::AddMember {
             node_id: member.node_id().to_string(),
@@ -95,7 +95,7 @@ pub fn fixture_doc() -> Automerge {
 pub fn seed_change() -> Vec<u8> {
     let f = fixture();
     let mut doc = f.doc.fork().with_actor(f.member.actor());
-    let current = Reader::now(&doc).flow(&f.flow);
+    let current = Reader::now(&doc).flow(f.flow.as_str());
     let mut tx = doc.transaction();
     Edit::AddStep {
         title: "a step".into(),
@@ -148,7 +148,7 @@ pub fn receive(data: &[u8]) {
     let before = doc.clone();
     let _ = auth::accept(&mut doc, &f.flow, &[signed], || Ok::<_, ()>(before.clone()));
     // Whatever was accepted must read back as a flow.
-    let _ = Reader::now(&doc).flow(&f.flow);
+    let _ = Reader::now(&doc).flow(f.flow.as_str());
 }
 
 /// The whole accept path of a repository ([`crate::repo::Repo::receive`]: verify, authorize,
@@ -179,5 +179,5 @@ pub fn receive_stored(data: &[u8]) {
     assert_eq!(out.accepted.len(), seeded.len(), "the fixture is accepted");
     let _ = repo.receive(&f.flow, &[signed]);
     let doc = repo.doc(&f.flow).expect("the flow still loads");
-    let _ = Reader::now(doc).flow(&f.flow);
+    let _ = Reader::now(doc).flow(f.flow.as_str());
 }

@@ -7,6 +7,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use prost::Message as _;
 
 use crate::auth::SignedChange as Signed;
+use crate::flow::FlowId;
 
 #[allow(clippy::all, missing_docs)]
 mod pb {
@@ -204,16 +205,16 @@ where
 
 /// A flow's opaque tag: what may be shown to non-members (DHT provider records, and later
 /// gossip topics) in place of the flow id, from which the id cannot be recovered.
-pub fn flow_tag(flow: &str) -> Vec<u8> {
+pub fn flow_tag(flow: &FlowId) -> Vec<u8> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     h.update(b"coflow/flow-tag/v1\0");
-    h.update(crate::identity::unhex(flow).unwrap_or_default());
+    h.update(flow.as_bytes());
     h.finalize().to_vec()
 }
 
 /// The gossip topic of a flow: its tag in hex, so the topic says nothing of the flow either.
-pub fn flow_topic(flow: &str) -> String {
+pub fn flow_topic(flow: &FlowId) -> String {
     format!("coflow/{}", crate::identity::hex(&flow_tag(flow)))
 }
 
@@ -278,7 +279,7 @@ pub enum TicketError {
 /// A decoded, checked ticket.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InviteTicket {
-    pub flow: String,
+    pub flow: FlowId,
     pub invite: String,
     pub secret: [u8; 16],
     pub addrs: Vec<libp2p::Multiaddr>,
@@ -288,7 +289,7 @@ impl InviteTicket {
     pub fn encode(&self) -> String {
         let t = Ticket {
             version: TICKET_VERSION,
-            flow: crate::identity::unhex(&self.flow).unwrap_or_default(),
+            flow: self.flow.as_bytes().to_vec(),
             invite: crate::identity::unhex(&self.invite).unwrap_or_default(),
             secret: self.secret.to_vec(),
             addrs: self.addrs.iter().map(|a| a.to_vec()).collect(),
@@ -317,9 +318,7 @@ impl InviteTicket {
         if t.version != TICKET_VERSION {
             return Err(TicketError::Version(t.version));
         }
-        if t.flow.len() != 16 {
-            return Err(TicketError::Field("flow id"));
-        }
+        let flow = FlowId::from_bytes(&t.flow).ok_or(TicketError::Field("flow id"))?;
         if t.invite.len() != 8 {
             return Err(TicketError::Field("invite id"));
         }
@@ -334,7 +333,7 @@ impl InviteTicket {
             .map(|a| libp2p::Multiaddr::try_from(a).map_err(|_| TicketError::Field("address")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(InviteTicket {
-            flow: crate::identity::hex(&t.flow),
+            flow,
             invite: crate::identity::hex(&t.invite),
             secret,
             addrs,
@@ -349,7 +348,7 @@ mod tests {
     #[test]
     fn tickets_round_trip_and_damage_is_detected() {
         let t = InviteTicket {
-            flow: "00112233445566778899aabbccddeeff".into(),
+            flow: "00112233445566778899aabbccddeeff".parse().unwrap(),
             invite: "0102030405060708".into(),
             secret: [9; 16],
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
@@ -418,11 +417,9 @@ mod tests {
         );
         assert!(decode_announce(b"\xff\xff\xff").is_err(), "not protobuf");
         // The topic names the flow's tag, never its id.
-        let flow = "00112233445566778899aabbccddeeff";
-        assert!(!flow_topic(flow).contains(flow));
-        assert_ne!(
-            flow_topic(flow),
-            flow_topic("ffeeddccbbaa99887766554433221100")
-        );
+        let flow: FlowId = "00112233445566778899aabbccddeeff".parse().unwrap();
+        let other: FlowId = "ffeeddccbbaa99887766554433221100".parse().unwrap();
+        assert!(!flow_topic(&flow).contains(flow.as_str()));
+        assert_ne!(flow_topic(&flow), flow_topic(&other));
     }
 }

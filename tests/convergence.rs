@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashSet};
 use automerge::transaction::CommitOptions;
 use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 use coflow::auth::{self, SignedChange};
-use coflow::flow::{Edit, FlowStatus, Mode, Reader, Role, StepStatus, Who};
+use coflow::flow::{Edit, FlowId, FlowStatus, Mode, Reader, Role, StepStatus, Who};
 use coflow::identity::Identity;
 use coflow::repo::Repo;
 use coflow::store::Store;
@@ -88,7 +88,7 @@ fn edit_for(kind: u8, arg: u8, flow: &coflow::flow::Flow, people: &[Identity]) -
 }
 
 /// Builds a history: each participant edits its own copy; `merge` steps copy another's changes.
-fn history(script: &[(u8, u8, u8, u8)]) -> (String, Vec<SignedChange>) {
+fn history(script: &[(u8, u8, u8, u8)]) -> (FlowId, Vec<SignedChange>) {
     let people = vec![alice(), olga(), carl(), oscar(), eve()];
     let sim = Sim::tailor();
     let mut all: Vec<SignedChange> = sim.log.clone();
@@ -117,7 +117,7 @@ fn history(script: &[(u8, u8, u8, u8)]) -> (String, Vec<SignedChange>) {
             views[w].merge(&mut theirs).unwrap();
             continue;
         }
-        let flow = Reader::now(&views[w]).flow(&sim.flow_id);
+        let flow = Reader::now(&views[w]).flow(sim.flow_id.as_str());
         let Some(edit) = edit_for(kind, arg, &flow, &people) else {
             continue;
         };
@@ -140,7 +140,7 @@ struct Node {
     accepted: BTreeSet<ChangeHash>,
 }
 
-fn deliver(flow_id: &str, node: &mut Node, batch: &[SignedChange]) -> Vec<SignedChange> {
+fn deliver(flow_id: &FlowId, node: &mut Node, batch: &[SignedChange]) -> Vec<SignedChange> {
     let before = node.doc.clone();
     let out = auth::accept(&mut node.doc, flow_id, batch, || {
         Ok::<_, ()>(before.clone())
@@ -169,7 +169,7 @@ fn hash_of(c: &SignedChange) -> ChangeHash {
 }
 
 /// Delivers the changes in a random order that respects dependencies, in random batch sizes.
-fn deliver_shuffled(flow_id: &str, changes: &[SignedChange], seed: u64) -> Node {
+fn deliver_shuffled(flow_id: &FlowId, changes: &[SignedChange], seed: u64) -> Node {
     let mut node = Node {
         doc: Automerge::new(),
         accepted: BTreeSet::new(),
@@ -224,7 +224,7 @@ fn shuffled(
 }
 
 /// A node with a store receiving `batch`: what waits for other changes is handed back.
-fn deliver_repo(repo: &mut Repo, flow_id: &str, batch: &[SignedChange]) -> Vec<SignedChange> {
+fn deliver_repo(repo: &mut Repo, flow_id: &FlowId, batch: &[SignedChange]) -> Vec<SignedChange> {
     resend(&repo.receive(flow_id, batch).unwrap().pending)
 }
 
@@ -254,8 +254,8 @@ proptest! {
             b.sort();
             prop_assert_eq!(a, b);
             prop_assert_eq!(
-                Reader::now(&node.doc).flow(&flow_id),
-                Reader::now(&whole.doc).flow(&flow_id)
+                Reader::now(&node.doc).flow(flow_id.as_str()),
+                Reader::now(&whole.doc).flow(flow_id.as_str())
             );
         }
         // Nothing a stranger wrote was accepted.
@@ -283,7 +283,7 @@ proptest! {
         let mut whole = fresh_repo();
         let left = deliver_repo(&mut whole, &flow_id, &changes);
         prop_assert!(left.is_empty() || whole.holds(&flow_id).unwrap());
-        let expected = whole.show(&flow_id).unwrap();
+        let expected = whole.show(flow_id.as_str()).unwrap();
         for seed in [seeds.0, seeds.1] {
             let mut node = fresh_repo();
             shuffled(&changes, seed, |batch| {
@@ -292,7 +292,7 @@ proptest! {
                 node.summary(&flow_id).unwrap();
                 waiting
             });
-            let view = node.show(&flow_id).unwrap();
+            let view = node.show(flow_id.as_str()).unwrap();
             prop_assert_eq!(&view.flow, &expected.flow);
             prop_assert_eq!(&view.fallen, &expected.fallen);
             // The summary the engine reads instead of the document agrees with it.
@@ -338,7 +338,7 @@ fn the_removal_histories_have_fallen_changes_and_restores() {
         let (flow_id, changes) = history(&script);
         let mut repo = fresh_repo();
         deliver_repo(&mut repo, &flow_id, &changes);
-        fell += repo.show(&flow_id).unwrap().fallen.len();
+        fell += repo.show(flow_id.as_str()).unwrap().fallen.len();
         incarnations += changes
             .iter()
             .filter(|c| {
@@ -377,8 +377,8 @@ fn the_sim_history_has_both_verdicts() {
 }
 
 /// A comment by `who` on `doc` (under `doc`'s actor), signed.
-fn comment_on(doc: &mut Automerge, who: &Identity, flow_id: &str, text: &str) -> SignedChange {
-    let flow = Reader::now(doc).flow(flow_id);
+fn comment_on(doc: &mut Automerge, who: &Identity, flow_id: &FlowId, text: &str) -> SignedChange {
+    let flow = Reader::now(doc).flow(flow_id.as_str());
     let mut tx = doc.transaction();
     Edit::Comment {
         text: text.into(),
@@ -411,7 +411,7 @@ proptest! {
         let (flow_id, mut changes) = history(&script);
         let mut whole = Node { doc: Automerge::new(), accepted: BTreeSet::new() };
         deliver(&flow_id, &mut whole, &changes);
-        let flow = Reader::now(&whole.doc).flow(&flow_id);
+        let flow = Reader::now(&whole.doc).flow(flow_id.as_str());
         let current: Vec<Identity> = [alice(), olga(), carl(), oscar()]
             .into_iter()
             .filter(|p| flow.member(p.node_id().as_str()).is_some_and(|m| !m.removed))
@@ -473,7 +473,7 @@ proptest! {
                     ha.sort();
                     hb.sort();
                     prop_assert_eq!(ha, hb);
-                    prop_assert_eq!(Reader::now(&a.doc).flow(&flow_id), Reader::now(&b.doc).flow(&flow_id));
+                    prop_assert_eq!(Reader::now(&a.doc).flow(flow_id.as_str()), Reader::now(&b.doc).flow(flow_id.as_str()));
                 }
             }
         }

@@ -54,7 +54,7 @@ impl Rng {
 
 fn valid_ticket() -> Vec<u8> {
     coflow::wire::InviteTicket {
-        flow: "00112233445566778899aabbccddeeff".into(),
+        flow: "00112233445566778899aabbccddeeff".parse().unwrap(),
         invite: "0102030405060708".into(),
         secret: [7; 16],
         addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],

@@ -22,15 +22,15 @@ fn a_local_edit_over_a_limit_is_one_clear_error_and_stores_nothing() {
     let flow = repo
         .create_flow("Navy suit", "A suit", Role::Customer)
         .unwrap();
-    let heads = repo.show(&flow).unwrap().heads;
+    let heads = repo.show(flow.as_str()).unwrap().heads;
     let err = repo
-        .edit(&flow, &comment("x".repeat(limit::LONG_TEXT + 1)))
+        .edit(flow.as_str(), &comment("x".repeat(limit::LONG_TEXT + 1)))
         .unwrap_err()
         .to_string();
     assert!(err.contains("over the limit of 10000"), "{err}");
     let err = repo
         .edit(
-            &flow,
+            flow.as_str(),
             &Edit::SetTitle {
                 title: "t".repeat(limit::SHORT_TEXT + 1),
             },
@@ -38,9 +38,9 @@ fn a_local_edit_over_a_limit_is_one_clear_error_and_stores_nothing() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("over the limit of 500"), "{err}");
-    assert_eq!(repo.show(&flow).unwrap().heads, heads);
+    assert_eq!(repo.show(flow.as_str()).unwrap().heads, heads);
     // At the limit is fine.
-    repo.edit(&flow, &comment("x".repeat(limit::LONG_TEXT)))
+    repo.edit(flow.as_str(), &comment("x".repeat(limit::LONG_TEXT)))
         .unwrap();
     let big = repo.create_flow(&"t".repeat(limit::SHORT_TEXT + 1), "need", Role::Customer);
     assert!(big.is_err(), "a flow cannot start with an over-long title");

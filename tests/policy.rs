@@ -790,7 +790,7 @@ fn dependents_of_a_refused_change_are_refused_and_the_rest_of_the_batch_kept() {
     let child = {
         let olga = olga();
         let mut f = fork.fork().with_actor(olga.actor());
-        let flow = coflow::flow::Reader::now(&f).flow(&sim.flow_id);
+        let flow = coflow::flow::Reader::now(&f).flow(sim.flow_id.as_str());
         let mut tx = f.transaction();
         add_step("Child", None)
             .apply(&mut tx, &flow, olga.node_id(), NOW)
@@ -823,7 +823,7 @@ fn a_change_waiting_on_a_forged_one_is_refused_not_kept() {
         .unwrap();
     let olga = olga();
     let mut f = fork.with_actor(olga.actor());
-    let flow = coflow::flow::Reader::now(&f).flow(&sim.flow_id);
+    let flow = coflow::flow::Reader::now(&f).flow(sim.flow_id.as_str());
     let mut tx = f.transaction();
     add_step("On top", None)
         .apply(&mut tx, &flow, olga.node_id(), NOW)
@@ -883,7 +883,7 @@ fn proof_with(secret: &[u8], flow: &str, invite: &str, joiner: &Identity) -> Vec
 }
 
 fn proof(sim: &Sim, invite: &str, joiner: &Identity) -> Vec<u8> {
-    proof_with(&SECRET, &sim.flow_id, invite, joiner)
+    proof_with(&SECRET, sim.flow_id.as_str(), invite, joiner)
 }
 
 fn redeem(sim: &Sim, invite: &str, joiner: &Identity) -> Edit {
@@ -1131,7 +1131,7 @@ fn nothing_in_the_document_lets_a_member_redeem_for_someone_else() {
         assert!(msg.contains("proof does not match"), "{msg}");
     }
     // A proof made with any other secret fails the same way.
-    let wrong = ScalarValue::Bytes(proof_with(&[1; 16], &sim.flow_id, &inv, &oscar2));
+    let wrong = ScalarValue::Bytes(proof_with(&[1; 16], sim.flow_id.as_str(), &inv, &oscar2));
     let c = raw_redemption(
         &sim,
         &oscar(),

@@ -20,7 +20,7 @@ struct Node {
     _dir: tempfile::TempDir,
     home: std::path::PathBuf,
     engine: Engine,
-    flow: String,
+    flow: coflow::flow::FlowId,
 }
 
 fn digest(home: &std::path::Path) -> Vec<String> {
@@ -63,7 +63,7 @@ impl Node {
     fn change(&mut self, actor: &Identity, signer: &Identity, edit: Edit) -> wire::SignedChange {
         let doc = self.doc();
         let mut fork = doc.fork().with_actor(actor.actor());
-        let flow = Reader::now(&fork).flow(&self.flow);
+        let flow = Reader::now(&fork).flow(self.flow.as_str());
         let mut tx = fork.transaction();
         edit.apply(&mut tx, &flow, actor.node_id(), NOW).unwrap();
         let hash = tx
@@ -83,7 +83,7 @@ impl Node {
             .unwrap();
         wire::SyncRequest {
             message: Some(wire::SyncMessage {
-                flow: coflow::identity::unhex(&self.flow).unwrap(),
+                flow: coflow::identity::unhex(self.flow.as_str()).unwrap(),
                 automerge: am.encode(),
                 changes,
                 session: 1,
@@ -117,7 +117,7 @@ impl Node {
         let req = self.request(vec![c]);
         let (penalized, _) = self.send(&carl().node_id().clone(), req);
         assert!(!penalized);
-        let comments = Reader::now(&self.doc()).flow(&self.flow).comments;
+        let comments = Reader::now(&self.doc()).flow(self.flow.as_str()).comments;
         assert!(
             comments.iter().any(|c| c.text == text),
             "the honest change went through"
@@ -231,7 +231,7 @@ fn missing_dependencies_are_not_stored() {
         doc.apply_changes([automerge::Change::from_bytes(first.change.clone()).unwrap()])
             .unwrap();
         let mut fork = doc.fork().with_actor(carl().actor());
-        let flow = Reader::now(&fork).flow(&n.flow);
+        let flow = Reader::now(&fork).flow(n.flow.as_str());
         let mut tx = fork.transaction();
         add_step("second", None)
             .apply(&mut tx, &flow, carl().node_id(), NOW)

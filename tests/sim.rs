@@ -4,7 +4,7 @@
 
 mod common;
 
-use coflow::flow::{Edit, Reader, Role};
+use coflow::flow::{Edit, FlowId, Reader, Role};
 use coflow::identity::{Identity, NodeId};
 use coflow::repo::Repo;
 use coflow::sim;
@@ -60,12 +60,12 @@ impl Net {
     }
 
     /// Runs until every queue is empty, ticking so anti-entropy repairs losses.
-    fn settle(&mut self, flow: &str, max_rounds: usize) -> usize {
+    fn settle(&mut self, flow: &FlowId, max_rounds: usize) -> usize {
         self.settle_lossy(flow, max_rounds, 0)
     }
 
     /// Like `settle`, but the network keeps losing and duplicating for the first `lossy` rounds.
-    fn settle_lossy(&mut self, flow: &str, max_rounds: usize, lossy: usize) -> usize {
+    fn settle_lossy(&mut self, flow: &FlowId, max_rounds: usize, lossy: usize) -> usize {
         let (drops, dups) = (self.cfg.drop_percent, self.cfg.dup_percent);
         for round in 0..max_rounds {
             if round == lossy {
@@ -89,11 +89,11 @@ impl Net {
 }
 
 /// The first sync request of a node that holds nothing of `flow`, carrying `changes`.
-fn first_request(flow: &str, changes: Vec<wire::SignedChange>) -> wire::SyncRequest {
+fn first_request(flow: &FlowId, changes: Vec<wire::SignedChange>) -> wire::SyncRequest {
     use automerge::sync::SyncDoc;
     wire::SyncRequest {
         message: Some(wire::SyncMessage {
-            flow: coflow::identity::unhex(flow).unwrap(),
+            flow: coflow::identity::unhex(flow.as_str()).unwrap(),
             automerge: automerge::Automerge::new()
                 .generate_sync_message(&mut automerge::sync::State::new())
                 .unwrap()
@@ -109,7 +109,7 @@ impl Net {
     /// Node `from` offers `flow` to node `to` the way a member does after adding it by node
     /// id (everything it holds, in one sync request), and `to`'s user accepts it (SECURITY.md,
     /// "Consent"). The offer itself is answered "not served here", so the offering side rests.
-    fn offer_and_accept(&mut self, flow: &str, from: usize, to: usize) {
+    fn offer_and_accept(&mut self, flow: &FlowId, from: usize, to: usize) {
         let req = self.offer(flow, from);
         let from_id = self.ids[from];
         let resp = self.nodes[to].handle_sync_request(&from_id, req);
@@ -119,12 +119,12 @@ impl Net {
             "an offered flow is not served before it is accepted"
         );
         assert!(self.nodes[to].repo().is_offered(flow));
-        self.nodes[to].accept(flow).unwrap();
+        self.nodes[to].accept(flow.as_str()).unwrap();
         self.collect();
     }
 
     /// The first sync request of node `from` about `flow` to a node that holds none of it.
-    fn offer(&mut self, flow: &str, from: usize) -> wire::SyncRequest {
+    fn offer(&mut self, flow: &FlowId, from: usize) -> wire::SyncRequest {
         let changes: Vec<wire::SignedChange> = self.nodes[from]
             .repo()
             .signed_changes(flow)
@@ -138,7 +138,7 @@ impl Net {
 
 /// Node 0 starts a flow and adds nodes `1..=members` as contributors, by node id; each accepts
 /// it.
-fn flow_with_members(net: &mut Net, members: usize) -> String {
+fn flow_with_members(net: &mut Net, members: usize) -> FlowId {
     let flow = net.nodes[0]
         .repo()
         .create_flow("T", "N", Role::Customer)
@@ -162,8 +162,8 @@ fn flow_with_members(net: &mut Net, members: usize) -> String {
     flow
 }
 
-fn edit(net: &mut Net, who: usize, flow: &str, e: Edit) {
-    net.nodes[who].repo().edit(flow, &e).unwrap();
+fn edit(net: &mut Net, who: usize, flow: &FlowId, e: Edit) {
+    net.nodes[who].repo().edit(flow.as_str(), &e).unwrap();
     net.nodes[who].local_change(flow);
     net.collect();
 }
@@ -243,7 +243,7 @@ fn run(seed: u64, nodes: usize, drop_percent: u64, dup_percent: u64) {
         .iter_mut()
         .map(|n| {
             let doc = n.repo().doc(&flow).unwrap().clone();
-            Reader::now(&doc).flow(&flow)
+            Reader::now(&doc).flow(flow.as_str())
         })
         .collect();
     for f in &flows {
@@ -291,10 +291,12 @@ fn a_non_member_learns_nothing() {
     );
     // The outsider asks outright: it gets the same answer as for a flow nobody holds.
     let outsider = net.ids[2];
-    let ask = |flow: &str| first_request(flow, vec![]);
+    let ask = |flow: &FlowId| first_request(flow, vec![]);
     let held = net.nodes[0].handle_sync_request(&outsider, ask(&flow));
-    let unknown =
-        net.nodes[0].handle_sync_request(&outsider, ask("00000000000000000000000000000000"));
+    let unknown = net.nodes[0].handle_sync_request(
+        &outsider,
+        ask(&"00000000000000000000000000000000".parse().unwrap()),
+    );
     let strip = |r: wire::SyncResponse| match r.result {
         Some(wire::sync_response::Result::Message(mut m)) => {
             m.flow.clear();
@@ -308,7 +310,7 @@ fn a_non_member_learns_nothing() {
 
 impl Net {
     /// Settles without requiring every node to hold the flow.
-    fn settle_pairs(&mut self, _flow: &str) {
+    fn settle_pairs(&mut self, _flow: &FlowId) {
         for _ in 0..5 {
             while self.step() {}
             self.tick();
@@ -377,7 +379,7 @@ fn announcements_are_judged_before_they_are_passed_on() {
     let ours = net.nodes[1].repo().doc(&flow).unwrap().get_heads();
 
     // Node 1's output, with its fetches from node 0 answered at once.
-    fn verdicts(net: &mut Net, member: &NodeId, flow: &str) -> Vec<Verdict> {
+    fn verdicts(net: &mut Net, member: &NodeId, flow: &FlowId) -> Vec<Verdict> {
         let me = net.ids[1];
         let mut out = Vec::new();
         while let Some(io) = net.nodes[1].next_io() {
@@ -417,7 +419,7 @@ fn announcements_are_judged_before_they_are_passed_on() {
     // the announcement on only after fetching the change.
     net.nodes[0]
         .repo()
-        .edit(&flow, &common::add_step("quiet", None))
+        .edit(flow.as_str(), &common::add_step("quiet", None))
         .unwrap();
     while net.nodes[0].next_io().is_some() {}
     let news = net.nodes[0].repo().doc(&flow).unwrap().get_heads();
@@ -507,7 +509,7 @@ fn a_removed_member_learns_of_its_removal_and_writes_nothing_that_stands() {
         net.tick();
     }
     for i in 0..3 {
-        let view = net.nodes[i].repo().show(&flow).unwrap();
+        let view = net.nodes[i].repo().show(flow.as_str()).unwrap();
         assert!(
             view.flow.comments.is_empty(),
             "node {i} shows the removed member's comment"
@@ -519,7 +521,7 @@ fn a_removed_member_learns_of_its_removal_and_writes_nothing_that_stands() {
         );
     }
     let shown: Vec<Vec<String>> = (0..3)
-        .map(|i| net.nodes[i].repo().show(&flow).unwrap().heads)
+        .map(|i| net.nodes[i].repo().show(flow.as_str()).unwrap().heads)
         .collect();
     assert_eq!(shown[0], shown[1]);
     assert_eq!(
@@ -529,7 +531,7 @@ fn a_removed_member_learns_of_its_removal_and_writes_nothing_that_stands() {
     assert!(net.penalties.is_empty(), "{:?}", net.penalties);
     let err = net.nodes[2]
         .repo()
-        .edit(&flow, &common::add_step("more", None))
+        .edit(flow.as_str(), &common::add_step("more", None))
         .unwrap_err();
     assert!(err.to_string().contains("not a member"), "{err}");
 }
@@ -546,7 +548,7 @@ fn an_equivocation_passed_on_by_an_honest_relay_blames_nobody() {
     // Node 2 is the equivocator: two changes on the same heads under one actor.
     let liar = Identity::from_seed("sim-node-2", "Node 2");
     let doc = net.nodes[0].repo().doc(&flow).unwrap().clone();
-    let current = Reader::now(&doc).flow(&flow);
+    let current = Reader::now(&doc).flow(flow.as_str());
     let mut versions = Vec::new();
     for title in ["one", "another"] {
         let mut fork = doc.fork().with_actor(liar.actor());
@@ -599,7 +601,7 @@ fn a_stranger_learns_nothing_from_a_join_refusal() {
     let invite = |node: &mut Engine, expires_in: i64| {
         let i = node
             .repo()
-            .invite(&flow, Role::Observer, expires_in, 1)
+            .invite(flow.as_str(), Role::Observer, expires_in, 1)
             .unwrap();
         let mut t = InviteTicket::decode(&i.ticket).unwrap();
         t.addrs.push(
@@ -613,7 +615,7 @@ fn a_stranger_learns_nothing_from_a_join_refusal() {
     let revoked = invite(&mut node, 3600);
     node.repo()
         .edit(
-            &flow,
+            flow.as_str(),
             &Edit::RevokeInvite {
                 invite: revoked.invite.clone(),
             },
@@ -650,11 +652,11 @@ fn a_stranger_learns_nothing_from_a_join_refusal() {
     let eve = Identity::from_seed("join-eve", "Eve");
     let heads = node.repo().doc(&flow).unwrap().get_heads();
     // What Eve can send: a proof with a secret of her guessing (or none at all).
-    let ask = |node: &mut Engine, flow: &str, invite: &str, proof: Vec<u8>| {
+    let ask = |node: &mut Engine, flow: &FlowId, invite: &str, proof: Vec<u8>| {
         node.handle_join_request(
             eve.node_id(),
             JoinRequest {
-                flow: unhex(flow).unwrap(),
+                flow: unhex(flow.as_str()).unwrap(),
                 invite: unhex(invite).unwrap(),
                 proof,
                 name: "Eve".into(),
@@ -662,16 +664,16 @@ fn a_stranger_learns_nothing_from_a_join_refusal() {
         )
         .encode_to_vec()
     };
-    let guess = |flow: &str, invite: &str| {
+    let guess = |flow: &FlowId, invite: &str| {
         InviteKey::from_secret(&[0; 16])
             .prove(
-                &unhex(flow).unwrap(),
+                &unhex(flow.as_str()).unwrap(),
                 &unhex(invite).unwrap(),
                 eve.node_id(),
             )
             .to_vec()
     };
-    let unknown_flow = "00000000000000000000000000000000";
+    let unknown_flow: &FlowId = &"00000000000000000000000000000000".parse().unwrap();
     let answers = [
         (
             "a flow not held",
@@ -727,7 +729,7 @@ fn a_stranger_learns_nothing_from_a_join_refusal() {
             ask(&mut node, &flow, &used.invite, {
                 InviteKey::from_secret(&used.secret)
                     .prove(
-                        &unhex(&flow).unwrap(),
+                        &unhex(flow.as_str()).unwrap(),
                         &unhex(&used.invite).unwrap(),
                         bob.node_id(),
                     )
@@ -754,7 +756,7 @@ fn a_stranger_learns_nothing_from_a_join_refusal() {
     let holder = |node: &mut Engine, t: &InviteTicket| {
         let proof = InviteKey::from_secret(&t.secret)
             .prove(
-                &unhex(&flow).unwrap(),
+                &unhex(flow.as_str()).unwrap(),
                 &unhex(&t.invite).unwrap(),
                 eve.node_id(),
             )
@@ -763,7 +765,7 @@ fn a_stranger_learns_nothing_from_a_join_refusal() {
             .handle_join_request(
                 eve.node_id(),
                 JoinRequest {
-                    flow: unhex(&flow).unwrap(),
+                    flow: unhex(flow.as_str()).unwrap(),
                     invite: unhex(&t.invite).unwrap(),
                     proof,
                     name: "Eve".into(),
@@ -793,7 +795,7 @@ fn a_stranger_sending_changes_learns_nothing() {
     let stranger = Identity::from_seed("sim-node-2", "Node 2");
     let doc = net.nodes[0].repo().doc(&flow).unwrap().clone();
     let heads = doc.get_heads();
-    let current = Reader::now(&doc).flow(&flow);
+    let current = Reader::now(&doc).flow(flow.as_str());
     let mut fork = doc.fork().with_actor(stranger.actor());
     let mut tx = fork.transaction();
     common::add_step("mine now", None)
@@ -801,7 +803,7 @@ fn a_stranger_sending_changes_learns_nothing() {
         .unwrap();
     let hash = tx.commit().0.unwrap();
     let change = common::sign(&stranger, &fork, hash);
-    let ask = |flow: &str, c: &coflow::auth::SignedChange| {
+    let ask = |flow: &FlowId, c: &coflow::auth::SignedChange| {
         first_request(
             flow,
             vec![wire::SignedChange {
@@ -818,7 +820,7 @@ fn a_stranger_sending_changes_learns_nothing() {
         other => panic!("unexpected answer {other:?}"),
     };
     let who = net.ids[2];
-    let unknown_flow = "00000000000000000000000000000000";
+    let unknown_flow: &FlowId = &"00000000000000000000000000000000".parse().unwrap();
     let held = net.nodes[0].handle_sync_request(&who, ask(&flow, &change));
     net.collect();
     let penalties_held = net.penalties.len();
@@ -854,12 +856,12 @@ fn a_conversation_under_way_ends_when_its_peer_is_removed() {
     let removed = net.ids[2].to_string();
     net.nodes[0]
         .repo()
-        .edit(&flow, &Edit::RemoveMember { member: removed })
+        .edit(flow.as_str(), &Edit::RemoveMember { member: removed })
         .unwrap();
     net.nodes[0]
         .repo()
         .edit(
-            &flow,
+            flow.as_str(),
             &Edit::Comment {
                 text: "after the removal".into(),
                 step: None,
@@ -867,7 +869,12 @@ fn a_conversation_under_way_ends_when_its_peer_is_removed() {
         )
         .unwrap();
     net.drain();
-    let comments = net.nodes[2].repo().show(&flow).unwrap().flow.comments;
+    let comments = net.nodes[2]
+        .repo()
+        .show(flow.as_str())
+        .unwrap()
+        .flow
+        .comments;
     assert!(comments.is_empty(), "the removed node got {comments:?}");
 }
 
@@ -921,9 +928,13 @@ fn an_offered_flow_waits_for_its_user_and_a_declined_one_stays_away() {
         assert_eq!(offer.by, customer);
         assert_eq!(offer.by_role, Some(Role::Customer));
         assert_eq!(offer.role, Some(Role::Contributor));
-        let err = node.repo().edit(&flow, &comment).unwrap_err().to_string();
+        let err = node
+            .repo()
+            .edit(flow.as_str(), &comment)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("waits for your answer"), "{err}");
-        assert!(node.repo().show(&flow).unwrap().offer.is_some());
+        assert!(node.repo().show(flow.as_str()).unwrap().offer.is_some());
         assert!(node.member_topics().is_empty(), "no topic for an offer");
     }
     // A stranger asking about the offered flow is answered as about a flow nobody holds.
@@ -938,7 +949,7 @@ fn an_offered_flow_waits_for_its_user_and_a_declined_one_stays_away() {
     let about_offer = net.nodes[1].handle_sync_request(&stranger, first_request(&flow, vec![]));
     let about_nothing = net.nodes[1].handle_sync_request(
         &stranger,
-        first_request("00000000000000000000000000000000", vec![]),
+        first_request(&"00000000000000000000000000000000".parse().unwrap(), vec![]),
     );
     assert_eq!(strip(about_offer), strip(about_nothing));
 
@@ -966,7 +977,7 @@ fn an_offered_flow_waits_for_its_user_and_a_declined_one_stays_away() {
     assert_ne!(net.heads(&flow)[0], offered_at);
 
     // Node 1 accepts: the rest arrives, and what it writes reaches the customer.
-    net.nodes[1].accept(&flow).unwrap();
+    net.nodes[1].accept(flow.as_str()).unwrap();
     net.collect();
     net.drain();
     assert_eq!(
@@ -983,12 +994,18 @@ fn an_offered_flow_waits_for_its_user_and_a_declined_one_stays_away() {
     net.drain();
     assert_eq!(net.heads(&flow)[1], net.heads(&flow)[0]);
     assert_eq!(
-        net.nodes[0].repo().show(&flow).unwrap().flow.comments.len(),
+        net.nodes[0]
+            .repo()
+            .show(flow.as_str())
+            .unwrap()
+            .flow
+            .comments
+            .len(),
         1
     );
 
     // Node 2 declines: nothing of the flow is left, and it stays away.
-    net.nodes[2].decline(&flow).unwrap();
+    net.nodes[2].decline(flow.as_str()).unwrap();
     assert_eq!(net.heads(&flow)[2], None, "declined: nothing kept");
     for who in [0, 1] {
         edit(
@@ -1007,7 +1024,7 @@ fn an_offered_flow_waits_for_its_user_and_a_declined_one_stays_away() {
     assert_eq!(node.repo().doc(&flow).ok().map(|d| d.get_heads()), None);
     assert!(!node.repo().is_offered(&flow));
     assert!(node.repo().list().unwrap().is_empty());
-    let err = node.accept(&flow).unwrap_err().to_string();
+    let err = node.accept(flow.as_str()).unwrap_err().to_string();
     assert!(err.contains("you declined flow"), "{err}");
     assert!(net.penalties.is_empty(), "{:?}", net.penalties);
 }
@@ -1034,7 +1051,7 @@ fn offers_are_bounded_per_sender_and_in_all() {
                 role: Role::Contributor,
                 name: None,
             };
-            repo.edit(&flow, &add).unwrap();
+            repo.edit(flow.as_str(), &add).unwrap();
             let changes: Vec<wire::SignedChange> = repo
                 .signed_changes(&flow)
                 .unwrap()
@@ -1045,7 +1062,7 @@ fn offers_are_bounded_per_sender_and_in_all() {
         }
     }
     let offer =
-        |net: &mut Net, (sender, flow, changes): &(NodeId, String, Vec<wire::SignedChange>)| {
+        |net: &mut Net, (sender, flow, changes): &(NodeId, FlowId, Vec<wire::SignedChange>)| {
             let resp =
                 net.nodes[0].handle_sync_request(sender, first_request(flow, changes.clone()));
             assert_eq!(
@@ -1059,7 +1076,7 @@ fn offers_are_bounded_per_sender_and_in_all() {
     }
     net.collect();
     assert!(net.penalties.is_empty(), "{:?}", net.penalties);
-    let kept = |net: &mut Net| -> Vec<String> {
+    let kept = |net: &mut Net| -> Vec<FlowId> {
         net.nodes[0]
             .repo()
             .list()
@@ -1073,7 +1090,7 @@ fn offers_are_bounded_per_sender_and_in_all() {
     };
     let offers = kept(&mut net);
     assert_eq!(offers.len(), MAX_OFFERS);
-    let count = |offers: &[String], sender: &NodeId| {
+    let count = |offers: &[FlowId], sender: &NodeId| {
         made.iter()
             .filter(|(s, f, _)| s == sender && offers.contains(f))
             .count()
@@ -1088,7 +1105,7 @@ fn offers_are_bounded_per_sender_and_in_all() {
         .expect("an offer turned away only because every slot was taken");
     offer(&mut net, waiting);
     assert_eq!(kept(&mut net), offers, "still full");
-    net.nodes[0].decline(&offers[0]).unwrap();
+    net.nodes[0].decline(offers[0].as_str()).unwrap();
     offer(&mut net, waiting);
     let now = kept(&mut net);
     assert_eq!(now.len(), MAX_OFFERS);

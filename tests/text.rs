@@ -243,9 +243,10 @@ fn multi_line_text_keeps_its_lines_but_cannot_fake_a_block() {
 /// free-text message is `message`, and whose operations are `edit`'s.
 fn receive_with_message(home: &Path, flow: &str, author: &Identity, edit: Edit, message: &str) {
     let mut repo = Repo::open(home).unwrap();
-    let doc = repo.load(flow).unwrap();
+    let flow: coflow::flow::FlowId = flow.parse().unwrap();
+    let doc = repo.load(&flow).unwrap();
     let mut fork = doc.fork().with_actor(author.actor());
-    let current = Reader::now(&fork).flow(flow);
+    let current = Reader::now(&fork).flow(flow.as_str());
     let mut tx = fork.transaction();
     edit.apply(&mut tx, &current, author.node_id(), 1_780_000_000)
         .unwrap();
@@ -262,7 +263,7 @@ fn receive_with_message(home: &Path, flow: &str, author: &Identity, edit: Edit, 
         bytes: change.bytes().into_owned(),
         signature: author.sign_change(&hash).to_vec(),
     };
-    let out = repo.receive(flow, &[signed]).unwrap();
+    let out = repo.receive(&flow, &[signed]).unwrap();
     assert_eq!(
         out.accepted.len(),
         1,
@@ -469,7 +470,8 @@ fn log_timing() {
         // store write), as a node catching up would receive them.
         let me = Identity::from_seed("alice", "Alice");
         let mut repo = Repo::open(&alice.home).unwrap();
-        let mut doc = repo.load(&f).unwrap().with_actor(me.actor());
+        let flow: coflow::flow::FlowId = f.parse().unwrap();
+        let mut doc = repo.load(&flow).unwrap().with_actor(me.actor());
         let mut batch = Vec::new();
         let mut edit = |doc: &mut automerge::Automerge, edit: Edit| {
             let current = Reader::now(&*doc).flow_without_comments(&f);
@@ -523,7 +525,7 @@ fn log_timing() {
             };
             edit(&mut doc, e);
         }
-        let out = repo.receive(&f, &batch).unwrap();
+        let out = repo.receive(&flow, &batch).unwrap();
         assert_eq!(out.accepted.len(), n + 1, "{:?}", out.rejected);
     }
     // To time other builds on the same store: LOG_KEEP=DIR keeps a copy of the data dir.

@@ -9,7 +9,7 @@ use std::path::Path;
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{Automerge, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
 use coflow::auth::SignedChange;
-use coflow::flow::{self, Edit, Reader, Role};
+use coflow::flow::{self, Edit, FlowId, Reader, Role};
 use coflow::identity::Identity;
 use coflow::repo::Repo;
 use coflow::store::{Changes, Flows, Storage, Store, StoreError};
@@ -19,7 +19,7 @@ pub const NOW: i64 = 1_795_000_000;
 
 /// A flow being written, with every change signed by its author.
 pub struct FlowGen {
-    pub id: String,
+    pub id: FlowId,
     pub doc: Automerge,
     pub changes: Vec<SignedChange>,
     pub hashes: Vec<automerge::ChangeHash>,
@@ -74,7 +74,7 @@ impl FlowGen {
     /// An edit through the flow schema (reads the whole flow: use for the few structural ones).
     pub fn edit(&mut self, who: &Identity, edit: &Edit) {
         self.doc.set_actor(who.actor());
-        let current = Reader::now(&self.doc).flow(&self.id);
+        let current = Reader::now(&self.doc).flow(self.id.as_str());
         let mut tx = self.doc.transaction();
         let applied = edit
             .apply(&mut tx, &current, who.node_id(), NOW)

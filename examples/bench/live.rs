@@ -86,7 +86,7 @@ pub fn live(rt: &tokio::runtime::Runtime, root: &Path, history: usize, samples: 
     for i in 0..=samples {
         let (a0, b0) = (max_seq(&db_a), max_seq(&db_b));
         let (ta, tb) = std::thread::scope(|s| {
-            let edit = s.spawn(|| comment(&a, &flow.id, format!("live {i}")));
+            let edit = s.spawn(|| comment(&a, flow.id.as_str(), format!("live {i}")));
             let (mut ta, mut tb) = (None, None);
             let deadline = Instant::now() + Duration::from_secs(60);
             while tb.is_none() && Instant::now() < deadline {
@@ -194,7 +194,7 @@ pub fn propagation(
         std::thread::sleep(Duration::from_millis(200));
     }
     let dbs: Vec<Connection> = homes.iter().map(|h| reader(h)).collect();
-    let flow_hex = flow.id.clone();
+    let flow_hex = flow.id;
 
     let (tx, rx) = mpsc::channel::<(Vec<u8>, Instant)>();
     let per_writer = ((rate * secs).round() as usize).max(1);
@@ -202,7 +202,7 @@ pub fn propagation(
     let mut lost = 0;
     std::thread::scope(|s| {
         for w in running.iter().take(writers) {
-            let (tx, flow) = (tx.clone(), flow.id.clone());
+            let (tx, flow) = (tx.clone(), flow.id);
             s.spawn(move || {
                 let start = Instant::now();
                 for k in 0..per_writer {
@@ -210,8 +210,8 @@ pub fn propagation(
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    let hash =
-                        comment(w, &flow, format!("{} says {k}", w.name())).expect("an edit");
+                    let hash = comment(w, flow.as_str(), format!("{} says {k}", w.name()))
+                        .expect("an edit");
                     let _ = tx.send((unhex(&hash).expect("hex"), Instant::now()));
                 }
             });
@@ -234,7 +234,7 @@ pub fn propagation(
             }
             pending.retain_mut(|(hash, made, seen)| {
                 for (i, db) in dbs.iter().enumerate() {
-                    if !seen[i] && holds(db, &flow_hex, hash) {
+                    if !seen[i] && holds(db, flow_hex.as_str(), hash) {
                         seen[i] = true;
                     }
                 }

@@ -98,7 +98,7 @@ pub fn catchup(
             net.nodes[0]
                 .repo()
                 .edit(
-                    &flow.id,
+                    flow.id.as_str(),
                     &Edit::Comment {
                         text: format!("live comment {i}"),
                         step: None,

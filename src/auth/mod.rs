@@ -16,7 +16,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 
 pub use policy::{authorize, authorize_with, Forbidden, RoleMemo};
 
-use crate::flow::flow_id_of_genesis;
+use crate::flow::{flow_id_of_genesis, FlowId};
 use crate::identity::{change_message, NodeId};
 
 /// A change as stored and sent: Automerge's bytes and the author's signature over its hash.
@@ -260,7 +260,7 @@ fn holds(doc: &Automerge, hash: &ChangeHash) -> bool {
 /// back the document as it was before the call, and the accepted ones are applied to it again.
 pub fn accept<E>(
     doc: &mut Automerge,
-    flow_id: &str,
+    flow_id: &FlowId,
     batch: &[SignedChange],
     reload: impl FnMut() -> Result<Automerge, E>,
 ) -> Result<Outcome, E> {
@@ -270,7 +270,7 @@ pub fn accept<E>(
 /// [`accept`], with a memo of roles kept across batches of the same flow (see [`RoleMemo`]).
 pub fn accept_with<E>(
     doc: &mut Automerge,
-    flow_id: &str,
+    flow_id: &FlowId,
     batch: &[SignedChange],
     mut reload: impl FnMut() -> Result<Automerge, E>,
     memo: &mut RoleMemo,
@@ -287,7 +287,7 @@ pub fn accept_with<E>(
         let hash = v.hash();
         if !seen.insert(hash) || holds(doc, &hash) {
             out.known += 1;
-        } else if v.change.deps().is_empty() && flow_id_of_genesis(&hash) != flow_id {
+        } else if v.change.deps().is_empty() && flow_id_of_genesis(&hash) != *flow_id {
             out.rejected.push((Some(hash), Rejection::WrongGenesis));
         } else {
             todo.push(v);

@@ -254,7 +254,7 @@ impl Out {
                 };
                 s.push_str(&format!(
                     "{}  {:<9}  {}{waits}\n",
-                    one_line(&r.id),
+                    one_line(r.id.as_str()),
                     one_line(&r.status),
                     clip(&r.title, 200)
                 ));
@@ -272,7 +272,7 @@ impl Out {
             for l in offers {
                 s.push_str(&format!(
                     "{}  {:<9}  {}\n    {}\n",
-                    one_line(&l.row.id),
+                    one_line(l.row.id.as_str()),
                     "offered",
                     clip(&l.row.title, 200),
                     l.offer.as_ref().map(offered).unwrap_or_default()

@@ -69,7 +69,7 @@ pub trait Member {
         let start = Instant::now();
         loop {
             let offered = match self.call(Call::FlowList)? {
-                Reply::Flows(rows) => rows.iter().any(|l| l.pending && l.row.id == flow),
+                Reply::Flows(rows) => rows.iter().any(|l| l.pending && l.row.id.as_str() == flow),
                 other => return Err(unexpected(other)),
             };
             if offered {

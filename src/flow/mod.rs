@@ -10,11 +10,13 @@
 
 mod edit;
 mod history;
+mod id;
 mod read;
 mod waits;
 
 pub use edit::{new_flow_ops, new_id, resolve_prefix, Applied, Edit, EditError};
 pub use history::{Did, History};
+pub use id::FlowId;
 pub use read::{invisible, Reader};
 pub use waits::Waiting;
 
@@ -61,9 +63,9 @@ pub mod limit {
     }
 }
 
-/// The flow id: the first 16 bytes of the genesis change hash, in hex.
-pub fn flow_id_of_genesis(hash: &automerge::ChangeHash) -> String {
-    crate::identity::hex(&hash.0[..16])
+/// The flow id: the first 16 bytes of the genesis change hash.
+pub fn flow_id_of_genesis(hash: &automerge::ChangeHash) -> FlowId {
+    FlowId::of_genesis(hash)
 }
 
 macro_rules! string_enum {

@@ -72,17 +72,19 @@ impl Runtime {
                 self.refresh_members();
                 self.refresh_topics();
                 self.held.changes.push(Change::Flows);
-                self.held.changes.push(Change::Flow(id.clone()));
-                Reply::Accepted { id }
+                self.held.changes.push(Change::Flow(id));
+                Reply::Accepted { id: id.to_string() }
             }),
             Call::FlowDecline { flow } => self.engine.decline(&flow).map(|id| {
                 self.held.changes.push(Change::Flows);
-                Reply::Declined { id }
+                Reply::Declined { id: id.to_string() }
             }),
             Call::FlowShow { flow } => api::execute(self.engine.repo(), Call::FlowShow { flow })
                 .map(|r| match r {
                     Reply::Flow(mut view) => {
-                        view.sync = self.engine.member_sync(&view.flow.id);
+                        if let Ok(flow) = view.flow.id.parse() {
+                            view.sync = self.engine.member_sync(&flow);
+                        }
                         for m in &mut view.sync {
                             m.link = m
                                 .node_id
@@ -107,19 +109,19 @@ impl Runtime {
         let result = api::execute(self.engine.repo(), call);
         match &result {
             Ok(Reply::Edited(e)) if touched => {
-                self.engine.local_change(&e.flow.clone());
+                self.engine.local_change(&e.flow);
                 self.refresh_members();
-                self.held.changes.push(Change::Flow(e.flow.clone()));
+                self.held.changes.push(Change::Flow(e.flow));
             }
             Ok(Reply::Created { id }) => {
-                let id = id.clone();
+                let id = id.parse().map_err(Error::Invalid)?;
                 self.refresh_topics();
-                self.use_dht(std::slice::from_ref(&id), false);
+                self.use_dht(&[id], false);
                 self.held.changes.push(Change::Flows);
             }
             Ok(Reply::Invited(i)) if touched => {
-                self.engine.local_change(&i.edit.flow.clone());
-                self.held.changes.push(Change::Flow(i.edit.flow.clone()));
+                self.engine.local_change(&i.edit.flow);
+                self.held.changes.push(Change::Flow(i.edit.flow));
             }
             _ => {}
         }
@@ -177,7 +179,7 @@ impl Runtime {
                     }
                 }
                 self.pending_joins
-                    .entry(ticket.flow.clone())
+                    .entry(ticket.flow)
                     .or_default()
                     .push((reply, Instant::now() + JOIN_TIMEOUT));
             }

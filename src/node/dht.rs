@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use libp2p::{kad, PeerId};
 
 use super::{Runtime, DHT_RETRY};
+use crate::flow::FlowId;
 
 #[derive(Default)]
 pub(crate) struct Dht {
     /// Flows announced in the DHT (provider records under their tags), and when we last asked
     /// the DHT for a flow's providers.
-    provided: HashSet<String>,
-    provider_queries: HashMap<String, Instant>,
+    provided: HashSet<FlowId>,
+    provider_queries: HashMap<FlowId, Instant>,
     last_bootstrap: Option<Instant>,
 }
 
@@ -68,7 +69,7 @@ impl Runtime {
     /// members this node cannot reach by the addresses it knows. Flows are looked at when
     /// `flows` names them (their members or connections changed) and, with `sweep`, all of
     /// them (a new flow is provided, a lonely one asked about again after [`DHT_RETRY`]).
-    pub(super) fn use_dht(&mut self, flows: &[String], sweep: bool) {
+    pub(super) fn use_dht(&mut self, flows: &[FlowId], sweep: bool) {
         let now = Instant::now();
         let kad = &mut self.swarm.behaviour_mut().kad;
         if self
@@ -79,7 +80,7 @@ impl Runtime {
         {
             self.dht.last_bootstrap = Some(now);
         }
-        let flows: Vec<String> = if sweep {
+        let flows: Vec<FlowId> = if sweep {
             self.dht
                 .provider_queries
                 .retain(|_, t| now.duration_since(*t) <= DHT_RETRY);
@@ -89,11 +90,11 @@ impl Runtime {
             flows
                 .iter()
                 .filter(|f| matches!(repo.holds(f), Ok(true)))
-                .cloned()
+                .copied()
                 .collect()
         };
         for flow in &flows {
-            if self.dht.provided.insert(flow.clone()) {
+            if self.dht.provided.insert(*flow) {
                 let key = kad::RecordKey::new(&crate::wire::flow_tag(flow));
                 let _ = self.swarm.behaviour_mut().kad.start_providing(key);
             }
@@ -121,7 +122,7 @@ impl Runtime {
                 .get(&flow)
                 .is_some_and(|t| now.duration_since(*t) <= DHT_RETRY);
             if lonely && !asked {
-                self.dht.provider_queries.insert(flow.clone(), now);
+                self.dht.provider_queries.insert(flow, now);
                 let key = kad::RecordKey::new(&crate::wire::flow_tag(&flow));
                 self.swarm.behaviour_mut().kad.get_providers(key);
             }

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use libp2p::{gossipsub, PeerId};
 
 use super::{node_of, Runtime, MAX_RELAYED_TOPICS};
+use crate::flow::FlowId;
 use crate::net;
 
 #[derive(Default)]
@@ -58,7 +59,7 @@ impl Runtime {
     /// Like [`Runtime::refresh_topics`], for the flows in `flows` only (those whose members
     /// changed): costs what changed, not every flow held. The relayed topics are chosen again
     /// every time (from the topics connected peers subscribe to, not from the flows held).
-    pub(super) fn refresh_topics_of(&mut self, flows: &[String]) {
+    pub(super) fn refresh_topics_of(&mut self, flows: &[FlowId]) {
         let (mut added, mut gone) = (Vec::new(), Vec::new());
         for flow in flows {
             match self.engine.member_topic(flow) {

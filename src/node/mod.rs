@@ -145,7 +145,7 @@ struct Runtime {
     next_sweep: Instant,
     sync: rr::Lane<SyncResponse>,
     join: rr::Lane<JoinResponse>,
-    pending_joins: HashMap<String, Vec<(Pending, Instant)>>,
+    pending_joins: HashMap<crate::flow::FlowId, Vec<(Pending, Instant)>>,
     /// Addresses, dial backoff, bans, request budgets and DHT lookups, per peer.
     peers: peers::PeerBook,
     bootstrap: Vec<Multiaddr>,
@@ -164,7 +164,7 @@ struct Runtime {
     joins_waiting: HashMap<PeerId, Vec<nat::WaitingJoin>>,
     /// Join requests on their way, by inviter and flow, and whether each was sent again
     /// after the DHT was asked (see [`Runtime::join_again`]).
-    joins_sent: HashMap<(NodeId, String), (crate::wire::JoinRequest, bool)>,
+    joins_sent: HashMap<(NodeId, crate::flow::FlowId), (crate::wire::JoinRequest, bool)>,
     /// The page's logins (they hand out its login URLs), if it is served.
     web: Option<crate::web::Logins>,
     /// What the page is told happened (see [`crate::web::Change`]).

@@ -10,6 +10,7 @@ use libp2p::{autonat, dcutr, identify, relay, upnp, Multiaddr, PeerId};
 
 use super::reach::{Action, Reachability};
 use super::Runtime;
+use crate::flow::FlowId;
 use crate::identity::NodeId;
 use crate::net;
 use crate::wire::{Frame, JoinRequest};
@@ -17,7 +18,7 @@ use crate::wire::{Frame, JoinRequest};
 /// A join request held until its inviter's address is known.
 pub(crate) struct WaitingJoin {
     node: NodeId,
-    flow: String,
+    flow: FlowId,
     request: JoinRequest,
     since: Instant,
 }
@@ -222,7 +223,7 @@ impl Runtime {
     /// Sends a join request now, or holds it until the DHT finds the inviter (a ticket made
     /// while its node was stopped, or before it knew an address of its own, names the node
     /// only).
-    pub(super) fn send_join(&mut self, node: NodeId, flow: String, request: JoinRequest) {
+    pub(super) fn send_join(&mut self, node: NodeId, flow: FlowId, request: JoinRequest) {
         let Some(peer) = super::peer_of(&node) else {
             return;
         };
@@ -233,10 +234,10 @@ impl Runtime {
         }
         let retried = self
             .joins_sent
-            .get(&(node, flow.clone()))
+            .get(&(node, flow))
             .is_some_and(|(_, retried)| *retried);
         self.joins_sent
-            .insert((node, flow.clone()), (request.clone(), retried));
+            .insert((node, flow), (request.clone(), retried));
         let id = self.swarm.behaviour_mut().join.send_request_with_addresses(
             &peer,
             Frame::Message(request),
@@ -247,8 +248,8 @@ impl Runtime {
 
     /// A join request could not reach the inviter at the addresses known: the first time, it
     /// waits for the DHT (true); the second, it fails (false).
-    pub(super) fn join_again(&mut self, node: &NodeId, flow: &str) -> bool {
-        let key = (*node, flow.to_string());
+    pub(super) fn join_again(&mut self, node: &NodeId, flow: &FlowId) -> bool {
+        let key = (*node, *flow);
         let Some((request, retried)) = self.joins_sent.get_mut(&key) else {
             return false;
         };
@@ -263,11 +264,11 @@ impl Runtime {
         tracing::info!(target: "node", %node, "the ticket's addresses did not answer; asking the DHT");
         // Asked now, whatever the last lookup: the addresses known are stale.
         self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-        self.hold_join(peer, *node, flow.to_string(), request);
+        self.hold_join(peer, *node, *flow, request);
         true
     }
 
-    fn hold_join(&mut self, peer: PeerId, node: NodeId, flow: String, request: JoinRequest) {
+    fn hold_join(&mut self, peer: PeerId, node: NodeId, flow: FlowId, request: JoinRequest) {
         if self.peers.lookup_due(peer, Instant::now()) {
             self.swarm.behaviour_mut().kad.get_closest_peers(peer);
         }

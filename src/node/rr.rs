@@ -8,6 +8,7 @@ use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, Respons
 use libp2p::PeerId;
 
 use super::{node_of, Runtime};
+use crate::flow::FlowId;
 use crate::identity::NodeId;
 use crate::wire::{self, Codec, Frame, JoinRequest, JoinResponse, SyncRequest, SyncResponse};
 
@@ -19,8 +20,8 @@ pub(super) trait Protocol {
     /// turn's commit fails; `None`: no answer at all.
     fn refused() -> Option<Self::Response>;
     fn answer(rt: &mut Runtime, peer: &NodeId, request: Self::Request) -> Self::Response;
-    fn response(rt: &mut Runtime, peer: &NodeId, flow: &str, response: Self::Response);
-    fn failed(rt: &mut Runtime, peer: &NodeId, flow: &str, error: OutboundFailure);
+    fn response(rt: &mut Runtime, peer: &NodeId, flow: &FlowId, response: Self::Response);
+    fn failed(rt: &mut Runtime, peer: &NodeId, flow: &FlowId, error: OutboundFailure);
     /// The protocol's behaviour in the swarm, and its lane.
     fn parts(rt: &mut Runtime) -> (&mut Behaviour<Self>, &mut Lane<Self::Response>);
 }
@@ -32,7 +33,7 @@ type Behaviour<P> =
 /// the answers that wait for the turn's commit.
 #[derive(Default)]
 pub(super) struct Lane<Response> {
-    pub(super) sent: HashMap<OutboundRequestId, (NodeId, String)>,
+    pub(super) sent: HashMap<OutboundRequestId, (NodeId, FlowId)>,
     held: Vec<(ResponseChannel<Response>, Response)>,
 }
 
@@ -53,10 +54,10 @@ impl Protocol for Sync {
     fn answer(rt: &mut Runtime, peer: &NodeId, request: SyncRequest) -> SyncResponse {
         rt.engine.handle_sync_request(peer, request)
     }
-    fn response(rt: &mut Runtime, peer: &NodeId, flow: &str, response: SyncResponse) {
+    fn response(rt: &mut Runtime, peer: &NodeId, flow: &FlowId, response: SyncResponse) {
         rt.engine.handle_sync_response(peer, flow, response);
     }
-    fn failed(rt: &mut Runtime, peer: &NodeId, flow: &str, error: OutboundFailure) {
+    fn failed(rt: &mut Runtime, peer: &NodeId, flow: &FlowId, error: OutboundFailure) {
         tracing::debug!(target: "node", %peer, %flow, "sync request failed: {error}");
         rt.engine.sync_failed(peer, flow);
     }
@@ -76,17 +77,17 @@ impl Protocol for Join {
         rt.refresh_members();
         response
     }
-    fn response(rt: &mut Runtime, peer: &NodeId, flow: &str, response: JoinResponse) {
-        rt.joins_sent.remove(&(*peer, flow.to_string()));
+    fn response(rt: &mut Runtime, peer: &NodeId, flow: &FlowId, response: JoinResponse) {
+        rt.joins_sent.remove(&(*peer, *flow));
         rt.engine.handle_join_response(peer, flow, response);
     }
-    fn failed(rt: &mut Runtime, peer: &NodeId, flow: &str, error: OutboundFailure) {
+    fn failed(rt: &mut Runtime, peer: &NodeId, flow: &FlowId, error: OutboundFailure) {
         // The ticket's addresses may be old (made while the inviter's node was stopped): once,
         // the request waits for the DHT to find the inviter instead of failing.
         if matches!(error, OutboundFailure::DialFailure) && rt.join_again(peer, flow) {
             return;
         }
-        rt.joins_sent.remove(&(*peer, flow.to_string()));
+        rt.joins_sent.remove(&(*peer, *flow));
         rt.engine.join_failed(peer, flow, error.to_string());
     }
     fn parts(rt: &mut Runtime) -> (&mut Behaviour<Self>, &mut Lane<JoinResponse>) {

@@ -140,11 +140,11 @@ impl Runtime {
             Event::Joined { flow } => {
                 tracing::info!(target: "node", %flow, "joined");
                 let _ = self.changes.send(Change::Flows);
-                let _ = self.changes.send(Change::Flow(flow.clone()));
+                let _ = self.changes.send(Change::Flow(flow));
                 self.refresh_members();
                 self.refresh_topics();
                 for (tx, _) in self.pending_joins.remove(&flow).unwrap_or_default() {
-                    let _ = tx.send(Ok(Reply::Joined { id: flow.clone() }));
+                    let _ = tx.send(Ok(Reply::Joined { id: flow.to_string() }));
                 }
             }
             Event::JoinFailed { flow, reason } => {

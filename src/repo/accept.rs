@@ -7,10 +7,10 @@ impl<S: Storage> Repo<S> {
     /// Runs changes received from elsewhere through verify → authorize → apply and stores the
     /// accepted ones. The flow must already exist here, unless the batch holds its genesis.
     /// A flow this node is joining, or one a test or benchmark seeds, is taken as held.
-    pub fn receive(&mut self, flow_id: &str, batch: &[SignedChange]) -> Result<Outcome> {
+    pub fn receive(&mut self, flow_id: &FlowId, batch: &[SignedChange]) -> Result<Outcome> {
         if self.offered.contains(flow_id) {
             // Joining a flow offered earlier is consent.
-            self.accept(flow_id)?;
+            self.accept(flow_id.as_str())?;
         }
         Ok(self.take(flow_id, batch, None)?.0)
     }
@@ -20,7 +20,7 @@ impl<S: Storage> Repo<S> {
     /// and there is room. Nothing more is kept for a flow already offered.
     pub fn receive_offer(
         &mut self,
-        flow_id: &str,
+        flow_id: &FlowId,
         batch: &[SignedChange],
         from: &str,
     ) -> Result<(Outcome, Offered)> {
@@ -32,7 +32,7 @@ impl<S: Storage> Repo<S> {
 
     pub(super) fn take(
         &mut self,
-        flow_id: &str,
+        flow_id: &FlowId,
         batch: &[SignedChange],
         offer: Option<&str>,
     ) -> Result<(Outcome, Offered)> {
@@ -46,7 +46,7 @@ impl<S: Storage> Repo<S> {
             standing,
             ..
         } = self;
-        let memo = roles.entry(flow_id.to_string()).or_default();
+        let memo = roles.entry(*flow_id).or_default();
         let mut fate = Offered::NotMember;
         // Everything below reads and writes documents holding what a peer sent. Automerge
         // trusts its input more than a node can: a panic in it (applying, judging, summarizing,
@@ -64,7 +64,7 @@ impl<S: Storage> Repo<S> {
                     Some(_) => {}
                 }
             }
-            let doc = match docs.entry(flow_id.to_string()) {
+            let doc = match docs.entry(*flow_id) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(if known {
                     load_doc(w, flow_id)?
@@ -135,7 +135,7 @@ impl<S: Storage> Repo<S> {
             };
             persist(w, flow_id, doc, &st, &rows, now)?;
             crash_point("stored");
-            standing.insert(flow_id.to_string(), st);
+            standing.insert(*flow_id, st);
             Ok(out)
         })));
         let result = match guarded {
@@ -152,7 +152,7 @@ impl<S: Storage> Repo<S> {
         // Read again from the store next time it is asked for (`persist` wrote it).
         self.summaries.remove(flow_id);
         if fate == Offered::Kept && result.is_ok() {
-            self.offered.insert(flow_id.to_string());
+            self.offered.insert(*flow_id);
         }
         if matches!(&result, Ok(out) if !out.accepted.is_empty()) {
             if self.store.in_group() {
@@ -176,7 +176,7 @@ impl<S: Storage> Repo<S> {
         result.map(|out| (out, fate))
     }
 
-    pub(super) fn holds_in_store(&self, flow: &str) -> bool {
+    pub(super) fn holds_in_store(&self, flow: &FlowId) -> bool {
         self.store.reader().has_flow(flow).unwrap_or(false)
     }
 }

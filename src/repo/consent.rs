@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{load_doc, Repo};
 use crate::error::{Error, Result};
-use crate::flow::{Flow, Reader, Role};
+use crate::flow::{Flow, FlowId, Reader, Role};
 use crate::store::{FlowRow, Flows, Storage, Tables};
 
 /// How many offered flows wait for their user at most; further offers are not kept.
@@ -67,7 +67,7 @@ pub struct Listed {
 }
 
 /// The offered flows in `store`.
-pub(super) fn store_offered(store: &impl Storage) -> std::collections::HashSet<String> {
+pub(super) fn store_offered(store: &impl Storage) -> std::collections::HashSet<FlowId> {
     match store.reader().pending_ids() {
         Ok(ids) => ids.into_iter().collect(),
         Err(e) => {
@@ -124,13 +124,13 @@ impl<S: Storage> Repo<S> {
             })
             .collect();
         let me = self.identity.node_id().to_string();
-        let ids: Vec<String> = out.iter().map(|l| l.row.id.clone()).collect();
+        let ids: Vec<FlowId> = out.iter().map(|l| l.row.id).collect();
         for (listed, waiting) in out.iter_mut().zip(self.waiting(&ids)?) {
             listed.waiting = waiting;
         }
         let reader = self.store.reader();
         for (row, _) in reader.offers()? {
-            let flow = Reader::now(&load_doc(&reader, &row.id)?).flow(&row.id);
+            let flow = Reader::now(&load_doc(&reader, &row.id)?).flow(row.id.as_str());
             out.push(Listed {
                 offer: Some(offer_in(&flow, &me)),
                 pending: true,
@@ -143,30 +143,34 @@ impl<S: Storage> Repo<S> {
 
     #[cfg(feature = "testkit")]
     /// Whether `flow` was offered to this node and waits for its user.
-    pub fn is_offered(&self, flow: &str) -> bool {
+    pub fn is_offered(&self, flow: &FlowId) -> bool {
         self.offered.contains(flow)
     }
 
     /// The full id of the flow a prefix names, if this node holds it: an offered flow must be
     /// accepted before it is changed.
-    pub(super) fn resolve_held(&self, prefix: &str) -> Result<String> {
+    pub(super) fn resolve_held(&self, prefix: &str) -> Result<FlowId> {
         let id = self.resolve(prefix)?;
         if self.offered.contains(&id) {
             return Err(Error::Invalid(format!(
                 "flow {id} was offered to you and waits for your answer: `coflow flow accept \
                  {short}` to take part, or `coflow flow decline {short}`",
-                short = &id[..8.min(id.len())]
+                short = &id.as_str()[..8]
             )));
         }
         Ok(id)
     }
 
     /// The full id of an offered flow a prefix names.
-    fn resolve_offered(&self, prefix: &str) -> Result<String> {
+    fn resolve_offered(&self, prefix: &str) -> Result<FlowId> {
         let id = match self.resolve(prefix) {
             Ok(id) => id,
             Err(e) => {
-                if self.store.reader().declined_members(prefix)?.is_some() {
+                let declined = match prefix.parse() {
+                    Ok(flow) => self.store.reader().declined_members(&flow)?.is_some(),
+                    Err(_) => false,
+                };
+                if declined {
                     return Err(Error::Invalid(format!(
                         "you declined flow {prefix} and its content was deleted: to take part \
                          after all, ask a member for an invite ticket (`coflow flow join TICKET`)"
@@ -186,7 +190,7 @@ impl<S: Storage> Repo<S> {
 
     /// Accepts an offered flow (`coflow flow accept`): from now on it is held like any other,
     /// and syncs. Returns its id.
-    pub fn accept(&mut self, prefix: &str) -> Result<String> {
+    pub fn accept(&mut self, prefix: &str) -> Result<FlowId> {
         let id = self.resolve_offered(prefix)?;
         self.store.write(|w| w.accept_flow(&id))?;
         self.offered.remove(&id);
@@ -195,7 +199,7 @@ impl<S: Storage> Repo<S> {
 
     /// Declines an offered flow (`coflow flow decline`): what was stored for it is deleted, and
     /// offers of it by the members it had are turned away from now on. Returns its id.
-    pub fn decline(&mut self, prefix: &str) -> Result<String> {
+    pub fn decline(&mut self, prefix: &str) -> Result<FlowId> {
         let id = self.resolve_offered(prefix)?;
         let now = self.now();
         let offered_by = self
@@ -230,7 +234,7 @@ impl<S: Storage> Repo<S> {
     /// For a flow offered to this node (waiting, or declined): whether `peer` is one of its
     /// members (such a peer is told the flow is not served here, so that it stops offering it).
     /// `None` for any other flow.
-    pub fn offer_member(&mut self, flow: &str, peer: &str) -> Option<bool> {
+    pub fn offer_member(&mut self, flow: &FlowId, peer: &str) -> Option<bool> {
         if self.offered.contains(flow) {
             return Some(
                 self.doc(flow)

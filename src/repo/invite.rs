@@ -77,7 +77,7 @@ impl<S: Storage> Repo<S> {
             addrs.push(libp2p::Multiaddr::empty().with(libp2p::multiaddr::Protocol::P2p(me)));
         }
         let ticket = crate::wire::InviteTicket {
-            flow: edit.flow.clone(),
+            flow: edit.flow,
             invite: edit.id.clone().expect("an invite has an id"),
             secret,
             addrs,
@@ -95,13 +95,13 @@ impl<S: Storage> Repo<S> {
     /// for a flow this node does not hold.
     pub fn redeem(
         &mut self,
-        flow: &str,
+        flow: &FlowId,
         invite: &str,
         proof: &[u8],
         joiner: &NodeId,
         name: &str,
     ) -> std::result::Result<EditOutcome, RedeemError> {
-        let (Some(flow_bytes), Some(invite_bytes)) = (unhex(flow), unhex(invite)) else {
+        let Some(invite_bytes) = unhex(invite) else {
             return Err(RedeemError::Unknown);
         };
         // Until the proof verifies, even this node's own trouble reading the flow answers as
@@ -112,7 +112,7 @@ impl<S: Storage> Repo<S> {
         let now = self.now();
         let me = *self.identity.node_id();
         let current = match self.standing(flow) {
-            Ok(_) => stands(&self.docs[flow], &self.standing[flow]).flow_without_comments(flow),
+            Ok(_) => stands(&self.docs[flow], &self.standing[flow]).flow_without_comments(flow.as_str()),
             Err(e) => {
                 tracing::warn!(target: "repo", %flow, "cannot read the flow to judge a join: {e}");
                 return Err(RedeemError::Unknown);
@@ -126,7 +126,7 @@ impl<S: Storage> Repo<S> {
             .iter()
             .find(|i| i.id == invite)
             .filter(|i| {
-                verify_invite_proof(&i.public_key, &flow_bytes, &invite_bytes, joiner, proof)
+                verify_invite_proof(&i.public_key, flow.as_bytes(), &invite_bytes, joiner, proof)
             })
             .ok_or(RedeemError::Unknown)?;
         // The joiner holds the ticket: it may know why it cannot get in.
@@ -145,7 +145,7 @@ impl<S: Storage> Repo<S> {
             None => {}
         }
         Ok(self.edit(
-            flow,
+            flow.as_str(),
             &Edit::Redeem {
                 invite: invite.to_string(),
                 proof: hex(proof),

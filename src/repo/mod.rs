@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::removal::{self, Removal};
 use crate::auth::{self, Outcome, SignedChange};
 use crate::error::{Error, Result};
-use crate::flow::{self, flow_id_of_genesis, new_flow_ops, Edit, Flow, Reader, Role};
+use crate::flow::{self, flow_id_of_genesis, new_flow_ops, Edit, Flow, FlowId, Reader, Role};
 use crate::identity::{
     hex, unhex, verify_invite_proof, Identity, IdentityError, InviteKey, NodeId, KEY_FILE,
 };
@@ -66,7 +66,7 @@ pub use crate::clock::system_clock_ms;
 /// The result of a local edit.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EditOutcome {
-    pub flow: String,
+    pub flow: FlowId,
     pub change: String,
     pub summary: String,
     /// The id of the step, decision or comment the edit created.
@@ -88,19 +88,19 @@ pub struct Repo<S: Storage = Store> {
     given: Option<i64>,
     /// Documents loaded so far. Each is exactly what the store holds for its flow: any write
     /// that fails drops the cached copy, which is then loaded again.
-    docs: HashMap<String, Automerge>,
+    docs: HashMap<FlowId, Automerge>,
     /// Summaries of held flows read since their last change ([`Summary`]).
-    summaries: HashMap<String, Summary>,
+    summaries: HashMap<FlowId, Summary>,
     /// Per flow, roles known from changes judged earlier (see [`auth::RoleMemo`]).
-    roles: HashMap<String, auth::RoleMemo>,
+    roles: HashMap<FlowId, auth::RoleMemo>,
     /// Per flow, what fell by the removal rule and where the rest stands, as of the document's
     /// heads it was worked out at.
-    standing: HashMap<String, Standing>,
+    standing: HashMap<FlowId, Standing>,
     /// Whether received changes were stored in the open group (for the crash point that
     /// follows their commit).
     group_received: bool,
     /// Flows offered to this node and not accepted yet ([`consent`]): stored, not held.
-    offered: HashSet<String>,
+    offered: HashSet<FlowId>,
     /// A flow was declined in the open group: clear the write-ahead log once it commits.
     wipe_log_after_commit: bool,
 }
@@ -110,12 +110,12 @@ pub struct Repo<S: Storage = Store> {
 fn make_edit(
     doc: &mut Automerge,
     edit: &Edit,
-    flow: &str,
+    flow: &FlowId,
     me: &NodeId,
     now: i64,
 ) -> Result<(automerge::ChangeHash, Change, flow::Applied)> {
     // Not the comments: a flow's comments grow without bound, and no edit reads them.
-    let current = Reader::now(&*doc).flow_without_comments(flow);
+    let current = Reader::now(&*doc).flow_without_comments(flow.as_str());
     let mut tx = doc.transaction();
     let applied = edit.apply(&mut tx, &current, me, now)?;
     let (hash, _) = tx.commit_with(
@@ -139,7 +139,7 @@ pub const META_LISTEN_ADDRS: &str = "listen_addrs";
 /// Loads a flow's document from the store: latest snapshot plus the changes stored after it.
 /// The stored changes came from peers: a panic inside Automerge while loading them is an error
 /// (the flow is reported corrupt), not the end of the node.
-pub fn load_doc(w: &impl Tables, flow: &str) -> Result<Automerge> {
+pub fn load_doc(w: &impl Tables, flow: &FlowId) -> Result<Automerge> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load_unguarded(w, flow))).unwrap_or_else(
         |_| {
             Err(Error::Corrupt {
@@ -150,7 +150,7 @@ pub fn load_doc(w: &impl Tables, flow: &str) -> Result<Automerge> {
     )
 }
 
-fn load_unguarded(w: &impl Tables, flow: &str) -> Result<Automerge> {
+fn load_unguarded(w: &impl Tables, flow: &FlowId) -> Result<Automerge> {
     let corrupt = |reason: String| Error::Corrupt {
         flow: flow.to_string(),
         reason,
@@ -175,7 +175,7 @@ fn load_unguarded(w: &impl Tables, flow: &str) -> Result<Automerge> {
 /// Stores accepted changes and refreshes the flow's summary row and snapshot.
 fn persist(
     w: &impl Tables,
-    flow: &str,
+    flow: &FlowId,
     doc: &Automerge,
     standing: &Standing,
     changes: &[(Vec<u8>, Vec<u8>, Vec<u8>)],
@@ -281,7 +281,7 @@ impl<S: Storage> Repo<S> {
     }
 
     /// Whether this node holds the flow.
-    pub fn holds(&self, flow: &str) -> Result<bool> {
+    pub fn holds(&self, flow: &FlowId) -> Result<bool> {
         if self.offered.contains(flow) {
             return Ok(false);
         }
@@ -294,13 +294,13 @@ impl<S: Storage> Repo<S> {
 
     /// The flow's document (loaded once, then kept). A flow the store does not have is an
     /// error, not an empty document (which, kept, would make the flow look held).
-    pub fn doc(&mut self, flow: &str) -> Result<&Automerge> {
+    pub fn doc(&mut self, flow: &FlowId) -> Result<&Automerge> {
         if !self.docs.contains_key(flow) {
             if !self.holds_in_store(flow) {
                 return Err(Error::Invalid(format!("no flow {flow} here")));
             }
             let doc = load_doc(&self.store.reader(), flow)?;
-            self.docs.insert(flow.to_string(), doc);
+            self.docs.insert(*flow, doc);
         }
         Ok(&self.docs[flow])
     }
@@ -308,32 +308,32 @@ impl<S: Storage> Repo<S> {
     /// The flow's document, mutable, for the sync engine to update a sync state with a message
     /// that carries no changes (Automerge's API wants `&mut` for that). Nothing else may write
     /// through it: changes enter only through [`Repo::edit`] and [`Repo::receive`].
-    pub fn doc_for_sync(&mut self, flow: &str) -> Result<&mut Automerge> {
+    pub fn doc_for_sync(&mut self, flow: &FlowId) -> Result<&mut Automerge> {
         self.doc(flow)?;
         Ok(self.docs.get_mut(flow).expect("just loaded"))
     }
 
     /// The signature stored with a change of `flow`.
-    pub fn signature(&self, flow: &str, hash: &automerge::ChangeHash) -> Result<Option<Vec<u8>>> {
+    pub fn signature(&self, flow: &FlowId, hash: &automerge::ChangeHash) -> Result<Option<Vec<u8>>> {
         Ok(self.store.reader().signature(flow, &hash.0)?)
     }
 
     /// A stored change of `flow` with its signature.
     pub fn signed_change(
         &self,
-        flow: &str,
+        flow: &FlowId,
         hash: &automerge::ChangeHash,
     ) -> Result<Option<SignedChange>> {
         Ok(self.store.reader().signed_change(flow, &hash.0)?)
     }
 
     /// The flow's current (not removed) members.
-    pub fn members(&mut self, flow: &str) -> Result<Vec<(String, Role)>> {
+    pub fn members(&mut self, flow: &FlowId) -> Result<Vec<(String, Role)>> {
         Ok(self.current_members(flow)?.to_vec())
     }
 
     /// The role of `node` in `flow` if it is a current member (no copy of the member list).
-    pub fn role_of(&mut self, flow: &str, node: &str) -> Result<Option<Role>> {
+    pub fn role_of(&mut self, flow: &FlowId, node: &str) -> Result<Option<Role>> {
         Ok(self
             .current_members(flow)?
             .iter()
@@ -341,14 +341,14 @@ impl<S: Storage> Repo<S> {
             .map(|(_, r)| *r))
     }
 
-    fn current_members(&mut self, flow: &str) -> Result<&[(String, Role)]> {
+    fn current_members(&mut self, flow: &FlowId) -> Result<&[(String, Role)]> {
         // The sync engine asks this for every message and peer: it reads the flow's summary,
         // not its document.
         Ok(self.summary(flow)?.map_or(&[], |s| s.members.as_slice()))
     }
 
     /// Ids of every flow held here.
-    pub fn flow_ids(&self) -> Result<Vec<String>> {
+    pub fn flow_ids(&self) -> Result<Vec<FlowId>> {
         Ok(self.store.reader().flow_ids()?)
     }
 
@@ -364,21 +364,19 @@ impl<S: Storage> Repo<S> {
     }
 
     /// The full id of the flow a prefix names: one held here or offered to this node.
-    pub fn resolve(&self, prefix: &str) -> Result<String> {
+    pub fn resolve(&self, prefix: &str) -> Result<FlowId> {
         let ids = self.store.reader().all_flow_ids()?;
-        Ok(flow::resolve_prefix(
-            "flow",
-            prefix,
-            ids.iter().map(|s| s.as_str()),
-        )?)
+        flow::resolve_prefix("flow", prefix, ids.iter().map(FlowId::as_str))?
+            .parse()
+            .map_err(Error::Invalid)
     }
 
-    pub fn load(&self, flow: &str) -> Result<Automerge> {
+    pub fn load(&self, flow: &FlowId) -> Result<Automerge> {
         load_doc(&self.store.reader(), flow)
     }
 
     /// Starts a flow with the caller as its only member.
-    pub fn create_flow(&mut self, title: &str, need: &str, role: Role) -> Result<String> {
+    pub fn create_flow(&mut self, title: &str, need: &str, role: Role) -> Result<FlowId> {
         let me = self.identity.clone();
         // A genesis of its own: two flows started alike in the same second by this process
         // would otherwise be one change, and one flow id.
@@ -411,7 +409,7 @@ impl<S: Storage> Repo<S> {
                 Ok((id, doc))
             })
             .map(|(id, doc)| {
-                self.docs.insert(id.clone(), doc);
+                self.docs.insert(id, doc);
                 id
             })
     }
@@ -441,7 +439,7 @@ impl<S: Storage> Repo<S> {
             ..
         } = self;
         let result = store.write(|w| {
-            let doc = match docs.entry(id.clone()) {
+            let doc = match docs.entry(id) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(load_doc(w, &id)?),
             };
@@ -487,7 +485,7 @@ impl<S: Storage> Repo<S> {
             persist(w, &id, doc, &st, &[row(&mut change, &sig)], now)?;
             Ok((
                 EditOutcome {
-                    flow: id.clone(),
+                    flow: id,
                     change: hex(&hash.0),
                     summary,
                     id: created,
@@ -508,7 +506,7 @@ impl<S: Storage> Repo<S> {
     }
 
     /// Every stored change of a flow, with its signature, dependencies first.
-    pub fn signed_changes(&self, flow: &str) -> Result<Vec<SignedChange>> {
+    pub fn signed_changes(&self, flow: &FlowId) -> Result<Vec<SignedChange>> {
         Ok(self
             .store
             .reader()

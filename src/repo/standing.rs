@@ -89,7 +89,7 @@ pub(super) fn stands<'a>(doc: &'a Automerge, standing: &'a Standing) -> Reader<'
 /// Finds the removals `accepted` make and records them; returns every removal of the flow.
 pub(super) fn record_removals(
     w: &impl Tables,
-    flow: &str,
+    flow: &FlowId,
     doc: &Automerge,
     accepted: &[(&Change, &NodeId)],
 ) -> Result<Vec<Removal>> {
@@ -103,12 +103,12 @@ pub(super) fn record_removals(
 
 impl<S: Storage> Repo<S> {
     /// How the flow stands under the removal rule: what fell, and the heads of the rest.
-    pub fn standing(&mut self, flow: &str) -> Result<&Standing> {
+    pub fn standing(&mut self, flow: &FlowId) -> Result<&Standing> {
         let heads = self.doc(flow)?.get_heads();
         if self.standing.get(flow).is_none_or(|s| s.at != heads) {
             let removals = self.store.reader().removals(flow)?;
             let st = standing_of(&self.docs[flow], removals);
-            self.standing.insert(flow.to_string(), st);
+            self.standing.insert(*flow, st);
         }
         Ok(&self.standing[flow])
     }
@@ -117,7 +117,7 @@ impl<S: Storage> Repo<S> {
     /// removed member is still told of the flow (its history up to its removal).
     pub fn removal_of(
         &mut self,
-        flow: &str,
+        flow: &FlowId,
         node: &NodeId,
     ) -> Result<Option<Vec<automerge::ChangeHash>>> {
         if !self.holds(flow)? {
@@ -137,7 +137,7 @@ impl<S: Storage> Repo<S> {
 
     /// The document as it stands (without fallen changes), saved: what `flow export
     /// --format automerge` writes, loadable by any Automerge with the flow's standing heads.
-    pub fn save_standing(&mut self, flow: &str) -> Result<Vec<u8>> {
+    pub fn save_standing(&mut self, flow: &FlowId) -> Result<Vec<u8>> {
         let heads = self.standing(flow)?.heads.clone();
         let doc = self.doc(flow)?;
         Ok(match heads {

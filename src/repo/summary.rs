@@ -75,7 +75,7 @@ impl<S: Storage> Repo<S> {
     /// The summary of a held flow; `None` for a flow not held here (unknown, or offered and
     /// waiting). Read from the store once after each change; a flow stored before summaries
     /// were kept is summarized from its document once, and the summary stored.
-    pub fn summary(&mut self, flow: &str) -> Result<Option<&Summary>> {
+    pub fn summary(&mut self, flow: &FlowId) -> Result<Option<&Summary>> {
         if !self.holds(flow)? {
             return Ok(None);
         }
@@ -90,7 +90,7 @@ impl<S: Storage> Repo<S> {
                     s
                 }
             };
-            self.summaries.insert(flow.to_string(), summary);
+            self.summaries.insert(*flow, summary);
         }
         Ok(self.summaries.get(flow))
     }
@@ -99,7 +99,7 @@ impl<S: Storage> Repo<S> {
     /// nothing for a flow not held here), kept in the flows' summaries: a flow's document is
     /// read for it once after each change, not on every `flow list`, and what was worked out
     /// is stored in one transaction.
-    pub fn waiting(&mut self, flows: &[String]) -> Result<Vec<Vec<crate::flow::Waiting>>> {
+    pub fn waiting(&mut self, flows: &[FlowId]) -> Result<Vec<Vec<crate::flow::Waiting>>> {
         let me = self.identity.node_id().to_string();
         let mut out = Vec::with_capacity(flows.len());
         let mut fresh = Vec::new();
@@ -114,10 +114,10 @@ impl<S: Storage> Repo<S> {
             }
             self.standing(flow)?;
             let waiting = stands(&self.docs[flow], &self.standing[flow])
-                .flow_without_comments(flow)
+                .flow_without_comments(flow.as_str())
                 .waiting_on(&me);
             summary.waiting = Some(waiting.clone());
-            fresh.push((flow.clone(), summary));
+            fresh.push((*flow, summary));
             out.push(waiting);
         }
         if !fresh.is_empty() {

@@ -139,7 +139,7 @@ impl<S: Storage> Repo<S> {
         let id = self.resolve(prefix)?;
         self.standing(&id)?;
         let (doc, standing) = (&self.docs[&id], &self.standing[&id]);
-        let flow = stands(doc, standing).flow(&id);
+        let flow = stands(doc, standing).flow(id.as_str());
         let heads = standing
             .heads
             .clone()
@@ -206,7 +206,7 @@ impl<S: Storage> Repo<S> {
         let id = self.resolve(prefix)?;
         self.standing(&id)?;
         let (doc, standing) = (&self.docs[&id], &self.standing[&id]);
-        let flow = stands(doc, standing).flow(&id);
+        let flow = stands(doc, standing).flow(id.as_str());
         let mut history = flow::History::new(doc);
         let clashing = flow.clashing_names();
         Ok(doc

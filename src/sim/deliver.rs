@@ -155,7 +155,7 @@ impl<S: Storage> Net<S> {
             }
             Io::Event(Event::Offered { flow, .. }) if self.cfg.accept_offers => {
                 // The user's answer: accepting a flow starts syncing it with connected members.
-                if self.nodes[from].accept(&flow).is_ok() {
+                if self.nodes[from].accept(flow.as_str()).is_ok() {
                     self.refresh_topics(from);
                     self.arrivals(from, &flow);
                 }

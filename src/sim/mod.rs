@@ -31,6 +31,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
+use crate::flow::FlowId;
 use crate::identity::{Identity, NodeId};
 use crate::repo::Repo;
 use crate::store::{MemStore, Storage};
@@ -110,25 +111,25 @@ pub struct Traffic {
 
 enum Msg {
     Request {
-        flow: String,
+        flow: FlowId,
         request: wire::SyncRequest,
     },
     Response {
-        flow: String,
+        flow: FlowId,
         response: wire::SyncResponse,
     },
     JoinRequest {
-        flow: String,
+        flow: FlowId,
         request: wire::JoinRequest,
     },
     JoinResponse {
-        flow: String,
+        flow: FlowId,
         response: wire::JoinResponse,
     },
     /// Gossip message `id` (an index into [`Net::gossip`]).
     Gossip { id: u64 },
     /// The request `from` sent `to` about `flow` got no answer in time.
-    Failed { flow: String, join: bool },
+    Failed { flow: FlowId, join: bool },
     /// A dial from `from` reaches `to`.
     Dial,
 }
@@ -147,7 +148,7 @@ struct GossipMsg {
 
 /// A change whose spread is measured: when it was made, and when each node held it.
 struct Tracked {
-    flow: String,
+    flow: FlowId,
     hash: automerge::ChangeHash,
     made_at: u64,
     arrived: Vec<Option<u64>>,
@@ -474,15 +475,20 @@ impl<S: Storage> Net<S> {
     }
 
     /// Node `node` makes a local edit and tells its engine; the change is tracked from now.
-    pub fn edit(&mut self, node: usize, flow: &str, edit: &crate::flow::Edit) -> crate::Result<()> {
+    pub fn edit(
+        &mut self,
+        node: usize,
+        flow: &FlowId,
+        edit: &crate::flow::Edit,
+    ) -> crate::Result<()> {
         self.clock(node);
-        let outcome = self.nodes[node].repo().edit(flow, edit)?;
+        let outcome = self.nodes[node].repo().edit(flow.as_str(), edit)?;
         self.nodes[node].local_change(flow);
         if let Ok(hash) = outcome.change.parse::<automerge::ChangeHash>() {
             let mut arrived = vec![None; self.nodes.len()];
             arrived[node] = Some(self.now);
             self.tracked.push(Tracked {
-                flow: flow.to_string(),
+                flow: *flow,
                 hash,
                 made_at: self.now,
                 arrived,
@@ -493,10 +499,10 @@ impl<S: Storage> Net<S> {
     }
 
     /// Records which tracked changes of `flow` node `node` holds now.
-    fn arrivals(&mut self, node: usize, flow: &str) {
+    fn arrivals(&mut self, node: usize, flow: &FlowId) {
         for t in self.tracked.iter_mut() {
             if t.arrived[node].is_none()
-                && t.flow == flow
+                && t.flow == *flow
                 && matches!(
                     self.nodes[node].repo().signature(flow, &t.hash),
                     Ok(Some(_))
@@ -521,7 +527,7 @@ impl<S: Storage> Net<S> {
     }
 
     /// The flow's heads on each node, sorted (`None` where it is not held).
-    pub fn heads(&mut self, flow: &str) -> Vec<Option<Vec<automerge::ChangeHash>>> {
+    pub fn heads(&mut self, flow: &FlowId) -> Vec<Option<Vec<automerge::ChangeHash>>> {
         self.nodes
             .iter_mut()
             .map(|n| {
@@ -535,7 +541,7 @@ impl<S: Storage> Net<S> {
     }
 
     /// Whether every node holds the flow at the same heads.
-    pub fn converged(&mut self, flow: &str) -> bool {
+    pub fn converged(&mut self, flow: &FlowId) -> bool {
         let heads = self.heads(flow);
         heads[0].is_some() && heads.iter().all(|h| h == &heads[0])
     }

@@ -92,7 +92,7 @@ pub fn one_flow(n: usize, known: usize, writers: usize, seed: u64) -> Report {
         };
         net.nodes[0]
             .repo()
-            .edit(&flow, &add)
+            .edit(flow.as_str(), &add)
             .expect("a member added");
     }
     net.nodes[0].local_change(&flow);

@@ -9,50 +9,50 @@ pub trait Changes {
     /// how many were new. A flow not stored is an error.
     fn insert_changes<'c>(
         &self,
-        flow: &str,
+        flow: &FlowId,
         changes: impl IntoIterator<Item = (&'c [u8], &'c [u8], &'c [u8])>,
     ) -> Result<usize, StoreError>;
 
     /// Records removals made by accepted changes of `flow` (one already recorded is skipped).
     fn insert_removals(
         &self,
-        flow: &str,
+        flow: &FlowId,
         removals: &[crate::auth::removal::Removal],
     ) -> Result<(), StoreError>;
 
     /// The removals among `flow`'s accepted changes.
-    fn removals(&self, flow: &str) -> Result<Vec<crate::auth::removal::Removal>, StoreError>;
+    fn removals(&self, flow: &FlowId) -> Result<Vec<crate::auth::removal::Removal>, StoreError>;
 
     /// The flow's changes stored after `seq`, in insertion order (dependencies first).
-    fn changes_after(&self, flow: &str, seq: i64) -> Result<Vec<StoredChange>, StoreError>;
+    fn changes_after(&self, flow: &FlowId, seq: i64) -> Result<Vec<StoredChange>, StoreError>;
 
     /// The sequence number of the flow's newest change; 0 if it has none. Sequence numbers
     /// count the changes of every flow and are never reused once committed.
-    fn last_seq(&self, flow: &str) -> Result<i64, StoreError>;
+    fn last_seq(&self, flow: &FlowId) -> Result<i64, StoreError>;
 
     /// How many of the flow's changes were stored after `seq`.
-    fn count_after(&self, flow: &str, seq: i64) -> Result<i64, StoreError>;
+    fn count_after(&self, flow: &FlowId, seq: i64) -> Result<i64, StoreError>;
 
     /// The latest snapshot: `(seq of the last change it includes, saved document)`.
-    fn snapshot(&self, flow: &str) -> Result<Option<(i64, Vec<u8>)>, StoreError>;
+    fn snapshot(&self, flow: &FlowId) -> Result<Option<(i64, Vec<u8>)>, StoreError>;
 
     /// The sequence number the flow's snapshot covers, without reading the snapshot.
-    fn snapshot_seq(&self, flow: &str) -> Result<Option<i64>, StoreError>;
+    fn snapshot_seq(&self, flow: &FlowId) -> Result<Option<i64>, StoreError>;
 
     /// The signature stored with a change.
-    fn signature(&self, flow: &str, hash: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn signature(&self, flow: &FlowId, hash: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// A stored change with its signature, by hash.
-    fn signed_change(&self, flow: &str, hash: &[u8]) -> Result<Option<SignedChange>, StoreError>;
+    fn signed_change(&self, flow: &FlowId, hash: &[u8]) -> Result<Option<SignedChange>, StoreError>;
 
     /// Stores the flow's snapshot, replacing the one it had. A flow not stored is an error.
-    fn put_snapshot(&self, flow: &str, upto_seq: i64, doc: &[u8]) -> Result<(), StoreError>;
+    fn put_snapshot(&self, flow: &FlowId, upto_seq: i64, doc: &[u8]) -> Result<(), StoreError>;
 }
 
 impl Changes for Writer<'_> {
     fn insert_changes<'c>(
         &self,
-        flow: &str,
+        flow: &FlowId,
         changes: impl IntoIterator<Item = (&'c [u8], &'c [u8], &'c [u8])>,
     ) -> Result<usize, StoreError> {
         let mut stmt = self.conn.prepare_cached(
@@ -67,7 +67,7 @@ impl Changes for Writer<'_> {
 
     fn insert_removals(
         &self,
-        flow: &str,
+        flow: &FlowId,
         removals: &[crate::auth::removal::Removal],
     ) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare_cached(
@@ -79,7 +79,7 @@ impl Changes for Writer<'_> {
         Ok(())
     }
 
-    fn removals(&self, flow: &str) -> Result<Vec<crate::auth::removal::Removal>, StoreError> {
+    fn removals(&self, flow: &FlowId) -> Result<Vec<crate::auth::removal::Removal>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT change, target, rank FROM removals WHERE flow = ?1")?;
@@ -112,7 +112,7 @@ impl Changes for Writer<'_> {
         Ok(out)
     }
 
-    fn changes_after(&self, flow: &str, seq: i64) -> Result<Vec<StoredChange>, StoreError> {
+    fn changes_after(&self, flow: &FlowId, seq: i64) -> Result<Vec<StoredChange>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, hash, bytes, signature FROM changes WHERE flow = ?1 AND seq > ?2 ORDER BY seq",
         )?;
@@ -129,21 +129,21 @@ impl Changes for Writer<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn last_seq(&self, flow: &str) -> Result<i64, StoreError> {
+    fn last_seq(&self, flow: &FlowId) -> Result<i64, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT coalesce(max(seq), 0) FROM changes WHERE flow = ?1")?;
         Ok(stmt.query_row(params![flow], |r| r.get(0))?)
     }
 
-    fn count_after(&self, flow: &str, seq: i64) -> Result<i64, StoreError> {
+    fn count_after(&self, flow: &FlowId, seq: i64) -> Result<i64, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT count(*) FROM changes WHERE flow = ?1 AND seq > ?2")?;
         Ok(stmt.query_row(params![flow, seq], |r| r.get(0))?)
     }
 
-    fn snapshot(&self, flow: &str) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+    fn snapshot(&self, flow: &FlowId) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
         Ok(self
             .conn
             .query_row(
@@ -154,14 +154,14 @@ impl Changes for Writer<'_> {
             .optional()?)
     }
 
-    fn snapshot_seq(&self, flow: &str) -> Result<Option<i64>, StoreError> {
+    fn snapshot_seq(&self, flow: &FlowId) -> Result<Option<i64>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT upto_seq FROM snapshots WHERE flow = ?1")?;
         Ok(stmt.query_row(params![flow], |r| r.get(0)).optional()?)
     }
 
-    fn signature(&self, flow: &str, hash: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    fn signature(&self, flow: &FlowId, hash: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT signature FROM changes WHERE flow = ?1 AND hash = ?2")?;
@@ -172,7 +172,7 @@ impl Changes for Writer<'_> {
 
     fn signed_change(
         &self,
-        flow: &str,
+        flow: &FlowId,
         hash: &[u8],
     ) -> Result<Option<SignedChange>, StoreError> {
         let mut stmt = self
@@ -188,7 +188,7 @@ impl Changes for Writer<'_> {
             .optional()?)
     }
 
-    fn put_snapshot(&self, flow: &str, upto_seq: i64, doc: &[u8]) -> Result<(), StoreError> {
+    fn put_snapshot(&self, flow: &FlowId, upto_seq: i64, doc: &[u8]) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO snapshots (flow, upto_seq, doc) VALUES (?1, ?2, ?3)
              ON CONFLICT(flow) DO UPDATE SET upto_seq = excluded.upto_seq, doc = excluded.doc",

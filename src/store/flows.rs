@@ -7,7 +7,7 @@ pub trait Flows {
     /// Stores a new flow, held. A flow stored already is an error (nothing is replaced).
     fn insert_flow(
         &self,
-        id: &str,
+        id: &FlowId,
         genesis: &[u8],
         title: &str,
         status: &str,
@@ -15,7 +15,7 @@ pub trait Flows {
     ) -> Result<(), StoreError>;
 
     /// Sets a stored flow's title, status and time of its last change.
-    fn update_flow(&self, id: &str, title: &str, status: &str, now: i64)
+    fn update_flow(&self, id: &FlowId, title: &str, status: &str, now: i64)
         -> Result<(), StoreError>;
 
     /// The flows this node holds (accepted), oldest first.
@@ -26,42 +26,42 @@ pub trait Flows {
     fn offers(&self) -> Result<Vec<(FlowRow, String)>, StoreError>;
 
     /// Whether the store has this flow, held or offered (one indexed lookup).
-    fn has_flow(&self, flow: &str) -> Result<bool, StoreError>;
+    fn has_flow(&self, flow: &FlowId) -> Result<bool, StoreError>;
 
     /// The flows this node holds (accepted).
-    fn flow_ids(&self) -> Result<Vec<String>, StoreError>;
+    fn flow_ids(&self) -> Result<Vec<FlowId>, StoreError>;
 
-    /// At most `limit` held flows whose ids sort after `after`, in id order (anti-entropy's
-    /// rotation through the held flows).
-    fn flow_ids_after(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// At most `limit` held flows whose ids sort after `after` (from the first: `None`), in id
+    /// order (anti-entropy's rotation through the held flows).
+    fn flow_ids_after(&self, after: Option<&FlowId>, limit: usize) -> Result<Vec<FlowId>, StoreError>;
 
     /// Every flow in the store: held, and offered but not yet accepted.
-    fn all_flow_ids(&self) -> Result<Vec<String>, StoreError>;
+    fn all_flow_ids(&self) -> Result<Vec<FlowId>, StoreError>;
 
     /// The flows offered to this node and not yet accepted.
-    fn pending_ids(&self) -> Result<Vec<String>, StoreError>;
+    fn pending_ids(&self) -> Result<Vec<FlowId>, StoreError>;
 
     /// Marks a flow just stored as offered by `by`, waiting for this node's user.
-    fn mark_offered(&self, flow: &str, by: &str) -> Result<(), StoreError>;
+    fn mark_offered(&self, flow: &FlowId, by: &str) -> Result<(), StoreError>;
 
     /// The user accepted an offered flow: it is held from now on.
-    fn accept_flow(&self, flow: &str) -> Result<(), StoreError>;
+    fn accept_flow(&self, flow: &FlowId) -> Result<(), StoreError>;
 
     /// The user declined an offered flow: everything stored for it goes, and its id and
     /// `members` are remembered (the [`MAX_DECLINED`] most recent declines).
-    fn decline_flow(&self, flow: &str, members: &[String], now: i64) -> Result<(), StoreError>;
+    fn decline_flow(&self, flow: &FlowId, members: &[String], now: i64) -> Result<(), StoreError>;
 
     /// The members a declined flow had when it was declined; `None` if it was not declined.
-    fn declined_members(&self, flow: &str) -> Result<Option<Vec<String>>, StoreError>;
+    fn declined_members(&self, flow: &FlowId) -> Result<Option<Vec<String>>, StoreError>;
 
     /// Forgets that a flow was declined (its user joined it after all).
-    fn forget_declined(&self, flow: &str) -> Result<(), StoreError>;
+    fn forget_declined(&self, flow: &FlowId) -> Result<(), StoreError>;
 
     /// Stores a held flow's summary (JSON, see `repo::Summary`).
-    fn set_summary(&self, flow: &str, summary: &str) -> Result<(), StoreError>;
+    fn set_summary(&self, flow: &FlowId, summary: &str) -> Result<(), StoreError>;
 
     /// A flow's stored summary; `None` if it has none yet (stored before summaries were kept).
-    fn summary(&self, flow: &str) -> Result<Option<String>, StoreError>;
+    fn summary(&self, flow: &FlowId) -> Result<Option<String>, StoreError>;
 }
 
 impl Writer<'_> {
@@ -84,13 +84,13 @@ impl Writer<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn ids(&self, sql: &str) -> Result<Vec<String>, StoreError> {
+    fn ids(&self, sql: &str) -> Result<Vec<FlowId>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn delete_flow(&self, flow: &str) -> Result<(), StoreError> {
+    fn delete_flow(&self, flow: &FlowId) -> Result<(), StoreError> {
         for table in ["removals", "snapshots", "changes"] {
             self.conn.execute(
                 &format!("DELETE FROM {table} WHERE flow = ?1"),
@@ -106,7 +106,7 @@ impl Writer<'_> {
 impl Flows for Writer<'_> {
     fn insert_flow(
         &self,
-        id: &str,
+        id: &FlowId,
         genesis: &[u8],
         title: &str,
         status: &str,
@@ -122,7 +122,7 @@ impl Flows for Writer<'_> {
 
     fn update_flow(
         &self,
-        id: &str,
+        id: &FlowId,
         title: &str,
         status: &str,
         now: i64,
@@ -146,19 +146,20 @@ impl Flows for Writer<'_> {
         self.flow_rows("pending")
     }
 
-    fn has_flow(&self, flow: &str) -> Result<bool, StoreError> {
+    fn has_flow(&self, flow: &FlowId) -> Result<bool, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT 1 FROM flows WHERE id = ?1")?;
         Ok(stmt.exists([flow])?)
     }
 
-    fn flow_ids(&self) -> Result<Vec<String>, StoreError> {
+    fn flow_ids(&self) -> Result<Vec<FlowId>, StoreError> {
         self.ids("SELECT id FROM flows WHERE consent = 'accepted'")
     }
 
-    fn flow_ids_after(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
-        // One walk of the primary key.
+    fn flow_ids_after(&self, after: Option<&FlowId>, limit: usize) -> Result<Vec<FlowId>, StoreError> {
+        // One walk of the primary key (from the start: every id sorts after '').
+        let after = after.map_or("", FlowId::as_str);
         let mut stmt = self.conn.prepare_cached(
             "SELECT id FROM flows WHERE id > ?1 AND consent = 'accepted' ORDER BY id LIMIT ?2",
         )?;
@@ -166,15 +167,15 @@ impl Flows for Writer<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn all_flow_ids(&self) -> Result<Vec<String>, StoreError> {
+    fn all_flow_ids(&self) -> Result<Vec<FlowId>, StoreError> {
         self.ids("SELECT id FROM flows")
     }
 
-    fn pending_ids(&self) -> Result<Vec<String>, StoreError> {
+    fn pending_ids(&self) -> Result<Vec<FlowId>, StoreError> {
         self.ids("SELECT id FROM flows WHERE consent = 'pending'")
     }
 
-    fn mark_offered(&self, flow: &str, by: &str) -> Result<(), StoreError> {
+    fn mark_offered(&self, flow: &FlowId, by: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE flows SET consent = 'pending', offered_by = ?2 WHERE id = ?1",
             params![flow, by],
@@ -182,7 +183,7 @@ impl Flows for Writer<'_> {
         Ok(())
     }
 
-    fn accept_flow(&self, flow: &str) -> Result<(), StoreError> {
+    fn accept_flow(&self, flow: &FlowId) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE flows SET consent = 'accepted', offered_by = '' WHERE id = ?1",
             params![flow],
@@ -190,7 +191,7 @@ impl Flows for Writer<'_> {
         Ok(())
     }
 
-    fn decline_flow(&self, flow: &str, members: &[String], now: i64) -> Result<(), StoreError> {
+    fn decline_flow(&self, flow: &FlowId, members: &[String], now: i64) -> Result<(), StoreError> {
         // What a stranger sent is overwritten, not only unlinked ([`Store::wipe_log`] then
         // clears the log).
         self.conn.pragma_update(None, "secure_delete", true)?;
@@ -209,7 +210,7 @@ impl Flows for Writer<'_> {
         Ok(())
     }
 
-    fn declined_members(&self, flow: &str) -> Result<Option<Vec<String>>, StoreError> {
+    fn declined_members(&self, flow: &FlowId) -> Result<Option<Vec<String>>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT members FROM declined WHERE flow = ?1")?;
@@ -217,13 +218,13 @@ impl Flows for Writer<'_> {
         Ok(members.map(|m| m.split_whitespace().map(str::to_string).collect()))
     }
 
-    fn forget_declined(&self, flow: &str) -> Result<(), StoreError> {
+    fn forget_declined(&self, flow: &FlowId) -> Result<(), StoreError> {
         self.conn
             .execute("DELETE FROM declined WHERE flow = ?1", params![flow])?;
         Ok(())
     }
 
-    fn set_summary(&self, flow: &str, summary: &str) -> Result<(), StoreError> {
+    fn set_summary(&self, flow: &FlowId, summary: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE flows SET summary = ?2 WHERE id = ?1",
             params![flow, summary],
@@ -231,7 +232,7 @@ impl Flows for Writer<'_> {
         Ok(())
     }
 
-    fn summary(&self, flow: &str) -> Result<Option<String>, StoreError> {
+    fn summary(&self, flow: &FlowId) -> Result<Option<String>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT summary FROM flows WHERE id = ?1")?;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::auth::SignedChange;
+use crate::flow::FlowId;
 
 mod changes;
 mod flows;
@@ -143,7 +144,7 @@ fn writable(path: &Path) -> Result<(), StoreError> {
 /// One row of the `flows` table: what `flow list` shows without loading documents.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FlowRow {
-    pub id: String,
+    pub id: FlowId,
     pub title: String,
     pub status: String,
     pub updated_at: i64,

@@ -20,7 +20,7 @@ impl<S: Storage> Engine<S> {
     pub(super) fn absorb(
         &mut self,
         peer: &NodeId,
-        flow: &str,
+        flow: &FlowId,
         message: SyncMessage,
         state: &mut sync::State,
     ) -> Result<Absorbed, String> {
@@ -31,11 +31,11 @@ impl<S: Storage> Engine<S> {
             && self.is_member(flow, peer)
             && self
                 .holders
-                .entry(flow.to_string())
+                .entry(*flow)
                 .or_default()
                 .insert(*peer)
         {
-            self.changed.insert(flow.to_string());
+            self.changed.insert(*flow);
         }
         if !batch.is_empty() {
             let held = matches!(self.repo.holds(flow), Ok(true));
@@ -69,7 +69,7 @@ impl<S: Storage> Engine<S> {
                     if fate == Offered::Kept {
                         tracing::info!(target: "sync", %peer, %flow, "a flow was offered to this node");
                         self.out.event(Event::Offered {
-                            flow: flow.to_string(),
+                            flow: *flow,
                             from: *peer,
                         });
                     }
@@ -81,9 +81,9 @@ impl<S: Storage> Engine<S> {
                 // Its heads (and perhaps members) changed: other conversations about it may
                 // need a restart.
                 self.touch(flow);
-                self.changed.insert(flow.to_string());
+                self.changed.insert(*flow);
                 self.out.event(Event::FlowUpdated {
-                    flow: flow.to_string(),
+                    flow: *flow,
                     from: *peer,
                 });
                 self.finish_join(flow);
@@ -145,7 +145,7 @@ impl<S: Storage> Engine<S> {
     pub(super) fn absorb_as_stranger(
         &mut self,
         peer: &NodeId,
-        flow: &str,
+        flow: &FlowId,
         message: SyncMessage,
     ) -> Result<(), String> {
         self.last_heard.insert(*peer, self.unix_secs());

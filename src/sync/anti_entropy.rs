@@ -31,32 +31,32 @@ pub const RECHECK_MS: u64 = 1_000;
 #[derive(Default)]
 pub(super) struct Schedule {
     /// (when, flow), with `at` below as its index: each flow at most once.
-    queue: std::collections::BTreeSet<(u64, String)>,
-    at: HashMap<String, u64>,
+    queue: std::collections::BTreeSet<(u64, FlowId)>,
+    at: HashMap<FlowId, u64>,
     /// The last flow the rotation looked at, and when (engine time).
-    pub(super) cursor: Option<String>,
+    pub(super) cursor: Option<FlowId>,
     rotated: Option<u64>,
 }
 
 impl Schedule {
     /// Looks at `flow` no later than `when`.
-    pub(super) fn by(&mut self, flow: &str, when: u64) {
+    pub(super) fn by(&mut self, flow: &FlowId, when: u64) {
         match self.at.get(flow) {
             Some(t) if *t <= when => {}
             Some(t) => {
-                self.queue.remove(&(*t, flow.to_string()));
-                self.queue.insert((when, flow.to_string()));
-                self.at.insert(flow.to_string(), when);
+                self.queue.remove(&(*t, *flow));
+                self.queue.insert((when, *flow));
+                self.at.insert(*flow, when);
             }
             None => {
-                self.queue.insert((when, flow.to_string()));
-                self.at.insert(flow.to_string(), when);
+                self.queue.insert((when, *flow));
+                self.at.insert(*flow, when);
             }
         }
     }
 
     /// The flows due by `now`, taken off the schedule.
-    fn take_due(&mut self, now: u64) -> Vec<String> {
+    fn take_due(&mut self, now: u64) -> Vec<FlowId> {
         let mut out = Vec::new();
         while let Some((t, _)) = self.queue.first() {
             if *t > now {
@@ -70,9 +70,9 @@ impl Schedule {
     }
 
     /// Takes `flow` off the schedule (it is being looked at).
-    fn forget(&mut self, flow: &str) {
+    fn forget(&mut self, flow: &FlowId) {
         if let Some(t) = self.at.remove(flow) {
-            self.queue.remove(&(t, flow.to_string()));
+            self.queue.remove(&(t, *flow));
         }
     }
 
@@ -85,7 +85,7 @@ impl Schedule {
 impl<S: Storage> Engine<S> {
     /// Something happened to `flow` (a conversation about it moved, its heads or members
     /// changed, a member connected): anti-entropy looks at it on a tick [`RECHECK_MS`] from now.
-    pub(super) fn touch(&mut self, flow: &str) {
+    pub(super) fn touch(&mut self, flow: &FlowId) {
         self.schedule.by(flow, self.now.saturating_add(RECHECK_MS));
     }
 
@@ -111,9 +111,9 @@ impl<S: Storage> Engine<S> {
             .is_none_or(|t| now.saturating_sub(t) >= RECHECK_MS)
         {
             self.schedule.rotated = Some(now);
-            let mut seen: HashSet<String> = flows.iter().cloned().collect();
+            let mut seen: HashSet<FlowId> = flows.iter().copied().collect();
             for flow in self.rotation() {
-                if seen.insert(flow.clone()) {
+                if seen.insert(flow) {
                     flows.push(flow);
                 }
             }
@@ -124,25 +124,25 @@ impl<S: Storage> Engine<S> {
     }
 
     /// The next [`ANTI_ENTROPY_FLOWS_PER_TICK`] held flows after the cursor, round the end.
-    pub(super) fn rotation(&mut self) -> Vec<String> {
+    pub(super) fn rotation(&mut self) -> Vec<FlowId> {
         let reader = self.repo.store().reader();
-        let after = self.schedule.cursor.clone().unwrap_or_default();
+        let after = self.schedule.cursor;
         let mut batch = reader
-            .flow_ids_after(&after, ANTI_ENTROPY_FLOWS_PER_TICK)
+            .flow_ids_after(after.as_ref(), ANTI_ENTROPY_FLOWS_PER_TICK)
             .unwrap_or_default();
-        if batch.len() < ANTI_ENTROPY_FLOWS_PER_TICK && !after.is_empty() {
+        if let Some(after) = after.filter(|_| batch.len() < ANTI_ENTROPY_FLOWS_PER_TICK) {
             let more = reader
-                .flow_ids_after("", ANTI_ENTROPY_FLOWS_PER_TICK - batch.len())
+                .flow_ids_after(None, ANTI_ENTROPY_FLOWS_PER_TICK - batch.len())
                 .unwrap_or_default();
             batch.extend(more.into_iter().filter(|f| *f <= after));
         }
-        self.schedule.cursor = batch.last().cloned();
+        self.schedule.cursor = batch.last().copied();
         batch
     }
 
     /// One flow's anti-entropy; schedules the flow again for when a quiet conversation of it
     /// comes of age, or for the next tick if more were due than one tick restarts.
-    fn anti_entropy(&mut self, flow: &str, now: u64) {
+    fn anti_entropy(&mut self, flow: &FlowId, now: u64) {
         // Looked at now: what it is due for next follows from what is found.
         self.schedule.forget(flow);
         if !self.holds(flow) {
@@ -160,7 +160,7 @@ impl<S: Storage> Engine<S> {
         let mut due: Vec<(u64, NodeId)> = Vec::new();
         let mut later: Option<u64> = None;
         for peer in members {
-            match self.clients.get(&(peer, flow.to_string())) {
+            match self.clients.get(&(peer, *flow)) {
                 None => due.push((0, peer)),
                 Some(c)
                     if c.state.their_heads.as_ref().map(|h| sorted(h.clone()))
@@ -184,7 +184,7 @@ impl<S: Storage> Engine<S> {
             self.schedule.by(flow, at);
         }
         for (_, peer) in due.into_iter().take(ANTI_ENTROPY_PEERS) {
-            let key = (peer, flow.to_string());
+            let key = (peer, *flow);
             let previous = self.clients.remove(&key);
             let session = previous.as_ref().map_or(1, |c| c.session + 1);
             self.clients

@@ -53,7 +53,7 @@ impl Conversation {
 
 impl<S: Storage> Engine<S> {
     /// How this node talks about `flow` with `peer`.
-    pub(super) fn talk(&mut self, flow: &str, peer: &NodeId) -> Talk {
+    pub(super) fn talk(&mut self, flow: &FlowId, peer: &NodeId) -> Talk {
         if self.joining.get(flow).is_some_and(|j| j.via.contains(peer)) {
             return Talk::Member;
         }
@@ -71,7 +71,7 @@ impl<S: Storage> Engine<S> {
 
     /// Our next sync message for `flow`, from the given state (an empty document's if the flow
     /// is not held here).
-    pub(super) fn generate(&mut self, flow: &str, state: &mut sync::State) -> Option<SyncMessage> {
+    pub(super) fn generate(&mut self, flow: &FlowId, state: &mut sync::State) -> Option<SyncMessage> {
         let mut lacking = Vec::new();
         let message = match self.repo.holds(flow) {
             Ok(true) => match self.repo.doc(flow) {
@@ -122,10 +122,10 @@ impl<S: Storage> Engine<S> {
     }
 
     /// Continues (or starts) our conversation about `flow` with `peer`.
-    pub(super) fn sync_with(&mut self, peer: &NodeId, flow: &str) {
+    pub(super) fn sync_with(&mut self, peer: &NodeId, flow: &FlowId) {
         self.touch(flow);
         let now = self.now;
-        let key = (*peer, flow.to_string());
+        let key = (*peer, *flow);
         let mut client = self
             .clients
             .remove(&key)
@@ -251,7 +251,7 @@ impl<S: Storage> Engine<S> {
             }
             return self.empty_answer(&flow);
         }
-        let key = (*peer, flow.clone());
+        let key = (*peer, flow);
         if talk == Talk::Member {
             // It syncs the flow with us: it serves it now.
             self.unserved.remove(&key);
@@ -296,7 +296,7 @@ impl<S: Storage> Engine<S> {
     /// penalized for sending it).
     pub(super) fn removal_answer(
         &mut self,
-        flow: &str,
+        flow: &FlowId,
         message: SyncMessage,
         upto: &[ChangeHash],
     ) -> wire::SyncResponse {
@@ -325,7 +325,7 @@ impl<S: Storage> Engine<S> {
 
     /// The answer about a flow this node does not hold — also given to non-members about a flow
     /// it does hold, so the two cannot be told apart.
-    pub(super) fn empty_answer(&mut self, flow: &str) -> wire::SyncResponse {
+    pub(super) fn empty_answer(&mut self, flow: &FlowId) -> wire::SyncResponse {
         let reply = Automerge::new()
             .generate_sync_message(&mut sync::State::new())
             .map(|m| carrying(flow, m, Vec::new()));
@@ -338,10 +338,10 @@ impl<S: Storage> Engine<S> {
     pub fn handle_sync_response(
         &mut self,
         peer: &NodeId,
-        flow: &str,
+        flow: &FlowId,
         response: wire::SyncResponse,
     ) {
-        let key = (*peer, flow.to_string());
+        let key = (*peer, *flow);
         let Some(mut client) = self.clients.remove(&key) else {
             return; // a conversation we have since dropped
         };
@@ -355,7 +355,7 @@ impl<S: Storage> Engine<S> {
         match response.result {
             Some(sync_response::Result::Message(m)) => {
                 self.unserved.remove(&key);
-                if flow_id(&m.flow).as_deref() != Some(flow) {
+                if flow_id(&m.flow).as_ref() != Some(flow) {
                     self.penalize(peer, "answered about another flow".into());
                     return;
                 }
@@ -374,7 +374,7 @@ impl<S: Storage> Engine<S> {
                 if self.unserved.len() >= MAX_UNSERVED {
                     self.unserved.clear();
                 }
-                self.unserved.insert(key.clone());
+                self.unserved.insert(key);
                 self.clients.insert(key, client);
                 self.touch(flow);
                 self.pull_ended(peer, flow);
@@ -389,8 +389,8 @@ impl<S: Storage> Engine<S> {
     }
 
     /// One of our sync requests failed (timeout, disconnect): let the next tick retry.
-    pub fn sync_failed(&mut self, peer: &NodeId, flow: &str) {
-        if let Some(c) = self.clients.get_mut(&(*peer, flow.to_string())) {
+    pub fn sync_failed(&mut self, peer: &NodeId, flow: &FlowId) {
+        if let Some(c) = self.clients.get_mut(&(*peer, *flow)) {
             c.awaiting = false;
             // The message is lost, not in flight: without this, Automerge would hold back the
             // next one (a fetch of announced heads) until anti-entropy restarted the session.

@@ -14,20 +14,20 @@ pub const MAX_WAITING_ANNOUNCEMENTS: usize = 1024;
 pub(super) struct Waiting {
     pub(super) id: Vec<u8>,
     pub(super) via: NodeId,
-    pub(super) flow: String,
+    pub(super) flow: FlowId,
     pub(super) heads: Vec<ChangeHash>,
     pub(super) since: u64,
 }
 
 impl<S: Storage> Engine<S> {
     /// The gossip topic of a flow held here.
-    pub(super) fn topic(&mut self, flow: &str) -> String {
+    pub(super) fn topic(&mut self, flow: &FlowId) -> String {
         if let Some(t) = self.topic_of.get(flow) {
             return t.clone();
         }
         let t = wire::flow_topic(flow);
-        self.topic_of.insert(flow.to_string(), t.clone());
-        self.topics.insert(t.clone(), flow.to_string());
+        self.topic_of.insert(*flow, t.clone());
+        self.topics.insert(t.clone(), *flow);
         t
     }
 
@@ -35,11 +35,11 @@ impl<S: Storage> Engine<S> {
     /// arrive ([`Engine::absorb`]), are announced, and by [`Engine::member_topics`] (the runtime
     /// calls it at start, on every tick and when a flow is created), so a relayed message costs
     /// one lookup, not a scan of the store.
-    pub(super) fn flow_of_topic(&self, topic: &str) -> Option<String> {
-        self.topics.get(topic).cloned()
+    pub(super) fn flow_of_topic(&self, topic: &str) -> Option<FlowId> {
+        self.topics.get(topic).copied()
     }
 
-    pub(super) fn announce(&mut self, flow: &str) {
+    pub(super) fn announce(&mut self, flow: &FlowId) {
         let heads = self.heads(flow);
         if heads.is_empty() {
             return;
@@ -63,7 +63,7 @@ impl<S: Storage> Engine<S> {
     }
 
     /// The flow's gossip topic, if this node holds it as a member (see [`Engine::member_topics`]).
-    pub fn member_topic(&mut self, flow: &str) -> Option<String> {
+    pub fn member_topic(&mut self, flow: &FlowId) -> Option<String> {
         let me = self.me;
         (self.holds(flow) && self.is_member(flow, &me)).then(|| self.topic(flow))
     }
@@ -143,11 +143,11 @@ impl<S: Storage> Engine<S> {
         }
         if self
             .holders
-            .entry(flow.clone())
+            .entry(flow)
             .or_default()
             .insert(*source)
         {
-            self.changed.insert(flow.clone());
+            self.changed.insert(flow);
         }
         // A member that holds the flow passes an announcement on only once it holds what it
         // names (one that does not hold the flow yet relays it, like a non-member).
@@ -193,14 +193,14 @@ impl<S: Storage> Engine<S> {
 
     /// Changes arrived in `flow`: pass on the announcements they complete. Returns whether any
     /// announcement named them.
-    pub(super) fn settle_waiting(&mut self, flow: &str) -> bool {
-        if !self.waiting.iter().any(|w| w.flow == flow) {
+    pub(super) fn settle_waiting(&mut self, flow: &FlowId) -> bool {
+        if !self.waiting.iter().any(|w| w.flow == *flow) {
             return false;
         }
         let waiting = std::mem::take(&mut self.waiting);
         let mut settled = false;
         for w in waiting {
-            if w.flow == flow && self.missing(flow, &w.heads).is_empty() {
+            if w.flow == *flow && self.missing(flow, &w.heads).is_empty() {
                 settled = true;
                 self.out.validate(w.id, w.via, Verdict::Accept);
             } else {

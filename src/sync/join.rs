@@ -42,8 +42,8 @@ impl<S: Storage> Engine<S> {
             ));
         }
         let (flow, invite) = (
-            unhex(&ticket.flow).unwrap_or_default(),
-            unhex(&ticket.invite).unwrap_or_default(),
+            ticket.flow.as_bytes().to_vec(),
+            crate::identity::unhex(&ticket.invite).unwrap_or_default(),
         );
         // The secret never leaves this node: the request carries a proof that admits only us.
         let proof = InviteKey::from_secret(&ticket.secret).prove(&flow, &invite, &self.me);
@@ -57,7 +57,7 @@ impl<S: Storage> Engine<S> {
             self.out.join(peer, &ticket.flow, request.clone());
         }
         self.joining.insert(
-            ticket.flow.clone(),
+            ticket.flow,
             Joining {
                 via: via.clone(),
                 refusals: Vec::new(),
@@ -68,7 +68,7 @@ impl<S: Storage> Engine<S> {
     }
 
     /// A member node's answer to our join request.
-    pub fn handle_join_response(&mut self, peer: &NodeId, flow: &str, response: JoinResponse) {
+    pub fn handle_join_response(&mut self, peer: &NodeId, flow: &FlowId, response: JoinResponse) {
         match response.result {
             Some(join_response::Result::Joined(_)) => {
                 tracing::info!(target: "sync", %peer, %flow, "invite redeemed; fetching the flow");
@@ -80,11 +80,11 @@ impl<S: Storage> Engine<S> {
     }
 
     /// A join request of ours failed to reach `peer`.
-    pub fn join_failed(&mut self, peer: &NodeId, flow: &str, reason: String) {
+    pub fn join_failed(&mut self, peer: &NodeId, flow: &FlowId, reason: String) {
         self.join_refused(peer, flow, reason);
     }
 
-    pub(super) fn join_refused(&mut self, peer: &NodeId, flow: &str, reason: String) {
+    pub(super) fn join_refused(&mut self, peer: &NodeId, flow: &FlowId, reason: String) {
         let Some(j) = self.joining.get_mut(flow) else {
             return;
         };
@@ -97,29 +97,29 @@ impl<S: Storage> Engine<S> {
                 j.refusals.join("; ")
             };
             self.out.event(Event::JoinFailed {
-                flow: flow.to_string(),
+                flow: *flow,
                 reason,
             });
         }
     }
 
-    pub(super) fn finish_join(&mut self, flow: &str) {
+    pub(super) fn finish_join(&mut self, flow: &FlowId) {
         if self.joining.contains_key(flow) && self.is_member(flow, &self.me.clone()) {
             self.joining.remove(flow);
-            self.changed.insert(flow.to_string());
+            self.changed.insert(*flow);
             self.out.event(Event::Joined {
-                flow: flow.to_string(),
+                flow: *flow,
             });
         }
     }
 
     /// Joins that got no answer in [`JOIN_PATIENCE_MS`] fail.
     pub(super) fn expire_joins(&mut self, now: u64) {
-        let late: Vec<String> = self
+        let late: Vec<FlowId> = self
             .joining
             .iter()
             .filter(|(_, j)| now.saturating_sub(j.since) >= JOIN_PATIENCE_MS)
-            .map(|(f, _)| f.clone())
+            .map(|(f, _)| *f)
             .collect();
         for flow in late {
             self.joining.remove(&flow);
@@ -132,7 +132,7 @@ impl<S: Storage> Engine<S> {
 
     #[cfg(test)]
     /// Whether a join of `flow` is under way.
-    pub fn is_joining(&self, flow: &str) -> bool {
+    pub fn is_joining(&self, flow: &FlowId) -> bool {
         self.joining.contains_key(flow)
     }
 

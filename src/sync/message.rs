@@ -15,9 +15,9 @@ pub(super) fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
 }
 
-/// The flow id a wire message names (16 bytes), as hex.
-pub(super) fn flow_id(bytes: &[u8]) -> Option<String> {
-    (bytes.len() == 16).then(|| hex(bytes))
+/// The flow id a wire message names: 16 bytes, or none.
+pub(super) fn flow_id(bytes: &[u8]) -> Option<FlowId> {
+    FlowId::from_bytes(bytes)
 }
 
 /// The changes a peer lacks, oldest first, when every head it last told us of is held here (so
@@ -48,7 +48,7 @@ pub(super) fn lacking_changes(doc: &Automerge, state: &sync::State) -> Vec<Chang
 /// from there.
 pub(super) fn from_store<S: Storage>(
     repo: &Repo<S>,
-    flow: &str,
+    flow: &FlowId,
     message: sync::Message,
     lacking: &[ChangeHash],
     state: &mut sync::State,
@@ -77,7 +77,7 @@ pub(super) fn from_store<S: Storage>(
 /// a later message.
 pub(super) fn to_wire<S: Storage>(
     repo: &Repo<S>,
-    flow: &str,
+    flow: &FlowId,
     message: sync::Message,
     state: &mut sync::State,
 ) -> Result<SyncMessage> {
@@ -121,13 +121,13 @@ pub(super) fn fits(size: usize, bytes: usize, count: usize) -> bool {
 /// Our wire message: Automerge's sync message with its change list emptied, and `changes`
 /// (each with its signature) beside it.
 pub(super) fn carrying(
-    flow: &str,
+    flow: &FlowId,
     mut message: sync::Message,
     changes: Vec<wire::SignedChange>,
 ) -> SyncMessage {
     message.changes = sync::ChunkList::empty();
     SyncMessage {
-        flow: unhex(flow).unwrap_or_default(),
+        flow: flow.as_bytes().to_vec(),
         automerge: message.encode(),
         changes,
         session: 0,

@@ -38,7 +38,8 @@ use automerge::{Automerge, Change, ChangeHash};
 
 use crate::auth::SignedChange;
 use crate::error::{Error, Result};
-use crate::identity::{hex, unhex, InviteKey, NodeId};
+use crate::flow::FlowId;
+use crate::identity::{hex, InviteKey, NodeId};
 use crate::repo::{Offered, RedeemError, Repo};
 use crate::store::{Storage, Store};
 use crate::wire::{self, join_response, sync_response, JoinRequest, JoinResponse, SyncMessage};
@@ -96,32 +97,32 @@ pub struct Engine<S: Storage = Store> {
     unix_ms: i64,
     connected: HashMap<NodeId, u64>,
     last_heard: HashMap<NodeId, i64>,
-    clients: HashMap<(NodeId, String), Conversation>,
-    servers: HashMap<(NodeId, String), Conversation>,
-    joining: HashMap<String, Joining>,
+    clients: HashMap<(NodeId, FlowId), Conversation>,
+    servers: HashMap<(NodeId, FlowId), Conversation>,
+    joining: HashMap<FlowId, Joining>,
     out: Outbox,
     /// Gossip topic ↔ flow, for the flows held here.
-    topics: HashMap<String, String>,
-    topic_of: HashMap<String, String>,
+    topics: HashMap<String, FlowId>,
+    topic_of: HashMap<FlowId, String>,
     /// Announcements held back until their changes arrive.
     waiting: VecDeque<Waiting>,
     /// Per flow, the members known to hold it (they sent its heads in a sync message, or
     /// announced changes of it).
-    holders: HashMap<String, HashSet<NodeId>>,
+    holders: HashMap<FlowId, HashSet<NodeId>>,
     /// Per flow, the connected peers seen subscribed to its topic (gossip reaches them).
-    subscribers: HashMap<String, HashSet<NodeId>>,
+    subscribers: HashMap<FlowId, HashSet<NodeId>>,
     /// Node ids parsed from member lists (parsing decodes a curve point).
     parsed: HashMap<String, Option<NodeId>>,
     /// Per flow, the peer this node is fetching announced heads from (one at a time, so the
     /// same changes do not arrive over many conversations at once), and the announcements
     /// queued behind it: who announced which heads.
-    pulling: HashMap<String, NodeId>,
-    queued: HashMap<String, Vec<(NodeId, Vec<ChangeHash>)>>,
+    pulling: HashMap<FlowId, NodeId>,
+    queued: HashMap<FlowId, Vec<(NodeId, Vec<ChangeHash>)>>,
     /// Changes accepted since the last [`Engine::commit`], to be stamped as arrivals then.
     uncommitted: Vec<String>,
     /// Flows whose latest local change was pushed to every other member (see
     /// [`Engine::local_change`]); messages about them say so, and receivers do not announce.
-    told_all: HashSet<String>,
+    told_all: HashSet<FlowId>,
     /// Changes refused without blaming their sender (the other version of an equivocation,
     /// and what builds on it), with their dependencies: a peer's heads naming one are read as
     /// its dependencies, so it is not asked for again (two honest nodes holding different
@@ -129,12 +130,12 @@ pub struct Engine<S: Storage = Store> {
     refused: HashMap<ChangeHash, Vec<ChangeHash>>,
     /// Flows whose members, holders or connected members changed since the runtime last asked
     /// ([`Engine::take_changed`]): its member links, topics and DHT records follow them.
-    changed: HashSet<String>,
+    changed: HashSet<FlowId>,
     /// When anti-entropy looks at which flows (see [`anti_entropy`]).
     schedule: anti_entropy::Schedule,
     /// (peer, flow) whose last answer to us was "not served here" (for `flow show`; at most
     /// [`MAX_UNSERVED`], then started afresh).
-    unserved: HashSet<(NodeId, String)>,
+    unserved: HashSet<(NodeId, FlowId)>,
     pub stats: Stats,
 }
 
@@ -239,7 +240,7 @@ impl<S: Storage> Engine<S> {
     /// The flows whose members, holders or connected members changed since the last call: the
     /// runtime refreshes member links, topics and DHT records for them (and sweeps every flow
     /// now and then).
-    pub fn take_changed(&mut self) -> Vec<String> {
+    pub fn take_changed(&mut self) -> Vec<FlowId> {
         self.changed.drain().collect()
     }
 
@@ -249,7 +250,7 @@ impl<S: Storage> Engine<S> {
     }
 
     /// Flows whose current members include `peer`.
-    fn shared_flows(&mut self, peer: &NodeId) -> Vec<String> {
+    fn shared_flows(&mut self, peer: &NodeId) -> Vec<FlowId> {
         let Ok(ids) = self.repo.flow_ids() else {
             return Vec::new();
         };
@@ -258,11 +259,11 @@ impl<S: Storage> Engine<S> {
             .collect()
     }
 
-    fn holds(&mut self, flow: &str) -> bool {
+    fn holds(&mut self, flow: &FlowId) -> bool {
         matches!(self.repo.holds(flow), Ok(true))
     }
 
-    fn is_member(&mut self, flow: &str, peer: &NodeId) -> bool {
+    fn is_member(&mut self, flow: &FlowId, peer: &NodeId) -> bool {
         matches!(self.repo.role_of(flow, peer.as_str()), Ok(Some(_)))
     }
 
@@ -270,7 +271,7 @@ impl<S: Storage> Engine<S> {
         self.now = now;
         self.connected.insert(peer, now);
         for flow in self.shared_flows(&peer) {
-            self.changed.insert(flow.clone());
+            self.changed.insert(flow);
             self.sync_with(&peer, &flow);
         }
     }
@@ -279,9 +280,9 @@ impl<S: Storage> Engine<S> {
         self.connected.remove(peer);
         // The flows talked about with it (every flow shared with it, from its connection on).
         let talked = self.clients.keys().chain(self.servers.keys());
-        let shared: Vec<String> = talked
+        let shared: Vec<FlowId> = talked
             .filter(|(p, _)| p == peer)
-            .map(|(_, f)| f.clone())
+            .map(|(_, f)| *f)
             .collect();
         self.changed.extend(shared);
         self.clients.retain(|(p, _), _| p != peer);
@@ -293,7 +294,7 @@ impl<S: Storage> Engine<S> {
     }
 
     /// The node ids of the flow's current members (this node's included, if it is one).
-    fn member_ids(&mut self, flow: &str) -> Vec<NodeId> {
+    fn member_ids(&mut self, flow: &FlowId) -> Vec<NodeId> {
         let names = self.repo.members(flow).unwrap_or_default();
         names
             .into_iter()
@@ -306,7 +307,7 @@ impl<S: Storage> Engine<S> {
     }
 
     /// The flow's heads, sorted (from its summary: no document is loaded for it).
-    fn heads(&mut self, flow: &str) -> Vec<automerge::ChangeHash> {
+    fn heads(&mut self, flow: &FlowId) -> Vec<automerge::ChangeHash> {
         match self.repo.summary(flow) {
             Ok(Some(s)) => s.change_hashes().to_vec(),
             _ => Vec::new(),
@@ -316,11 +317,11 @@ impl<S: Storage> Engine<S> {
     /// Accepts a flow offered to this node (`coflow flow accept`): from now on it syncs with its
     /// connected members like any held flow (the runtime then refreshes its member links and
     /// topics). Returns the flow's id.
-    pub fn accept(&mut self, prefix: &str) -> Result<String> {
+    pub fn accept(&mut self, prefix: &str) -> Result<FlowId> {
         let flow = self.repo.accept(prefix)?;
         self.topic(&flow);
         self.touch(&flow);
-        self.changed.insert(flow.clone());
+        self.changed.insert(flow);
         let me = self.me;
         let connected: Vec<NodeId> = self
             .member_ids(&flow)
@@ -334,16 +335,16 @@ impl<S: Storage> Engine<S> {
     }
 
     /// Declines a flow offered to this node (`coflow flow decline`). Returns the flow's id.
-    pub fn decline(&mut self, prefix: &str) -> Result<String> {
+    pub fn decline(&mut self, prefix: &str) -> Result<FlowId> {
         let flow = self.repo.decline(prefix)?;
-        self.changed.insert(flow.clone());
+        self.changed.insert(flow);
         self.clients.retain(|(_, f), _| *f != flow);
         self.servers.retain(|(_, f), _| *f != flow);
         Ok(flow)
     }
 
     /// Per member of `flow`: connected, in sync, last heard.
-    pub fn member_sync(&mut self, flow: &str) -> Vec<MemberSync> {
+    pub fn member_sync(&mut self, flow: &FlowId) -> Vec<MemberSync> {
         let heads = self
             .repo
             .doc(flow)
@@ -359,7 +360,7 @@ impl<S: Storage> Engine<S> {
             .filter(|(n, _)| n != self.me.as_str())
             .map(|(n, _)| {
                 let node: Option<NodeId> = n.parse().ok();
-                let key = node.as_ref().map(|p| (*p, flow.to_string()));
+                let key = node.as_ref().map(|p| (*p, *flow));
                 // What either conversation last heard of the peer's heads: a peer never loses
                 // changes, so heads it once held equal to ours mean it holds all we hold, even
                 // if a request it sent before that arrived later.

@@ -10,13 +10,13 @@ pub enum Io {
     /// [`Engine::handle_sync_response`] (or [`Engine::sync_failed`]).
     Sync {
         peer: NodeId,
-        flow: String,
+        flow: FlowId,
         request: wire::SyncRequest,
     },
     /// Send a `/coflow/join/2` request to a peer named in a ticket.
     Join {
         peer: NodeId,
-        flow: String,
+        flow: FlowId,
         request: JoinRequest,
     },
     /// The peer sent something invalid: disconnect it and keep it away for a while.
@@ -52,13 +52,13 @@ pub enum Verdict {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// Changes from `from` were accepted into `flow`.
-    FlowUpdated { flow: String, from: NodeId },
+    FlowUpdated { flow: FlowId, from: NodeId },
     /// A join finished: this node now holds the flow as a member.
-    Joined { flow: String },
+    Joined { flow: FlowId },
     /// Every peer refused or failed the join.
-    JoinFailed { flow: String, reason: String },
+    JoinFailed { flow: FlowId, reason: String },
     /// `from` added this node to `flow`: it waits for this node's user to accept it.
-    Offered { flow: String, from: NodeId },
+    Offered { flow: FlowId, from: NodeId },
 }
 
 /// The engine's outgoing queue, written through one typed method per kind of [`Io`] (as
@@ -69,18 +69,18 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    pub(super) fn sync(&mut self, peer: &NodeId, flow: &str, request: wire::SyncRequest) {
+    pub(super) fn sync(&mut self, peer: &NodeId, flow: &FlowId, request: wire::SyncRequest) {
         self.queue.push_back(Io::Sync {
             peer: *peer,
-            flow: flow.to_string(),
+            flow: *flow,
             request,
         });
     }
 
-    pub(super) fn join(&mut self, peer: &NodeId, flow: &str, request: JoinRequest) {
+    pub(super) fn join(&mut self, peer: &NodeId, flow: &FlowId, request: JoinRequest) {
         self.queue.push_back(Io::Join {
             peer: *peer,
-            flow: flow.to_string(),
+            flow: *flow,
             request,
         });
     }

@@ -9,7 +9,7 @@ pub const MAX_QUEUED_HEADS: usize = 256;
 
 impl<S: Storage> Engine<S> {
     /// Which of `heads` this node does not have.
-    pub(super) fn missing(&mut self, flow: &str, heads: &[ChangeHash]) -> Vec<ChangeHash> {
+    pub(super) fn missing(&mut self, flow: &FlowId, heads: &[ChangeHash]) -> Vec<ChangeHash> {
         match self.repo.doc(flow) {
             Ok(doc) => heads
                 .iter()
@@ -22,10 +22,10 @@ impl<S: Storage> Engine<S> {
 
     /// Fetches `heads` of `flow` from `peer`: now, if no fetch for this flow is under way (or
     /// it is from the same peer); otherwise once the current one ends.
-    pub(super) fn want(&mut self, peer: &NodeId, flow: &str, heads: &[ChangeHash]) {
+    pub(super) fn want(&mut self, peer: &NodeId, flow: &FlowId, heads: &[ChangeHash]) {
         match self.pulling.get(flow) {
             Some(p) if p != peer => {
-                let queue = self.queued.entry(flow.to_string()).or_default();
+                let queue = self.queued.entry(*flow).or_default();
                 match queue.iter_mut().find(|(q, _)| q == peer) {
                     Some((_, hs)) => {
                         for h in heads {
@@ -39,13 +39,13 @@ impl<S: Storage> Engine<S> {
                 return;
             }
             _ => {
-                self.pulling.insert(flow.to_string(), *peer);
+                self.pulling.insert(*flow, *peer);
             }
         }
         let now = self.now;
         let c = self
             .clients
-            .entry((*peer, flow.to_string()))
+            .entry((*peer, *flow))
             .or_insert_with(|| Conversation::fresh(1, now, None));
         for h in heads {
             if !c.wanted.contains(h) {
@@ -57,7 +57,7 @@ impl<S: Storage> Engine<S> {
 
     /// The fetch from `peer` for `flow` ended (the conversation came to rest, failed, or the
     /// peer left): start the next one for heads still missing.
-    pub(super) fn pull_ended(&mut self, peer: &NodeId, flow: &str) {
+    pub(super) fn pull_ended(&mut self, peer: &NodeId, flow: &FlowId) {
         if self.pulling.get(flow) != Some(peer) {
             return;
         }
@@ -76,18 +76,18 @@ impl<S: Storage> Engine<S> {
         }
         let (next, heads) = queue.remove(0);
         if !queue.is_empty() {
-            self.queued.insert(flow.to_string(), queue);
+            self.queued.insert(*flow, queue);
         }
         self.want(&next, flow, &heads);
     }
 
     /// Ends every fetch from `peer` (it left, or was penalized).
     pub(super) fn pulls_from_ended(&mut self, peer: &NodeId) {
-        let flows: Vec<String> = self
+        let flows: Vec<FlowId> = self
             .pulling
             .iter()
             .filter(|(_, p)| *p == peer)
-            .map(|(f, _)| f.clone())
+            .map(|(f, _)| *f)
             .collect();
         for flow in flows {
             self.pull_ended(peer, &flow);

@@ -17,9 +17,9 @@ impl<S: Storage> Engine<S> {
     /// (members fetch them from whoever announced or passed the announcement on), and the change
     /// is pushed at once to connected members the announcement may not bring it to: those not
     /// seen subscribed, and those not known to hold the flow (they would only relay it).
-    pub fn local_change(&mut self, flow: &str) {
+    pub fn local_change(&mut self, flow: &FlowId) {
         self.touch(flow);
-        self.changed.insert(flow.to_string());
+        self.changed.insert(*flow);
         let me = self.me;
         let others: Vec<NodeId> = self
             .member_ids(flow)
@@ -33,7 +33,7 @@ impl<S: Storage> Engine<S> {
             // Every other member is a direct peer: the change is pushed to each, and nothing
             // is announced (an announcement would have them fetch what the push brings). This
             // is the common case of a small flow, and costs one exchange per member.
-            self.told_all.insert(flow.to_string());
+            self.told_all.insert(*flow);
             for m in others {
                 self.sync_with(&m, flow);
             }

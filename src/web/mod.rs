@@ -57,7 +57,7 @@ const IDLE: std::time::Duration = std::time::Duration::from_secs(90);
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     /// A flow's content changed (a local edit, or changes from a peer).
-    Flow(String),
+    Flow(crate::flow::FlowId),
     /// The list of flows changed (created, joined, offered, accepted, declined).
     Flows,
 }

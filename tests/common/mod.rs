@@ -10,7 +10,7 @@ pub mod procs;
 use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{Automerge, ChangeHash, ReadDoc};
 use coflow::auth::{self, Rejection, SignedChange};
-use coflow::flow::{flow_id_of_genesis, new_flow_ops, Edit, Flow, Reader, Role};
+use coflow::flow::{flow_id_of_genesis, new_flow_ops, Edit, Flow, FlowId, Reader, Role};
 use coflow::identity::Identity;
 
 pub fn alice() -> Identity {
@@ -50,7 +50,7 @@ pub fn sign(who: &Identity, doc: &Automerge, hash: ChangeHash) -> SignedChange {
 #[derive(Clone)]
 pub struct Sim {
     pub doc: Automerge,
-    pub flow_id: String,
+    pub flow_id: FlowId,
     pub log: Vec<SignedChange>,
 }
 
@@ -100,7 +100,7 @@ impl Sim {
     }
 
     pub fn flow(&self) -> Flow {
-        Reader::now(&self.doc).flow(&self.flow_id)
+        Reader::now(&self.doc).flow(self.flow_id.as_str())
     }
 
     pub fn heads(&self) -> Vec<ChangeHash> {
@@ -138,7 +138,7 @@ impl Sim {
         f: impl FnOnce(&mut Transaction<'_>, &Flow),
     ) -> SignedChange {
         let mut fork = self.doc.fork_at(heads).unwrap().with_actor(who.actor());
-        let flow = Reader::now(&fork).flow(&self.flow_id);
+        let flow = Reader::now(&fork).flow(self.flow_id.as_str());
         let mut tx = fork.transaction();
         f(&mut tx, &flow);
         let hash = tx

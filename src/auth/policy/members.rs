@@ -165,7 +165,7 @@ impl Judge<'_> {
         before
             .container(field::MEMBERS)
             .and_then(|m| self.doc.hash_for_opid(&m))
-            .and_then(|genesis| crate::identity::unhex(&crate::flow::flow_id_of_genesis(&genesis)))
+            .map(|genesis| crate::flow::flow_id_of_genesis(&genesis).as_bytes().to_vec())
             .ok_or_else(|| Forbidden("the flow's beginning is not in the change's past".into()))
     }
 }

@@ -32,15 +32,15 @@ pub struct MemStore {
 /// The tables.
 #[derive(Clone, Debug, PartialEq)]
 struct Rows {
-    flows: BTreeMap<String, FlowEntry>,
+    flows: BTreeMap<FlowId, FlowEntry>,
     /// The next flow's row id (SQLite's rowid: the order flows were stored in).
     next_rowid: i64,
-    changes: HashMap<String, FlowChanges>,
+    changes: HashMap<FlowId, FlowChanges>,
     /// The next change's sequence number (`AUTOINCREMENT`: never reused once committed).
     next_seq: i64,
-    snapshots: HashMap<String, (i64, Vec<u8>)>,
-    removals: HashMap<String, FlowRemovals>,
-    declined: BTreeMap<String, (String, i64)>,
+    snapshots: HashMap<FlowId, (i64, Vec<u8>)>,
+    removals: HashMap<FlowId, FlowRemovals>,
+    declined: BTreeMap<FlowId, (String, i64)>,
     meta: BTreeMap<String, String>,
     peers: BTreeMap<String, PeerRow>,
 }
@@ -71,20 +71,20 @@ struct FlowChanges {
 /// How to undo one write: what was there before.
 #[derive(Clone, Debug)]
 enum Undo {
-    Flow(String, Option<FlowEntry>),
+    Flow(FlowId, Option<FlowEntry>),
     NextRowid(i64),
     /// Title, status and `updated_at` of a flow.
-    FlowRow(String, String, String, i64),
-    Offered(String, Option<String>),
-    Summary(String, String),
+    FlowRow(FlowId, String, String, i64),
+    Offered(FlowId, Option<String>),
+    Summary(FlowId, String),
     /// The flow's last change was appended.
-    Appended(String),
+    Appended(FlowId),
     NextSeq(i64),
-    Changes(String, Option<FlowChanges>),
-    Snapshot(String, Option<(i64, Vec<u8>)>),
-    Removal(String, ([u8; 32], [u8; 32])),
-    Removals(String, Option<FlowRemovals>),
-    Declined(String, Option<(String, i64)>),
+    Changes(FlowId, Option<FlowChanges>),
+    Snapshot(FlowId, Option<(i64, Vec<u8>)>),
+    Removal(FlowId, ([u8; 32], [u8; 32])),
+    Removals(FlowId, Option<FlowRemovals>),
+    Declined(FlowId, Option<(String, i64)>),
     Meta(String, Option<String>),
     Peer(String, Option<PeerRow>),
 }
@@ -197,7 +197,7 @@ impl Rows {
             .map(|(id, f)| {
                 (
                     FlowRow {
-                        id: id.clone(),
+                        id: *id,
                         title: f.title.clone(),
                         status: f.status.clone(),
                         updated_at: f.updated_at,
@@ -209,10 +209,10 @@ impl Rows {
     }
 
     /// Ids in the order the flows were stored (SQLite's table order).
-    fn ids_where(&self, keep: impl Fn(&FlowEntry) -> bool) -> Vec<String> {
+    fn ids_where(&self, keep: impl Fn(&FlowEntry) -> bool) -> Vec<FlowId> {
         let mut ids: Vec<_> = self.flows.iter().filter(|(_, f)| keep(f)).collect();
         ids.sort_by_key(|(_, f)| f.rowid);
-        ids.into_iter().map(|(id, _)| id.clone()).collect()
+        ids.into_iter().map(|(id, _)| *id).collect()
     }
 }
 
@@ -371,21 +371,21 @@ impl MemWriter<'_> {
         self.store.tables.borrow_mut()
     }
 
-    fn delete_flow(&self, flow: &str) {
+    fn delete_flow(&self, flow: &FlowId) {
         let mut t = self.rows_mut();
         if let Some(removals) = t.removals.remove(flow) {
             self.store
-                .wrote([Undo::Removals(flow.into(), Some(removals))]);
+                .wrote([Undo::Removals(*flow, Some(removals))]);
         }
         if let Some(snapshot) = t.snapshots.remove(flow) {
             self.store
-                .wrote([Undo::Snapshot(flow.into(), Some(snapshot))]);
+                .wrote([Undo::Snapshot(*flow, Some(snapshot))]);
         }
         if let Some(changes) = t.changes.remove(flow) {
-            self.store.wrote([Undo::Changes(flow.into(), Some(changes))]);
+            self.store.wrote([Undo::Changes(*flow, Some(changes))]);
         }
         if let Some(entry) = t.flows.remove(flow) {
-            self.store.wrote([Undo::Flow(flow.into(), Some(entry))]);
+            self.store.wrote([Undo::Flow(*flow, Some(entry))]);
         }
     }
 }

@@ -6,7 +6,7 @@ use super::*;
 impl Flows for MemWriter<'_> {
     fn insert_flow(
         &self,
-        id: &str,
+        id: &FlowId,
         _genesis: &[u8],
         title: &str,
         status: &str,
@@ -22,7 +22,7 @@ impl Flows for MemWriter<'_> {
         let rowid = t.next_rowid;
         t.next_rowid += 1;
         t.flows.insert(
-            id.into(),
+            *id,
             FlowEntry {
                 rowid,
                 title: title.into(),
@@ -34,13 +34,13 @@ impl Flows for MemWriter<'_> {
             },
         );
         self.store
-            .wrote([Undo::NextRowid(rowid), Undo::Flow(id.into(), None)]);
+            .wrote([Undo::NextRowid(rowid), Undo::Flow(*id, None)]);
         Ok(())
     }
 
     fn update_flow(
         &self,
-        id: &str,
+        id: &FlowId,
         title: &str,
         status: &str,
         now: i64,
@@ -51,7 +51,7 @@ impl Flows for MemWriter<'_> {
             let status = std::mem::replace(&mut f.status, status.into());
             let at = std::mem::replace(&mut f.updated_at, now);
             self.store
-                .wrote([Undo::FlowRow(id.into(), title, status, at)]);
+                .wrote([Undo::FlowRow(*id, title, status, at)]);
         }
         Ok(())
     }
@@ -69,59 +69,59 @@ impl Flows for MemWriter<'_> {
         Ok(self.rows().rows_of(true))
     }
 
-    fn has_flow(&self, flow: &str) -> Result<bool, StoreError> {
+    fn has_flow(&self, flow: &FlowId) -> Result<bool, StoreError> {
         Ok(self.rows().flows.contains_key(flow))
     }
 
-    fn flow_ids(&self) -> Result<Vec<String>, StoreError> {
+    fn flow_ids(&self) -> Result<Vec<FlowId>, StoreError> {
         Ok(self.rows().ids_where(|f| f.offered_by.is_none()))
     }
 
-    fn flow_ids_after(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    fn flow_ids_after(&self, after: Option<&FlowId>, limit: usize) -> Result<Vec<FlowId>, StoreError> {
         use std::ops::Bound::{Excluded, Unbounded};
         let rows = self.rows();
         Ok(rows
             .flows
-            .range::<str, _>((Excluded(after), Unbounded))
+            .range((after.map_or(Unbounded, Excluded), Unbounded))
             .filter(|(_, f)| f.offered_by.is_none())
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| *id)
             .take(limit)
             .collect())
     }
 
-    fn all_flow_ids(&self) -> Result<Vec<String>, StoreError> {
+    fn all_flow_ids(&self) -> Result<Vec<FlowId>, StoreError> {
         // SQLite reads these from the primary key's index: in id order.
-        Ok(self.rows().flows.keys().cloned().collect())
+        Ok(self.rows().flows.keys().copied().collect())
     }
 
-    fn pending_ids(&self) -> Result<Vec<String>, StoreError> {
+    fn pending_ids(&self) -> Result<Vec<FlowId>, StoreError> {
         Ok(self.rows().ids_where(|f| f.offered_by.is_some()))
     }
 
-    fn mark_offered(&self, flow: &str, by: &str) -> Result<(), StoreError> {
+    fn mark_offered(&self, flow: &FlowId, by: &str) -> Result<(), StoreError> {
         self.set_offered(flow, Some(by.into()));
         Ok(())
     }
 
-    fn accept_flow(&self, flow: &str) -> Result<(), StoreError> {
+    fn accept_flow(&self, flow: &FlowId) -> Result<(), StoreError> {
         self.set_offered(flow, None);
         Ok(())
     }
 
-    fn decline_flow(&self, flow: &str, members: &[String], now: i64) -> Result<(), StoreError> {
+    fn decline_flow(&self, flow: &FlowId, members: &[String], now: i64) -> Result<(), StoreError> {
         self.delete_flow(flow);
         let mut t = self.rows_mut();
         let old = t
             .declined
-            .insert(flow.into(), (members.join(" "), now));
-        self.store.wrote([Undo::Declined(flow.into(), old)]);
+            .insert(*flow, (members.join(" "), now));
+        self.store.wrote([Undo::Declined(*flow, old)]);
         // Keep the most recent (by `at`, then id): forget the oldest, highest id first.
         while t.declined.len() > MAX_DECLINED {
             let oldest = t
                 .declined
                 .iter()
                 .min_by(|a, b| a.1 .1.cmp(&b.1 .1).then_with(|| b.0.cmp(a.0)))
-                .map(|(k, _)| k.clone())
+                .map(|(k, _)| *k)
                 .expect("not empty");
             let old = t.declined.remove(&oldest);
             self.store.wrote([Undo::Declined(oldest, old)]);
@@ -129,7 +129,7 @@ impl Flows for MemWriter<'_> {
         Ok(())
     }
 
-    fn declined_members(&self, flow: &str) -> Result<Option<Vec<String>>, StoreError> {
+    fn declined_members(&self, flow: &FlowId) -> Result<Option<Vec<String>>, StoreError> {
         Ok(self
             .rows()
             .declined
@@ -137,23 +137,23 @@ impl Flows for MemWriter<'_> {
             .map(|(m, _)| m.split_whitespace().map(str::to_string).collect()))
     }
 
-    fn forget_declined(&self, flow: &str) -> Result<(), StoreError> {
+    fn forget_declined(&self, flow: &FlowId) -> Result<(), StoreError> {
         let old = self.rows_mut().declined.remove(flow);
         if old.is_some() {
-            self.store.wrote([Undo::Declined(flow.into(), old)]);
+            self.store.wrote([Undo::Declined(*flow, old)]);
         }
         Ok(())
     }
 
-    fn set_summary(&self, flow: &str, summary: &str) -> Result<(), StoreError> {
+    fn set_summary(&self, flow: &FlowId, summary: &str) -> Result<(), StoreError> {
         if let Some(f) = self.rows_mut().flows.get_mut(flow) {
             let old = std::mem::replace(&mut f.summary, summary.into());
-            self.store.wrote([Undo::Summary(flow.into(), old)]);
+            self.store.wrote([Undo::Summary(*flow, old)]);
         }
         Ok(())
     }
 
-    fn summary(&self, flow: &str) -> Result<Option<String>, StoreError> {
+    fn summary(&self, flow: &FlowId) -> Result<Option<String>, StoreError> {
         Ok(self
             .rows()
             .flows
@@ -164,10 +164,10 @@ impl Flows for MemWriter<'_> {
 }
 
 impl MemWriter<'_> {
-    fn set_offered(&self, flow: &str, by: Option<String>) {
+    fn set_offered(&self, flow: &FlowId, by: Option<String>) {
         if let Some(f) = self.rows_mut().flows.get_mut(flow) {
             let old = std::mem::replace(&mut f.offered_by, by);
-            self.store.wrote([Undo::Offered(flow.into(), old)]);
+            self.store.wrote([Undo::Offered(*flow, old)]);
         }
     }
 }
@@ -175,7 +175,7 @@ impl MemWriter<'_> {
 impl Changes for MemWriter<'_> {
     fn insert_changes<'c>(
         &self,
-        flow: &str,
+        flow: &FlowId,
         changes: impl IntoIterator<Item = (&'c [u8], &'c [u8], &'c [u8])>,
     ) -> Result<usize, StoreError> {
         let mut t = self.rows_mut();
@@ -187,7 +187,7 @@ impl Changes for MemWriter<'_> {
             // As SQLite's AUTOINCREMENT does, a change skipped as stored already uses up a number.
             let seq = t.next_seq;
             t.next_seq += 1;
-            let c = t.changes.entry(flow.into()).or_default();
+            let c = t.changes.entry(*flow).or_default();
             if c.by_hash.contains_key(hash) {
                 self.store.wrote([Undo::NextSeq(seq)]);
                 continue;
@@ -202,30 +202,30 @@ impl Changes for MemWriter<'_> {
                 },
             });
             self.store
-                .wrote([Undo::NextSeq(seq), Undo::Appended(flow.into())]);
+                .wrote([Undo::NextSeq(seq), Undo::Appended(*flow)]);
             n += 1;
         }
         Ok(n)
     }
 
-    fn insert_removals(&self, flow: &str, removals: &[Removal]) -> Result<(), StoreError> {
+    fn insert_removals(&self, flow: &FlowId, removals: &[Removal]) -> Result<(), StoreError> {
         let mut t = self.rows_mut();
         for r in removals {
             if !t.flows.contains_key(flow) {
                 return Err(no_flow());
             }
             let key = (r.change.0, r.target);
-            let of_flow = t.removals.entry(flow.into()).or_default();
+            let of_flow = t.removals.entry(*flow).or_default();
             if of_flow.contains_key(&key) {
                 continue;
             }
             of_flow.insert(key, r.rank);
-            self.store.wrote([Undo::Removal(flow.into(), key)]);
+            self.store.wrote([Undo::Removal(*flow, key)]);
         }
         Ok(())
     }
 
-    fn removals(&self, flow: &str) -> Result<Vec<Removal>, StoreError> {
+    fn removals(&self, flow: &FlowId) -> Result<Vec<Removal>, StoreError> {
         Ok(self
             .rows()
             .removals
@@ -240,7 +240,7 @@ impl Changes for MemWriter<'_> {
             .collect())
     }
 
-    fn changes_after(&self, flow: &str, seq: i64) -> Result<Vec<StoredChange>, StoreError> {
+    fn changes_after(&self, flow: &FlowId, seq: i64) -> Result<Vec<StoredChange>, StoreError> {
         let t = self.rows();
         let Some(c) = t.changes.get(flow) else {
             return Ok(Vec::new());
@@ -249,7 +249,7 @@ impl Changes for MemWriter<'_> {
         Ok(c.rows[from..].to_vec())
     }
 
-    fn last_seq(&self, flow: &str) -> Result<i64, StoreError> {
+    fn last_seq(&self, flow: &FlowId) -> Result<i64, StoreError> {
         let t = self.rows();
         Ok(t.changes
             .get(flow)
@@ -257,7 +257,7 @@ impl Changes for MemWriter<'_> {
             .map_or(0, |r| r.seq))
     }
 
-    fn count_after(&self, flow: &str, seq: i64) -> Result<i64, StoreError> {
+    fn count_after(&self, flow: &FlowId, seq: i64) -> Result<i64, StoreError> {
         let t = self.rows();
         let Some(c) = t.changes.get(flow) else {
             return Ok(0);
@@ -265,34 +265,34 @@ impl Changes for MemWriter<'_> {
         Ok((c.rows.len() - c.rows.partition_point(|r| r.seq <= seq)) as i64)
     }
 
-    fn snapshot(&self, flow: &str) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+    fn snapshot(&self, flow: &FlowId) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
         Ok(self.rows().snapshots.get(flow).cloned())
     }
 
-    fn snapshot_seq(&self, flow: &str) -> Result<Option<i64>, StoreError> {
+    fn snapshot_seq(&self, flow: &FlowId) -> Result<Option<i64>, StoreError> {
         Ok(self.rows().snapshots.get(flow).map(|(seq, _)| *seq))
     }
 
-    fn signature(&self, flow: &str, hash: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    fn signature(&self, flow: &FlowId, hash: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .signed_change(flow, hash)?
             .map(|c| c.signature))
     }
 
-    fn signed_change(&self, flow: &str, hash: &[u8]) -> Result<Option<SignedChange>, StoreError> {
+    fn signed_change(&self, flow: &FlowId, hash: &[u8]) -> Result<Option<SignedChange>, StoreError> {
         let t = self.rows();
         Ok(t.changes
             .get(flow)
             .and_then(|c| c.by_hash.get(hash).map(|&i| c.rows[i].signed.clone())))
     }
 
-    fn put_snapshot(&self, flow: &str, upto_seq: i64, doc: &[u8]) -> Result<(), StoreError> {
+    fn put_snapshot(&self, flow: &FlowId, upto_seq: i64, doc: &[u8]) -> Result<(), StoreError> {
         let mut t = self.rows_mut();
         if !t.flows.contains_key(flow) {
             return Err(no_flow());
         }
-        let old = t.snapshots.insert(flow.into(), (upto_seq, doc.to_vec()));
-        self.store.wrote([Undo::Snapshot(flow.into(), old)]);
+        let old = t.snapshots.insert(*flow, (upto_seq, doc.to_vec()));
+        self.store.wrote([Undo::Snapshot(*flow, old)]);
         Ok(())
     }
 }

@@ -30,17 +30,17 @@ fn settle(es: &mut [&mut Engine]) {
     }
 }
 
-fn comment_on(e: &mut Engine, flow: &str, text: &str) {
+fn comment_on(e: &mut Engine, flow: &FlowId, text: &str) {
     let edit = Edit::Comment {
         text: text.into(),
         step: None,
     };
-    e.repo().edit(flow, &edit).unwrap();
+    e.repo().edit(flow.as_str(), &edit).unwrap();
     e.local_change(flow);
 }
 
 /// What `e` shows of `peer`'s sync state on `flow`.
-fn in_sync(e: &mut Engine, flow: &str, peer: &NodeId) -> Option<bool> {
+fn in_sync(e: &mut Engine, flow: &FlowId, peer: &NodeId) -> Option<bool> {
     let sync = e.member_sync(flow);
     let m = sync.iter().find(|m| m.node_id == peer.as_str()).unwrap();
     m.in_sync
@@ -67,8 +67,8 @@ fn a_late_request_with_older_heads_does_not_make_a_peer_in_sync_look_behind() {
     c.peer_connected(ai, 1);
     // A offers them the flow; they accept it and sync.
     settle(&mut [&mut a, &mut b, &mut c]);
-    b.accept(&flow).unwrap();
-    c.accept(&flow).unwrap();
+    b.accept(flow.as_str()).unwrap();
+    c.accept(flow.as_str()).unwrap();
     settle(&mut [&mut a, &mut b, &mut c]);
     assert_eq!(a.heads(&flow), b.heads(&flow));
     assert_eq!(in_sync(&mut a, &flow, &bi), Some(true));

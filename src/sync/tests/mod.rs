@@ -21,7 +21,7 @@ fn drain(e: &mut Engine) -> Vec<Io> {
 /// A ticket naming `via` (no such node needs to exist: the engine only asks).
 fn ticket(via: &NodeId) -> wire::InviteTicket {
     wire::InviteTicket {
-        flow: "0123456789abcdef0123456789abcdef".into(),
+        flow: "0123456789abcdef0123456789abcdef".parse().unwrap(),
         invite: "00112233".into(),
         secret: [7; 16],
         addrs: vec![format!("/ip4/127.0.0.1/tcp/1/p2p/{via}").parse().unwrap()],
@@ -76,7 +76,7 @@ fn a_join_refused_by_every_member_fails_at_once() {
 }
 
 /// A flow `e`'s node starts, with `n` other members added by node id (seeded from `seed`).
-fn flow_with_others(e: &mut Engine, seed: &str, n: usize) -> (String, Vec<NodeId>) {
+fn flow_with_others(e: &mut Engine, seed: &str, n: usize) -> (FlowId, Vec<NodeId>) {
     let flow = e.repo().create_flow("T", "N", Role::Customer).unwrap();
     let ids: Vec<NodeId> = (0..n)
         .map(|i| {
@@ -90,7 +90,7 @@ fn flow_with_others(e: &mut Engine, seed: &str, n: usize) -> (String, Vec<NodeId
             role: Role::Contributor,
             name: None,
         };
-        e.repo().edit(&flow, &add).unwrap();
+        e.repo().edit(flow.as_str(), &add).unwrap();
     }
     (flow, ids)
 }
@@ -113,7 +113,7 @@ fn one_local_change(others: usize) -> (usize, usize) {
     drain(&mut e);
     e.repo()
         .edit(
-            &flow,
+            flow.as_str(),
             &Edit::Comment {
                 text: "news".into(),
                 step: None,
@@ -146,7 +146,7 @@ fn a_small_connected_flow_is_pushed_to_all_and_a_larger_one_announced() {
 
 /// A node holding a flow with `n` other members (node ids returned), all connected, every
 /// conversation at rest.
-fn member_of_flow(n: usize) -> (Engine, String, Vec<NodeId>) {
+fn member_of_flow(n: usize) -> (Engine, FlowId, Vec<NodeId>) {
     let mut e = engine("member");
     let (flow, ids) = flow_with_others(&mut e, "peer", n);
     e.member_topics();
@@ -466,11 +466,11 @@ fn next_wake_reports_when_a_quiet_conversation_comes_of_age() {
 fn anti_entropy_looks_at_a_bounded_share_of_the_flows_and_at_each_in_turn() {
     let mut e = engine("many");
     let n = 2 * ANTI_ENTROPY_FLOWS_PER_TICK + 5;
-    let mut all: HashSet<String> = HashSet::default();
+    let mut all: HashSet<FlowId> = HashSet::default();
     for i in 0..n {
         all.insert(e.repo().create_flow(&format!("T{i}"), "N", Role::Customer).unwrap());
     }
-    let mut seen: HashSet<String> = HashSet::default();
+    let mut seen: HashSet<FlowId> = HashSet::default();
     for _ in 0..3 {
         let batch = e.rotation();
         assert!(batch.len() <= ANTI_ENTROPY_FLOWS_PER_TICK, "{}", batch.len());
@@ -491,7 +491,7 @@ fn ticking_more_often_does_not_rotate_more_often() {
             .unwrap();
     }
     e.tick(1_000);
-    let first = e.schedule.cursor.clone();
+    let first = e.schedule.cursor;
     assert!(first.is_some());
     e.tick(1_000 + RECHECK_MS - 1);
     assert_eq!(e.schedule.cursor, first, "too soon: the rotation waits");
