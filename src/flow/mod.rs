@@ -115,6 +115,11 @@ string_enum!(
     /// `choice`: the first eligible choice decides; `vote`: choices are tallied until closed.
     Mode { Choice = "choice", Vote = "vote" }
 );
+string_enum!(
+    /// What a flow waits on a member for ([`Waiting`]): a decision, a step, or confirming the
+    /// need fulfilled. Not a document field: the control API and the page carry it.
+    WaitKind { Decision = "decision", Step = "step", Fulfil = "fulfil" }
+);
 
 impl Role {
     /// Customers and owners manage the flow (members, invites, title, need, close/reopen).
