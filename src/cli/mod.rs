@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::{self, Call, Reply};
+use crate::api::{self, Call, ExportFormat, Reply};
 use crate::error::{Error, Result};
 use crate::flow::{Edit, FlowStatus, Mode, Role, StepStatus, Who};
 use crate::identity::Identity;
@@ -209,8 +209,8 @@ pub enum InviteAction {
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     pub flow: String,
-    #[arg(long, value_parser = ["json", "automerge", "dot", "mermaid"])]
-    pub format: String,
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
     /// Write to this file instead of stdout.
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
