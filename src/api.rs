@@ -56,7 +56,7 @@ pub enum Call {
     },
     FlowExport {
         flow: String,
-        format: String,
+        format: ExportFormat,
     },
     Edit {
         flow: String,
@@ -125,6 +125,18 @@ fn unknown() -> crate::node::Reachability {
     crate::node::Reachability::Unknown
 }
 
+/// What `flow export` writes: the flow as `flow show --json` prints it (`json`), the document
+/// as it stands in Automerge's binary format (`automerge`), or a process diagram (Graphviz
+/// `dot`, `mermaid`). The control API and the CLI name them in lower case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    Json,
+    Automerge,
+    Dot,
+    Mermaid,
+}
+
 /// How this node is connected to a peer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -190,16 +202,15 @@ pub fn execute(repo: &mut Repo, call: Call) -> Result<Reply> {
         Call::FlowVerify { flow } => Reply::Verify(repo.verify(&flow)?),
         Call::FlowExport { flow, format } => {
             let view = repo.show(&flow)?;
-            let bytes = match format.as_str() {
-                "json" => {
+            let bytes = match format {
+                ExportFormat::Json => {
                     let mut v = serde_json::to_vec_pretty(&view).expect("serializes");
                     v.push(b'\n');
                     v
                 }
-                "automerge" => repo.save_standing(&view.flow.id.parse().map_err(Error::Invalid)?)?,
-                "dot" => crate::export::dot(&view.flow).into_bytes(),
-                "mermaid" => crate::export::mermaid(&view.flow).into_bytes(),
-                other => return Err(Error::Invalid(format!("unknown export format '{other}'"))),
+                ExportFormat::Automerge => repo.save_standing(&view.flow.id.parse().map_err(Error::Invalid)?)?,
+                ExportFormat::Dot => crate::export::dot(&view.flow).into_bytes(),
+                ExportFormat::Mermaid => crate::export::mermaid(&view.flow).into_bytes(),
             };
             Reply::Export { hex: hex(&bytes) }
         }

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::api::{Call, Reply};
+use crate::api::{Call, ExportFormat, Reply};
 use crate::cluster::{spread, Member, ProcessNode};
 use crate::error::{Error, Result};
 use crate::flow::{Edit, FlowStatus, Mode, Role, StepStatus, Who};
@@ -370,7 +370,7 @@ pub fn tailor_story(alice: &dyn Member, tom: &dyn Member, mill: &dyn Member) -> 
     }
     let Reply::Export { hex } = alice.call(Call::FlowExport {
         flow: flow.clone(),
-        format: "mermaid".into(),
+        format: ExportFormat::Mermaid,
     })?
     else {
         return Err(Error::Invalid("unexpected reply".into()));

@@ -9,10 +9,12 @@
 //!
 //! - [`identity`]: the node key (ed25519), `NodeId` (= libp2p `PeerId`; `Copy`, converted to and
 //!   from a `PeerId` through the key's bytes), change signing, the key file.
-//! - [`flow`]: the flow document schema: typed reads (`Reader`, at any heads), edits (`Edit`),
-//!   what a change did, read from its operations (`History`), what a flow waits on a
-//!   member for (`waits.rs`), and `FlowId` (`id.rs`: a flow's 16-byte id, `Copy`, printed,
-//!   serialized and stored as 32 lowercase hex characters, the 16 bytes on the wire).
+//! - [`flow`]: the flow document: `schema.rs` names every field and describes each object's
+//!   shape (the contract other implementations share; `flow::field` is its root), typed reads
+//!   (`Reader`, at any heads), edits (`Edit`), what a change did, read from its operations
+//!   (`History`), what a flow waits on a member for (`waits.rs`), and `FlowId` (`id.rs`: a
+//!   flow's 16-byte id, `Copy`, printed, serialized and stored as 32 lowercase hex characters,
+//!   the 16 bytes on the wire).
 //! - [`auth`]: signed changes and the accept path: batch signature verification, dependency
 //!   ordering, batch apply, [`auth::policy`], the role policy evaluated in each change's
 //!   causal past (with a memo of authors' roles along chains of their changes; `policy/place.rs`

@@ -23,7 +23,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use crate::flow::{short_id, Did, Flow, Member};
+use crate::flow::{short_id, Did, Flow, FlowStatus, Member};
 
 /// The mark after a name that another member's name could be taken for.
 pub const SAME_NAME: &str = "⚠ same name as another member";
@@ -241,11 +241,11 @@ pub fn did(flow: &Flow, d: &Did) -> String {
         Did::Started { title } => format!("started the flow {}", quoted(title)),
         Did::SetTitle { title } => format!("set the title to {}", quoted(title)),
         Did::SetNeed => "rewrote the need".into(),
-        Did::SetStatus { status } => match status.as_str() {
-            "fulfilled" => "confirmed the need fulfilled".into(),
-            "closed" => "closed the flow".into(),
-            "open" => "reopened the flow".into(),
-            other => format!("set status {}", quoted(other)),
+        Did::SetStatus { status } => match status.parse() {
+            Ok(FlowStatus::Fulfilled) => "confirmed the need fulfilled".into(),
+            Ok(FlowStatus::Closed) => "closed the flow".into(),
+            Ok(FlowStatus::Open) => "reopened the flow".into(),
+            Err(_) => format!("set status {}", quoted(status)),
         },
         Did::AddedMember {
             node,

@@ -107,12 +107,14 @@ impl FlowGen {
         let c = tx
             .insert_object(&self.comments, at, ObjType::Map)
             .expect("insert");
-        tx.put(&c, "id", format!("{:016x}", self.made))
+        tx.put(&c, flow::schema::comment::ID, format!("{:016x}", self.made))
             .expect("put");
-        tx.put(&c, "author", who.node_id().as_str()).expect("put");
-        tx.put(&c, "at", NOW).expect("put");
-        tx.put(&c, "step", ScalarValue::Null).expect("put");
-        tx.put(&c, "text", text).expect("put");
+        tx.put(&c, flow::schema::comment::AUTHOR, who.node_id().as_str())
+            .expect("put");
+        tx.put(&c, flow::schema::comment::AT, NOW).expect("put");
+        tx.put(&c, flow::schema::comment::STEP, ScalarValue::Null)
+            .expect("put");
+        tx.put(&c, flow::schema::comment::TEXT, text).expect("put");
         tx.commit_with(
             CommitOptions::default()
                 .with_message(format!("commented: {text}"))
@@ -127,7 +129,7 @@ impl FlowGen {
         self.doc.set_actor(who.actor());
         let mut tx = self.doc.transaction();
         for c in comments {
-            tx.put(c, "text", text).expect("put");
+            tx.put(c, flow::schema::comment::TEXT, text).expect("put");
         }
         tx.commit_with(
             CommitOptions::default()
@@ -207,7 +209,13 @@ pub fn seed_home_bulk(home: &Path, identity: &Identity, flows: &[FlowGen]) {
     store
         .write(|w| {
             for f in flows {
-                w.insert_flow(&f.id, &f.hashes[0].0, "Idle flow", "open", NOW)?;
+                w.insert_flow(
+                    &f.id,
+                    &f.hashes[0].0,
+                    "Idle flow",
+                    flow::FlowStatus::Open.as_str(),
+                    NOW,
+                )?;
                 w.insert_changes(
                     &f.id,
                     f.hashes

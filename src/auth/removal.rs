@@ -52,7 +52,7 @@ pub fn graph_of(doc: &Automerge) -> Vec<ChangeNode> {
         .collect()
 }
 
-use crate::flow::{field, Reader, Role};
+use crate::flow::{field, schema, Reader, Role};
 use crate::identity::{actor_key, NodeId};
 
 /// A change that marks a member removed.
@@ -84,7 +84,7 @@ pub fn removals_in(doc: &Automerge, change: &Change, author: &NodeId) -> Vec<Rem
     };
     let mut targets = Vec::new();
     for op in &decoded.operations {
-        let removes = matches!(&op.key, Key::Map(k) if k == "removed")
+        let removes = matches!(&op.key, Key::Map(k) if k == schema::member::REMOVED)
             && matches!(op.action, OpType::Put(ScalarValue::Boolean(true)));
         let ObjectId::Id(id) = &op.obj else { continue };
         if !removes {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::{self, Call, Reply};
+use crate::api::{self, Call, ExportFormat, Reply};
 use crate::error::{Error, Result};
 use crate::flow::{Edit, FlowStatus, Mode, Role, StepStatus, Who};
 use crate::identity::Identity;
@@ -280,8 +280,8 @@ pub struct ExportArgs {
     pub flow: String,
     /// `json`: the flow as `flow show --json` reads it; `automerge`: the whole document with its
     /// history; `dot`, `mermaid`: a diagram of its steps and decisions.
-    #[arg(long, value_parser = ["json", "automerge", "dot", "mermaid"])]
-    pub format: String,
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
     /// Write to this file instead of stdout.
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use automerge::legacy::{self, Key, ObjectId, OpType};
 use automerge::{ActorId, Automerge, Change, ObjId, Prop, ReadDoc, ScalarValue};
 
-use super::{field, Reader};
+use super::{field, schema, Reader};
 
 /// One thing a change did. Strings are the document's raw values (escape them to print).
 #[derive(Clone, Debug, PartialEq)]
@@ -205,8 +205,8 @@ impl<'a> History<'a> {
             (1, Some(field::DECISIONS)) => Place::Decisions,
             (2, Some(field::DECISIONS)) => Place::Decision(obj),
             (3, Some(field::DECISIONS)) => match key(2).as_deref() {
-                Some("options") => Place::Options,
-                Some("choices") => Place::Choices(path[2].0.clone()),
+                Some(schema::decision::OPTIONS) => Place::Options,
+                Some(schema::decision::CHOICES) => Place::Choices(path[2].0.clone()),
                 _ => Place::Unknown,
             },
             (1, Some(field::COMMENTS)) => Place::Comments,
@@ -228,19 +228,19 @@ impl<'a> History<'a> {
             (Place::Invites, Some(k), _) => Place::Invite(k.to_string()),
             (Place::Steps, None, Some(o)) => Place::Step(o),
             (Place::Decisions, Some(_), Some(o)) => Place::Decision(o),
-            (Place::Decision(_), Some("options"), _) => Place::Options,
-            (Place::Decision(d), Some("choices"), _) => Place::Choices(d.clone()),
+            (Place::Decision(_), Some(schema::decision::OPTIONS), _) => Place::Options,
+            (Place::Decision(d), Some(schema::decision::CHOICES), _) => Place::Choices(d.clone()),
             (Place::Comments, None, Some(o)) => Place::Comment(o),
             _ => Place::Unknown,
         }
     }
 
     fn step_title(&self, step: &ObjId) -> String {
-        Reader::now(self.doc).string(step, "title")
+        Reader::now(self.doc).string(step, schema::step::TITLE)
     }
 
     fn question(&self, decision: &ObjId) -> String {
-        Reader::now(self.doc).string(decision, "question")
+        Reader::now(self.doc).string(decision, schema::decision::QUESTION)
     }
 
     /// What `change` did, in the order its operations did it.
@@ -310,18 +310,18 @@ impl<'a> History<'a> {
                 if let Some(&at) = made.get(&n) {
                     let value = put_str(op);
                     match (&mut did[at], map_key(op), value) {
-                        (Did::AddedMember { name, .. }, Some("name"), Some(v)) => *name = v,
-                        (Did::AddedMember { role, .. }, Some("role"), Some(v)) => *role = v,
-                        (Did::AddedMember { by_invite, .. }, Some("invite"), _) => {
+                        (Did::AddedMember { name, .. }, Some(schema::member::NAME), Some(v)) => *name = v,
+                        (Did::AddedMember { role, .. }, Some(schema::member::ROLE), Some(v)) => *role = v,
+                        (Did::AddedMember { by_invite, .. }, Some(schema::member::INVITE), _) => {
                             *by_invite = true
                         }
-                        (Did::Invited { role }, Some("role"), Some(v)) => *role = v,
-                        (Did::AddedStep { title }, Some("title"), Some(v)) => *title = v,
-                        (Did::OpenedDecision { question }, Some("question"), Some(v)) => {
+                        (Did::Invited { role }, Some(schema::invite::ROLE), Some(v)) => *role = v,
+                        (Did::AddedStep { title }, Some(schema::step::TITLE), Some(v)) => *title = v,
+                        (Did::OpenedDecision { question }, Some(schema::decision::QUESTION), Some(v)) => {
                             *question = v
                         }
-                        (Did::Commented { text, .. }, Some("text"), Some(v)) => *text = v,
-                        (Did::Commented { step, .. }, Some("step"), v) => *step = v,
+                        (Did::Commented { text, .. }, Some(schema::comment::TEXT), Some(v)) => *text = v,
+                        (Did::Commented { step, .. }, Some(schema::comment::STEP), v) => *step = v,
                         _ => {}
                     }
                 }
@@ -350,17 +350,17 @@ impl<'a> History<'a> {
                     },
                 }),
                 Place::Member(node) => did.push(match (key, put_bool(op), put_str(op)) {
-                    ("removed", Some(true), _) => Did::RemovedMember { node },
-                    ("removed", Some(false), _) => Did::RestoredMember { node },
-                    ("role", _, Some(role)) => Did::ChangedRole { node, role },
-                    ("name", _, Some(name)) => Did::Renamed { node, name },
+                    (schema::member::REMOVED, Some(true), _) => Did::RemovedMember { node },
+                    (schema::member::REMOVED, Some(false), _) => Did::RestoredMember { node },
+                    (schema::member::ROLE, _, Some(role)) => Did::ChangedRole { node, role },
+                    (schema::member::NAME, _, Some(name)) => Did::Renamed { node, name },
                     _ => Did::Other {
                         what: format!("changed '{key}' of member {}", super::short_id(&node)),
                     },
                 }),
                 Place::Invite(id) => match (key, put_bool(op)) {
-                    ("revoked", Some(true)) => did.push(Did::RevokedInvite { id }),
-                    ("uses_left", _) => redeemed = true,
+                    (schema::invite::REVOKED, Some(true)) => did.push(Did::RevokedInvite { id }),
+                    (schema::invite::USES_LEFT, _) => redeemed = true,
                     _ => did.push(Did::Other {
                         what: format!("changed '{key}' of invite {id}"),
                     }),
@@ -369,15 +369,15 @@ impl<'a> History<'a> {
                 Place::Step(s) => {
                     let title = self.step_title(&s);
                     did.push(match key {
-                        "status" => Did::MarkedStep {
+                        schema::step::STATUS => Did::MarkedStep {
                             title,
                             status: put_str(op).unwrap_or_default(),
                         },
-                        "assignee" => Did::Assigned {
+                        schema::step::ASSIGNEE => Did::Assigned {
                             title,
                             to: put_str(op),
                         },
-                        "title" => Did::RetitledStep {
+                        schema::step::TITLE => Did::RetitledStep {
                             title: put_str(op).unwrap_or_default(),
                         },
                         _ => Did::EditedStep {
@@ -387,8 +387,8 @@ impl<'a> History<'a> {
                     })
                 }
                 Place::Decision(d) => match (key, put_bool(op)) {
-                    ("outcome", _) => outcome.push((d, put_str(op))),
-                    ("closed", Some(true)) => closed.push(d),
+                    (schema::decision::OUTCOME, _) => outcome.push((d, put_str(op))),
+                    (schema::decision::CLOSED, Some(true)) => closed.push(d),
                     _ => did.push(Did::Other {
                         what: format!("changed '{key}' of decision '{}'", self.question(&d)),
                     }),
@@ -400,13 +400,13 @@ impl<'a> History<'a> {
                     }),
                 },
                 Place::Comment(c) => did.push(match key {
-                    "text" => Did::EditedComment {
+                    schema::comment::TEXT => Did::EditedComment {
                         text: put_str(op).unwrap_or_default(),
                     },
                     _ => Did::Other {
                         what: format!(
                             "changed '{key}' of a comment: {}",
-                            Reader::now(self.doc).string(&c, "text")
+                            Reader::now(self.doc).string(&c, schema::comment::TEXT)
                         ),
                     },
                 }),

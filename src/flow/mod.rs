@@ -3,7 +3,8 @@
 //! One Automerge document per flow. The root map holds `schema`, `title`, `need`, `status`,
 //! `created_at`, and the containers `members` (map node id → member), `invites` (map invite id →
 //! invite), `steps` (list of step maps with stable ids), `decisions` (map id → decision) and
-//! `comments` (list). Field names are a contract shared with every other implementation.
+//! `comments` (list). Field names are a contract shared with every other implementation:
+//! [`schema`] names every one and describes each object's shape.
 //!
 //! A flow's id is not a field: it is derived from the hash of the flow's genesis change
 //! (see [`flow_id_of_genesis`]), so no one can forge a second genesis for an existing flow.
@@ -12,12 +13,15 @@ mod edit;
 mod history;
 mod id;
 mod read;
+pub mod schema;
 mod waits;
 
 pub use edit::{new_flow_ops, new_id, resolve_prefix, Applied, Edit, EditError};
 pub use history::{Did, History};
 pub use id::FlowId;
 pub use read::{invisible, Reader};
+/// The root's field names ([`schema::root`]), by their older name.
+pub use schema::root as field;
 pub use waits::Waiting;
 
 use std::collections::BTreeMap;
@@ -28,20 +32,6 @@ use serde::{Deserialize, Serialize};
 
 /// Current document schema version.
 pub const SCHEMA_VERSION: i64 = 1;
-
-/// Root field names.
-pub mod field {
-    pub const SCHEMA: &str = "schema";
-    pub const TITLE: &str = "title";
-    pub const NEED: &str = "need";
-    pub const STATUS: &str = "status";
-    pub const CREATED_AT: &str = "created_at";
-    pub const MEMBERS: &str = "members";
-    pub const INVITES: &str = "invites";
-    pub const STEPS: &str = "steps";
-    pub const DECISIONS: &str = "decisions";
-    pub const COMMENTS: &str = "comments";
-}
 
 /// Limits on what a flow holds, enforced by the policy when a change is made here (one clear
 /// error) and when one is received (refused).
@@ -57,7 +47,9 @@ pub mod limit {
     /// The longest text a field (or, for list elements, `""`) may hold.
     pub fn text_for(key: &str) -> usize {
         match key {
-            super::field::NEED | "text" | "detail" => LONG_TEXT,
+            super::schema::root::NEED | super::schema::comment::TEXT | super::schema::step::DETAIL => {
+                LONG_TEXT
+            }
             _ => SHORT_TEXT,
         }
     }
@@ -124,6 +116,11 @@ string_enum!(
 string_enum!(
     /// `choice`: the first eligible choice decides; `vote`: choices are tallied until closed.
     Mode { Choice = "choice", Vote = "vote" }
+);
+string_enum!(
+    /// What a flow waits on a member for ([`Waiting`]): a decision, a step, or confirming the
+    /// need fulfilled. Not a document field: the control API and the page carry it.
+    WaitKind { Decision = "decision", Step = "step", Fulfil = "fulfil" }
 );
 
 impl Role {

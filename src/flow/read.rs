@@ -136,43 +136,43 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
         // and each read in the past makes Automerge work out that past again.
         let members = self.container(field::MEMBERS)?;
         let m = self.obj(&members, node_id, ObjType::Map)?;
-        if self.bool(&m, "removed") {
+        if self.bool(&m, schema::member::REMOVED) {
             return None;
         }
-        Some(self.parse(&m, "role").unwrap_or(Role::Observer))
+        Some(self.parse(&m, schema::member::ROLE).unwrap_or(Role::Observer))
     }
 
     fn read_member(&self, node_id: &str, m: &ObjId) -> Member {
         Member {
             node_id: node_id.to_string(),
-            name: self.string(m, "name"),
-            role: self.parse(m, "role").unwrap_or(Role::Observer),
-            added_by: self.string(m, "added_by"),
-            added_at: self.int(m, "added_at").unwrap_or(0),
-            removed: self.bool(m, "removed"),
+            name: self.string(m, schema::member::NAME),
+            role: self.parse(m, schema::member::ROLE).unwrap_or(Role::Observer),
+            added_by: self.string(m, schema::member::ADDED_BY),
+            added_at: self.int(m, schema::member::ADDED_AT).unwrap_or(0),
+            removed: self.bool(m, schema::member::REMOVED),
         }
     }
 
     pub fn read_step(&self, s: &ObjId) -> Step {
         Step {
-            id: self.string(s, "id"),
-            title: self.string(s, "title"),
-            detail: self.string(s, "detail"),
-            status: self.parse(s, "status").unwrap_or(StepStatus::Todo),
-            assignee: self.str(s, "assignee"),
-            customer_involved: self.bool(s, "customer_involved"),
-            due: self.str(s, "due"),
-            created_by: self.string(s, "created_by"),
+            id: self.string(s, schema::step::ID),
+            title: self.string(s, schema::step::TITLE),
+            detail: self.string(s, schema::step::DETAIL),
+            status: self.parse(s, schema::step::STATUS).unwrap_or(StepStatus::Todo),
+            assignee: self.str(s, schema::step::ASSIGNEE),
+            customer_involved: self.bool(s, schema::step::CUSTOMER_INVOLVED),
+            due: self.str(s, schema::step::DUE),
+            created_by: self.string(s, schema::step::CREATED_BY),
         }
     }
 
     pub fn read_decision(&self, id: &str, d: &ObjId) -> Decision {
         let options = self
-            .obj(d, "options", ObjType::List)
+            .obj(d, schema::decision::OPTIONS, ObjType::List)
             .map(|l| (0..self.len(&l)).filter_map(|i| self.str(&l, i)).collect())
             .unwrap_or_default();
         let choices = self
-            .obj(d, "choices", ObjType::Map)
+            .obj(d, schema::decision::CHOICES, ObjType::Map)
             .map(|c| {
                 self.keys(&c)
                     .into_iter()
@@ -182,44 +182,44 @@ impl<'a, R: ReadDoc> Reader<'a, R> {
             .unwrap_or_default();
         Decision {
             id: id.to_string(),
-            question: self.string(d, "question"),
+            question: self.string(d, schema::decision::QUESTION),
             options,
-            step: self.str(d, "step"),
-            who: self.parse(d, "who").unwrap_or(Who::Customer),
-            mode: self.parse(d, "mode").unwrap_or(Mode::Choice),
+            step: self.str(d, schema::decision::STEP),
+            who: self.parse(d, schema::decision::WHO).unwrap_or(Who::Customer),
+            mode: self.parse(d, schema::decision::MODE).unwrap_or(Mode::Choice),
             choices,
-            outcome: self.str(d, "outcome"),
-            closed: self.bool(d, "closed"),
-            created_by: self.string(d, "created_by"),
+            outcome: self.str(d, schema::decision::OUTCOME),
+            closed: self.bool(d, schema::decision::CLOSED),
+            created_by: self.string(d, schema::decision::CREATED_BY),
         }
     }
 
     pub fn read_invite(&self, id: &str, i: &ObjId) -> Invite {
         Invite {
             id: id.to_string(),
-            role: self.parse(i, "role").unwrap_or(Role::Observer),
-            public_key: match self.scalar(i, "public_key") {
+            role: self.parse(i, schema::invite::ROLE).unwrap_or(Role::Observer),
+            public_key: match self.scalar(i, schema::invite::PUBLIC_KEY) {
                 Some(ScalarValue::Bytes(b)) => b,
                 _ => Vec::new(),
             },
-            secret_hash: match self.scalar(i, "secret_hash") {
+            secret_hash: match self.scalar(i, schema::invite::SECRET_HASH) {
                 Some(ScalarValue::Bytes(b)) => b,
                 _ => Vec::new(),
             },
-            expires_at: self.int(i, "expires_at").unwrap_or(0),
-            uses_left: self.int(i, "uses_left").unwrap_or(0),
-            created_by: self.string(i, "created_by"),
-            revoked: self.bool(i, "revoked"),
+            expires_at: self.int(i, schema::invite::EXPIRES_AT).unwrap_or(0),
+            uses_left: self.int(i, schema::invite::USES_LEFT).unwrap_or(0),
+            created_by: self.string(i, schema::invite::CREATED_BY),
+            revoked: self.bool(i, schema::invite::REVOKED),
         }
     }
 
     fn read_comment(&self, c: &ObjId) -> Comment {
         Comment {
-            id: self.string(c, "id"),
-            author: self.string(c, "author"),
-            at: self.int(c, "at").unwrap_or(0),
-            step: self.str(c, "step"),
-            text: self.string(c, "text"),
+            id: self.string(c, schema::comment::ID),
+            author: self.string(c, schema::comment::AUTHOR),
+            at: self.int(c, schema::comment::AT).unwrap_or(0),
+            step: self.str(c, schema::comment::STEP),
+            text: self.string(c, schema::comment::TEXT),
         }
     }
 

@@ -4,13 +4,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Flow, FlowStatus, Mode, Role, StepStatus, Who};
+use super::{Flow, FlowStatus, Mode, Role, StepStatus, WaitKind, Who};
 
 /// One thing a flow waits on a member for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
     /// `decision`, `step` or `fulfil`.
-    pub kind: String,
+    pub kind: WaitKind,
     /// The decision's or step's id (the flow's for `fulfil`).
     pub id: String,
     /// What to do, in a few words (peer text as it was written: render it as text).
@@ -36,7 +36,7 @@ impl Flow {
             };
             if open && eligible && !d.choices.contains_key(node) {
                 out.push(Waiting {
-                    kind: "decision".into(),
+                    kind: WaitKind::Decision,
                     id: d.id.clone(),
                     text: format!("Decide: {}", d.question),
                 });
@@ -48,7 +48,7 @@ impl Flow {
                 || (s.customer_involved && role == Role::Customer);
             if theirs {
                 out.push(Waiting {
-                    kind: "step".into(),
+                    kind: WaitKind::Step,
                     id: s.id.clone(),
                     text: format!("Step: {}", s.title),
                 });
@@ -64,7 +64,7 @@ impl Flow {
             && settled
         {
             out.push(Waiting {
-                kind: "fulfil".into(),
+                kind: WaitKind::Fulfil,
                 id: self.id.clone(),
                 text: "Confirm your need fulfilled".into(),
             });

@@ -110,7 +110,7 @@ impl<S: Storage> Repo<S> {
                     .iter()
                     .find(|v| v.change.deps().is_empty())
                     .expect("a new flow's first accepted change is its genesis");
-                w.insert_flow(flow_id, &genesis.hash().0, "", "open", now)?;
+                w.insert_flow(flow_id, &genesis.hash().0, "", FlowStatus::Open.as_str(), now)?;
                 if let Some(from) = offer {
                     w.mark_offered(flow_id, from)?;
                     fate = Offered::Kept;

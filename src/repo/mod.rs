@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::auth::removal::{self, Removal};
 use crate::auth::{self, Outcome, SignedChange};
 use crate::error::{Error, Result};
-use crate::flow::{self, flow_id_of_genesis, new_flow_ops, Edit, Flow, FlowId, Reader, Role};
+use crate::flow::{
+    self, flow_id_of_genesis, new_flow_ops, Edit, Flow, FlowId, FlowStatus, Reader, Role,
+};
 use crate::identity::{
     hex, unhex, verify_invite_proof, Identity, IdentityError, InviteKey, NodeId, KEY_FILE,
 };
@@ -396,7 +398,7 @@ impl<S: Storage> Repo<S> {
                 let mut change = doc.get_change_by_hash(&hash).expect("just committed");
                 auth::authorize(&doc, &change, me.node_id())?;
                 let id = flow_id_of_genesis(&hash);
-                w.insert_flow(&id, &hash.0, title.trim(), "open", now)?;
+                w.insert_flow(&id, &hash.0, title.trim(), FlowStatus::Open.as_str(), now)?;
                 let sig = me.sign_change(&hash);
                 persist(
                     w,

@@ -18,7 +18,7 @@ use sha2::Digest;
 use automerge::legacy::{self, ElementId, Key, ObjectId, OpType};
 use automerge::{Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, ROOT};
 
-use crate::flow::{field, FlowStatus, Mode, Reader, Role, StepStatus, Who};
+use crate::flow::{field, schema, FlowStatus, Mode, Reader, Role, StepStatus, Who};
 use crate::identity::NodeId;
 
 mod members;
@@ -153,7 +153,7 @@ fn genesis_role(change: &legacy::Change, author: &NodeId) -> Result<Role, Forbid
         .iter()
         .find_map(|op| match (&op.obj, &op.key, &op.action) {
             (ObjectId::Id(id), Key::Map(k), OpType::Put(ScalarValue::Str(s)))
-                if *id == member && k.as_str() == "role" =>
+                if *id == member && k.as_str() == schema::member::ROLE =>
             {
                 s.parse::<Role>().ok()
             }

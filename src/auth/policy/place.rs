@@ -119,8 +119,8 @@ impl<'a> Judge<'a> {
             (1, Some(field::DECISIONS)) => Place::Decisions,
             (2, Some(field::DECISIONS)) => Place::Decision,
             (3, Some(field::DECISIONS)) => match key(2) {
-                Some("options") => Place::Options,
-                Some("choices") => Place::Choices {
+                Some(schema::decision::OPTIONS) => Place::Options,
+                Some(schema::decision::CHOICES) => Place::Choices {
                     decision: path[2].0.clone(),
                 },
                 _ => return deny("the change edits an object outside the flow schema"),

@@ -112,10 +112,10 @@ impl<'a> Judge<'a> {
                 self.needs(self.role.edits_steps(), "cannot open decisions")?;
                 Place::Decision
             }
-            (Place::Decision, Key::Map(k), ObjType::List) if parent.new && k == "options" => {
+            (Place::Decision, Key::Map(k), ObjType::List) if parent.new && k == schema::decision::OPTIONS => {
                 Place::Options
             }
-            (Place::Decision, Key::Map(k), ObjType::Map) if parent.new && k == "choices" => {
+            (Place::Decision, Key::Map(k), ObjType::Map) if parent.new && k == schema::decision::CHOICES => {
                 Place::Choices {
                     decision: parent.obj.clone(),
                 }
@@ -192,32 +192,32 @@ impl<'a> Judge<'a> {
         if t.new {
             let entry = self.new_members.entry(node.to_string()).or_default();
             return match key {
-                "name" => expect_str(op, key).map(|_| ()),
-                "role" => {
+                schema::member::NAME => expect_str(op, key).map(|_| ()),
+                schema::member::ROLE => {
                     entry.role = Some(expect_parse::<Role>(op, key)?);
                     Ok(())
                 }
-                "invite" => {
+                schema::member::INVITE => {
                     entry.invite = Some(expect_str(op, key)?.to_string());
                     Ok(())
                 }
-                "invite_proof" => match &op.action {
+                schema::member::INVITE_PROOF => match &op.action {
                     OpType::Put(ScalarValue::Bytes(b)) if b.len() == 64 => {
                         entry.proof = Some(b.clone());
                         Ok(())
                     }
                     _ => deny("an invite proof must be 64 bytes"),
                 },
-                "invite_secret" => {
+                schema::member::INVITE_SECRET => {
                     entry.legacy_secret = Some(expect_str(op, key)?.to_string());
                     Ok(())
                 }
-                "added_by" => match expect_str(op, key)? {
+                schema::member::ADDED_BY => match expect_str(op, key)? {
                     s if s == self.me => Ok(()),
                     _ => deny("added_by must name the change's author"),
                 },
-                "added_at" => expect_int(op, key).map(|_| ()),
-                "removed" => match expect_bool(op, key)? {
+                schema::member::ADDED_AT => expect_int(op, key).map(|_| ()),
+                schema::member::REMOVED => match expect_bool(op, key)? {
                     false => Ok(()),
                     true => deny("a new member cannot start removed"),
                 },
@@ -231,7 +231,7 @@ impl<'a> Judge<'a> {
         let is_self = node == self.me;
         let on_customer = target.role == Role::Customer;
         match key {
-            "removed" => {
+            schema::member::REMOVED => {
                 if expect_bool(op, key)? {
                     if is_self {
                         return self.not_the_last_manager("leave the flow");
@@ -248,7 +248,7 @@ impl<'a> Judge<'a> {
                     )
                 }
             }
-            "role" => {
+            schema::member::ROLE => {
                 let role = expect_parse::<Role>(op, key)?;
                 if on_customer && !is_self {
                     return deny("a customer's role can only be changed by themself");
@@ -269,7 +269,7 @@ impl<'a> Judge<'a> {
                     "cannot make anyone a customer: only a customer can",
                 )
             }
-            "name" => {
+            schema::member::NAME => {
                 expect_str(op, key)?;
                 if is_self {
                     return Ok(());
@@ -293,7 +293,7 @@ impl<'a> Judge<'a> {
         let key = map_key(op)?;
         if !t.new {
             self.invite_edits.push(id.to_string());
-            if key == "uses_left" {
+            if key == schema::invite::USES_LEFT {
                 // Managers set it; anyone else only by redeeming the invite (`finish` decides).
                 let left = expect_int(op, key)?;
                 self.uses_left_puts.push((id.to_string(), left));
@@ -303,33 +303,33 @@ impl<'a> Judge<'a> {
         self.needs(self.role.manages(), "cannot manage invites")?;
         if t.new {
             return match key {
-                "role" => {
+                schema::invite::ROLE => {
                     let role = expect_parse::<Role>(op, key)?;
                     self.needs(
                         role != Role::Customer || self.may_bring_a_customer(),
                         "cannot invite a customer: only a customer can",
                     )
                 }
-                "public_key" => match &op.action {
+                schema::invite::PUBLIC_KEY => match &op.action {
                     OpType::Put(ScalarValue::Bytes(b)) if b.len() == 32 => Ok(()),
                     _ => deny("an invite's public key must be 32 bytes"),
                 },
                 // Invites made by earlier versions; kept so their history still verifies.
-                "secret_hash" => match &op.action {
+                schema::invite::SECRET_HASH => match &op.action {
                     OpType::Put(ScalarValue::Bytes(b)) if b.len() == 32 => Ok(()),
                     _ => deny("secret_hash must be 32 bytes"),
                 },
-                "expires_at" | "uses_left" => expect_int(op, key).map(|_| ()),
-                "created_by" => match expect_str(op, key)? {
+                schema::invite::EXPIRES_AT | schema::invite::USES_LEFT => expect_int(op, key).map(|_| ()),
+                schema::invite::CREATED_BY => match expect_str(op, key)? {
                     s if s == self.me => Ok(()),
                     _ => deny("created_by must name the change's author"),
                 },
-                "revoked" => expect_bool(op, key).map(|_| ()),
+                schema::invite::REVOKED => expect_bool(op, key).map(|_| ()),
                 _ => deny(format!("an invite has no field '{key}'")),
             };
         }
         match key {
-            "revoked" => expect_bool(op, key).map(|_| ()),
+            schema::invite::REVOKED => expect_bool(op, key).map(|_| ()),
             _ => deny(format!("an invite's '{key}' cannot be changed")),
         }
     }
@@ -348,39 +348,39 @@ impl<'a> Judge<'a> {
         self.needs(self.role.edits_steps(), "cannot edit steps")?;
         if t.new {
             return match key {
-                "id" | "title" => non_empty(op, key),
-                "detail" => expect_str(op, key).map(|_| ()),
-                "status" => expect_parse::<StepStatus>(op, key).map(|_| ()),
-                "assignee" => expect_node(op, key),
-                "customer_involved" => expect_bool(op, key).map(|_| ()),
-                "due" => expect_opt_str(op, key).map(|_| ()),
-                "created_by" => match expect_str(op, key)? {
+                schema::step::ID | schema::step::TITLE => non_empty(op, key),
+                schema::step::DETAIL => expect_str(op, key).map(|_| ()),
+                schema::step::STATUS => expect_parse::<StepStatus>(op, key).map(|_| ()),
+                schema::step::ASSIGNEE => expect_node(op, key),
+                schema::step::CUSTOMER_INVOLVED => expect_bool(op, key).map(|_| ()),
+                schema::step::DUE => expect_opt_str(op, key).map(|_| ()),
+                schema::step::CREATED_BY => match expect_str(op, key)? {
                     s if s == self.me => Ok(()),
                     _ => deny("created_by must name the change's author"),
                 },
                 _ => deny(format!("a step has no field '{key}'")),
             };
         }
-        let assignee = self.before().str(&t.obj, "assignee");
+        let assignee = self.before().str(&t.obj, schema::step::ASSIGNEE);
         let mine_or_free = assignee.as_deref().is_none_or(|a| a == self.me);
         match key {
-            "status" => {
+            schema::step::STATUS => {
                 expect_parse::<StepStatus>(op, key)?;
                 self.needs(
                     self.role.manages() || mine_or_free,
                     "cannot move a step assigned to someone else",
                 )
             }
-            "assignee" => {
+            schema::step::ASSIGNEE => {
                 expect_node(op, key)?;
                 self.needs(
                     self.role.manages() || mine_or_free,
                     "cannot reassign a step assigned to someone else",
                 )
             }
-            "title" => non_empty(op, key),
-            "detail" | "due" => expect_opt_str(op, key).map(|_| ()),
-            "customer_involved" => expect_bool(op, key).map(|_| ()),
+            schema::step::TITLE => non_empty(op, key),
+            schema::step::DETAIL | schema::step::DUE => expect_opt_str(op, key).map(|_| ()),
+            schema::step::CUSTOMER_INVOLVED => expect_bool(op, key).map(|_| ()),
             _ => deny(format!("a step's '{key}' cannot be changed")),
         }
     }
@@ -389,19 +389,19 @@ impl<'a> Judge<'a> {
         let key = map_key(op)?;
         if t.new {
             return match key {
-                "question" => non_empty(op, key),
-                "step" => expect_opt_str(op, key).map(|_| ()),
-                "who" => expect_parse::<Who>(op, key).map(|_| ()),
-                "mode" => expect_parse::<Mode>(op, key).map(|_| ()),
-                "outcome" => match expect_opt_str(op, key)? {
+                schema::decision::QUESTION => non_empty(op, key),
+                schema::decision::STEP => expect_opt_str(op, key).map(|_| ()),
+                schema::decision::WHO => expect_parse::<Who>(op, key).map(|_| ()),
+                schema::decision::MODE => expect_parse::<Mode>(op, key).map(|_| ()),
+                schema::decision::OUTCOME => match expect_opt_str(op, key)? {
                     None => Ok(()),
                     Some(_) => deny("a new decision has no outcome yet"),
                 },
-                "closed" => match expect_bool(op, key)? {
+                schema::decision::CLOSED => match expect_bool(op, key)? {
                     false => Ok(()),
                     true => deny("a new decision starts open"),
                 },
-                "created_by" => match expect_str(op, key)? {
+                schema::decision::CREATED_BY => match expect_str(op, key)? {
                     s if s == self.me => Ok(()),
                     _ => deny("created_by must name the change's author"),
                 },
@@ -414,7 +414,7 @@ impl<'a> Judge<'a> {
             return deny(format!("the decision '{}' is closed", d.question));
         }
         match key {
-            "outcome" => {
+            schema::decision::OUTCOME => {
                 let outcome = expect_opt_str(op, key)?;
                 if let Some(o) = outcome {
                     if !d.options.iter().any(|x| x == o) {
@@ -430,7 +430,7 @@ impl<'a> Judge<'a> {
                 }
                 Ok(())
             }
-            "closed" => {
+            schema::decision::CLOSED => {
                 if !expect_bool(op, key)? {
                     return deny("a closed decision cannot be reopened");
                 }
@@ -493,20 +493,20 @@ impl<'a> Judge<'a> {
         let key = map_key(op)?;
         if t.new {
             return match key {
-                "id" => non_empty(op, key),
-                "author" => match expect_str(op, key)? {
+                schema::comment::ID => non_empty(op, key),
+                schema::comment::AUTHOR => match expect_str(op, key)? {
                     s if s == self.me => Ok(()),
                     _ => deny("a comment's author must be the change's author"),
                 },
-                "at" => expect_int(op, key).map(|_| ()),
-                "step" => expect_opt_str(op, key).map(|_| ()),
-                "text" => non_empty(op, key),
+                schema::comment::AT => expect_int(op, key).map(|_| ()),
+                schema::comment::STEP => expect_opt_str(op, key).map(|_| ()),
+                schema::comment::TEXT => non_empty(op, key),
                 _ => deny(format!("a comment has no field '{key}'")),
             };
         }
         match key {
-            "text" => {
-                let author = self.before().str(&t.obj, "author");
+            schema::comment::TEXT => {
+                let author = self.before().str(&t.obj, schema::comment::AUTHOR);
                 if author.as_deref() != Some(self.me) {
                     return deny("only a comment's author can edit it");
                 }

@@ -106,7 +106,7 @@ impl Edit {
                 let m = r
                     .obj(&members, node.as_str(), ObjType::Map)
                     .ok_or_else(|| EditError::Document("member object missing".into()))?;
-                tx.put(&m, "removed", true)?;
+                tx.put(&m, schema::member::REMOVED, true)?;
                 done(format!("removed {}", flow.name_of(&node)))
             }
             Edit::AddStep {
@@ -125,14 +125,14 @@ impl Edit {
                 let id = new_id();
                 let at = tx.length(&steps);
                 let s = tx.insert_object(&steps, at, ObjType::Map)?;
-                tx.put(&s, "id", id.as_str())?;
-                tx.put(&s, "title", title.as_str())?;
-                tx.put(&s, "detail", detail.clone().unwrap_or_default())?;
-                tx.put(&s, "status", StepStatus::Todo.as_str())?;
-                tx.put(&s, "assignee", opt_str(&assignee))?;
-                tx.put(&s, "customer_involved", *customer_involved)?;
-                tx.put(&s, "due", opt_str(due))?;
-                tx.put(&s, "created_by", author.as_str())?;
+                tx.put(&s, schema::step::ID, id.as_str())?;
+                tx.put(&s, schema::step::TITLE, title.as_str())?;
+                tx.put(&s, schema::step::DETAIL, detail.clone().unwrap_or_default())?;
+                tx.put(&s, schema::step::STATUS, StepStatus::Todo.as_str())?;
+                tx.put(&s, schema::step::ASSIGNEE, opt_str(&assignee))?;
+                tx.put(&s, schema::step::CUSTOMER_INVOLVED, *customer_involved)?;
+                tx.put(&s, schema::step::DUE, opt_str(due))?;
+                tx.put(&s, schema::step::CREATED_BY, author.as_str())?;
                 Ok(Applied {
                     summary: format!("added step '{title}'"),
                     created: Some(id),
@@ -150,7 +150,7 @@ impl Edit {
                 let obj = r
                     .obj(&steps, i, ObjType::Map)
                     .ok_or_else(|| EditError::Document("step object missing".into()))?;
-                tx.put(&obj, "status", status.as_str())?;
+                tx.put(&obj, schema::step::STATUS, status.as_str())?;
                 done(format!("marked step '{}' {status}", s.title))
             }
             Edit::AssignStep { step, assignee } => {
@@ -163,7 +163,7 @@ impl Edit {
                 let obj = r
                     .obj(&steps, i, ObjType::Map)
                     .ok_or_else(|| EditError::Document("step object missing".into()))?;
-                tx.put(&obj, "assignee", opt_str(&assignee))?;
+                tx.put(&obj, schema::step::ASSIGNEE, opt_str(&assignee))?;
                 done(match &assignee {
                     Some(a) => format!("assigned step '{}' to {}", s.title, flow.name_of(a)),
                     None => format!("unassigned step '{}'", s.title),
@@ -176,15 +176,15 @@ impl Edit {
                 let id = new_id();
                 let at = tx.length(&comments);
                 let c = tx.insert_object(&comments, at, ObjType::Map)?;
-                tx.put(&c, "id", id.as_str())?;
-                tx.put(&c, "author", author.as_str())?;
-                tx.put(&c, "at", now)?;
+                tx.put(&c, schema::comment::ID, id.as_str())?;
+                tx.put(&c, schema::comment::AUTHOR, author.as_str())?;
+                tx.put(&c, schema::comment::AT, now)?;
                 tx.put(
                     &c,
-                    "step",
+                    schema::comment::STEP,
                     opt_str(&step.as_ref().map(|(_, s)| s.id.clone())),
                 )?;
-                tx.put(&c, "text", text.as_str())?;
+                tx.put(&c, schema::comment::TEXT, text.as_str())?;
                 let on = step
                     .map(|(_, s)| format!(" on '{}'", s.title))
                     .unwrap_or_default();
@@ -218,18 +218,18 @@ impl Edit {
                 let decisions = container(field::DECISIONS)?;
                 let id = new_id();
                 let d = tx.put_object(&decisions, id.as_str(), ObjType::Map)?;
-                tx.put(&d, "question", question.as_str())?;
-                let list = tx.put_object(&d, "options", ObjType::List)?;
+                tx.put(&d, schema::decision::QUESTION, question.as_str())?;
+                let list = tx.put_object(&d, schema::decision::OPTIONS, ObjType::List)?;
                 for (i, o) in opts.iter().enumerate() {
                     tx.insert(&list, i, o.as_str())?;
                 }
-                tx.put(&d, "step", opt_str(&step.map(|(_, s)| s.id)))?;
-                tx.put(&d, "who", who.as_str())?;
-                tx.put(&d, "mode", mode.as_str())?;
-                tx.put_object(&d, "choices", ObjType::Map)?;
-                tx.put(&d, "outcome", ScalarValue::Null)?;
-                tx.put(&d, "closed", false)?;
-                tx.put(&d, "created_by", author.as_str())?;
+                tx.put(&d, schema::decision::STEP, opt_str(&step.map(|(_, s)| s.id)))?;
+                tx.put(&d, schema::decision::WHO, who.as_str())?;
+                tx.put(&d, schema::decision::MODE, mode.as_str())?;
+                tx.put_object(&d, schema::decision::CHOICES, ObjType::Map)?;
+                tx.put(&d, schema::decision::OUTCOME, ScalarValue::Null)?;
+                tx.put(&d, schema::decision::CLOSED, false)?;
+                tx.put(&d, schema::decision::CREATED_BY, author.as_str())?;
                 Ok(Applied {
                     summary: format!("opened decision '{question}'"),
                     created: Some(id),
@@ -250,12 +250,12 @@ impl Edit {
                     .obj(&decisions, d.id.as_str(), ObjType::Map)
                     .ok_or_else(|| EditError::Document("decision object missing".into()))?;
                 let choices = r
-                    .obj(&obj, "choices", ObjType::Map)
+                    .obj(&obj, schema::decision::CHOICES, ObjType::Map)
                     .ok_or_else(|| EditError::Document("decision has no choices".into()))?;
                 tx.put(&choices, author.as_str(), option.as_str())?;
                 if d.mode == Mode::Choice {
-                    tx.put(&obj, "outcome", option.as_str())?;
-                    tx.put(&obj, "closed", true)?;
+                    tx.put(&obj, schema::decision::OUTCOME, option.as_str())?;
+                    tx.put(&obj, schema::decision::CLOSED, true)?;
                     done(format!("chose '{option}' for '{}'", d.question))
                 } else {
                     done(format!("voted '{option}' on '{}'", d.question))
@@ -274,8 +274,8 @@ impl Edit {
                     .obj(&decisions, d.id.as_str(), ObjType::Map)
                     .ok_or_else(|| EditError::Document("decision object missing".into()))?;
                 let outcome = d.leader();
-                tx.put(&obj, "outcome", opt_str(&outcome))?;
-                tx.put(&obj, "closed", true)?;
+                tx.put(&obj, schema::decision::OUTCOME, opt_str(&outcome))?;
+                tx.put(&obj, schema::decision::CLOSED, true)?;
                 done(match outcome {
                     Some(o) => format!("closed '{}' with outcome '{o}'", d.question),
                     None => format!("closed '{}' with no votes", d.question),
@@ -300,12 +300,12 @@ impl Edit {
                 let invites = container(field::INVITES)?;
                 let id = new_id();
                 let i = tx.put_object(&invites, id.as_str(), ObjType::Map)?;
-                tx.put(&i, "role", role.as_str())?;
-                tx.put(&i, "public_key", ScalarValue::Bytes(key))?;
-                tx.put(&i, "expires_at", *expires_at)?;
-                tx.put(&i, "uses_left", *uses)?;
-                tx.put(&i, "created_by", author.as_str())?;
-                tx.put(&i, "revoked", false)?;
+                tx.put(&i, schema::invite::ROLE, role.as_str())?;
+                tx.put(&i, schema::invite::PUBLIC_KEY, ScalarValue::Bytes(key))?;
+                tx.put(&i, schema::invite::EXPIRES_AT, *expires_at)?;
+                tx.put(&i, schema::invite::USES_LEFT, *uses)?;
+                tx.put(&i, schema::invite::CREATED_BY, author.as_str())?;
+                tx.put(&i, schema::invite::REVOKED, false)?;
                 Ok(Applied {
                     summary: format!("invited a new {role}"),
                     created: Some(id),
@@ -323,7 +323,7 @@ impl Edit {
                 let obj = r
                     .obj(&invites, inv.id.as_str(), ObjType::Map)
                     .ok_or_else(|| EditError::Document("invite object missing".into()))?;
-                tx.put(&obj, "revoked", true)?;
+                tx.put(&obj, schema::invite::REVOKED, true)?;
                 done(format!("revoked invite {}", inv.id))
             }
             Edit::Redeem {
@@ -370,15 +370,10 @@ impl Edit {
                 let obj = r
                     .obj(&invites, inv.id.as_str(), ObjType::Map)
                     .ok_or_else(|| EditError::Document("invite object missing".into()))?;
-                let m = tx.put_object(&members, node.as_str(), ObjType::Map)?;
-                tx.put(&m, "name", name.trim())?;
-                tx.put(&m, "role", inv.role.as_str())?;
-                tx.put(&m, "added_by", author.as_str())?;
-                tx.put(&m, "added_at", now)?;
-                tx.put(&m, "removed", false)?;
-                tx.put(&m, "invite", inv.id.as_str())?;
-                tx.put(&m, "invite_proof", ScalarValue::Bytes(proof))?;
-                tx.put(&obj, "uses_left", inv.uses_left - 1)?;
+                let m = put_member(tx, &members, node.as_str(), name.trim(), inv.role, author, now)?;
+                tx.put(&m, schema::member::INVITE, inv.id.as_str())?;
+                tx.put(&m, schema::member::INVITE_PROOF, ScalarValue::Bytes(proof))?;
+                tx.put(&obj, schema::invite::USES_LEFT, inv.uses_left - 1)?;
                 let who = if name.trim().is_empty() {
                     short_id(node.as_str())
                 } else {

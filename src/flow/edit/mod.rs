@@ -239,6 +239,7 @@ pub fn new_flow_ops<T: Transactable>(
     Ok(())
 }
 
+/// Makes the member record of `node_id` in `members` and returns it.
 fn put_member<T: Transactable>(
     tx: &mut T,
     members: &automerge::ObjId,
@@ -247,14 +248,14 @@ fn put_member<T: Transactable>(
     role: Role,
     added_by: &NodeId,
     now: i64,
-) -> Result<(), EditError> {
+) -> Result<automerge::ObjId, EditError> {
     let m = tx.put_object(members, node_id, ObjType::Map)?;
-    tx.put(&m, "name", name)?;
-    tx.put(&m, "role", role.as_str())?;
-    tx.put(&m, "added_by", added_by.as_str())?;
-    tx.put(&m, "added_at", now)?;
-    tx.put(&m, "removed", false)?;
-    Ok(())
+    tx.put(&m, schema::member::NAME, name)?;
+    tx.put(&m, schema::member::ROLE, role.as_str())?;
+    tx.put(&m, schema::member::ADDED_BY, added_by.as_str())?;
+    tx.put(&m, schema::member::ADDED_AT, now)?;
+    tx.put(&m, schema::member::REMOVED, false)?;
+    Ok(m)
 }
 
 /// Finds a current member by exact name, or by node id (or a unique prefix of one). A name that
