@@ -706,6 +706,26 @@ fn invites_cannot_be_reused_or_redeemed_from_the_document() {
             ))
             .await;
         assert!(refusal(&second).contains("used up"), "{}", refusal(&second));
+        // Jo's request once more, as a node whose first answer was lost with its connection
+        // sends it again: it is told it is in, and nothing more is written.
+        let heads = heads_of(&alice, &flow);
+        let mut j = HostilePeer::connect(&jo, &a).await.unwrap();
+        let again = j
+            .join(&join_request(
+                &flow_bytes,
+                &unhex(&once.id).unwrap(),
+                proof(&once, &jo),
+            ))
+            .await;
+        assert_eq!(
+            again.join().result,
+            Some(join_response::Result::Joined(true))
+        );
+        assert_eq!(
+            heads_of(&alice, &flow),
+            heads,
+            "a second answer writes nothing"
+        );
     });
     let mut expected = vec![alice.id(), jo.node_id().to_string()];
     expected.sort();

@@ -268,6 +268,28 @@ impl Runtime {
         true
     }
 
+    /// A join request's connection closed while another to the inviter is open: the first
+    /// time, it is sent again (true); the second, it fails (false).
+    pub(super) fn join_resend(&mut self, node: &NodeId, flow: &FlowId) -> bool {
+        let Some(peer) = super::peer_of(node) else {
+            return false;
+        };
+        if !self.swarm.is_connected(&peer) {
+            return false;
+        }
+        let Some((request, retried)) = self.joins_sent.get_mut(&(*node, *flow)) else {
+            return false;
+        };
+        if *retried {
+            return false;
+        }
+        *retried = true;
+        let request = request.clone();
+        tracing::info!(target: "node", %node, "the join's connection closed; sending it again");
+        self.send_join(*node, *flow, request);
+        true
+    }
+
     fn hold_join(&mut self, peer: PeerId, node: NodeId, flow: FlowId, request: JoinRequest) {
         if self.peers.lookup_due(peer, Instant::now()) {
             self.swarm.behaviour_mut().kad.get_closest_peers(peer);

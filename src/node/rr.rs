@@ -87,6 +87,12 @@ impl Protocol for Join {
         if matches!(error, OutboundFailure::DialFailure) && rt.join_again(peer, flow) {
             return;
         }
+        // The connection it went over closed (a relayed one, once a hole is punched): once,
+        // it goes again over the one still open. The inviter answers a joiner that got in with
+        // its first request as joined.
+        if matches!(error, OutboundFailure::ConnectionClosed) && rt.join_resend(peer, flow) {
+            return;
+        }
         rt.joins_sent.remove(&(*peer, *flow));
         rt.engine.join_failed(peer, flow, error.to_string());
     }

@@ -129,7 +129,14 @@ impl<S: Storage> Repo<S> {
                 verify_invite_proof(&i.public_key, flow.as_bytes(), &invite_bytes, joiner, proof)
             })
             .ok_or(RedeemError::Unknown)?;
-        // The joiner holds the ticket: it may know why it cannot get in.
+        // The joiner holds the ticket: it may know why it cannot get in. One that is in
+        // already (its first request got in, and the answer was lost with its connection) is
+        // told so before anything its own redemption changed (a use, say).
+        match current.member(joiner.as_str()) {
+            Some(m) if m.removed => return Err(RedeemError::Removed),
+            Some(_) => return Err(RedeemError::AlreadyMember),
+            None => {}
+        }
         if inv.revoked {
             return Err(RedeemError::Revoked);
         }
@@ -138,11 +145,6 @@ impl<S: Storage> Repo<S> {
         }
         if inv.expires_at > 0 && now >= inv.expires_at {
             return Err(RedeemError::Expired);
-        }
-        match current.member(joiner.as_str()) {
-            Some(m) if m.removed => return Err(RedeemError::Removed),
-            Some(_) => return Err(RedeemError::AlreadyMember),
-            None => {}
         }
         Ok(self.edit(
             flow.as_str(),

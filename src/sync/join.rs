@@ -157,6 +157,10 @@ impl<S: Storage> Engine<S> {
                     result: Some(join_response::Result::Joined(true)),
                 }
             }
+            // A request sent again (the answer to the first was lost): it is in.
+            Err(RedeemError::AlreadyMember) => JoinResponse {
+                result: Some(join_response::Result::Joined(true)),
+            },
             Err(RedeemError::Failed(e)) => {
                 tracing::warn!(target: "sync", %flow, "cannot admit {peer}: {e}");
                 JoinResponse {
