@@ -9,7 +9,11 @@ fn main() -> ExitCode {
         .any(|a| a == "--json");
     let cli = match coflow::cli::Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if json && e.use_stderr() => {
+        Err(e)
+            if json
+                && e.use_stderr()
+                && e.kind() != clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
             // clap's message, without its usage and tip paragraphs, on one line.
             let rendered = e.render().to_string();
             let message = rendered.split("\n\n").next().unwrap_or_default();

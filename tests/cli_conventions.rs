@@ -93,8 +93,14 @@ fn with_json_errors_are_a_json_object_on_stderr() {
     // Without --json: the human line.
     let human = alice.fails(&["flow", "show", "ffff"]);
     assert_eq!(human.trim_end(), "error: no flow matches 'ffff'");
-    // Help and version are not errors.
+    // Help and version are not errors; a command missing its subcommand prints its help.
     alice.cmd().args(["--json", "--version"]).assert().success();
+    let out = alice.cmd().args(["--json", "flow"]).assert().code(2);
+    let help = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        help.contains("Usage: coflow flow") && !help.starts_with('{'),
+        "{help}"
+    );
 }
 
 #[test]
@@ -196,6 +202,12 @@ fn an_ambiguous_prefix_lists_its_candidates_and_case_does_not_matter() {
         err.contains(&format!("matches {} flows", sharing.len())),
         "{err}"
     );
+    // Node ids are base58, where case matters: one typed in the wrong case names nobody.
+    let tom = Node::init("tom", "Tom");
+    let tom_id = tom.id();
+    alice.json(&["member", "add", &ids[0], &tom_id, "--role", "contributor"]);
+    let err = alice.fails(&["member", "remove", &ids[0], &tom_id[..20].to_lowercase()]);
+    assert!(err.contains("no member matches"), "{err}");
     // An id typed in capitals still names its flow.
     let upper = ids[0][..12].to_uppercase();
     let shown = alice.json(&["flow", "show", &upper]);

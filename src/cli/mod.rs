@@ -596,8 +596,8 @@ pub fn run(cli: Cli) -> Result<()> {
             show::decision_show(&mut *api::open(&home)?, out.json, &flow, &decision)
         }
         Command::Flow(FlowCmd::Fulfil { flow, force }) => {
+            show::confirm_fulfil(&home, out.json, &flow, force)?;
             let mut handle = api::open(&home)?;
-            show::confirm_fulfil(&mut *handle, out.json, &flow, force)?;
             let status = FlowStatus::Fulfilled;
             out.reply(handle.call(Call::Edit {
                 flow,
@@ -608,11 +608,12 @@ pub fn run(cli: Cli) -> Result<()> {
             if title.is_none() && need.is_none() {
                 return Err(Error::Invalid("give --title or --need (or both)".into()));
             }
-            let mut handle = api::open(&home)?;
+            // Read before the store is opened: a store opened without the node holds its lock.
             let (title, need) = (
                 title.map(text_arg).transpose()?,
                 need.map(text_arg).transpose()?,
             );
+            let mut handle = api::open(&home)?;
             if let Some(title) = title {
                 let edit = Edit::SetTitle { title };
                 out.reply(handle.call(Call::Edit {

@@ -176,7 +176,7 @@ fn invite_state(i: &Invite, now: i64) -> &'static str {
         "revoked"
     } else if i.uses_left <= 0 {
         "used up"
-    } else if i.expires_at <= now {
+    } else if i.expires_at > 0 && i.expires_at <= now {
         "expired"
     } else {
         "open"
@@ -207,12 +207,15 @@ pub(super) fn invite_list(handle: &mut dyn api::Handle, json: bool, flow: &str) 
     let mut s = String::new();
     for i in &f.invites {
         s.push_str(&format!(
-            "{}  {:<11} {:<8} {} use(s) left, expires {}, by {}\n",
+            "{}  {:<11} {:<8} {} use(s) left, {}, by {}\n",
             one_line(&i.id),
             i.role.as_str(),
             invite_state(i, now),
             i.uses_left.max(0),
-            time(i.expires_at),
+            match i.expires_at {
+                t if t > 0 => format!("expires {}", time(t)),
+                _ => "never expires".into(),
+            },
             text::person_marked(f, &clashing, &i.created_by)
         ));
     }
@@ -224,7 +227,7 @@ pub(super) fn invite_list(handle: &mut dyn api::Handle, json: bool, flow: &str) 
 /// not yet what the customer asked for. Without `force`, a terminal is asked to confirm, and
 /// anything else (a script, `--json`) is refused with what is still open.
 pub(super) fn confirm_fulfil(
-    handle: &mut dyn api::Handle,
+    home: &std::path::Path,
     json: bool,
     flow: &str,
     force: bool,
@@ -232,7 +235,9 @@ pub(super) fn confirm_fulfil(
     if force {
         return Ok(());
     }
-    let v = view(handle, flow)?;
+    // The store is closed again before anyone is asked: opened without the node, it holds the
+    // data dir's lock.
+    let v = view(&mut *api::open(home)?, flow)?;
     let f = &v.flow;
     if v.my_role != Some(crate::flow::Role::Customer) {
         // Not a customer's to confirm: the flow refuses it as such.

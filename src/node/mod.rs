@@ -92,8 +92,6 @@ pub const MAX_BAN: Duration = Duration::from_secs(3600);
 
 /// Most nodes the stored address book keeps (those seen last).
 pub const ADDRESS_BOOK_SIZE: usize = 1024;
-/// Days after which a node not seen again leaves the stored address book.
-pub const ADDRESS_BOOK_DAYS: i64 = 90;
 
 /// Meta key: the TCP port the node last listened on by default.
 const META_LISTEN_PORT: &str = "listen_port";
@@ -162,9 +160,8 @@ struct Runtime {
     relay_serving: bool,
     /// Join requests for inviters with no known address, held until the DHT finds them.
     joins_waiting: HashMap<PeerId, Vec<nat::WaitingJoin>>,
-    /// Join requests on their way, by inviter and flow, and whether each was sent again
-    /// after the DHT was asked (see [`Runtime::join_again`]).
-    joins_sent: HashMap<(NodeId, crate::flow::FlowId), (crate::wire::JoinRequest, bool)>,
+    /// Join requests on their way, by inviter and flow, with the second chances each had.
+    joins_sent: HashMap<(NodeId, crate::flow::FlowId), nat::SentJoin>,
     /// The page's logins (they hand out its login URLs), if it is served.
     web: Option<crate::web::Logins>,
     /// What the page is told happened (see [`crate::web::Change`]).
@@ -316,13 +313,19 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         .instrument(tracing::Span::current());
     let threaded = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;
+    // The data dir stays locked until the store is closed: if this future is dropped while a
+    // turn runs, the thread's share of the lock goes only when the turn is over.
+    let lock = std::sync::Arc::new(lock);
     let calls_rx = if threaded {
         let (done, turns_done) = oneshot::channel();
         let handle = tokio::runtime::Handle::current();
+        let held = lock.clone();
         std::thread::Builder::new()
             .name("coflow-turns".into())
             .spawn(move || {
-                let _ = done.send(handle.block_on(turns));
+                let calls = handle.block_on(turns);
+                drop(held);
+                let _ = done.send(calls);
             })
             .map_err(|source| Error::Io {
                 path: opts.home.clone(),
@@ -333,10 +336,18 @@ async fn serve(opts: NodeOptions, shutdown: impl std::future::Future<Output = ()
         until_stopped(turns.map(Some), shutdown, stop_turns).await
     };
     let _ = stop.send(true);
+    // No calls back: the turns ended without being told to (a panic, in the log).
+    let ended = calls_rx.is_some();
     finish(tasks, calls_rx, &opts.home).await;
     let _ = std::fs::remove_file(&socket_path);
-    tracing::info!(target: "node", "node stopped");
     drop(lock);
+    if !ended {
+        tracing::error!(target: "node", "the node's turns ended unexpectedly; the node stopped");
+        return Err(Error::Invalid(
+            "the node stopped unexpectedly (its turn loop panicked; the log says where)".into(),
+        ));
+    }
+    tracing::info!(target: "node", "node stopped");
     Ok(())
 }
 

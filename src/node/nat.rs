@@ -15,6 +15,15 @@ use crate::identity::NodeId;
 use crate::net;
 use crate::wire::{Frame, JoinRequest};
 
+/// A join request on its way, and which of its one-time second chances it has had.
+pub(super) struct SentJoin {
+    pub(super) request: JoinRequest,
+    /// Its dial failed and the DHT was asked for the inviter ([`Runtime::join_again`]).
+    pub(super) asked_dht: bool,
+    /// Its connection closed and it was sent again ([`Runtime::join_resend`]).
+    pub(super) resent: bool,
+}
+
 /// A join request held until its inviter's address is known.
 pub(crate) struct WaitingJoin {
     node: NodeId,
@@ -232,12 +241,12 @@ impl Runtime {
             self.hold_join(peer, node, flow, request);
             return;
         }
-        let retried = self
-            .joins_sent
-            .get(&(node, flow))
-            .is_some_and(|(_, retried)| *retried);
-        self.joins_sent
-            .insert((node, flow), (request.clone(), retried));
+        let sent = self.joins_sent.entry((node, flow)).or_insert_with(|| SentJoin {
+            request: request.clone(),
+            asked_dht: false,
+            resent: false,
+        });
+        sent.request = request.clone();
         let id = self.swarm.behaviour_mut().join.send_request_with_addresses(
             &peer,
             Frame::Message(request),
@@ -250,14 +259,14 @@ impl Runtime {
     /// waits for the DHT (true); the second, it fails (false).
     pub(super) fn join_again(&mut self, node: &NodeId, flow: &FlowId) -> bool {
         let key = (*node, *flow);
-        let Some((request, retried)) = self.joins_sent.get_mut(&key) else {
+        let Some(sent) = self.joins_sent.get_mut(&key) else {
             return false;
         };
-        if *retried {
+        if sent.asked_dht {
             return false;
         }
-        *retried = true;
-        let request = request.clone();
+        sent.asked_dht = true;
+        let request = sent.request.clone();
         let Some(peer) = super::peer_of(node) else {
             return false;
         };
@@ -269,7 +278,9 @@ impl Runtime {
     }
 
     /// A join request's connection closed while another to the inviter is open: the first
-    /// time, it is sent again (true); the second, it fails (false).
+    /// time, it is sent again (true); the second, it fails (false). (Independent of
+    /// [`Runtime::join_again`]: a join that waited for the DHT may still go over a relay whose
+    /// connection closes once a hole is punched.)
     pub(super) fn join_resend(&mut self, node: &NodeId, flow: &FlowId) -> bool {
         let Some(peer) = super::peer_of(node) else {
             return false;
@@ -277,14 +288,14 @@ impl Runtime {
         if !self.swarm.is_connected(&peer) {
             return false;
         }
-        let Some((request, retried)) = self.joins_sent.get_mut(&(*node, *flow)) else {
+        let Some(sent) = self.joins_sent.get_mut(&(*node, *flow)) else {
             return false;
         };
-        if *retried {
+        if sent.resent {
             return false;
         }
-        *retried = true;
-        let request = request.clone();
+        sent.resent = true;
+        let request = sent.request.clone();
         tracing::info!(target: "node", %node, "the join's connection closed; sending it again");
         self.send_join(*node, *flow, request);
         true

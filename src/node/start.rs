@@ -56,7 +56,8 @@ pub(super) fn start_web(
 }
 
 /// Waits for `shutdown`, then tells the turns to stop (`stop`) and waits for them to end
-/// (`turns`); the calls they had not taken, if they ended cleanly.
+/// (`turns`); the calls they had not taken, if they ended cleanly (`None`: they ended on their
+/// own, by a panic, and the node stops at once).
 pub(super) async fn until_stopped(
     turns: impl std::future::Future<Output = Option<mpsc::Receiver<(Call, Pending)>>>,
     shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,

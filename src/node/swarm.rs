@@ -11,7 +11,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
 
 use super::{
-    node_of, now_secs, peer_of, Runtime, ADDRESS_BOOK_DAYS, ADDRESS_BOOK_SIZE, META_LISTEN_PORT,
+    node_of, now_secs, peer_of, Runtime, ADDRESS_BOOK_SIZE, META_LISTEN_PORT,
     META_LISTEN_PORT_QUIC,
 };
 use crate::error::{Error, Result};
@@ -312,12 +312,11 @@ impl Runtime {
         }
     }
 
-    /// Keeps the stored address book within [`ADDRESS_BOOK_SIZE`] rows of nodes seen in the
-    /// last [`ADDRESS_BOOK_DAYS`]: every node that connects gets a row, strangers included.
+    /// Keeps the stored address book within [`ADDRESS_BOOK_SIZE`] rows, of the nodes seen last:
+    /// every node that connects gets a row, strangers included.
     pub(super) fn prune_address_book(&mut self) {
-        let since = now_secs() - ADDRESS_BOOK_DAYS * 24 * 3600;
         let store = self.engine.repo().store();
-        match store.reader().forget_peers(ADDRESS_BOOK_SIZE, since) {
+        match store.reader().forget_peers(ADDRESS_BOOK_SIZE) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(target: "node", "forgot {n} nodes in the address book"),
             Err(e) => tracing::warn!(target: "node", "cannot prune the address book: {e}"),

@@ -18,9 +18,9 @@ pub trait Peers {
     /// The address book, most recently seen first (ties by node id).
     fn peers(&self) -> Result<Vec<PeerRow>, StoreError>;
 
-    /// Forgets the nodes last seen before `seen_since`, and all but the `keep` seen last (the
-    /// book would otherwise keep a row for every node that ever connected); how many it forgot.
-    fn forget_peers(&self, keep: usize, seen_since: i64) -> Result<usize, StoreError>;
+    /// Forgets all but the `keep` nodes seen last (the book would otherwise keep a row for every
+    /// node that ever connected); how many it forgot.
+    fn forget_peers(&self, keep: usize) -> Result<usize, StoreError>;
 }
 
 impl Peers for Writer<'_> {
@@ -77,12 +77,12 @@ impl Peers for Writer<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn forget_peers(&self, keep: usize, seen_since: i64) -> Result<usize, StoreError> {
+    fn forget_peers(&self, keep: usize) -> Result<usize, StoreError> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         Ok(self.conn.execute(
-            "DELETE FROM peers WHERE last_seen < ?2 OR node NOT IN
+            "DELETE FROM peers WHERE node NOT IN
                  (SELECT node FROM peers ORDER BY last_seen DESC, node LIMIT ?1)",
-            params![keep, seen_since],
+            params![keep],
         )?)
     }
 }

@@ -165,23 +165,6 @@ impl<'a> Judge<'a> {
         }
     }
 
-    /// A flow always keeps someone who can manage it: its last current customer or owner may
-    /// not `leave` it, or step down to a role that does not manage it.
-    fn not_the_last_manager(&self, what: &str) -> Result<(), Forbidden> {
-        if !self.role.manages() {
-            return Ok(());
-        }
-        let others = (self.before().members().into_iter())
-            .any(|m| !m.removed && m.role.manages() && m.node_id != self.me);
-        self.needs(
-            others,
-            &format!(
-                "cannot {what}: this is the flow's last customer or owner, and a flow must keep \
-                 one (make someone else an owner first)"
-            ),
-        )
-    }
-
     pub(super) fn member(
         &mut self,
         t: &Target,
@@ -234,7 +217,7 @@ impl<'a> Judge<'a> {
             schema::member::REMOVED => {
                 if expect_bool(op, key)? {
                     if is_self {
-                        return self.not_the_last_manager("leave the flow");
+                        return Ok(());
                     }
                     if on_customer {
                         return deny("a customer can only be removed by themself");
@@ -254,9 +237,6 @@ impl<'a> Judge<'a> {
                     return deny("a customer's role can only be changed by themself");
                 }
                 self.needs(is_self || self.role.manages(), "cannot change roles")?;
-                if is_self && !role.manages() {
-                    self.not_the_last_manager("step down")?;
-                }
                 if is_self && !self.role.manages() && role != Role::Observer {
                     // Contributors and observers may step down, never up.
                     return deny(format!(

@@ -102,6 +102,19 @@ impl Edit {
             }
             Edit::RemoveMember { member } => {
                 let node = resolve_member(flow, member)?;
+                // A flow always keeps someone who can manage it. Checked here, where a user
+                // leaves by mistake, not by the policy: a last manager set on ending the flow can
+                // do that in other ways, and flows made before this check may hold such a change.
+                let manages = |m: &Member| !m.removed && m.role.manages();
+                let leaving_manager = node == author.as_str()
+                    && flow.member(&node).is_some_and(manages);
+                if leaving_manager && !flow.members.iter().any(|m| manages(m) && m.node_id != node) {
+                    return Err(EditError::Invalid(
+                        "you are this flow's last customer or owner, and a flow must keep one: \
+                         make someone else an owner first"
+                            .into(),
+                    ));
+                }
                 let members = container(field::MEMBERS)?;
                 let m = r
                     .obj(&members, node.as_str(), ObjType::Map)

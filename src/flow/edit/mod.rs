@@ -137,8 +137,8 @@ pub fn resolve_prefix<'a>(
         return Err(not_found());
     }
     let mut matches: Vec<&str> = Vec::new();
-    // Ids that match only when case is ignored (hex ids typed in capitals, say), in case
-    // nothing matches as typed.
+    // Hex ids (flows, steps, decisions, invites) that match only when case is ignored (typed in
+    // capitals), in case nothing matches as typed. Node ids are base58, where case matters.
     let mut caseless: Vec<&str> = Vec::new();
     for c in candidates {
         if c == prefix {
@@ -148,8 +148,8 @@ pub fn resolve_prefix<'a>(
             if !matches.contains(&c) {
                 matches.push(c);
             }
-        } else if c.len() >= prefix.len()
-            && c.is_char_boundary(prefix.len())
+        } else if is_lower_hex(c)
+            && c.len() >= prefix.len()
             && c[..prefix.len()].eq_ignore_ascii_case(prefix)
             && !caseless.contains(&c)
         {
@@ -168,6 +168,10 @@ pub fn resolve_prefix<'a>(
             candidates: matches.into_iter().map(str::to_string).collect(),
         }),
     }
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Most candidates an ambiguous prefix's error names.

@@ -335,14 +335,14 @@ impl Peers for MemWriter<'_> {
         Ok(rows)
     }
 
-    fn forget_peers(&self, keep: usize, seen_since: i64) -> Result<usize, StoreError> {
+    fn forget_peers(&self, keep: usize) -> Result<usize, StoreError> {
         let mut rows: Vec<(i64, String)> = (self.rows().peers.values())
             .map(|p| (p.last_seen, p.node.clone()))
             .collect();
         // Most recently seen first, ties by node id: as the SQLite store orders them.
         rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         let gone: Vec<String> = (rows.into_iter().enumerate())
-            .filter(|(i, (seen, _))| *i >= keep || *seen < seen_since)
+            .filter(|(i, _)| *i >= keep)
             .map(|(_, (_, node))| node)
             .collect();
         for node in &gone {
