@@ -102,7 +102,8 @@
 //!   `cluster/nat.rs` (with `testkit` only): a world of Linux network namespaces with two homes
 //!   behind iptables NAT routers and a public host, for the NAT tests and benchmark.
 //! - [`demo`]: `coflow demo`, the tailor's story on three real nodes.
-//! - [`cli`]: clap commands (`cli/mod.rs`), the API call each makes (`call.rs`), their human /
+//! - [`cli`]: dispatch (`cli/mod.rs`), the clap commands and arguments with their help texts
+//!   (`args.rs`), the API call each makes (`call.rs`), their human /
 //!   `--json` output (`print.rs`), `coflow doctor` (`doctor.rs`), completions, manual pages and
 //!   errors as JSON (`manual.rs`), `step show`, `decision show`, `flow invite list` and the
 //!   check before fulfilling a flow with work open (`show.rs`).
