@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::cli::{s, Node};
+use common::cli::{flows_sharing_a_prefix, s, Node};
 use serde_json::Value;
 
 #[test]
@@ -238,18 +238,7 @@ fn bad_input_gets_one_clear_line() {
 #[test]
 fn ambiguous_prefixes_are_refused() {
     let alice = Node::init("alice", "Alice");
-    let mut ids: Vec<String> = Vec::new();
-    // 17 flows: two of them share a first hex digit.
-    for i in 0..17 {
-        let id = alice.json(&["flow", "new", &format!("Flow {i}"), "--need", "x"]);
-        ids.push(s(&id["id"]).to_string());
-    }
-    let prefix = ids
-        .iter()
-        .map(|i| &i[..1])
-        .find(|p| ids.iter().filter(|i| i.starts_with(*p)).count() > 1)
-        .unwrap()
-        .to_string();
+    let (_, prefix) = flows_sharing_a_prefix(&alice);
     let err = alice.fails(&["flow", "show", &prefix]);
     assert!(
         err.contains("matches") && err.contains("give more characters"),

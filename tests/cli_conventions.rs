@@ -5,7 +5,7 @@
 mod common;
 
 use clap::CommandFactory;
-use common::cli::{s, Node};
+use common::cli::{flows_sharing_a_prefix, s, Node};
 use serde_json::Value;
 
 #[test]
@@ -181,18 +181,7 @@ fn a_text_given_as_a_dash_is_read_from_stdin() {
 #[test]
 fn an_ambiguous_prefix_lists_its_candidates_and_case_does_not_matter() {
     let alice = Node::init("alice", "Alice");
-    let mut ids: Vec<String> = Vec::new();
-    // 17 flows: two of them share a first hex digit.
-    for i in 0..17 {
-        let id = alice.json(&["flow", "new", &format!("Flow {i}"), "--need", "x"]);
-        ids.push(s(&id["id"]).to_string());
-    }
-    let prefix = ids
-        .iter()
-        .map(|i| &i[..1])
-        .find(|p| ids.iter().filter(|i| i.starts_with(*p)).count() > 1)
-        .unwrap()
-        .to_string();
+    let (ids, prefix) = flows_sharing_a_prefix(&alice);
     let sharing: Vec<&String> = ids.iter().filter(|i| i.starts_with(&prefix)).collect();
     let err = alice.fails(&["flow", "show", &prefix]);
     for id in &sharing {

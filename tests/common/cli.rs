@@ -77,3 +77,20 @@ impl Node {
 pub fn s(v: &Value) -> &str {
     v.as_str().unwrap()
 }
+
+/// 17 flows made by `node`, two or more of them sharing a first hex digit: their ids, and that
+/// digit.
+pub fn flows_sharing_a_prefix(node: &Node) -> (Vec<String>, String) {
+    let mut ids: Vec<String> = Vec::new();
+    for i in 0..17 {
+        let id = node.json(&["flow", "new", &format!("Flow {i}"), "--need", "x"]);
+        ids.push(s(&id["id"]).to_string());
+    }
+    let prefix = ids
+        .iter()
+        .map(|i| &i[..1])
+        .find(|p| ids.iter().filter(|i| i.starts_with(*p)).count() > 1)
+        .unwrap()
+        .to_string();
+    (ids, prefix)
+}
